@@ -1,0 +1,18 @@
+"""Pure-PyTorch definitions of every fastar op: the tests' oracle.
+
+Each function computes exactly what its fused twin in `fastar.ops` computes, in the most
+straightforward way, with autograd doing the backward. This module must import without the
+compiled extension.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def gated_activation(x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    """tanh(a) * sigmoid(b), (a, b) = the channel halves of x + cond. (N, 2C, *) -> (N, C, *)."""
+    z = x if cond is None else x + cond
+    a, b = z.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
