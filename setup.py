@@ -56,14 +56,21 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
-def _cuda_wheel_include():
-    """The CUDA torch wheel ships the cuBLAS/cuSPARSE headers that the bare toolkit here lacks."""
-    import nvidia  # only present with a CUDA build of torch
+def _add_cuda_wheel_include():
+    """The CUDA torch wheel ships cuBLAS/cuSPARSE headers that a bare toolkit may lack.
 
+    torch appends CUDA_INC_PATH after the toolkit's include dir, so the toolkit's own headers win.
+    """
+    if os.environ.get("CUDA_INC_PATH"):
+        return
+    try:
+        import nvidia  # only present with a CUDA build of torch from PyPI
+    except ImportError:
+        return
     for root in getattr(nvidia, "__path__", []):
         for inc in sorted(glob.glob(os.path.join(root, "cu*", "include"))):
-            return [inc]
-    return []
+            os.environ["CUDA_INC_PATH"] = inc
+            return
 
 
 def _build_cuda():
@@ -96,7 +103,9 @@ def _extension():
     # -g0: sysconfig adds -g, which doubles compile time and bloats the .so 40x.
     # -fno-trapping-math: lets GCC if-convert the branch-free selects in csrc/common/math.h,
     # without which the CPU inner loops do not vectorize (we never rely on FP exceptions).
-    cxx_flags = ["-O3", "-g0", "-fno-trapping-math"]
+    # -fopenmp: at::parallel_for is inline OpenMP code; without it every CPU kernel runs on one
+    # thread (torch itself links the same libgomp).
+    cxx_flags = ["-O3", "-g0", "-fno-trapping-math", "-fopenmp"]
     extra_compile_args = {"cxx": cxx_flags}
     define_macros = [("WITH_PYTHON", None)]
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -105,7 +114,7 @@ def _extension():
         archs = _cuda_archs()
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("WITH_CUDA", None))
-        include_dirs += _cuda_wheel_include()
+        _add_cuda_wheel_include()
         extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
         ext_cls = cpp_extension.CUDAExtension
     else:
@@ -128,6 +137,7 @@ def _extension():
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra_compile_args,
+        extra_link_args=["-fopenmp"],
     )
 
 

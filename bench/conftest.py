@@ -1,0 +1,109 @@
+"""Shared benchmark machinery: timing through pytest-benchmark, a comparison table printed at
+the end of `pytest bench/`, and the measured results saved as JSON in bench/results/.
+
+A benchmark calls `measure(benchmark, group=..., impl=..., fn=..., bytes_moved=...)`. Rows of
+a group are compared with that group's baselines (impl "eager" and "compile").
+"""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+
+import pytest
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+BASELINES = ("eager", "compile")
+_records = []
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return "%s (%d threads)" % (model, torch.get_num_threads())
+
+
+def _commit():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                                       text=True, stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD"], cwd=root,
+                                stderr=subprocess.DEVNULL) != 0
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, warmup=2):
+    """Times fn() (synchronizing on CUDA) after warm-up runs, and records the median."""
+    def run():
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    for _ in range(warmup):
+        run()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.group = group
+    benchmark.extra_info.update(impl=impl, device=device, bytes_moved=bytes_moved)
+    benchmark.pedantic(run, rounds=5 if device == "cpu" else 50, iterations=1)
+    median = benchmark.stats.stats.median
+    record = {"group": group, "impl": impl, "device": device_name(device),
+              "median_s": median, "bytes_moved": bytes_moved}
+    if bytes_moved:
+        record["GB_per_s"] = bytes_moved / median / 1e9
+    if device == "cuda":
+        record["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    _records.append(record)
+
+
+def _table():
+    lines = []
+    groups = {}
+    for r in _records:
+        groups.setdefault(r["group"], []).append(r)
+    header = "%-44s %-9s %10s %9s %11s %8s" % ("group", "impl", "median ms", "vs eager",
+                                                "vs compile", "GB/s")
+    lines += [header, "-" * len(header)]
+    for group, rows in groups.items():
+        base = {r["impl"]: r["median_s"] for r in rows}
+        for r in rows:
+            ratios = ["%.2fx" % (base[b] / r["median_s"]) if b in base else "-" for b in BASELINES]
+            gbs = "%.1f" % r["GB_per_s"] if "GB_per_s" in r else "-"
+            lines.append("%-44s %-9s %10.2f %9s %11s %8s" % (
+                group, r["impl"], r["median_s"] * 1e3, ratios[0], ratios[1], gbs))
+            r["speedup_vs"] = {b: base[b] / r["median_s"] for b in BASELINES if b in base}
+    return "\n".join(lines)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _records:
+        return
+    table = _table()
+    terminalreporter.write_sep("=", "fastar comparison (ratio > 1: faster than the baseline)")
+    terminalreporter.write_line(table)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    devices = sorted({r["device"] for r in _records})
+    slug = "".join(c if c.isalnum() else "-" for c in devices[-1]).strip("-")[:40]
+    path = os.path.join(RESULTS_DIR, "%s-%s.json" % (slug, now.strftime("%Y%m%dT%H%M%S")))
+    with open(path, "w") as f:
+        json.dump({"date": now.isoformat(), "commit": _commit(), "torch": torch.__version__,
+                   "devices": devices, "python": platform.python_version(),
+                   "records": _records}, f, indent=1)
+    terminalreporter.write_line("results saved to %s" % os.path.relpath(path))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,210 @@
+// CUDA kernels of gated_activation: one thread per VEC consecutive outputs of a row, 16-byte
+// vector loads and stores where rows allow, float32 math for every storage dtype.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/gated_activation.h"
+#include "common/gated_activation_args.h"
+
+namespace fastar {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxBlocks = 65536;  // grid-stride loops: a few waves saturate memory
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Where one vector of outputs sits: row (n, c) of the output, column j, and the offsets of
+// the corresponding a and b values in x's (N, 2C, L) layout.
+template <typename index_t>
+struct Site {
+  index_t n, c, a, b, out;
+};
+
+template <typename index_t, int VEC>
+__device__ __forceinline__ Site<index_t> site_of(index_t v, index_t C, index_t L) {
+  const index_t vecs_per_row = L / VEC;
+  const index_t row = v / vecs_per_row;
+  const index_t col = (v - row * vecs_per_row) * VEC;
+  const index_t n = row / C, c = row - n * C;
+  const index_t a = (n * 2 * C + c) * L + col;
+  return {n, c, a, a + C * L, row * L + col};
+}
+
+// Adds cond to the loaded a and b values: per element (full) or one value per row.
+template <typename scalar_t, typename acc_t, int VEC, typename index_t>
+__device__ __forceinline__ void add_cond(const scalar_t* __restrict__ cond, bool full,
+                                         const Site<index_t>& s, index_t C, acc_t* a, acc_t* b) {
+  if (cond == nullptr) return;
+  if (full) {
+    const auto ca = *reinterpret_cast<const Pack<scalar_t, VEC>*>(cond + s.a);
+    const auto cb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(cond + s.b);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      a[k] += acc_t(ca.v[k]);
+      b[k] += acc_t(cb.v[k]);
+    }
+  } else {
+    const acc_t ca = acc_t(cond[s.n * 2 * C + s.c]);
+    const acc_t cb = acc_t(cond[s.n * 2 * C + C + s.c]);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      a[k] += ca;
+      b[k] += cb;
+    }
+  }
+}
+
+template <typename scalar_t, int VEC, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ cond,
+                   bool cond_full, scalar_t* __restrict__ y, index_t num_vecs, index_t C,
+                   index_t L) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t v = blockIdx.x * index_t(blockDim.x) + threadIdx.x; v < num_vecs;
+       v += index_t(gridDim.x) * blockDim.x) {
+    const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
+    const auto pa = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.a);
+    const auto pb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.b);
+    acc_t a[VEC], b[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      a[k] = acc_t(pa.v[k]);
+      b[k] = acc_t(pb.v[k]);
+    }
+    add_cond<scalar_t, acc_t, VEC>(cond, cond_full, s, C, a, b);
+    Pack<scalar_t, VEC> out;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out.v[k] = scalar_t(gated::forward<acc_t>(a[k], b[k]));
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(y + s.out) = out;
+  }
+}
+
+template <typename scalar_t, int VEC, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                    const scalar_t* __restrict__ cond, bool cond_full,
+                    scalar_t* __restrict__ dz, index_t num_vecs, index_t C, index_t L) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (index_t v = blockIdx.x * index_t(blockDim.x) + threadIdx.x; v < num_vecs;
+       v += index_t(gridDim.x) * blockDim.x) {
+    const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
+    const auto pa = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.a);
+    const auto pb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.b);
+    const auto pg = *reinterpret_cast<const Pack<scalar_t, VEC>*>(g + s.out);
+    acc_t a[VEC], b[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      a[k] = acc_t(pa.v[k]);
+      b[k] = acc_t(pb.v[k]);
+    }
+    add_cond<scalar_t, acc_t, VEC>(cond, cond_full, s, C, a, b);
+    Pack<scalar_t, VEC> da, db;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      acc_t ga, gb;
+      gated::backward<acc_t>(a[k], b[k], acc_t(pg.v[k]), ga, gb);
+      da.v[k] = scalar_t(ga);
+      db.v[k] = scalar_t(gb);
+    }
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(dz + s.a) = da;
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(dz + s.b) = db;
+  }
+}
+
+// Calls launch(std::integral_constant<int, VEC>{}, index_t{}) with the widest vector that divides
+// the rows and keeps every pointer aligned, and 32-bit indexing where the tensors allow it.
+template <typename scalar_t, typename Launch>
+void with_vector_width(const GatedActivationArgs& args, std::initializer_list<const void*> ptrs,
+                       const Launch& launch) {
+  constexpr int kMaxVec = 16 / sizeof(scalar_t);
+  bool aligned = args.L % kMaxVec == 0;
+  for (const void* p : ptrs)
+    aligned = aligned && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
+  // 32-bit indices must stay valid one grid stride past the end, where the loop stops.
+  const bool small = args.x.numel() <= INT32_MAX - int64_t(kMaxBlocks) * kThreads;
+  if (aligned && small) launch(std::integral_constant<int, kMaxVec>{}, int32_t{});
+  else if (aligned) launch(std::integral_constant<int, kMaxVec>{}, int64_t{});
+  else if (small) launch(std::integral_constant<int, 1>{}, int32_t{});
+  else launch(std::integral_constant<int, 1>{}, int64_t{});
+}
+
+unsigned int num_blocks(int64_t num_vecs) {
+  return static_cast<unsigned int>(
+      std::min<int64_t>((num_vecs + kThreads - 1) / kThreads, kMaxBlocks));
+}
+
+at::Tensor gated_activation_cuda(const at::Tensor& x, const std::optional<at::Tensor>& cond) {
+  const GatedActivationArgs args = prepare_gated_activation("gated_activation", x, cond);
+  at::Tensor out = at::empty(args.out_shape, args.x.options());
+  if (out.numel() == 0) return out;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
+                                  "gated_activation_cuda", [&] {
+    const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
+    const scalar_t* cp = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = out.mutable_data_ptr<scalar_t>();
+    with_vector_width<scalar_t>(args, {xp, args.cond_is_full ? cp : nullptr, yp},
+                                [&](auto vec, auto index) {
+      constexpr int VEC = decltype(vec)::value;
+      using index_t = decltype(index);
+      const int64_t num_vecs = out.numel() / VEC;
+      forward_kernel<scalar_t, VEC, index_t><<<num_blocks(num_vecs), kThreads, 0, stream>>>(
+          xp, cp, args.cond_is_full, yp, index_t(num_vecs), index_t(args.C), index_t(args.L));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                          const std::optional<at::Tensor>& cond) {
+  const char* op = "gated_activation_backward";
+  const GatedActivationArgs args = prepare_gated_activation(op, x, cond);
+  const at::Tensor g = prepare_gated_activation_grad(op, grad_out, args);
+  at::Tensor grad_z = at::empty_like(args.x);
+  if (g.numel() == 0) return grad_z;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
+                                  "gated_activation_backward_cuda", [&] {
+    const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
+    const scalar_t* cp = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* dp = grad_z.mutable_data_ptr<scalar_t>();
+    with_vector_width<scalar_t>(args, {xp, args.cond_is_full ? cp : nullptr, gp, dp},
+                                [&](auto vec, auto index) {
+      constexpr int VEC = decltype(vec)::value;
+      using index_t = decltype(index);
+      const int64_t num_vecs = g.numel() / VEC;
+      backward_kernel<scalar_t, VEC, index_t><<<num_blocks(num_vecs), kThreads, 0, stream>>>(
+          gp, xp, cp, args.cond_is_full, dp, index_t(num_vecs), index_t(args.C),
+          index_t(args.L));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return grad_z;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastar, CUDA, m) {
+  m.impl("gated_activation", &gated_activation_cuda);
+  m.impl("gated_activation_backward", &gated_activation_backward_cuda);
+}
+
+}  // namespace fastar
