@@ -13,8 +13,7 @@ template <typename T>
 FASTAR_HD T forward(T a, T b) {
   const math::TanhFraction<T> t = math::tanh_abs_fraction(math::abs(a));
   const math::SigmoidFraction<T> s = math::sigmoid_fraction(b);
-  const T y = t.num * s.num / (t.den * s.den);
-  return a < T(0) ? -y : y;
+  return math::copysign(t.num * s.num / (t.den * s.den), a);
 }
 
 // Gradients with respect to a and b, given g = dLoss/dy:
@@ -27,8 +26,7 @@ FASTAR_HD void backward(T a, T b, T g, T& grad_a, T& grad_b) {
   const T e1 = T(1) + t.e;
   const T q = g / (t.den * s.den * s.den * e1 * e1);
   grad_a = T(4) * t.e * s.num * s.den * t.den * q;
-  const T gb = t.num * s.f * e1 * e1 * q;
-  grad_b = a < T(0) ? -gb : gb;
+  grad_b = math::copysign(t.num * s.f * e1 * e1, a) * q;
 }
 
 }  // namespace gated

@@ -52,11 +52,18 @@ FASTAR_HD double exp(double x) {
   return ::exp(x);
 }
 
+// Sign-bit operations (one bitwise instruction each, also in vectorized loops).
 FASTAR_HD float abs(float x) {
-  return x < 0.0f ? -x : x;
+  return ::fabsf(x);
 }
 FASTAR_HD double abs(double x) {
-  return x < 0.0 ? -x : x;
+  return ::fabs(x);
+}
+FASTAR_HD float copysign(float magnitude, float sign) {
+  return ::copysignf(magnitude, sign);
+}
+FASTAR_HD double copysign(double magnitude, double sign) {
+  return ::copysign(magnitude, sign);
 }
 
 // Below this |x|, tanh(x) = (1 - e) / (1 + e) loses relative precision to cancellation and the

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import torch
+
+import fastar
+import fastar.ops
+from fastar import _extension
+
+
+def test_reference_imports_without_the_compiled_extension():
+    # A None entry in sys.modules makes `import fastar._C` fail, as if it were never built.
+    code = ("import sys; sys.modules['fastar._C'] = None\n"
+            "import fastar.reference, torch\n"
+            "print(fastar.reference.gated_activation(torch.zeros(1, 2, 3)).shape)\n"
+            "try:\n"
+            "    import fastar.ops\n"
+            "except ImportError as e:\n"
+            "    assert 'pip install --no-build-isolation -e .' in str(e), e\n"
+            "    print('helpful error')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "torch.Size([1, 1, 3])" in out.stdout and "helpful error" in out.stdout
+
+
+def test_info_reports_the_build():
+    out = subprocess.run([sys.executable, "-m", "fastar.info"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "fastar %s" % fastar.__version__ in out
+    assert "torch %s" % torch.__version__ in out
+    built = _extension.build_info()
+    assert "backends compiled: %s" % ", ".join(built["backends"]) in out
+    assert ("cuda" in built["backends"]) == ("archs sm_" in out)
+    assert "GPU visible: %s" % ("yes" if torch.cuda.is_available() else "no") in out
+
+
+def test_every_op_is_documented_with_shapes():
+    for name in ("gated_activation",):
+        doc = getattr(fastar.ops, name).__doc__
+        assert doc and "(N, 2C, *)" in doc
