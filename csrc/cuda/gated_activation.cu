@@ -44,10 +44,19 @@ __device__ __forceinline__ Site<index_t> site_of(index_t v, index_t C, index_t L
   return {n, c, a, a + C * L, row * L + col};
 }
 
-// Adds cond to the loaded a and b values: per element (full) or one value per row.
+// Loads VEC values of each half of z = x + cond at site s into float accumulators; cond is
+// per element (full, laid out like x), one value per row, or absent.
 template <typename scalar_t, typename acc_t, int VEC, typename index_t>
-__device__ __forceinline__ void add_cond(const scalar_t* __restrict__ cond, bool full,
-                                         const Site<index_t>& s, index_t C, acc_t* a, acc_t* b) {
+__device__ __forceinline__ void load_z(const scalar_t* __restrict__ x,
+                                       const scalar_t* __restrict__ cond, bool full,
+                                       const Site<index_t>& s, index_t C, acc_t* a, acc_t* b) {
+  const auto pa = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.a);
+  const auto pb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.b);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    a[k] = acc_t(pa.v[k]);
+    b[k] = acc_t(pb.v[k]);
+  }
   if (cond == nullptr) return;
   if (full) {
     const auto ca = *reinterpret_cast<const Pack<scalar_t, VEC>*>(cond + s.a);
@@ -77,15 +86,8 @@ __global__ void __launch_bounds__(kThreads)
   for (index_t v = blockIdx.x * index_t(blockDim.x) + threadIdx.x; v < num_vecs;
        v += index_t(gridDim.x) * blockDim.x) {
     const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
-    const auto pa = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.a);
-    const auto pb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.b);
     acc_t a[VEC], b[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      a[k] = acc_t(pa.v[k]);
-      b[k] = acc_t(pb.v[k]);
-    }
-    add_cond<scalar_t, acc_t, VEC>(cond, cond_full, s, C, a, b);
+    load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, s, C, a, b);
     Pack<scalar_t, VEC> out;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) out.v[k] = scalar_t(gated::forward<acc_t>(a[k], b[k]));
@@ -102,16 +104,9 @@ __global__ void __launch_bounds__(kThreads)
   for (index_t v = blockIdx.x * index_t(blockDim.x) + threadIdx.x; v < num_vecs;
        v += index_t(gridDim.x) * blockDim.x) {
     const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
-    const auto pa = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.a);
-    const auto pb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.b);
-    const auto pg = *reinterpret_cast<const Pack<scalar_t, VEC>*>(g + s.out);
     acc_t a[VEC], b[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      a[k] = acc_t(pa.v[k]);
-      b[k] = acc_t(pb.v[k]);
-    }
-    add_cond<scalar_t, acc_t, VEC>(cond, cond_full, s, C, a, b);
+    load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, s, C, a, b);
+    const auto pg = *reinterpret_cast<const Pack<scalar_t, VEC>*>(g + s.out);
     Pack<scalar_t, VEC> da, db;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
