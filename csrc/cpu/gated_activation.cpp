@@ -45,7 +45,8 @@ FASTAR_CPU_MULTIVERSION void forward_row(const scalar_t* __restrict__ a,
     for (int64_t j = 0; j < len; ++j)
       y[j] = gated::forward<acc_t>(acc_t(a[j]) + acc_t(ca[j]), acc_t(b[j]) + acc_t(cb[j]));
   } else {
-    for (int64_t j = 0; j < len; ++j) y[j] = gated::forward<acc_t>(acc_t(a[j]) + ca0, acc_t(b[j]) + cb0);
+    for (int64_t j = 0; j < len; ++j)
+      y[j] = gated::forward<acc_t>(acc_t(a[j]) + ca0, acc_t(b[j]) + cb0);
   }
 }
 

@@ -1,8 +1,8 @@
 #pragma once
 // FASTAR_CPU_MULTIVERSION compiles a function twice, for AVX2 + FMA (x86-64-v3) and for the
 // baseline ISA, and picks one when the library loads, so wheels built for any x86-64 still use
-// 8-wide FMA loops where the CPU has them. Use it only on loops over raw pointers that call
-// fastar's own inline math: inlined torch code would be compiled for the wider ISA too.
+// 8-wide FMA loops where the CPU has them. Put it on the innermost loops over raw pointers,
+// where the per-element math of csrc/common/ inlines and vectorizes.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #define FASTAR_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
