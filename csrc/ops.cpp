@@ -9,4 +9,11 @@ TORCH_LIBRARY(fastar, m) {
   m.def("gated_activation(Tensor x, Tensor? cond=None) -> Tensor");
   // Gradient with respect to z = x + cond, shape (N, 2C, *) (cond's gradient is its sum-to-size).
   m.def("gated_activation_backward(Tensor grad_out, Tensor x, Tensor? cond=None) -> Tensor");
+
+  // log P(x) under PixelCNN++'s discretized logistic mixture. x: integer (B, C, *S), C in {1, 3};
+  // params: (B, P, *S), P = 3K (C = 1) or 10K (C = 3). Returns (B, *S).
+  m.def("dmol_log_prob(Tensor x, Tensor params, int num_bins=256) -> Tensor");
+  // Gradient with respect to params, given the forward's output log_prob. Returns (B, P, *S).
+  m.def("dmol_log_prob_backward(Tensor grad_out, Tensor x, Tensor params, Tensor log_prob, "
+        "int num_bins) -> Tensor");
 }

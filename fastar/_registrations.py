@@ -44,3 +44,34 @@ torch.library.register_autograd(
     _gated_activation_backward,
     setup_context=_gated_activation_setup_context,
 )
+
+
+@torch.library.register_fake("fastar::dmol_log_prob")
+def _dmol_log_prob_fake(x, params, num_bins=256):
+    torch._check(x.dim() >= 2 and x.shape[1] in (1, 3),
+                 lambda: "fastar::dmol_log_prob: expected x of shape (B, C, *) with C = 1 or 3")
+    return params.new_empty((x.shape[0], *x.shape[2:]))
+
+
+@torch.library.register_fake("fastar::dmol_log_prob_backward")
+def _dmol_log_prob_backward_fake(grad_out, x, params, log_prob, num_bins):
+    return torch.empty_like(params, memory_format=torch.contiguous_format)
+
+
+def _dmol_setup_context(ctx, inputs, output):
+    x, params, num_bins = inputs
+    ctx.save_for_backward(x, params, output)
+    ctx.num_bins = num_bins
+
+
+def _dmol_backward(ctx, grad_out):
+    x, params, log_prob = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[1]:
+        grad = torch.ops.fastar.dmol_log_prob_backward(grad_out, x, params, log_prob,
+                                                       ctx.num_bins)
+    return None, grad, None
+
+
+torch.library.register_autograd(
+    "fastar::dmol_log_prob", _dmol_backward, setup_context=_dmol_setup_context)

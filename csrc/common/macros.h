@@ -7,3 +7,10 @@
 #else
 #define FASTAR_HD inline __attribute__((always_inline))
 #endif
+
+// Unrolls a loop with a compile-time trip count (nvcc; GCC unrolls those at -O3 by itself).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FASTAR_UNROLL _Pragma("unroll")
+#else
+#define FASTAR_UNROLL
+#endif

@@ -22,16 +22,21 @@ FASTAR_HD float int_bits_as_float(int32_t bits) {
 #endif
 }
 
-// e^x and e^x - 1 for x <= 0, the only arguments fastar's activations need (exp(-|x|)).
+FASTAR_HD int32_t float_as_int_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(x);
+#else
+  return __builtin_bit_cast(int32_t, x);
+#endif
+}
+
 template <typename T>
-struct ExpNeg {
+struct ExpPair {
   T exp, expm1;
 };
 
-// float: both within ~2 ulp relative. x is clamped below at -87, so exp saturates at ~1.6e-38
-// instead of flushing to zero; NaN propagates.
-FASTAR_HD ExpNeg<float> exp_expm1_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
+// e^x and e^x - 1 for float x in [-87, 88], both within ~2 ulp relative.
+FASTAR_HD ExpPair<float> exp_core(float x) {
   // x = n ln2 + r with |r| <= ln2/2; adding and subtracting 1.5 * 2^23 rounds to nearest.
   const float shifter = 12582912.0f;
   const float n = (x * 1.44269504088896341f + shifter) - shifter;
@@ -47,13 +52,19 @@ FASTAR_HD ExpNeg<float> exp_expm1_neg(float x) {
   q = q * r + 0.5f;
   q = q * r + 1.0f;
   const float pm1 = q * r;
-  // 2^n by writing n + 127 into the exponent bits (n is in [-126, 0] after clamping).
+  // 2^n by writing n + 127 into the exponent bits (n is in [-126, 127]).
   const float scale = int_bits_as_float((static_cast<int32_t>(n) + 127) << 23);
-  // e^x - 1 = 2^n (e^r - 1) + (2^n - 1): exact sum for n = 0, no cancellation for n < 0.
+  // e^x - 1 = 2^n (e^r - 1) + (2^n - 1): exact sum for n = 0, no cancellation otherwise.
   return {scale * pm1 + scale, scale * pm1 + (scale - 1.0f)};
 }
 
-FASTAR_HD ExpNeg<double> exp_expm1_neg(double x) {
+// e^x and e^x - 1 for x <= 0 (the arguments exp(-|u|) of the activations). Below -87, float
+// saturates at ~1.6e-38 instead of flushing to zero. NaN propagates.
+FASTAR_HD ExpPair<float> exp_expm1_neg(float x) {
+  return exp_core(x < -87.0f ? -87.0f : x);
+}
+
+FASTAR_HD ExpPair<double> exp_expm1_neg(double x) {
   return {::exp(x), ::expm1(x)};
 }
 
@@ -63,6 +74,57 @@ FASTAR_HD float exp_neg(float x) {
 
 FASTAR_HD double exp_neg(double x) {
   return ::exp(x);
+}
+
+// e^x for any x; float saturates to [1.6e-38, 1.6e38] outside [-87, 88].
+FASTAR_HD float exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  return exp_core(x > 88.0f ? 88.0f : x).exp;
+}
+
+FASTAR_HD double exp(double x) {
+  return ::exp(x);
+}
+
+// Natural log of a positive x; float: within ~2 ulp, arguments below the smallest normal
+// float (1.2e-38, including 0) give log(1.2e-38) = -87.3 rather than -inf.
+FASTAR_HD float log(float x) {
+  x = x < 1.17549435e-38f ? 1.17549435e-38f : x;
+  // x = 2^e m with m in [sqrt(1/2), sqrt(2)).
+  const int32_t bits = float_as_int_bits(x);
+  int32_t e = ((bits >> 23) & 0xff) - 127;
+  float m = int_bits_as_float((bits & 0x007fffff) | 0x3f800000);  // in [1, 2)
+  const bool high = m > 1.41421356f;
+  m = high ? 0.5f * m : m;
+  e = high ? e + 1 : e;
+  // log m = 2 atanh(t), t = (m - 1) / (m + 1), |t| <= 0.172: odd series to t^11.
+  const float t = (m - 1.0f) / (m + 1.0f);
+  const float s = t * t;
+  float p = 2.0f / 11.0f;
+  p = p * s + 2.0f / 9.0f;
+  p = p * s + 2.0f / 7.0f;
+  p = p * s + 2.0f / 5.0f;
+  p = p * s + 2.0f / 3.0f;
+  p = p * s + 2.0f;
+  const float fe = static_cast<float>(e);
+  const float result = fe * 0.693145751953125f + (fe * 1.428606765330187e-06f + t * p);
+  return x == x ? result : x;  // NaN propagates
+}
+
+FASTAR_HD double log(double x) {
+  return ::log(x);
+}
+
+// log(1 + y) for y >= 0, accurate for tiny y: log(u) * y / (u - 1) with u = 1 + y rounded
+// corrects the rounding of u (Goldberg); y itself where u rounds to 1.
+FASTAR_HD float log1p_nonneg(float y) {
+  const float u = 1.0f + y;
+  const float d = u - 1.0f;
+  return d == 0.0f ? y : log(u) * (y / d);
+}
+
+FASTAR_HD double log1p_nonneg(double y) {
+  return ::log1p(y);
 }
 
 // Sign-bit operations (one bitwise instruction each, also in vectorized loops).
@@ -91,7 +153,7 @@ struct TanhFraction {
 
 template <typename T>
 FASTAR_HD TanhFraction<T> tanh_abs_fraction(T ax) {
-  const ExpNeg<T> e = exp_expm1_neg(T(-2) * ax);
+  const ExpPair<T> e = exp_expm1_neg(T(-2) * ax);
   return {-e.expm1, T(1) + e.exp, e.exp};
 }
 
@@ -106,6 +168,18 @@ template <typename T>
 FASTAR_HD SigmoidFraction<T> sigmoid_fraction(T x) {
   const T f = exp_neg(-abs(x));
   return {x < T(0) ? f : T(1), T(1) + f, f};
+}
+
+// softplus(u) = log(1 + e^u) and sigmoid(u), given f = exp(-|u|) (computed once by the caller
+// and shared between them): neither overflows nor cancels in either tail.
+template <typename T>
+FASTAR_HD T softplus_given(T u, T f) {
+  return (u > T(0) ? u : T(0)) + log1p_nonneg(f);
+}
+
+template <typename T>
+FASTAR_HD T sigmoid_given(T u, T f) {
+  return (u < T(0) ? f : T(1)) / (T(1) + f);
 }
 
 }  // namespace math

@@ -1,0 +1,183 @@
+#pragma once
+// Discretized mixture of logistics (PixelCNN++, Salimans et al. 2017): per-element math shared
+// by the CPU and CUDA kernels of dmol_log_prob and its backward.
+//
+// Data are integers k in [0, B) (B = num_bins) scored at bin centres xc = -1 + 2k / (B - 1),
+// bins of half-width h = 1 / (B - 1). For one channel under one logistic (mean mu, log-scale
+// ls clamped below at -7, inv_s = exp(-ls)), with mid = inv_s (xc - mu), p = mid + h inv_s and
+// m = mid - h inv_s:
+//   first bin  (k = 0):     log cdf(p)            = log sigmoid(p)
+//   last bin   (k = B - 1): log(1 - cdf(m))       = log sigmoid(-m)
+//   inner bins: log(cdf(p) - cdf(m)) if that difference exceeds 1e-5, else the log density at
+//               the centre minus log((B - 1) / 2): mid - ls - 2 softplus(mid) - log((B - 1) / 2).
+// The difference is evaluated without cancellation as
+//   cdf(p) - cdf(m) = sigmoid(p) sigmoid(-m) (1 - exp(-(p - m))),  p - m = 2 h inv_s,
+// so its log is exact in every tail (PixelCNN++ subtracts two sigmoids, which loses everything
+// far from the mean in float32; both agree wherever that subtraction is accurate).
+
+#include "common/macros.h"
+#include "common/math.h"
+
+namespace fastar {
+namespace dmol {
+
+constexpr double kMinLogScale = -7.0;
+constexpr double kLogMinDelta = -11.512925464970229;  // log(1e-5): below, the density is used
+
+// The constants of one num_bins, in the kernel's math type.
+template <typename T>
+struct Bins {
+  T half_width;      // h = 1 / (B - 1)
+  T log_half_bins;   // log((B - 1) / 2)
+  T centre_scale;    // 2 / (B - 1): xc = -1 + k * centre_scale
+  int64_t last;      // B - 1
+};
+
+template <typename T>
+Bins<T> make_bins(int64_t num_bins) {
+  const double b1 = static_cast<double>(num_bins - 1);
+  return {T(1.0 / b1), T(::log(b1 / 2.0)), T(2.0 / b1), num_bins - 1};
+}
+
+template <typename T>
+FASTAR_HD T bin_centre(int64_t k, const Bins<T>& bins) {
+  return T(-1) + T(k) * bins.centre_scale;
+}
+
+// log P(bin) of one channel under one component, and its derivatives with respect to the
+// (coupled) mean and the clamped log-scale.
+template <typename T>
+struct ChannelTerm {
+  T log_prob, d_mean, d_log_scale;
+};
+
+template <typename T, bool kWithGrad>
+FASTAR_HD ChannelTerm<T> channel_term(T xc, bool first, bool last, T mean, T log_scale,
+                                      const Bins<T>& bins) {
+  const T inv_s = math::exp(-log_scale);
+  const T mid = inv_s * (xc - mean);
+  const T hs = bins.half_width * inv_s;
+  const T p = mid + hs, m = mid - hs;
+  const T fp = math::exp_neg(-math::abs(p));
+  const T fm = math::exp_neg(-math::abs(m));
+  const T fmid = math::exp_neg(-math::abs(mid));
+  const T log_cdf_p = -math::softplus_given(-p, fp);       // log sigmoid(p)
+  const T log_one_minus_cdf_m = -math::softplus_given(m, fm);  // log sigmoid(-m)
+  const math::ExpPair<T> ed = math::exp_expm1_neg(T(-2) * hs);   // exp(-(p - m))
+  const T one_minus_ed = -ed.expm1;
+  const T log_delta = log_cdf_p + log_one_minus_cdf_m + math::log(one_minus_ed);
+  const T log_pdf = mid - log_scale - T(2) * math::softplus_given(mid, fmid) - bins.log_half_bins;
+  const bool use_delta = log_delta > T(kLogMinDelta);
+  const T inner = use_delta ? log_delta : log_pdf;
+  ChannelTerm<T> term;
+  term.log_prob = first ? log_cdf_p : (last ? log_one_minus_cdf_m : inner);
+  if (kWithGrad) {
+    const T sig_neg_p = math::sigmoid_given(-p, fp);  // d log sigmoid(p) / dp
+    const T sig_m = math::sigmoid_given(m, fm);       // -d log sigmoid(-m) / dm
+    const T one_minus_2sig_mid = T(1) - T(2) * math::sigmoid_given(mid, fmid);
+    // (p - m) e / (1 - e) with e = exp(-(p - m)): from d log(1 - e) / d log_scale; -> 1 at 0.
+    const T d_ratio = T(2) * hs * ed.exp / one_minus_ed;
+    // mid, p and m scale with inv_s = exp(-log_scale): each has d/d log_scale = -itself.
+    const T dm_inner = use_delta ? -inv_s * (sig_neg_p - sig_m) : -inv_s * one_minus_2sig_mid;
+    const T dls_inner = use_delta ? -p * sig_neg_p + m * sig_m - d_ratio
+                                  : -mid * one_minus_2sig_mid - T(1);
+    term.d_mean = first ? -inv_s * sig_neg_p : (last ? inv_s * sig_m : dm_inner);
+    term.d_log_scale = first ? -p * sig_neg_p : (last ? m * sig_m : dls_inner);
+  }
+  return term;
+}
+
+// Parameter offsets along dim 1 of params (PixelCNN++'s layout, channel-first): logits first,
+// then per channel c its means, log-scales and (for C = 3) coupling coefficients, K each.
+FASTAR_HD int64_t num_params_per_component(int64_t channels) {
+  return channels == 1 ? 3 : 10;
+}
+FASTAR_HD int64_t mean_index(int64_t c, int64_t k, int64_t K, int64_t channels) {
+  return channels == 1 ? K + k : K + 3 * K * c + k;
+}
+FASTAR_HD int64_t log_scale_index(int64_t c, int64_t k, int64_t K, int64_t channels) {
+  return channels == 1 ? 2 * K + k : K + 3 * K * c + K + k;
+}
+FASTAR_HD int64_t coeff_index(int64_t j, int64_t k, int64_t K) {
+  return K + 3 * K * j + 2 * K + k;
+}
+
+// One position's data: the bin index of each channel, as T (exact below 2^24).
+template <typename T, int C>
+struct Pixel {
+  T bin[C];
+};
+
+// Sum over channels of log P(x | component k) at one position, with the channel coupling of
+// PixelCNN++ (means shifted by tanh(coeff) times earlier channels' bin centres); with
+// kWithGrad, the derivatives with respect to component k's raw parameters. `param(i)` returns
+// the parameter at index i of dim 1 for this position.
+template <typename T, int C>
+struct ComponentTerm {
+  T log_prob;
+  T d_mean[C], d_log_scale[C], d_coeff[C];
+};
+
+template <typename T, int C, bool kWithGrad, typename Param>
+FASTAR_HD ComponentTerm<T, C> component_term(const Pixel<T, C>& px, const Param& param, int64_t k,
+                                             int64_t K, const Bins<T>& bins) {
+  ComponentTerm<T, C> out;
+  out.log_prob = T(0);
+  T xc[C], coeff[3], coeff_grad[3];
+FASTAR_UNROLL
+  for (int c = 0; c < C; ++c) {
+    xc[c] = T(-1) + px.bin[c] * bins.centre_scale;
+    if constexpr (C == 3) {
+      const T raw = param(coeff_index(c, k, K));
+      const math::TanhFraction<T> t = math::tanh_abs_fraction(math::abs(raw));
+      coeff[c] = math::copysign(t.num / t.den, raw);
+      coeff_grad[c] = T(4) * t.e / (t.den * t.den);  // d tanh / d raw
+    }
+  }
+FASTAR_UNROLL
+  for (int c = 0; c < C; ++c) {
+    T mean = param(mean_index(c, k, K, C));
+    if constexpr (C == 3) {
+      if (c == 1) mean += coeff[0] * xc[0];
+      if (c == 2) mean += coeff[1] * xc[0] + coeff[2] * xc[1];
+    }
+    const T raw_ls = param(log_scale_index(c, k, K, C));
+    const T ls = raw_ls < T(kMinLogScale) ? T(kMinLogScale) : raw_ls;
+    const ChannelTerm<T> term = channel_term<T, kWithGrad>(
+        xc[c], px.bin[c] == T(0), px.bin[c] == T(bins.last), mean, ls, bins);
+    out.log_prob += term.log_prob;
+    if (kWithGrad) {
+      out.d_mean[c] = term.d_mean;
+      // Gradient through the clamp passes where raw >= -7, as torch.clamp's does.
+      out.d_log_scale[c] = raw_ls >= T(kMinLogScale) ? term.d_log_scale : T(0);
+    }
+  }
+  if constexpr (kWithGrad && C == 3) {
+    out.d_coeff[0] = out.d_mean[1] * xc[0] * coeff_grad[0];
+    out.d_coeff[1] = out.d_mean[2] * xc[0] * coeff_grad[1];
+    out.d_coeff[2] = out.d_mean[2] * xc[1] * coeff_grad[2];
+  }
+  return out;
+}
+
+// Writes the gradient of g * log_prob with respect to component k's parameters, given the
+// position's log-normalizer of the logits and its log_prob (the forward's output), so one
+// pass over the components suffices. `grad(i, value)` stores at index i of dim 1.
+template <typename T, int C, typename Param, typename Grad>
+FASTAR_HD void component_backward(const Pixel<T, C>& px, const Param& param, const Grad& grad,
+                                   int64_t k, int64_t K, const Bins<T>& bins, T lse_logits,
+                                   T log_prob, T g) {
+  const ComponentTerm<T, C> term = component_term<T, C, true>(px, param, k, K, bins);
+  const T logit = param(k) - lse_logits;
+  const T w = g * math::exp(logit + term.log_prob - log_prob);  // posterior responsibility
+  grad(k, w - g * math::exp(logit));                            // minus the prior's
+FASTAR_UNROLL
+  for (int c = 0; c < C; ++c) {
+    grad(mean_index(c, k, K, C), w * term.d_mean[c]);
+    grad(log_scale_index(c, k, K, C), w * term.d_log_scale[c]);
+    if constexpr (C == 3) grad(coeff_index(c, k, K), w * term.d_coeff[c]);
+  }
+}
+
+}  // namespace dmol
+}  // namespace fastar

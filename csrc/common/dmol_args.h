@@ -1,0 +1,25 @@
+#pragma once
+// Validates and normalizes the inputs of dmol_log_prob and its backward (host only), so the
+// CPU and CUDA launchers receive the same flat (B, C, S) / (B, P, S) layout.
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+namespace fastar {
+
+struct DmolArgs {
+  at::Tensor x;       // int64, contiguous (B, C, *S)
+  at::Tensor params;  // contiguous (B, P, *S)
+  int64_t B = 0, C = 0, K = 0, P = 0, S = 1, num_bins = 0;
+  std::vector<int64_t> out_shape;  // (B, *S)
+};
+
+DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& params,
+                      int64_t num_bins);
+
+// A (B, *S) tensor matching params in device and dtype (grad_out, log_prob); returned contiguous.
+at::Tensor prepare_dmol_per_position(const char* op, const char* arg, const at::Tensor& t,
+                                     const DmolArgs& args);
+
+}  // namespace fastar

@@ -1,0 +1,190 @@
+// CPU kernels of dmol_log_prob and its backward. Positions are processed in blocks of a row
+// (params are contiguous along the positions for a fixed parameter index), component by
+// component, so every inner loop runs over contiguous positions and vectorizes; no
+// (B, K, C, *S) intermediate is ever materialized.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/dmol.h"
+#include "common/dmol_args.h"
+#include "cpu/multiversion.h"
+
+namespace fastar {
+namespace {
+
+constexpr int64_t kBlock = 256;  // positions per block: per-block buffers stay in L1/L2
+
+// A block of positions [s0, s0 + len) of batch element b, with its bin indices as T.
+template <typename scalar_t, typename acc_t, int C>
+struct Block {
+  const scalar_t* params;  // &params[b, 0, s0]; parameter i of position j at params[i * S + j]
+  int64_t S, len;
+  int64_t offset;  // of params[b, 0, s0] in params: b * P * S + s0
+  int64_t pos;     // of position (b, s0) in (B, *S) tensors: b * S + s0
+  acc_t bins[C][kBlock];
+};
+
+template <typename scalar_t, typename acc_t, int C>
+void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, int64_t block,
+                Block<scalar_t, acc_t, C>& blk) {
+  const int64_t blocks_per_row = (args.S + kBlock - 1) / kBlock;
+  const int64_t b = block / blocks_per_row, s0 = (block % blocks_per_row) * kBlock;
+  blk.S = args.S;
+  blk.len = std::min(kBlock, args.S - s0);
+  blk.offset = b * args.P * args.S + s0;
+  blk.pos = b * args.S + s0;
+  blk.params = params + blk.offset;
+  for (int c = 0; c < C; ++c) {
+    const int64_t* xr = x + (b * C + c) * args.S + s0;
+    for (int64_t j = 0; j < blk.len; ++j) blk.bins[c][j] = acc_t(xr[j]);
+  }
+}
+
+template <typename scalar_t, typename acc_t, int C>
+FASTAR_CPU_MULTIVERSION void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k,
+                                              int64_t K, const dmol::Bins<acc_t>& bins,
+                                              acc_t* __restrict__ total) {
+  const scalar_t* __restrict__ pp = blk.params;
+  const int64_t S = blk.S;
+  for (int64_t j = 0; j < blk.len; ++j) {
+    dmol::Pixel<acc_t, C> px;
+    for (int c = 0; c < C; ++c) px.bin[c] = blk.bins[c][j];
+    const auto param = [&](int64_t i) { return acc_t(pp[i * S + j]); };
+    total[j] = param(k) + dmol::component_term<acc_t, C, false>(px, param, k, K, bins).log_prob;
+  }
+}
+
+// lse[j] = log sum_k exp(rows[k][j]) for rows given by row(k) (pointers to len values).
+template <typename acc_t, typename Row>
+FASTAR_CPU_MULTIVERSION void logsumexp_rows(int64_t K, int64_t len, const Row& row,
+                                            acc_t* __restrict__ lse, acc_t* __restrict__ sum) {
+  for (int64_t j = 0; j < len; ++j) lse[j] = row(0)[j];
+  for (int64_t k = 1; k < K; ++k) {
+    const auto* __restrict__ r = row(k);
+    for (int64_t j = 0; j < len; ++j) lse[j] = r[j] > lse[j] ? acc_t(r[j]) : lse[j];
+  }
+  for (int64_t j = 0; j < len; ++j) sum[j] = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const auto* __restrict__ r = row(k);
+    for (int64_t j = 0; j < len; ++j) sum[j] += math::exp(acc_t(r[j]) - lse[j]);
+  }
+  for (int64_t j = 0; j < len; ++j) lse[j] += math::log(sum[j]);
+}
+
+template <typename scalar_t, int C>
+void forward_cpu(const DmolArgs& args, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto bins = dmol::make_bins<acc_t>(args.num_bins);
+  const scalar_t* params = args.params.const_data_ptr<scalar_t>();
+  const int64_t* x = args.x.const_data_ptr<int64_t>();
+  scalar_t* y = out.mutable_data_ptr<scalar_t>();
+  const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    Block<scalar_t, acc_t, C> blk;
+    std::vector<acc_t> totals(K * kBlock), lse_totals(kBlock), lse_logits(kBlock), scratch(kBlock);
+    for (int64_t block = begin; block < end; ++block) {
+      load_block(args, params, x, block, blk);
+      for (int64_t k = 0; k < K; ++k)
+        component_totals(blk, k, K, bins, totals.data() + k * kBlock);
+      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
+                            lse_totals.data(), scratch.data());
+      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return blk.params + k * blk.S; },
+                            lse_logits.data(), scratch.data());
+      for (int64_t j = 0; j < blk.len; ++j) y[blk.pos + j] = lse_totals[j] - lse_logits[j];
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t, int C>
+FASTAR_CPU_MULTIVERSION void component_grads(const Block<scalar_t, acc_t, C>& blk, int64_t k,
+                                             int64_t K, const dmol::Bins<acc_t>& bins,
+                                             const acc_t* __restrict__ lse_logits,
+                                             const scalar_t* __restrict__ log_prob,
+                                             const scalar_t* __restrict__ grad_out,
+                                             scalar_t* __restrict__ grad) {
+  const scalar_t* __restrict__ pp = blk.params;
+  const int64_t S = blk.S;
+  for (int64_t j = 0; j < blk.len; ++j) {
+    dmol::Pixel<acc_t, C> px;
+    for (int c = 0; c < C; ++c) px.bin[c] = blk.bins[c][j];
+    const auto param = [&](int64_t i) { return acc_t(pp[i * S + j]); };
+    const auto store = [&](int64_t i, acc_t v) { grad[i * S + j] = scalar_t(v); };
+    dmol::component_backward<acc_t, C>(px, param, store, k, K, bins, lse_logits[j],
+                                       acc_t(log_prob[j]), acc_t(grad_out[j]));
+  }
+}
+
+template <typename scalar_t, int C>
+void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, const at::Tensor& log_prob,
+                  at::Tensor& grad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto bins = dmol::make_bins<acc_t>(args.num_bins);
+  const scalar_t* params = args.params.const_data_ptr<scalar_t>();
+  const int64_t* x = args.x.const_data_ptr<int64_t>();
+  const scalar_t* lp = log_prob.const_data_ptr<scalar_t>();
+  const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+  scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
+  const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    Block<scalar_t, acc_t, C> blk;
+    std::vector<acc_t> lse_logits(kBlock), scratch(kBlock);
+    for (int64_t block = begin; block < end; ++block) {
+      load_block(args, params, x, block, blk);
+      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return blk.params + k * blk.S; },
+                            lse_logits.data(), scratch.data());
+      for (int64_t k = 0; k < K; ++k)
+        component_grads(blk, k, K, bins, lse_logits.data(), lp + blk.pos, g + blk.pos,
+                        gp + blk.offset);
+    }
+  });
+}
+
+template <typename Fn>
+void dispatch_channels(int64_t C, const Fn& fn) {
+  if (C == 1) fn(std::integral_constant<int, 1>{});
+  else fn(std::integral_constant<int, 3>{});
+}
+
+at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
+  const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
+  at::Tensor out = at::empty(args.out_shape, args.params.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
+                                  "dmol_log_prob_cpu", [&] {
+    dispatch_channels(args.C, [&](auto c) { forward_cpu<scalar_t, decltype(c)::value>(args, out); });
+  });
+  return out;
+}
+
+at::Tensor dmol_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                      const at::Tensor& params, const at::Tensor& log_prob,
+                                      int64_t num_bins) {
+  const char* op = "dmol_log_prob_backward";
+  const DmolArgs args = prepare_dmol(op, x, params, num_bins);
+  const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
+  const at::Tensor lp = prepare_dmol_per_position(op, "log_prob", log_prob, args);
+  at::Tensor grad = at::empty_like(args.params);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
+                                  "dmol_log_prob_backward_cpu", [&] {
+    dispatch_channels(args.C, [&](auto c) {
+      backward_cpu<scalar_t, decltype(c)::value>(args, g, lp, grad);
+    });
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastar, CPU, m) {
+  m.impl("dmol_log_prob", &dmol_log_prob_cpu);
+  m.impl("dmol_log_prob_backward", &dmol_log_prob_backward_cpu);
+}
+
+}  // namespace fastar
