@@ -34,6 +34,12 @@ def _dmol_components(params: Tensor, num_channels: int):
     return logits, rest[:, :, 0], rest[:, :, 1], torch.tanh(rest[:, :, 2])
 
 
+def _softplus(x: Tensor) -> Tensor:
+    # torch's default threshold (20) returns x itself above 20: an error of e^-20 in the value
+    # and a zero gradient where the true one is e^-x. At 40 the cut is below float64's epsilon.
+    return F.softplus(x, threshold=40.0)
+
+
 def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
     """PixelCNN++'s discretized_mix_logistic_loss (as a log-probability per position), written
     the way PixelCNN++ writes it, generalised to num_bins. x: integer (B, C, *S) in
@@ -54,11 +60,11 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
     cdf_plus = torch.sigmoid(plus_in)
     min_in = inv_s * (centered - h)
     cdf_min = torch.sigmoid(min_in)
-    log_cdf_plus = plus_in - F.softplus(plus_in)
-    log_one_minus_cdf_min = -F.softplus(min_in)
+    log_cdf_plus = plus_in - _softplus(plus_in)
+    log_one_minus_cdf_min = -_softplus(min_in)
     cdf_delta = cdf_plus - cdf_min
     mid_in = inv_s * centered
-    log_pdf_mid = mid_in - log_scales - 2.0 * F.softplus(mid_in)
+    log_pdf_mid = mid_in - log_scales - 2.0 * _softplus(mid_in)
     inner = torch.where(cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-12)),
                         log_pdf_mid - math.log((num_bins - 1) / 2))
     xb = x.unsqueeze(2)

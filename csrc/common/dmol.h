@@ -23,6 +23,16 @@ namespace dmol {
 
 constexpr double kMinLogScale = -7.0;
 constexpr double kLogMinDelta = -11.512925464970229;  // log(1e-5): below, the density is used
+// Keeps every intermediate finite in float32 for any finite params: distances to the mean,
+// logits and per-channel log-probabilities are held within +-1e30, which binds only for
+// parameters no model produces and where the result has long saturated.
+constexpr double kMaxMagnitude = 1e30;
+
+template <typename T>
+FASTAR_HD T clamp_magnitude(T v) {
+  v = v < T(-kMaxMagnitude) ? T(-kMaxMagnitude) : v;
+  return v > T(kMaxMagnitude) ? T(kMaxMagnitude) : v;  // NaN passes through
+}
 
 // The constants of one num_bins, in the kernel's math type.
 template <typename T>
@@ -55,7 +65,7 @@ template <typename T, bool kWithGrad>
 FASTAR_HD ChannelTerm<T> channel_term(T xc, bool first, bool last, T mean, T log_scale,
                                       const Bins<T>& bins) {
   const T inv_s = math::exp(-log_scale);
-  const T mid = inv_s * (xc - mean);
+  const T mid = inv_s * clamp_magnitude(xc - mean);
   const T hs = bins.half_width * inv_s;
   const T p = mid + hs, m = mid - hs;
   const T fp = math::exp_neg(-math::abs(p));
@@ -70,7 +80,8 @@ FASTAR_HD ChannelTerm<T> channel_term(T xc, bool first, bool last, T mean, T log
   const bool use_delta = log_delta > T(kLogMinDelta);
   const T inner = use_delta ? log_delta : log_pdf;
   ChannelTerm<T> term;
-  term.log_prob = first ? log_cdf_p : (last ? log_one_minus_cdf_m : inner);
+  const T log_prob = first ? log_cdf_p : (last ? log_one_minus_cdf_m : inner);
+  term.log_prob = log_prob < T(-kMaxMagnitude) ? T(-kMaxMagnitude) : log_prob;
   if (kWithGrad) {
     const T sig_neg_p = math::sigmoid_given(-p, fp);  // d log sigmoid(p) / dp
     const T sig_m = math::sigmoid_given(m, fm);       // -d log sigmoid(-m) / dm
@@ -89,9 +100,6 @@ FASTAR_HD ChannelTerm<T> channel_term(T xc, bool first, bool last, T mean, T log
 
 // Parameter offsets along dim 1 of params (PixelCNN++'s layout, channel-first): logits first,
 // then per channel c its means, log-scales and (for C = 3) coupling coefficients, K each.
-FASTAR_HD int64_t num_params_per_component(int64_t channels) {
-  return channels == 1 ? 3 : 10;
-}
 FASTAR_HD int64_t mean_index(int64_t c, int64_t k, int64_t K, int64_t channels) {
   return channels == 1 ? K + k : K + 3 * K * c + k;
 }
@@ -168,7 +176,7 @@ FASTAR_HD void component_backward(const Pixel<T, C>& px, const Param& param, con
                                    int64_t k, int64_t K, const Bins<T>& bins, T lse_logits,
                                    T log_prob, T g) {
   const ComponentTerm<T, C> term = component_term<T, C, true>(px, param, k, K, bins);
-  const T logit = param(k) - lse_logits;
+  const T logit = clamp_magnitude(param(k)) - lse_logits;
   const T w = g * math::exp(logit + term.log_prob - log_prob);  // posterior responsibility
   grad(k, w - g * math::exp(logit));                            // minus the prior's
 FASTAR_UNROLL

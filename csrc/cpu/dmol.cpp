@@ -32,6 +32,14 @@ struct Block {
   acc_t bins[C][kBlock];
 };
 
+// logits[k * kBlock + j] = the clamped logit of component k at position j of the block.
+template <typename scalar_t, typename acc_t, int C>
+void load_logits(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* logits) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < blk.len; ++j)
+      logits[k * kBlock + j] = dmol::clamp_magnitude(acc_t(blk.params[k * blk.S + j]));
+}
+
 template <typename scalar_t, typename acc_t, int C>
 void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, int64_t block,
                 Block<scalar_t, acc_t, C>& blk) {
@@ -51,6 +59,7 @@ void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, 
 template <typename scalar_t, typename acc_t, int C>
 FASTAR_CPU_MULTIVERSION void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k,
                                               int64_t K, const dmol::Bins<acc_t>& bins,
+                                              const acc_t* __restrict__ logits,
                                               acc_t* __restrict__ total) {
   const scalar_t* __restrict__ pp = blk.params;
   const int64_t S = blk.S;
@@ -58,7 +67,7 @@ FASTAR_CPU_MULTIVERSION void component_totals(const Block<scalar_t, acc_t, C>& b
     dmol::Pixel<acc_t, C> px;
     for (int c = 0; c < C; ++c) px.bin[c] = blk.bins[c][j];
     const auto param = [&](int64_t i) { return acc_t(pp[i * S + j]); };
-    total[j] = param(k) + dmol::component_term<acc_t, C, false>(px, param, k, K, bins).log_prob;
+    total[j] = logits[j] + dmol::component_term<acc_t, C, false>(px, param, k, K, bins).log_prob;
   }
 }
 
@@ -89,14 +98,16 @@ void forward_cpu(const DmolArgs& args, at::Tensor& out) {
   const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
   at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
     Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> totals(K * kBlock), lse_totals(kBlock), lse_logits(kBlock), scratch(kBlock);
+    std::vector<acc_t> logits(K * kBlock), totals(K * kBlock), lse_totals(kBlock),
+        lse_logits(kBlock), scratch(kBlock);
     for (int64_t block = begin; block < end; ++block) {
       load_block(args, params, x, block, blk);
+      load_logits(blk, K, logits.data());
       for (int64_t k = 0; k < K; ++k)
-        component_totals(blk, k, K, bins, totals.data() + k * kBlock);
+        component_totals(blk, k, K, bins, logits.data() + k * kBlock, totals.data() + k * kBlock);
       logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
                             lse_totals.data(), scratch.data());
-      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return blk.params + k * blk.S; },
+      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits.data() + k * kBlock; },
                             lse_logits.data(), scratch.data());
       for (int64_t j = 0; j < blk.len; ++j) y[blk.pos + j] = lse_totals[j] - lse_logits[j];
     }
@@ -135,10 +146,11 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, const at::Te
   const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
   at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
     Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> lse_logits(kBlock), scratch(kBlock);
+    std::vector<acc_t> logits(K * kBlock), lse_logits(kBlock), scratch(kBlock);
     for (int64_t block = begin; block < end; ++block) {
       load_block(args, params, x, block, blk);
-      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return blk.params + k * blk.S; },
+      load_logits(blk, K, logits.data());
+      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits.data() + k * kBlock; },
                             lse_logits.data(), scratch.data());
       for (int64_t k = 0; k < K; ++k)
         component_grads(blk, k, K, bins, lse_logits.data(), lp + blk.pos, g + blk.pos,

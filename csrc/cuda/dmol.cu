@@ -1,0 +1,164 @@
+// CUDA kernels of dmol_log_prob and its backward: one thread per position, looping over the
+// K components; consecutive threads read consecutive positions of each parameter row, so every
+// load is coalesced. Float32 math for every storage dtype.
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/dmol.h"
+#include "common/dmol_args.h"
+
+namespace fastar {
+namespace {
+
+constexpr int kThreads = 128;
+
+// The position handled by index i of the flat (B, S) range, and its bin indices.
+template <typename acc_t, int C>
+struct Position {
+  int64_t params_offset;  // of params[b, 0, s]
+  dmol::Pixel<acc_t, C> px;
+};
+
+template <typename acc_t, int C>
+__device__ __forceinline__ Position<acc_t, C> position(const int64_t* __restrict__ x, int64_t i,
+                                                       int64_t S, int64_t P) {
+  const int64_t b = i / S, s = i - b * S;
+  Position<acc_t, C> pos;
+  pos.params_offset = b * P * S + s;
+  FASTAR_UNROLL
+  for (int c = 0; c < C; ++c) pos.px.bin[c] = acc_t(x[(b * C + c) * S + s]);
+  return pos;
+}
+
+// Running log-sum-exp, one term at a time (no per-thread arrays of K values).
+template <typename T>
+struct OnlineLogSumExp {
+  T max = -INFINITY, sum = 0;
+  __device__ __forceinline__ void add(T v) {
+    const T m = v > max ? v : max;
+    sum = sum * math::exp(max - m) + math::exp(v - m);
+    max = m;
+  }
+  __device__ __forceinline__ T value() const { return max + math::log(sum); }
+};
+
+template <typename scalar_t, int C>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(const int64_t* __restrict__ x, const scalar_t* __restrict__ params,
+                   scalar_t* __restrict__ out, int64_t num_positions, int64_t S, int64_t P,
+                   int64_t K, dmol::Bins<at::opmath_type<scalar_t>> bins) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < num_positions;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P);
+    const scalar_t* pp = params + pos.params_offset;
+    const auto param = [&](int64_t idx) { return acc_t(pp[idx * S]); };
+    OnlineLogSumExp<acc_t> total, logits;
+    for (int64_t k = 0; k < K; ++k) {
+      const acc_t logit = dmol::clamp_magnitude(param(k));
+      logits.add(logit);
+      total.add(logit + dmol::component_term<acc_t, C, false>(pos.px, param, k, K, bins).log_prob);
+    }
+    out[i] = scalar_t(total.value() - logits.value());
+  }
+}
+
+template <typename scalar_t, int C>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ x,
+                    const scalar_t* __restrict__ params, const scalar_t* __restrict__ log_prob,
+                    scalar_t* __restrict__ grad, int64_t num_positions, int64_t S, int64_t P,
+                    int64_t K, dmol::Bins<at::opmath_type<scalar_t>> bins) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < num_positions;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P);
+    const scalar_t* pp = params + pos.params_offset;
+    scalar_t* gp = grad + pos.params_offset;
+    const auto param = [&](int64_t idx) { return acc_t(pp[idx * S]); };
+    const auto store = [&](int64_t idx, acc_t v) { gp[idx * S] = scalar_t(v); };
+    OnlineLogSumExp<acc_t> logits;
+    for (int64_t k = 0; k < K; ++k) logits.add(dmol::clamp_magnitude(param(k)));
+    const acc_t lse_logits = logits.value();
+    for (int64_t k = 0; k < K; ++k)
+      dmol::component_backward<acc_t, C>(pos.px, param, store, k, K, bins, lse_logits,
+                                         acc_t(log_prob[i]), acc_t(grad_out[i]));
+  }
+}
+
+unsigned int num_blocks(int64_t n) {
+  return static_cast<unsigned int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16));
+}
+
+template <typename Fn>
+void dispatch_channels(int64_t C, const Fn& fn) {
+  if (C == 1) fn(std::integral_constant<int, 1>{});
+  else fn(std::integral_constant<int, 3>{});
+}
+
+at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
+  const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
+  at::Tensor out = at::empty(args.out_shape, args.params.options());
+  const int64_t n = args.B * args.S;
+  if (n == 0) return out;
+  const c10::cuda::CUDAGuard guard(params.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
+                                  "dmol_log_prob_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_channels(args.C, [&](auto c) {
+      forward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
+          args.x.const_data_ptr<int64_t>(), args.params.const_data_ptr<scalar_t>(),
+          out.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
+          dmol::make_bins<acc_t>(num_bins));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+at::Tensor dmol_log_prob_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                       const at::Tensor& params, const at::Tensor& log_prob,
+                                       int64_t num_bins) {
+  const char* op = "dmol_log_prob_backward";
+  const DmolArgs args = prepare_dmol(op, x, params, num_bins);
+  const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
+  const at::Tensor lp = prepare_dmol_per_position(op, "log_prob", log_prob, args);
+  at::Tensor grad = at::empty_like(args.params);
+  const int64_t n = args.B * args.S;
+  if (n == 0) return grad;
+  const c10::cuda::CUDAGuard guard(params.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
+                                  "dmol_log_prob_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_channels(args.C, [&](auto c) {
+      backward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
+          g.const_data_ptr<scalar_t>(), args.x.const_data_ptr<int64_t>(),
+          args.params.const_data_ptr<scalar_t>(), lp.const_data_ptr<scalar_t>(),
+          grad.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
+          dmol::make_bins<acc_t>(num_bins));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastar, CUDA, m) {
+  m.impl("dmol_log_prob", &dmol_log_prob_cuda);
+  m.impl("dmol_log_prob_backward", &dmol_log_prob_backward_cuda);
+}
+
+}  // namespace fastar

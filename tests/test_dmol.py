@@ -1,0 +1,224 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+import fastar.ops as ops
+import fastar.reference as reference
+from conftest import DEVICES
+from fastar.nn import DiscretizedMixLogisticLoss, bits_per_dim
+
+
+def _params(B, C, K, S, scale, device, dtype=torch.float64):
+    """Random params in PixelCNN++'s layout at a given scale: "normal", or stressing the
+    clamps and tails ("tiny_scales": log-scales far below -7; "far_means": means far outside
+    [-1, 1]; "sharp_logits": logits of +-50)."""
+    P = (3 if C == 1 else 10) * K
+    p = torch.randn(B, P, *S, dtype=torch.float64)
+    logits, rest = p[:, :K], p[:, K:]
+    rest = rest.reshape(B, C, 3 if C == 3 else 2, K, *S)  # a view: edits below reach p
+    if scale == "tiny_scales":
+        rest[:, :, 1] = rest[:, :, 1] * 5 - 15
+    elif scale == "far_means":
+        rest[:, :, 0] = rest[:, :, 0] * 6
+    elif scale == "sharp_logits":
+        logits.mul_(50)
+    else:
+        rest[:, :, 1] = rest[:, :, 1] - 2
+    return p.to(device=device, dtype=dtype)
+
+
+def _data(B, C, S, num_bins, device):
+    x = torch.randint(0, num_bins, (B, C, *S))
+    flat = x.view(-1)
+    flat[0], flat[-1] = 0, num_bins - 1  # both edge bins always present
+    flat[1 : flat.numel() : 5] = 0
+    flat[2 : flat.numel() : 7] = num_bins - 1
+    return x.to(device)
+
+
+CONFIGS = list(itertools.product([1, 3], [1, 3, 10], [2, 256, 65536]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("C,K,num_bins", CONFIGS, ids=["C%d-K%d-bins%d" % c for c in CONFIGS])
+@pytest.mark.parametrize("scale", ["normal", "tiny_scales", "far_means", "sharp_logits"])
+def test_matches_reference_float64(device, C, K, num_bins, scale):
+    for B, S in [(1, (13,)), (3, (4, 5))]:
+        params = _params(B, C, K, S, scale, device).requires_grad_()
+        x = _data(B, C, S, num_bins, device)
+        ours = ops.dmol_log_prob(x, params, num_bins)
+        ref = reference.dmol_log_prob(x, params, num_bins)
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+        g = torch.randn_like(ours)
+        (g_ours,) = torch.autograd.grad(ours, params, g)
+        (g_ref,) = torch.autograd.grad(ref, params, g)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("C,num_bins", [(1, 2), (1, 16), (3, 2), (3, 4)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_probabilities_sum_to_one(device, C, num_bins, dtype):
+    K = 4
+    outcomes = torch.tensor(list(itertools.product(range(num_bins), repeat=C))).T  # (C, N)
+    N = outcomes.shape[1]
+    x = outcomes[None].to(device)  # (1, C, N): every value of one position
+    for _ in range(3):
+        one = _params(1, C, K, (1,), "normal", device, dtype)
+        params = one.expand(1, one.shape[1], N).contiguous()
+        total = ops.dmol_log_prob(x, params, num_bins).double().exp().sum().item()
+        assert abs(total - 1) < 1e-4, total
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_for_any_finite_input(device, dtype):
+    B, C, K, S = 2, 3, 5, (64,)
+    params = torch.randn(B, 10 * K, *S, dtype=torch.float64)
+    extremes = torch.tensor([0.0, 1e4, -1e4, 88.0, -88.0, 100.0, -100.0, 1e-30, 3e38, -3e38])
+    params.view(-1)[: params.numel() // 2] = extremes.repeat(params.numel() // 20 + 1)[
+        : params.numel() // 2].double()
+    params = params[:, torch.randperm(params.shape[1])].to(device=device, dtype=dtype)
+    params.requires_grad_()
+    for num_bins in (2, 256):
+        x = _data(B, C, S, num_bins, device)
+        lp = ops.dmol_log_prob(x, params, num_bins)
+        (grad,) = torch.autograd.grad(lp.sum(), params)
+        assert torch.isfinite(lp).all() and (lp <= 1e-6).all()
+        assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("C", [1, 3])
+def test_gradcheck(device, C):
+    params = _params(2, C, 3, (2, 3), "normal", device).requires_grad_()
+    x = _data(2, C, (2, 3), 8, device)
+    assert torch.autograd.gradcheck(lambda p: ops.dmol_log_prob(x, p, 8), (params,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reduced_precision_close_to_float64(device, dtype):
+    if device == "cpu" and dtype != torch.float32:
+        pytest.skip("float16/bfloat16 are a GPU format; CPU runs them, but slowly")
+    params64 = _params(4, 3, 10, (8, 8), "normal", device)
+    x = _data(4, 3, (8, 8), 256, device)
+    params = params64.to(dtype).requires_grad_()
+    rounded = params.detach().double().requires_grad_()  # the exact answer for those inputs
+    lp = ops.dmol_log_prob(x, params, 256)
+    ref = reference.dmol_log_prob(x, rounded, 256)
+    (g,) = torch.autograd.grad(lp.sum(), params)
+    (g_ref,) = torch.autograd.grad(ref.sum(), rounded)
+    # float32 math, so only the output's rounding to dtype separates the results.
+    tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(lp.double(), ref, rtol=tol, atol=tol * 10)
+    torch.testing.assert_close(g.double(), g_ref, rtol=tol, atol=tol * 1e-1 + 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("C", [1, 3])
+def test_opcheck(device, C):
+    params = _params(2, C, 2, (3, 4), "normal", device, torch.float32).requires_grad_()
+    x = _data(2, C, (3, 4), 256, device)
+    torch.library.opcheck(torch.ops.fastar.dmol_log_prob.default, (x, params, 256))
+    lp = ops.dmol_log_prob(x, params.detach(), 256)
+    torch.library.opcheck(torch.ops.fastar.dmol_log_prob_backward.default,
+                          (torch.randn_like(lp), x, params.detach(), lp, 256))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_small_model(device):
+    torch._dynamo.reset()
+    model = torch.nn.Conv2d(3, 10 * 2, 3, padding=1).to(device)
+    loss_fn = DiscretizedMixLogisticLoss(num_bins=256)
+
+    def step(x):
+        return loss_fn(model(x.float() / 127.5 - 1), x)
+
+    x = torch.randint(0, 256, (2, 3, 6, 6), device=device)
+    compiled = torch.compile(step, fullgraph=True)
+    loss_eager, loss_compiled = step(x), compiled(x)
+    torch.testing.assert_close(loss_compiled, loss_eager)
+    g_eager = torch.autograd.grad(loss_eager, model.weight)[0]
+    g_compiled = torch.autograd.grad(loss_compiled, model.weight)[0]
+    torch.testing.assert_close(g_compiled, g_eager)
+
+
+def test_loss_module_and_bits_per_dim():
+    params = _params(3, 3, 2, (4, 4), "normal", "cpu", torch.float64)
+    x = _data(3, 3, (4, 4), 256, "cpu")
+    loss = DiscretizedMixLogisticLoss()(params, x)
+    expected = -reference.dmol_log_prob(x, params, 256).sum(dim=(1, 2)).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(bits_per_dim(loss, 3 * 16), expected / (48 * math.log(2)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs_raise_clear_errors(device):
+    params = torch.randn(2, 20, 4, 4, device=device)
+    x = torch.randint(0, 256, (2, 3, 4, 4), device=device)
+    f = ops.dmol_log_prob
+    with pytest.raises(RuntimeError, match=r"fastar::dmol_log_prob: expected every value of x in "
+                                           r"\[0, num_bins\) = \[0, 256\), but got values in "
+                                           r"\[0, 256\]"):
+        f(torch.where(x == x.max(), 256, x), params)
+    with pytest.raises(RuntimeError, match=r"values in \[-1, "):
+        f(x - x.min() - 1, params)
+    with pytest.raises(RuntimeError, match=r"expected params.size\(1\) to be a positive multiple "
+                                           r"of 10 .* but got 21"):
+        f(x, torch.randn(2, 21, 4, 4, device=device))
+    with pytest.raises(RuntimeError, match=r"multiple of 3 .* but got 10"):
+        f(x[:, :1], torch.randn(2, 10, 4, 4, device=device))
+    with pytest.raises(RuntimeError, match=r"expected x of shape \(B, C, \*\) with C = 1 or 3 "
+                                           r"channels, but got shape \[2, 2, 4, 4\]"):
+        f(x[:, :2], params)
+    with pytest.raises(RuntimeError, match=r"expected params of shape \(B, P, \*S\) with x's batch "
+                                           r"and trailing dims .* but got params of shape "
+                                           r"\[2, 20, 4, 5\]"):
+        f(x, torch.randn(2, 20, 4, 5, device=device))
+    with pytest.raises(RuntimeError, match=r"expected x to be an integer tensor of bin indices, "
+                                           r"but got float32"):
+        f(x.float(), params)
+    with pytest.raises(RuntimeError, match=r"expected num_bins in \[2, 2\^24\], but got 1"):
+        f(torch.zeros_like(x), params, 1)
+
+
+def test_sample_is_deterministic_for_a_generator():
+    params = _params(2, 3, 4, (5, 5), "normal", "cpu", torch.float32)
+    draw = [ops.dmol_sample(params, 3, generator=torch.Generator().manual_seed(7)) for _ in "ab"]
+    assert torch.equal(draw[0], draw[1])
+    assert draw[0].shape == (2, 3, 5, 5) and draw[0].dtype == torch.int64
+    assert draw[0].min() >= 0 and draw[0].max() <= 255
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("C,num_bins", [(3, 3), (1, 8)])
+def test_sample_follows_log_prob_chi_square(device, C, num_bins):
+    # Every outcome of one position: expected frequencies from exp(dmol_log_prob).
+    K = 3
+    one = _params(1, C, K, (1,), "normal", "cpu")
+    one[:, K:] *= 0.5  # spread the mass over many outcomes
+    outcomes = torch.tensor(list(itertools.product(range(num_bins), repeat=C))).T[None]
+    probs = ops.dmol_log_prob(outcomes, one.expand(-1, -1, outcomes.shape[2]).contiguous(),
+                              num_bins).exp()[0]
+    n = 200_000
+    params = one.expand(n, -1, -1).to(device)
+    samples = ops.dmol_sample(params, C, num_bins,
+                              generator=torch.Generator(device=device).manual_seed(0))
+    index = torch.zeros(n, dtype=torch.int64)
+    for c in range(C):
+        index = index * num_bins + samples[:, c, 0].cpu()
+    counts = torch.bincount(index, minlength=num_bins ** C).double()
+    expected = probs * n
+    keep = expected > 5  # the usual validity rule; pool the rest
+    stat = (((counts[keep] - expected[keep]) ** 2) / expected[keep]).sum()
+    rest_e, rest_c = expected[~keep].sum(), counts[~keep].sum()
+    df = int(keep.sum()) - 1
+    if rest_e > 5:
+        stat += (rest_c - rest_e) ** 2 / rest_e
+        df += 1
+    # Wilson-Hilferty approximation of the chi-square quantile at p = 0.999.
+    critical = df * (1 - 2 / (9 * df) + 3.09 * math.sqrt(2 / (9 * df))) ** 3
+    assert stat.item() < critical, (stat.item(), critical, df)
