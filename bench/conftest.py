@@ -6,6 +6,7 @@ a group are compared with that group's baselines (impl "eager" and "compile").
 """
 
 import datetime
+import gc
 import json
 import os
 import platform
@@ -42,8 +43,31 @@ def _commit():
         return "unknown"
 
 
+def peak_memory(run, device):
+    """Peak bytes that run() holds above what was allocated before it: the CUDA allocator's
+    statistics, or on CPU the running sum of the allocations and frees that the profiler
+    records (each op's own allocations counted when it starts)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        return torch.cuda.max_memory_allocated() - before
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        run()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
 def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, warmup=2):
-    """Times fn() (synchronizing on CUDA) after warm-up runs, and records the median."""
+    """Times fn() (synchronizing on CUDA) after warm-up runs, and records the median and the
+    peak memory of one run."""
     def run():
         out = fn()
         if device == "cuda":
@@ -52,8 +76,7 @@ def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, warmup=2):
 
     for _ in range(warmup):
         run()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    peak = peak_memory(run, device)
     benchmark.group = group
     benchmark.extra_info.update(impl=impl, device=device, bytes_moved=bytes_moved)
     benchmark.pedantic(run, rounds=5 if device == "cpu" else 50, iterations=1)
@@ -62,8 +85,8 @@ def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, warmup=2):
               "median_s": median, "bytes_moved": bytes_moved}
     if bytes_moved:
         record["GB_per_s"] = bytes_moved / median / 1e9
-    if device == "cuda":
-        record["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    if peak is not None:
+        record["peak_memory_bytes"] = peak
     _records.append(record)
 
 
@@ -72,16 +95,18 @@ def _table():
     groups = {}
     for r in _records:
         groups.setdefault(r["group"], []).append(r)
-    header = "%-44s %-9s %10s %9s %11s %8s" % ("group", "impl", "median ms", "vs eager",
-                                                "vs compile", "GB/s")
+    header = "%-52s %-8s %10s %9s %11s %7s %9s" % ("group", "impl", "median ms", "vs eager",
+                                                    "vs compile", "GB/s", "peak MB")
     lines += [header, "-" * len(header)]
     for group, rows in groups.items():
         base = {r["impl"]: r["median_s"] for r in rows}
         for r in rows:
             ratios = ["%.2fx" % (base[b] / r["median_s"]) if b in base else "-" for b in BASELINES]
             gbs = "%.1f" % r["GB_per_s"] if "GB_per_s" in r else "-"
-            lines.append("%-44s %-9s %10.2f %9s %11s %8s" % (
-                group, r["impl"], r["median_s"] * 1e3, ratios[0], ratios[1], gbs))
+            peak = ("%.0f" % (r["peak_memory_bytes"] / 2**20)
+                    if "peak_memory_bytes" in r else "-")
+            lines.append("%-52s %-8s %10.2f %9s %11s %7s %9s" % (
+                group, r["impl"], r["median_s"] * 1e3, ratios[0], ratios[1], gbs, peak))
             r["speedup_vs"] = {b: base[b] / r["median_s"] for b in BASELINES if b in base}
     return "\n".join(lines)
 

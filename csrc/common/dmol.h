@@ -12,8 +12,8 @@
 //               the centre minus log((B - 1) / 2): mid - ls - 2 softplus(mid) - log((B - 1) / 2).
 // The difference is evaluated without cancellation as
 //   cdf(p) - cdf(m) = sigmoid(p) sigmoid(-m) (1 - exp(-(p - m))),  p - m = 2 h inv_s,
-// so its log is exact in every tail (PixelCNN++ subtracts two sigmoids, which loses everything
-// far from the mean in float32; both agree wherever that subtraction is accurate).
+// so it is exact in every tail (PixelCNN++ subtracts two sigmoids, which loses everything far
+// from the mean in float32; both agree wherever that subtraction is accurate).
 
 #include "common/macros.h"
 #include "common/math.h"
@@ -22,7 +22,7 @@ namespace fastar {
 namespace dmol {
 
 constexpr double kMinLogScale = -7.0;
-constexpr double kLogMinDelta = -11.512925464970229;  // log(1e-5): below, the density is used
+constexpr double kMinDelta = 1e-5;  // inner bins of smaller mass use the density instead
 // Keeps every intermediate finite in float32 for any finite params: distances to the mean,
 // logits and per-channel log-probabilities are held within +-1e30, which binds only for
 // parameters no model produces and where the result has long saturated.
@@ -40,18 +40,13 @@ struct Bins {
   T half_width;      // h = 1 / (B - 1)
   T log_half_bins;   // log((B - 1) / 2)
   T centre_scale;    // 2 / (B - 1): xc = -1 + k * centre_scale
-  int64_t last;      // B - 1
+  T last;            // B - 1, the last bin's index
 };
 
 template <typename T>
 Bins<T> make_bins(int64_t num_bins) {
   const double b1 = static_cast<double>(num_bins - 1);
-  return {T(1.0 / b1), T(::log(b1 / 2.0)), T(2.0 / b1), num_bins - 1};
-}
-
-template <typename T>
-FASTAR_HD T bin_centre(int64_t k, const Bins<T>& bins) {
-  return T(-1) + T(k) * bins.centre_scale;
+  return {T(1.0 / b1), T(::log(b1 / 2.0)), T(2.0 / b1), T(b1)};
 }
 
 // log P(bin) of one channel under one component, and its derivatives with respect to the
@@ -63,28 +58,40 @@ struct ChannelTerm {
 
 template <typename T, bool kWithGrad>
 FASTAR_HD ChannelTerm<T> channel_term(T xc, bool first, bool last, T mean, T log_scale,
-                                      const Bins<T>& bins) {
+                                      const Bins<T> bins) {
   const T inv_s = math::exp(-log_scale);
   const T mid = inv_s * clamp_magnitude(xc - mean);
   const T hs = bins.half_width * inv_s;
   const T p = mid + hs, m = mid - hs;
-  const T fp = math::exp_neg(-math::abs(p));
+  const T fp = math::exp_neg(-math::abs(p));  // sigmoid(p) = (p < 0 ? fp : 1) / (1 + fp)
   const T fm = math::exp_neg(-math::abs(m));
   const T fmid = math::exp_neg(-math::abs(mid));
-  const T log_cdf_p = -math::softplus_given(-p, fp);       // log sigmoid(p)
-  const T log_one_minus_cdf_m = -math::softplus_given(m, fm);  // log sigmoid(-m)
-  const math::ExpPair<T> ed = math::exp_expm1_neg(T(-2) * hs);   // exp(-(p - m))
+  const T inv_p = T(1) / (T(1) + fp), inv_m = T(1) / (T(1) + fm);
+  const math::ExpPair<T> ed = math::exp_expm1_neg(T(-2) * hs);  // exp(-(p - m))
   const T one_minus_ed = -ed.expm1;
-  const T log_delta = log_cdf_p + log_one_minus_cdf_m + math::log(one_minus_ed);
-  const T log_pdf = mid - log_scale - T(2) * math::softplus_given(mid, fmid) - bins.log_half_bins;
-  const bool use_delta = log_delta > T(kLogMinDelta);
-  const T inner = use_delta ? log_delta : log_pdf;
+  // The bin's mass sigmoid(p) sigmoid(-m) (1 - exp(-(p - m))).
+  const T delta = (p < T(0) ? fp : T(1)) * (m > T(0) ? fm : T(1)) * inv_p * inv_m * one_minus_ed;
+  const bool use_delta = !first && !last && delta > T(kMinDelta);
+  // Every other case is offset + weight * softplus(u), softplus(u) = max(u, 0) + log1p(f):
+  //   first bin log sigmoid(p) = -softplus(-p); last bin log sigmoid(-m) = -softplus(m);
+  //   density mid - log_scale - log((B - 1) / 2) - 2 softplus(mid).
+  const bool edge = first || last;
+  const T u = first ? -p : (last ? m : mid);
+  const T f = first ? fp : (last ? fm : fmid);
+  const T weight = edge ? T(-1) : T(-2);
+  const T offset = edge ? T(0) : mid - log_scale - bins.log_half_bins;
+  // One log serves every case: of the mass, or of 1 + f, corrected into log1p(f) (Goldberg:
+  // log(1 + f) * f / ((1 + f) - 1) cancels the rounding of 1 + f).
+  const T one_plus_f = T(1) + f;
+  const T log_arg = math::log(use_delta ? delta : one_plus_f);
+  const T rounded_f = one_plus_f - T(1);
+  const T log1p_f = rounded_f == T(0) ? f : log_arg * (f / rounded_f);
+  const T log_prob = use_delta ? log_arg : offset + weight * ((u > T(0) ? u : T(0)) + log1p_f);
   ChannelTerm<T> term;
-  const T log_prob = first ? log_cdf_p : (last ? log_one_minus_cdf_m : inner);
   term.log_prob = log_prob < T(-kMaxMagnitude) ? T(-kMaxMagnitude) : log_prob;
   if (kWithGrad) {
-    const T sig_neg_p = math::sigmoid_given(-p, fp);  // d log sigmoid(p) / dp
-    const T sig_m = math::sigmoid_given(m, fm);       // -d log sigmoid(-m) / dm
+    const T sig_neg_p = (p < T(0) ? T(1) : fp) * inv_p;  // d log sigmoid(p) / dp
+    const T sig_m = (m < T(0) ? fm : T(1)) * inv_m;      // -d log sigmoid(-m) / dm
     const T one_minus_2sig_mid = T(1) - T(2) * math::sigmoid_given(mid, fmid);
     // (p - m) e / (1 - e) with e = exp(-(p - m)): from d log(1 - e) / d log_scale; -> 1 at 0.
     const T d_ratio = T(2) * hs * ed.exp / one_minus_ed;
@@ -128,7 +135,7 @@ struct ComponentTerm {
 
 template <typename T, int C, bool kWithGrad, typename Param>
 FASTAR_HD ComponentTerm<T, C> component_term(const Pixel<T, C>& px, const Param& param, int64_t k,
-                                             int64_t K, const Bins<T>& bins) {
+                                             int64_t K, const Bins<T> bins) {
   ComponentTerm<T, C> out;
   out.log_prob = T(0);
   T xc[C], coeff[3], coeff_grad[3];
@@ -152,7 +159,7 @@ FASTAR_UNROLL
     const T raw_ls = param(log_scale_index(c, k, K, C));
     const T ls = raw_ls < T(kMinLogScale) ? T(kMinLogScale) : raw_ls;
     const ChannelTerm<T> term = channel_term<T, kWithGrad>(
-        xc[c], px.bin[c] == T(0), px.bin[c] == T(bins.last), mean, ls, bins);
+        xc[c], px.bin[c] == T(0), px.bin[c] == bins.last, mean, ls, bins);
     out.log_prob += term.log_prob;
     if (kWithGrad) {
       out.d_mean[c] = term.d_mean;
@@ -173,7 +180,7 @@ FASTAR_UNROLL
 // pass over the components suffices. `grad(i, value)` stores at index i of dim 1.
 template <typename T, int C, typename Param, typename Grad>
 FASTAR_HD void component_backward(const Pixel<T, C>& px, const Param& param, const Grad& grad,
-                                   int64_t k, int64_t K, const Bins<T>& bins, T lse_logits,
+                                   int64_t k, int64_t K, const Bins<T> bins, T lse_logits,
                                    T log_prob, T g) {
   const ComponentTerm<T, C> term = component_term<T, C, true>(px, param, k, K, bins);
   const T logit = clamp_magnitude(param(k)) - lse_logits;

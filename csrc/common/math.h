@@ -115,18 +115,6 @@ FASTAR_HD double log(double x) {
   return ::log(x);
 }
 
-// log(1 + y) for y >= 0, accurate for tiny y: log(u) * y / (u - 1) with u = 1 + y rounded
-// corrects the rounding of u (Goldberg); y itself where u rounds to 1.
-FASTAR_HD float log1p_nonneg(float y) {
-  const float u = 1.0f + y;
-  const float d = u - 1.0f;
-  return d == 0.0f ? y : log(u) * (y / d);
-}
-
-FASTAR_HD double log1p_nonneg(double y) {
-  return ::log1p(y);
-}
-
 // Sign-bit operations (one bitwise instruction each, also in vectorized loops).
 FASTAR_HD float abs(float x) {
   return ::fabsf(x);
@@ -170,13 +158,8 @@ FASTAR_HD SigmoidFraction<T> sigmoid_fraction(T x) {
   return {x < T(0) ? f : T(1), T(1) + f, f};
 }
 
-// softplus(u) = log(1 + e^u) and sigmoid(u), given f = exp(-|u|) (computed once by the caller
-// and shared between them): neither overflows nor cancels in either tail.
-template <typename T>
-FASTAR_HD T softplus_given(T u, T f) {
-  return (u > T(0) ? u : T(0)) + log1p_nonneg(f);
-}
-
+// sigmoid(u) given f = exp(-|u|), computed once by a caller that needs it elsewhere too:
+// neither tail overflows or cancels.
 template <typename T>
 FASTAR_HD T sigmoid_given(T u, T f) {
   return (u < T(0) ? f : T(1)) / (T(1) + f);
