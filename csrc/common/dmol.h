@@ -123,10 +123,63 @@ struct Pixel {
   T bin[C];
 };
 
-// Sum over channels of log P(x | component k) at one position, with the channel coupling of
-// PixelCNN++ (means shifted by tanh(coeff) times earlier channels' bin centres); with
-// kWithGrad, the derivatives with respect to component k's raw parameters. `param(i)` returns
-// the parameter at index i of dim 1 for this position.
+template <typename T>
+struct TanhWithGrad {
+  T value, grad;
+};
+
+template <typename T>
+FASTAR_HD TanhWithGrad<T> tanh_with_grad(T x) {
+  const math::TanhFraction<T> t = math::tanh_abs_fraction(math::abs(x));
+  return {math::copysign(t.num / t.den, x), T(4) * t.e / (t.den * t.den)};
+}
+
+// Channel c of component k at one position: log P under the mean coupled to the earlier
+// channels' bin centres (PixelCNN++: green adds tanh(coeff_0) red, blue adds tanh(coeff_1) red +
+// tanh(coeff_2) green). With kWithGrad, the derivatives with respect to its mean, its raw
+// log-scale and the raw coefficients that couple it (c = 1: coeff_0; c = 2: coeff_1, coeff_2).
+// `param(i)` returns the parameter at index i of dim 1 for this position.
+template <typename T>
+struct ChannelPart {
+  T log_prob, d_mean, d_log_scale, d_coeff[2];
+};
+
+template <typename T, int C, int c, bool kWithGrad, typename Param>
+FASTAR_HD ChannelPart<T> channel_part(const Pixel<T, C>& px, const Param& param, int64_t k,
+                                      int64_t K, const Bins<T> bins) {
+  const T x0 = T(-1) + px.bin[0] * bins.centre_scale;
+  T mean = param(mean_index(c, k, K, C));
+  TanhWithGrad<T> ca{}, cb{};
+  T x1 = T(0);
+  if constexpr (c == 1) {
+    ca = tanh_with_grad(param(coeff_index(0, k, K)));
+    mean += ca.value * x0;
+  }
+  if constexpr (c == 2) {
+    x1 = T(-1) + px.bin[1] * bins.centre_scale;
+    ca = tanh_with_grad(param(coeff_index(1, k, K)));
+    cb = tanh_with_grad(param(coeff_index(2, k, K)));
+    mean += ca.value * x0 + cb.value * x1;
+  }
+  const T raw_ls = param(log_scale_index(c, k, K, C));
+  const T ls = raw_ls < T(kMinLogScale) ? T(kMinLogScale) : raw_ls;
+  const T xc = T(-1) + px.bin[c] * bins.centre_scale;
+  const ChannelTerm<T> term = channel_term<T, kWithGrad>(xc, px.bin[c] == T(0),
+                                                         px.bin[c] == bins.last, mean, ls, bins);
+  ChannelPart<T> out;
+  out.log_prob = term.log_prob;
+  if constexpr (kWithGrad) {
+    out.d_mean = term.d_mean;
+    // Gradient through the clamp passes where raw >= -7, as torch.clamp's does.
+    out.d_log_scale = raw_ls >= T(kMinLogScale) ? term.d_log_scale : T(0);
+    out.d_coeff[0] = term.d_mean * x0 * ca.grad;
+    out.d_coeff[1] = term.d_mean * x1 * cb.grad;
+  }
+  return out;
+}
+
+// Sum over channels of log P(x | component k) at one position; with kWithGrad, the
+// derivatives with respect to component k's raw parameters.
 template <typename T, int C>
 struct ComponentTerm {
   T log_prob;
@@ -137,40 +190,25 @@ template <typename T, int C, bool kWithGrad, typename Param>
 FASTAR_HD ComponentTerm<T, C> component_term(const Pixel<T, C>& px, const Param& param, int64_t k,
                                              int64_t K, const Bins<T> bins) {
   ComponentTerm<T, C> out;
-  out.log_prob = T(0);
-  T xc[C], coeff[3], coeff_grad[3];
-FASTAR_UNROLL
-  for (int c = 0; c < C; ++c) {
-    xc[c] = T(-1) + px.bin[c] * bins.centre_scale;
-    if constexpr (C == 3) {
-      const T raw = param(coeff_index(c, k, K));
-      const math::TanhFraction<T> t = math::tanh_abs_fraction(math::abs(raw));
-      coeff[c] = math::copysign(t.num / t.den, raw);
-      coeff_grad[c] = T(4) * t.e / (t.den * t.den);  // d tanh / d raw
-    }
+  const ChannelPart<T> p0 = channel_part<T, C, 0, kWithGrad>(px, param, k, K, bins);
+  out.log_prob = p0.log_prob;
+  if constexpr (kWithGrad) {
+    out.d_mean[0] = p0.d_mean;
+    out.d_log_scale[0] = p0.d_log_scale;
   }
-FASTAR_UNROLL
-  for (int c = 0; c < C; ++c) {
-    T mean = param(mean_index(c, k, K, C));
-    if constexpr (C == 3) {
-      if (c == 1) mean += coeff[0] * xc[0];
-      if (c == 2) mean += coeff[1] * xc[0] + coeff[2] * xc[1];
+  if constexpr (C == 3) {
+    const ChannelPart<T> p1 = channel_part<T, C, 1, kWithGrad>(px, param, k, K, bins);
+    const ChannelPart<T> p2 = channel_part<T, C, 2, kWithGrad>(px, param, k, K, bins);
+    out.log_prob += p1.log_prob + p2.log_prob;
+    if constexpr (kWithGrad) {
+      out.d_mean[1] = p1.d_mean;
+      out.d_mean[2] = p2.d_mean;
+      out.d_log_scale[1] = p1.d_log_scale;
+      out.d_log_scale[2] = p2.d_log_scale;
+      out.d_coeff[0] = p1.d_coeff[0];
+      out.d_coeff[1] = p2.d_coeff[0];
+      out.d_coeff[2] = p2.d_coeff[1];
     }
-    const T raw_ls = param(log_scale_index(c, k, K, C));
-    const T ls = raw_ls < T(kMinLogScale) ? T(kMinLogScale) : raw_ls;
-    const ChannelTerm<T> term = channel_term<T, kWithGrad>(
-        xc[c], px.bin[c] == T(0), px.bin[c] == bins.last, mean, ls, bins);
-    out.log_prob += term.log_prob;
-    if (kWithGrad) {
-      out.d_mean[c] = term.d_mean;
-      // Gradient through the clamp passes where raw >= -7, as torch.clamp's does.
-      out.d_log_scale[c] = raw_ls >= T(kMinLogScale) ? term.d_log_scale : T(0);
-    }
-  }
-  if constexpr (kWithGrad && C == 3) {
-    out.d_coeff[0] = out.d_mean[1] * xc[0] * coeff_grad[0];
-    out.d_coeff[1] = out.d_mean[2] * xc[0] * coeff_grad[1];
-    out.d_coeff[2] = out.d_mean[2] * xc[1] * coeff_grad[2];
   }
   return out;
 }
