@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <type_traits>
 #include <vector>
 
 namespace fastar {
@@ -21,5 +22,13 @@ DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& par
 // A (B, *S) tensor matching params in device and dtype (grad_out, log_prob); returned contiguous.
 at::Tensor prepare_dmol_per_position(const char* op, const char* arg, const at::Tensor& t,
                                      const DmolArgs& args);
+
+// Calls fn(std::integral_constant<int, C>{}) for the channel count C (1 or 3) of the args, so
+// kernels are compiled for each.
+template <typename Fn>
+void dispatch_channels(int64_t C, const Fn& fn) {
+  if (C == 1) fn(std::integral_constant<int, 1>{});
+  else fn(std::integral_constant<int, 3>{});
+}
 
 }  // namespace fastar

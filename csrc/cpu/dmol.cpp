@@ -30,6 +30,13 @@ struct Block {
   int64_t offset;  // of params[b, 0, s0] in params: b * P * S + s0
   int64_t pos;     // of position (b, s0) in (B, *S) tensors: b * S + s0
   acc_t bins[C][kBlock];
+
+  FASTAR_HD dmol::Pixel<acc_t, C> pixel(int64_t j) const {  // inlined: loops must vectorize
+    dmol::Pixel<acc_t, C> px;
+    FASTAR_UNROLL
+    for (int c = 0; c < C; ++c) px.bin[c] = bins[c][j];
+    return px;
+  }
 };
 
 // logits[k * kBlock + j] = the clamped logit of component k at position j of the block.
@@ -68,9 +75,7 @@ FASTAR_CPU_MULTIVERSION void add_channel(const Block<scalar_t, acc_t, C>& blk, i
   // outright that the positions are independent.
 #pragma omp simd
   for (int64_t j = 0; j < blk.len; ++j) {
-    dmol::Pixel<acc_t, C> px;
-    FASTAR_UNROLL
-    for (int i = 0; i < C; ++i) px.bin[i] = blk.bins[i][j];
+    const dmol::Pixel<acc_t, C> px = blk.pixel(j);
     const auto param = [&](int64_t i) { return acc_t(pp[i * S + j]); };
     total[j] += dmol::channel_part<acc_t, C, c, false>(px, param, k, K, bins).log_prob;
   }
@@ -144,9 +149,7 @@ FASTAR_CPU_MULTIVERSION void component_grads(const Block<scalar_t, acc_t, C>& bl
   // measured no faster here: the gradient needs every channel's log P first.
 #pragma omp simd
   for (int64_t j = 0; j < blk.len; ++j) {
-    dmol::Pixel<acc_t, C> px;
-    FASTAR_UNROLL
-    for (int c = 0; c < C; ++c) px.bin[c] = blk.bins[c][j];
+    const dmol::Pixel<acc_t, C> px = blk.pixel(j);
     const auto param = [&](int64_t i) { return acc_t(pp[i * S + j]); };
     const auto store = [&](int64_t i, acc_t v) { grad[i * S + j] = scalar_t(v); };
     dmol::component_backward<acc_t, C>(px, param, store, k, K, bins, lse_logits[j],
@@ -178,12 +181,6 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, const at::Te
                         gp + blk.offset);
     }
   });
-}
-
-template <typename Fn>
-void dispatch_channels(int64_t C, const Fn& fn) {
-  if (C == 1) fn(std::integral_constant<int, 1>{});
-  else fn(std::integral_constant<int, 3>{});
 }
 
 at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {

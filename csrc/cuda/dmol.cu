@@ -100,12 +100,6 @@ unsigned int num_blocks(int64_t n) {
   return static_cast<unsigned int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16));
 }
 
-template <typename Fn>
-void dispatch_channels(int64_t C, const Fn& fn) {
-  if (C == 1) fn(std::integral_constant<int, 1>{});
-  else fn(std::integral_constant<int, 3>{});
-}
-
 at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
   const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
   at::Tensor out = at::empty(args.out_shape, args.params.options());
