@@ -1,0 +1,115 @@
+"""Gated residual blocks: Gated PixelCNN's layer and WaveNet's residual block."""
+
+from typing import Optional, Tuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastar import ops
+from fastar.nn.conv import CausalConv1d
+
+
+class _Conditioning(nn.Module):
+    """Maps a condition to a bias of 2C channels: a vector (N, cond_channels) through a linear
+    layer (one value per channel and image), a map (N, cond_channels, *S) through a 1x1 conv."""
+
+    def __init__(self, cond_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Linear(cond_channels, out_channels, bias=False)
+
+    def forward(self, cond: Tensor, spatial_dims: int) -> Tensor:
+        if cond.dim() == 2:  # per image: broadcast over the spatial dims
+            return self.proj(cond).view(*cond.shape[:1], -1, *([1] * spatial_dims))
+        return self.proj(cond.movedim(1, -1)).movedim(-1, 1)  # 1x1 conv of a map
+
+
+class GatedPixelCNNLayer(nn.Module):
+    """One layer of Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation
+    with PixelCNN Decoders", fig. 2): a vertical stack that sees the rows above, a horizontal
+    stack that sees the pixels to the left in the row, the vertical-to-horizontal link (shifted
+    down one row so the horizontal stack never sees its own row through it), gated activations
+    tanh * sigmoid with optional conditioning, and a residual 1x1 on the horizontal stack. The
+    two stacks together leave no blind spot.
+
+    forward(v, h, cond=None) -> (v, h), all (N, channels, H, W); for the first layer (mask
+    type "A", which excludes the current pixel) pass the input image as both v and h, with
+    ``in_channels`` its channel count. cond: (N, cond_channels) or (N, cond_channels, H, W).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, mask_type: str,
+                 cond_channels: Optional[int] = None, in_channels: Optional[int] = None):
+        super().__init__()
+        if mask_type not in ("A", "B"):
+            raise ValueError("GatedPixelCNNLayer: mask_type must be 'A' or 'B', got %r"
+                             % (mask_type,))
+        if kernel_size % 2 == 0 or kernel_size < 3:
+            raise ValueError("GatedPixelCNNLayer: kernel_size must be odd and >= 3, got %r"
+                             % (kernel_size,))
+        in_channels = channels if in_channels is None else in_channels
+        self.mask_type, self.kernel_size = mask_type, kernel_size
+        half = kernel_size // 2
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel_size))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        h_width = half if mask_type == "A" else half + 1
+        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, h_width))
+        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.residual = mask_type == "B" and in_channels == channels
+        self.v_cond = self.h_cond = None
+        if cond_channels is not None:
+            self.v_cond = _Conditioning(cond_channels, 2 * channels)
+            self.h_cond = _Conditioning(cond_channels, 2 * channels)
+
+    def forward(self, v: Tensor, h: Tensor, cond: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+        half = self.kernel_size // 2
+        # Vertical: rows i - half .. i of every column in reach.
+        v_pre = self.v_conv(F.pad(v, (half, half, half, 0)))
+        # Horizontal: columns j - half .. j (type B) or .. j - 1 (type A) of row i.
+        h_in = F.pad(h, (half, -1 if self.mask_type == "A" else 0))
+        h_pre = self.h_conv(h_in) + self.v_to_h(F.pad(v_pre, (0, 0, 1, -1)))  # link: row above
+        v_cond = h_cond = None
+        if cond is not None:
+            if self.v_cond is None:
+                raise ValueError("GatedPixelCNNLayer: got cond but was built without "
+                                 "cond_channels")
+            v_cond, h_cond = self.v_cond(cond, 2), self.h_cond(cond, 2)
+        v_out = ops.gated_activation(v_pre, v_cond)
+        h_out = self.h_out(ops.gated_activation(h_pre, h_cond))
+        return v_out, (h + h_out if self.residual else h_out)
+
+
+class WaveNetBlock(nn.Module):
+    """WaveNet's residual block (van den Oord et al. 2016, "WaveNet", fig. 4): dilated causal
+    convolution, gated activation with optional global (N, C_g) and local (N, C_l, T)
+    conditioning, then 1x1 convolutions to the residual and the skip outputs.
+
+    forward(x, global_cond=None, local_cond=None) -> (residual_out, skip), x of shape
+    (N, residual_channels, T).
+    """
+
+    def __init__(self, residual_channels: int, gate_channels: int, skip_channels: int,
+                 dilation: int, kernel_size: int = 2, global_cond_channels: Optional[int] = None,
+                 local_cond_channels: Optional[int] = None):
+        super().__init__()
+        if gate_channels % 2:
+            raise ValueError("WaveNetBlock: gate_channels must be even (tanh and sigmoid "
+                             "halves), got %d" % gate_channels)
+        self.conv = CausalConv1d(residual_channels, gate_channels, kernel_size, dilation)
+        self.global_cond = (None if global_cond_channels is None
+                            else _Conditioning(global_cond_channels, gate_channels))
+        self.local_cond = (None if local_cond_channels is None
+                           else _Conditioning(local_cond_channels, gate_channels))
+        self.residual = nn.Conv1d(gate_channels // 2, residual_channels, 1)
+        self.skip = nn.Conv1d(gate_channels // 2, skip_channels, 1)
+
+    def forward(self, x: Tensor, global_cond: Optional[Tensor] = None,
+                local_cond: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        cond = None
+        for proj, c in ((self.global_cond, global_cond), (self.local_cond, local_cond)):
+            if c is not None:
+                if proj is None:
+                    raise ValueError("WaveNetBlock: got a condition it was not built for")
+                b = proj(c, 1)
+                cond = b if cond is None else cond + b
+        z = ops.gated_activation(self.conv(x), cond)
+        return x + self.residual(z), self.skip(z)

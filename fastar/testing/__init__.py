@@ -1,0 +1,78 @@
+"""Tools to check that a model is autoregressive: which inputs can reach an output."""
+
+import copy
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+def _input_grad(output: Tensor, x: Tensor) -> Tensor:
+    (grad,) = torch.autograd.grad(output, x, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad  # None: the output ignores x
+
+
+def _randomized(module: nn.Module) -> nn.Module:
+    # Random weights: a zero-initialised layer must not hide a connection.
+    m = copy.deepcopy(module).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    return m.eval()
+
+
+def receptive_field(module: nn.Module, input_shape: Sequence[int],
+                    output_index: Tuple[int, ...], trials: int = 2) -> Tensor:
+    """Bool tensor of input_shape: the input positions whose value influences
+    ``module(x)[output_index]``, found from gradients at random inputs and random weights (on
+    a float64 copy of module; the module itself is untouched). A position counts if any of
+    ``trials`` draws gives it a nonzero gradient."""
+    m = _randomized(module)
+    device = next(iter(m.parameters()), torch.empty(0)).device
+    seen = torch.zeros(input_shape, dtype=torch.bool, device=device)
+    for _ in range(trials):
+        x = torch.randn(input_shape, dtype=torch.float64, device=device, requires_grad=True)
+        seen |= _input_grad(m(x)[output_index], x) != 0
+    return seen.cpu()
+
+
+def _order_key(index: Tuple[int, ...], channels: int, ordering: str, color_groups: int):
+    """Generation order of an (n, c, *spatial) position: raster over (H, W) then colour group;
+    causal over T (then group)."""
+    n, c, *spatial = index
+    group = c // (channels // color_groups)
+    if ordering not in ("raster", "causal"):
+        raise ValueError("ordering must be 'raster' or 'causal', got %r" % (ordering,))
+    return (n, *spatial, group)
+
+
+def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
+                          ordering: str = "raster", color_groups: int = 1,
+                          inclusive: bool = False) -> None:
+    """Raises AssertionError naming the first (output, input) pair where an output depends on
+    an input that does not come strictly before it (or at the same position and colour group,
+    with inclusive=True), and on any dependence across batch elements.
+
+    Input of shape (N, C, H, W) for ordering "raster" or (N, C, T) for "causal"; the output
+    must have the same batch and spatial dims (any number of channels, split into
+    ``color_groups`` groups like the input's).
+    """
+    m = _randomized(module)
+    device = next(iter(m.parameters()), torch.empty(0)).device
+    in_channels = input_shape[1]
+    x = torch.randn(input_shape, dtype=torch.float64, device=device, requires_grad=True)
+    out = m(x)
+    out_channels = out.shape[1]
+    if out.shape[0] != input_shape[0] or tuple(out.shape[2:]) != tuple(input_shape[2:]):
+        raise ValueError("assert_autoregressive: output shape %s does not match input shape %s "
+                         "in batch and spatial dims" % (tuple(out.shape), tuple(input_shape)))
+    for out_index in torch.cartesian_prod(*[torch.arange(s) for s in out.shape]).tolist():
+        out_index = tuple(out_index) if isinstance(out_index, list) else (out_index,)
+        grad = _input_grad(out[out_index], x)
+        key = _order_key(out_index, out_channels, ordering, color_groups)
+        for in_index in (grad != 0).nonzero().tolist():
+            in_key = _order_key(tuple(in_index), in_channels, ordering, color_groups)
+            allowed = in_key[0] == key[0] and (in_key < key or (inclusive and in_key == key))
+            if not allowed:
+                raise AssertionError("not autoregressive (%s order): output %s depends on input %s"
+                                     % (ordering, out_index, tuple(in_index)))

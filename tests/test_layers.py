@@ -1,0 +1,187 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICES
+from fastar.nn import CausalConv1d, GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock, raster_mask
+from fastar.testing import assert_autoregressive, receptive_field
+
+MASKED = list(itertools.product(["A", "B"], [1, 3], [1, 3, 5, 7], [1, 2]))
+
+
+def _masked_weight_reference(conv, x):
+    d = conv.dilation[0]
+    pad = (d * (conv.kernel_size[0] // 2), d * (conv.kernel_size[1] // 2))
+    return F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=pad, dilation=d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_type,groups,k,dilation", MASKED,
+                         ids=["%s-g%d-k%d-d%d" % m for m in MASKED])
+def test_masked_conv_equals_masked_weight_conv(device, mask_type, groups, k, dilation):
+    conv = MaskedConv2d(6, 9, k, mask_type, groups, dilation=dilation).double().to(device)
+    with torch.no_grad():
+        conv.weight.normal_()  # every tap nonzero, masked or not
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64, device=device, requires_grad=True)
+    ours, ref = conv(x), _masked_weight_reference(conv, x)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ours)
+    inputs = (x, conv.weight, conv.bias)
+    # 1x1 type A without colour groups sees nothing: x and weight get zero gradients.
+    grads = torch.autograd.grad(ours, inputs, g, allow_unused=True, materialize_grads=True)
+    grads_ref = torch.autograd.grad(ref, inputs, g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+    assert (grads[1][conv.mask == 0] == 0).all()  # masked taps get exactly no gradient
+
+
+@pytest.mark.parametrize("mask_type,groups,k,dilation", MASKED,
+                         ids=["%s-g%d-k%d-d%d" % m for m in MASKED])
+def test_masked_conv_is_autoregressive(mask_type, groups, k, dilation):
+    conv = MaskedConv2d(3, 6, k, mask_type, groups, dilation=dilation)
+    assert_autoregressive(conv, (1, 3, 5, 6), color_groups=groups, inclusive=mask_type == "B")
+    if mask_type == "B" and k > 1:  # type B must see its own pixel (same group): not strict
+        with pytest.raises(AssertionError, match=r"output \(0, 0, 0, 0\) depends on input "
+                                                 r"\(0, 0, 0, 0\)"):
+            assert_autoregressive(conv, (1, 3, 5, 6), color_groups=groups)
+
+
+def test_mask_colour_groups_follow_the_paper():
+    # Centre tap, type A: R sees nothing, G sees R, B sees R and G; type B adds the diagonal.
+    a = raster_mask(3, 3, 3, "A", 3)[:, :, 1, 1]
+    b = raster_mask(3, 3, 3, "B", 3)[:, :, 1, 1]
+    torch.testing.assert_close(a, torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0]]))
+    torch.testing.assert_close(b, torch.tensor([[1.0, 0, 0], [1, 1, 0], [1, 1, 1]]))
+
+
+def test_a_leaking_mask_is_caught():
+    conv = MaskedConv2d(1, 1, 3, "A")
+    conv.mask_type = "B"  # now the centre tap is used: the pixel sees itself
+    with pytest.raises(AssertionError, match=r"depends on input"):
+        assert_autoregressive(conv, (1, 1, 4, 4))
+
+
+class _PixelCNNStack(torch.nn.Module):
+    def __init__(self, layers=5):
+        super().__init__()
+        self.convs = torch.nn.Sequential(
+            MaskedConv2d(1, 4, 3, "A"), *[MaskedConv2d(4, 4, 3, "B") for _ in range(layers - 1)])
+
+    def forward(self, x):
+        return self.convs(x)
+
+
+class _GatedStack(torch.nn.Module):
+    def __init__(self, layers=5, cond_channels=None):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(
+            [GatedPixelCNNLayer(4, 3, "A", cond_channels, in_channels=1)]
+            + [GatedPixelCNNLayer(4, 3, "B", cond_channels) for _ in range(layers - 1)])
+
+    def forward(self, x, cond=None):
+        v = h = x
+        for layer in self.layers:
+            v, h = layer(v, h, cond)
+        return h
+
+
+def _earlier_pixels_within(n, size, centre):
+    """Pixels strictly before `centre` in raster order within n rows above and n columns on
+    either side: what n layers of 3x3 kernels should see."""
+    r, c = centre
+    want = torch.zeros(size, size, dtype=torch.bool)
+    want[max(r - n, 0) : r, max(c - n, 0) : c + n + 1] = True
+    want[r, max(c - n, 0) : c] = True
+    return want
+
+
+def test_pixelcnn_stack_has_the_blind_spot():
+    field = receptive_field(_PixelCNNStack(5), (1, 1, 11, 11), (0, 0, 5, 5))[0, 0]
+    want = _earlier_pixels_within(5, 11, (5, 5))
+    assert not (field & ~want).any()  # nothing it should not see ...
+    # ... but misses a wedge up and to the right: i rows up, the columns from 6 + i on.
+    blind = torch.zeros(11, 11, dtype=torch.bool)
+    for i in range(1, 5):
+        blind[5 - i, 6 + i :] = True
+    torch.testing.assert_close(want & ~field, blind)
+    assert_autoregressive(_PixelCNNStack(3), (1, 1, 5, 5))
+
+
+def test_gated_pixelcnn_stack_sees_every_earlier_pixel():
+    field = receptive_field(_GatedStack(5), (1, 1, 11, 11), (0, 0, 5, 5))[0, 0]
+    torch.testing.assert_close(field, _earlier_pixels_within(5, 11, (5, 5)))
+    assert_autoregressive(_GatedStack(3), (1, 1, 5, 5))
+
+
+@pytest.mark.parametrize("cond_shape", [(2, 3), (2, 3, 5, 5)])
+def test_gated_layer_conditioning_changes_output_and_stays_autoregressive(cond_shape):
+    stack = _GatedStack(2, cond_channels=3)
+    x = torch.randn(2, 1, 5, 5)
+    c1, c2 = torch.randn(cond_shape), torch.randn(cond_shape)
+    assert not torch.allclose(stack(x, c1), stack(x, c2))
+    if len(cond_shape) == 2:
+        class WithCond(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stack = stack
+
+            def forward(self, x):
+                return self.stack(x, c1[:1].to(x.dtype))
+        assert_autoregressive(WithCond(), (1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("kernel_size,dilation,shift", [(2, 1, False), (3, 2, False),
+                                                        (2, 4, True), (1, 1, True)])
+def test_causal_conv(kernel_size, dilation, shift):
+    conv = CausalConv1d(2, 3, kernel_size, dilation=dilation, shift=shift).double()
+    x = torch.randn(2, 2, 17, dtype=torch.float64)
+    y = conv(x)
+    assert y.shape == (2, 3, 17)
+    left = dilation * (kernel_size - 1) + int(shift)
+    ref = F.conv1d(F.pad(x, (left, 0)), conv.weight, conv.bias, dilation=dilation)[..., :17]
+    torch.testing.assert_close(y, ref)
+    assert_autoregressive(conv, (1, 2, 12), ordering="causal", inclusive=not shift)
+    field = receptive_field(conv, (1, 2, 30), (0, 0, 20))[0].any(dim=0)
+    assert field.nonzero().flatten().tolist() == [
+        20 - int(shift) - dilation * i for i in reversed(range(kernel_size))]
+
+
+def test_wavenet_stack_is_causal_with_the_expected_field():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = CausalConv1d(1, 4, 2, shift=True)
+            self.blocks = torch.nn.ModuleList(
+                [WaveNetBlock(4, 8, 5, d, global_cond_channels=3, local_cond_channels=2)
+                 for d in (1, 2, 4)])
+
+        def forward(self, x):
+            x, skip = self.first(x), 0
+            g, loc = torch.ones(x.shape[0], 3, dtype=x.dtype), torch.ones_like(x[:, :2])
+            for block in self.blocks:
+                x, s = block(x, g, loc)
+                skip = skip + s
+            return skip
+
+    assert_autoregressive(Net(), (1, 1, 12), ordering="causal")
+    field = receptive_field(Net(), (1, 1, 30), (0, 0, 20))[0, 0]
+    # The shifted first conv reads t-2 and t-1; the blocks reach 1 + 2 + 4 steps further back.
+    assert field.nonzero().flatten().tolist() == list(range(20 - 2 - 7, 20))
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="mask_type must be 'A' or 'B', got 'C'"):
+        MaskedConv2d(3, 3, 3, "C")
+    with pytest.raises(ValueError, match="kernel sizes must be odd"):
+        MaskedConv2d(3, 3, 4, "A")
+    with pytest.raises(ValueError, match=r"in_channels \(4\) and out_channels \(6\) must be "
+                                         r"divisible by color_groups \(3\)"):
+        MaskedConv2d(4, 6, 3, "A", color_groups=3)
+    with pytest.raises(ValueError, match="color_groups must be 1 or 3"):
+        MaskedConv2d(4, 4, 3, "A", color_groups=2)
+    with pytest.raises(ValueError, match="kernel_size must be odd and >= 3"):
+        GatedPixelCNNLayer(4, 4, "B")
+    with pytest.raises(ValueError, match="gate_channels must be even"):
+        WaveNetBlock(4, 7, 4, 1)
