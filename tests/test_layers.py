@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from conftest import DEVICES
 from fastar.nn import CausalConv1d, GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock, raster_mask
-from fastar.testing import assert_autoregressive, receptive_field
+from fastar.testing import (GatedPixelCNNStack, PixelCNNStack, assert_autoregressive,
+                            receptive_field)
 
 MASKED = list(itertools.product(["A", "B"], [1, 3], [1, 3, 5, 7], [1, 2]))
 
@@ -63,30 +64,6 @@ def test_a_leaking_mask_is_caught():
         assert_autoregressive(conv, (1, 1, 4, 4))
 
 
-class _PixelCNNStack(torch.nn.Module):
-    def __init__(self, layers=5):
-        super().__init__()
-        self.convs = torch.nn.Sequential(
-            MaskedConv2d(1, 4, 3, "A"), *[MaskedConv2d(4, 4, 3, "B") for _ in range(layers - 1)])
-
-    def forward(self, x):
-        return self.convs(x)
-
-
-class _GatedStack(torch.nn.Module):
-    def __init__(self, layers=5, cond_channels=None):
-        super().__init__()
-        self.layers = torch.nn.ModuleList(
-            [GatedPixelCNNLayer(4, 3, "A", cond_channels, in_channels=1)]
-            + [GatedPixelCNNLayer(4, 3, "B", cond_channels) for _ in range(layers - 1)])
-
-    def forward(self, x, cond=None):
-        v = h = x
-        for layer in self.layers:
-            v, h = layer(v, h, cond)
-        return h
-
-
 def _earlier_pixels_within(n, size, centre):
     """Pixels strictly before `centre` in raster order within n rows above and n columns on
     either side: what n layers of 3x3 kernels should see."""
@@ -98,7 +75,7 @@ def _earlier_pixels_within(n, size, centre):
 
 
 def test_pixelcnn_stack_has_the_blind_spot():
-    field = receptive_field(_PixelCNNStack(5), (1, 1, 11, 11), (0, 0, 5, 5))[0, 0]
+    field = receptive_field(PixelCNNStack(5), (1, 1, 11, 11), (0, 0, 5, 5))[0, 0]
     want = _earlier_pixels_within(5, 11, (5, 5))
     assert not (field & ~want).any()  # nothing it should not see ...
     # ... but misses a wedge up and to the right: i rows up, the columns from 6 + i on.
@@ -106,18 +83,18 @@ def test_pixelcnn_stack_has_the_blind_spot():
     for i in range(1, 5):
         blind[5 - i, 6 + i :] = True
     torch.testing.assert_close(want & ~field, blind)
-    assert_autoregressive(_PixelCNNStack(3), (1, 1, 5, 5))
+    assert_autoregressive(PixelCNNStack(3), (1, 1, 5, 5))
 
 
 def test_gated_pixelcnn_stack_sees_every_earlier_pixel():
-    field = receptive_field(_GatedStack(5), (1, 1, 11, 11), (0, 0, 5, 5))[0, 0]
+    field = receptive_field(GatedPixelCNNStack(5), (1, 1, 11, 11), (0, 0, 5, 5))[0, 0]
     torch.testing.assert_close(field, _earlier_pixels_within(5, 11, (5, 5)))
-    assert_autoregressive(_GatedStack(3), (1, 1, 5, 5))
+    assert_autoregressive(GatedPixelCNNStack(3), (1, 1, 5, 5))
 
 
 @pytest.mark.parametrize("cond_shape", [(2, 3), (2, 3, 5, 5)])
 def test_gated_layer_conditioning_changes_output_and_stays_autoregressive(cond_shape):
-    stack = _GatedStack(2, cond_channels=3)
+    stack = GatedPixelCNNStack(2, cond_channels=3)
     x = torch.randn(2, 1, 5, 5)
     c1, c2 = torch.randn(cond_shape), torch.randn(cond_shape)
     assert not torch.allclose(stack(x, c1), stack(x, c2))
@@ -185,3 +162,16 @@ def test_bad_arguments_are_rejected():
         GatedPixelCNNLayer(4, 4, "B")
     with pytest.raises(ValueError, match="gate_channels must be even"):
         WaveNetBlock(4, 7, 4, 1)
+
+
+def test_blind_spot_figure(tmp_path):
+    from fastar.plot import blind_spot_figure, receptive_field as plot_field
+
+    path = tmp_path / "blind_spot.png"
+    pixelcnn, gated = blind_spot_figure(str(path))
+    assert path.stat().st_size > 0
+    assert ((gated > 0) & (pixelcnn == 0)).sum() == 10  # the blind wedge, seen only by Gated
+    assert not ((pixelcnn > 0) & (gated == 0)).any()
+    heat = plot_field(MaskedConv2d(3, 3, 5, "B", 3), (1, 3, 7, 7), (0, 1, 3, 3),
+                      str(tmp_path / "one.png"))
+    assert heat.shape == (7, 7) and heat[3, 3] == 2  # G sees R and G at its own pixel

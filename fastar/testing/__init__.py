@@ -76,3 +76,38 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
             if not allowed:
                 raise AssertionError("not autoregressive (%s order): output %s depends on input %s"
                                      % (ordering, out_index, tuple(in_index)))
+
+
+class PixelCNNStack(nn.Module):
+    """``layers`` masked 3x3 convolutions (type A, then B): PixelCNN's stack, blind spot and
+    all. Input (N, 1, H, W)."""
+
+    def __init__(self, layers: int = 5, channels: int = 4):
+        super().__init__()
+        from fastar.nn import MaskedConv2d
+
+        self.convs = nn.Sequential(
+            MaskedConv2d(1, channels, 3, "A"),
+            *[MaskedConv2d(channels, channels, 3, "B") for _ in range(layers - 1)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x)
+
+
+class GatedPixelCNNStack(nn.Module):
+    """``layers`` Gated PixelCNN layers with 3x3 kernels (type A, then B), returning the
+    horizontal stack. Input (N, 1, H, W); cond as GatedPixelCNNLayer takes it."""
+
+    def __init__(self, layers: int = 5, channels: int = 4, cond_channels=None):
+        super().__init__()
+        from fastar.nn import GatedPixelCNNLayer
+
+        self.layers = nn.ModuleList(
+            [GatedPixelCNNLayer(channels, 3, "A", cond_channels, in_channels=1)]
+            + [GatedPixelCNNLayer(channels, 3, "B", cond_channels) for _ in range(layers - 1)])
+
+    def forward(self, x: Tensor, cond=None) -> Tensor:
+        v = h = x
+        for layer in self.layers:
+            v, h = layer(v, h, cond)
+        return h

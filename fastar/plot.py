@@ -1,0 +1,91 @@
+"""Pictures of what a model can see: receptive-field heat maps as PNG (Pillow).
+
+    python -m fastar.plot blind-spot docs/blind_spot.png
+
+writes the classic figure: a 5-layer PixelCNN stack's receptive field, with its blind spot,
+beside a 5-layer Gated PixelCNN stack's full field, for the centre pixel of an 11x11 image.
+"""
+
+import argparse
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from fastar import testing
+
+_CELL = 28  # pixels per image position
+_TITLE = 22  # pixels above each panel for its title
+
+
+def _panel(heat: Tensor, output_pixel: Tuple[int, int], title: str):
+    from PIL import Image, ImageDraw
+
+    H, W = heat.shape
+    img = Image.new("RGB", (W * _CELL + 1, H * _CELL + _TITLE + 1), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 4), title, fill="black")
+    peak = float(heat.max()) or 1.0
+    for r in range(H):
+        for c in range(W):
+            x0, y0 = c * _CELL, _TITLE + r * _CELL
+            level = float(heat[r, c]) / peak
+            fill = (int(255 - 200 * level), int(255 - 150 * level), 255) if level else "white"
+            if (r, c) == tuple(output_pixel):
+                fill = (220, 40, 40)
+            draw.rectangle([x0, y0, x0 + _CELL, y0 + _CELL], fill=fill, outline=(180, 180, 180))
+    return img
+
+
+def save_heatmaps(panels: Sequence[Tuple[str, Tensor, Tuple[int, int]]], path: str) -> None:
+    """Writes panels side by side: (title, (H, W) heat map, output pixel (row, col) in red)."""
+    from PIL import Image
+
+    images = [_panel(heat, pixel, title) for title, heat, pixel in panels]
+    gap = 16
+    out = Image.new("RGB", (sum(i.width for i in images) + gap * (len(images) - 1),
+                            max(i.height for i in images)), "white")
+    x = 0
+    for i in images:
+        out.paste(i, (x, 0))
+        x += i.width + gap
+    out.save(path)
+
+
+def receptive_field(module: nn.Module, input_shape: Sequence[int],
+                    output_index: Tuple[int, ...], path: str,
+                    title: Optional[str] = None) -> Tensor:
+    """Writes a PNG heat map of the input pixels that influence module(x)[output_index] (input
+    (N, C, H, W); darker = more input channels reach the output) and returns the (H, W) map."""
+    field = testing.receptive_field(module, input_shape, output_index)
+    heat = field[output_index[0]].sum(dim=0).float()
+    save_heatmaps([(title or type(module).__name__, heat, tuple(output_index[-2:]))], path)
+    return heat
+
+
+def blind_spot_figure(path: str, layers: int = 5, size: int = 11) -> List[Tensor]:
+    """PixelCNN's blind spot beside Gated PixelCNN's full field (see the module docstring)."""
+    centre = (0, 0, size // 2, size // 2)
+    panels = []
+    for title, model in (("PixelCNN, %d layers" % layers, testing.PixelCNNStack(layers)),
+                         ("Gated PixelCNN, %d layers" % layers,
+                          testing.GatedPixelCNNStack(layers))):
+        heat = testing.receptive_field(model, (1, 1, size, size), centre)[0, 0].float()
+        panels.append((title, heat, centre[2:]))
+    save_heatmaps(panels, path)
+    return [heat for _, heat, _ in panels]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastar.plot", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="figure", required=True)
+    blind = sub.add_parser("blind-spot", help="PixelCNN's blind spot vs Gated PixelCNN")
+    blind.add_argument("path")
+    blind.add_argument("--layers", type=int, default=5)
+    args = parser.parse_args(argv)
+    blind_spot_figure(args.path, args.layers)
+    print("wrote %s" % args.path)
+
+
+if __name__ == "__main__":
+    main()
