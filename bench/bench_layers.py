@@ -1,16 +1,20 @@
 """Masked convolutions and gated blocks, forward+backward, against their straightforward
-masked-weight references (eager, and torch.compile of it).
+references (eager, and torch.compile of it).
 
-MaskedConv2d computes only the taps its mask keeps; the reference multiplies the weight by the
-mask and runs a full conv2d.
+MaskedConv2d computes only the kernel rows its mask keeps; the reference multiplies the weight
+by the mask and runs a full conv2d. The gated blocks' reference is the same block with the
+pure-PyTorch gated activation.
 """
+
+import contextlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import fastar.reference as reference
 from conftest import measure
-from fastar.nn import GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock
+from fastar.nn import GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock, blocks
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU visible"))]
@@ -44,3 +48,53 @@ def test_masked_conv2d(benchmark, device, k, mask_type, batch, size, impl):
     measure(benchmark, group="MaskedConv2d %s %dx%d %s 64->128 B=%d %dx%d fwd+bwd"
             % (device, k, k, mask_type, batch, size, size), impl=impl, device=device,
             fn=lambda: torch.autograd.grad(fn(x), params, g))
+
+
+class _ReferenceOps:
+    gated_activation = staticmethod(reference.gated_activation)
+
+
+@contextlib.contextmanager
+def _reference_ops():
+    """Runs the blocks with the pure-PyTorch gated activation: the unfused baseline."""
+    saved = blocks.ops
+    blocks.ops = _ReferenceOps
+    try:
+        yield
+    finally:
+        blocks.ops = saved
+
+
+def _block_cases(device):
+    gated = GatedPixelCNNLayer(128, 3, "B", cond_channels=10).to(device)
+    v = torch.randn(16, 128, 32, 32, device=device, requires_grad=True)
+    h = torch.randn(16, 128, 32, 32, device=device, requires_grad=True)
+    labels = torch.nn.functional.one_hot(torch.arange(16, device=device) % 10, 10).float()
+    wavenet = WaveNetBlock(64, 128, 128, dilation=8, global_cond_channels=16).to(device)
+    audio = torch.randn(8, 64, 8000, device=device, requires_grad=True)
+    speaker = torch.randn(8, 16, device=device)
+    return {
+        "GatedPixelCNNLayer 128ch B=16 32x32": (lambda: sum(
+            t.sum() for t in gated(v, h, labels)), (v, h)),
+        "WaveNetBlock 64/128/128 d=8 B=8 T=8000": (lambda: sum(
+            t.sum() for t in wavenet(audio, speaker)), (audio,)),
+    }
+
+
+@pytest.mark.parametrize("impl", ["fastar", "eager", "compile"])
+@pytest.mark.parametrize("block", ["GatedPixelCNNLayer 128ch B=16 32x32",
+                                   "WaveNetBlock 64/128/128 d=8 B=8 T=8000"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_gated_blocks(benchmark, device, block, impl):
+    loss, inputs = _block_cases(device)[block]
+    if impl == "fastar":
+        def step():
+            return torch.autograd.grad(loss(), inputs)
+    else:
+        compiled = torch.compile(loss) if impl == "compile" else loss
+
+        def step():
+            with _reference_ops():
+                return torch.autograd.grad(compiled(), inputs)
+    measure(benchmark, group="%s %s fwd+bwd" % (block, device), impl=impl, device=device,
+            fn=step)
