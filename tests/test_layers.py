@@ -175,3 +175,33 @@ def test_blind_spot_figure(tmp_path):
     heat = plot_field(MaskedConv2d(3, 3, 5, "B", 3), (1, 3, 7, 7), (0, 1, 3, 3),
                       str(tmp_path / "one.png"))
     assert heat.shape == (7, 7) and heat[3, 3] == 2  # G sees R and G at its own pixel
+
+
+class _ReferenceOps:
+    gated_activation = staticmethod(__import__("fastar.reference").reference.gated_activation)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_blocks_match_their_unfused_versions_float64(device, monkeypatch):
+    from fastar.nn import blocks
+
+    gated = GatedPixelCNNLayer(4, 5, "B", cond_channels=3).double().to(device)
+    wavenet = WaveNetBlock(4, 6, 5, 2, 3, global_cond_channels=3,
+                           local_cond_channels=2).double().to(device)
+    v, h = (torch.randn(2, 4, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
+            for _ in range(2))
+    x = torch.randn(2, 4, 20, dtype=torch.float64, device=device, requires_grad=True)
+    g, loc = torch.randn(2, 3, dtype=torch.float64, device=device), torch.randn(
+        2, 2, 20, dtype=torch.float64, device=device)
+
+    def run():
+        outs = gated(v, h, g) + wavenet(x, g, loc)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=device)
+                    .view_as(o)).sum() for o in outs)
+        return outs, torch.autograd.grad(loss, (v, h, x) + tuple(gated.parameters()))
+
+    fused = run()
+    monkeypatch.setattr(blocks, "ops", _ReferenceOps)
+    unfused = run()
+    for a, b in zip(fused[0] + fused[1], unfused[0] + unfused[1]):
+        torch.testing.assert_close(a, b)
