@@ -132,3 +132,31 @@ def test_data_errors():
         data.load("mnist", "dev")
     with pytest.raises(ValueError, match="unknown data set 'cifar'"):
         data.load("cifar", "train")
+
+
+def _write_idx(path, array):
+    import gzip
+
+    header = bytes([0, 0, 8, array.dim()]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.numpy().tobytes())
+
+
+def test_fashion_mnist_reader_and_splits(tmp_path, monkeypatch):
+    # The Debian package's format and file names, at a smaller size (12,000 / 10,000 images).
+    images = torch.randint(0, 256, (12000, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (12000,), dtype=torch.uint8)
+    for prefix in ("train", "t10k"):
+        n = 12000 if prefix == "train" else 10000
+        _write_idx(tmp_path / ("%s-images-idx3-ubyte.gz" % prefix), images[:n])
+        _write_idx(tmp_path / ("%s-labels-idx1-ubyte.gz" % prefix), labels[:n])
+    monkeypatch.setenv("FASTAR_FASHION_MNIST_DIR", str(tmp_path))
+    x, y = data.load("fashion_mnist", "train")
+    assert x.shape == (2000, 1, 28, 28) and torch.equal(x[:, 0], images[:2000])
+    x, y = data.load("fashion_mnist", "valid")
+    assert torch.equal(x[:, 0], images[2000:]) and torch.equal(y, labels[2000:].long())
+    assert data.load("fashion_mnist", "test")[0].shape == (10000, 1, 28, 28)
+    monkeypatch.setenv("FASTAR_FASHION_MNIST_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        data.load("fashion_mnist", "train")

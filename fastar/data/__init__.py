@@ -7,6 +7,10 @@ Every set ships inside an installed package; nothing is downloaded at run time.
   train 50,000 / valid 10,000 / test 10,000 as the package stores them.
 - ``binarized_mnist``: the same images binarized once by Bernoulli draws with a fixed seed,
   cached under $FASTAR_CACHE (default ~/.cache/fastar), identical on every load.
+- ``fashion_mnist``: 8-bit Fashion-MNIST from the Debian package dataset-fashion-mnist
+  (``apt-get install dataset-fashion-mnist``; files under /usr/share/datasets/fashion-mnist, or
+  $FASTAR_FASHION_MNIST_DIR). Its 60,000 training images are split into train (the first
+  50,000) and valid (the last 10,000), like MNIST's; test is its 10,000 test images.
 """
 
 import gzip
@@ -19,7 +23,8 @@ import torch
 from torch import Tensor
 
 SPLITS = ("train", "valid", "test")
-NAMES = ("mnist", "binarized_mnist")
+NAMES = ("mnist", "binarized_mnist", "fashion_mnist")
+_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 _BINARIZE_SEED = 20150312  # fixed forever: changing it changes every binarized_mnist result
 
 
@@ -66,6 +71,34 @@ def _binarized_mnist(split: str) -> Tuple[Tensor, Tensor]:
     return x, y
 
 
+def _read_idx(path: str) -> Tensor:
+    """An IDX file (the MNIST distribution format): magic (0, 0, dtype 0x08, ndim), the dims as
+    big-endian int32, then unsigned bytes."""
+    with gzip.open(path) as f:
+        raw = f.read()
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError("fastar.data: %s is not an IDX file of unsigned bytes" % path)
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8).view(*dims)
+
+
+def _fashion_mnist(split: str) -> Tuple[Tensor, Tensor]:
+    root = os.environ.get("FASTAR_FASHION_MNIST_DIR", _FASHION_DIR)
+    prefix = "t10k" if split == "test" else "train"
+    images = os.path.join(root, "%s-images-idx3-ubyte.gz" % prefix)
+    if not os.path.isfile(images):
+        raise FileNotFoundError("fastar.data: Fashion-MNIST comes from the Debian package "
+                                "dataset-fashion-mnist; install it with `apt-get install "
+                                "dataset-fashion-mnist` (looked for %s)" % images)
+    x = _read_idx(images).unsqueeze(1)
+    y = _read_idx(os.path.join(root, "%s-labels-idx1-ubyte.gz" % prefix)).long()
+    if split != "test":
+        part = slice(0, len(x) - 10000) if split == "train" else slice(len(x) - 10000, None)
+        x, y = x[part], y[part]
+    return x, y
+
+
 def load(name: str, split: str) -> Tuple[Tensor, Optional[Tensor]]:
     """Returns (x, y): uint8 images (N, C, H, W) with values in [0, num_values) and int64
     labels (N,)."""
@@ -75,4 +108,6 @@ def load(name: str, split: str) -> Tuple[Tensor, Optional[Tensor]]:
         return _mnist(split)
     if name == "binarized_mnist":
         return _binarized_mnist(split)
+    if name == "fashion_mnist":
+        return _fashion_mnist(split)
     raise ValueError("fastar.data.load: unknown data set %r; available: %s" % (name, NAMES))
