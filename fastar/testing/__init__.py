@@ -36,13 +36,11 @@ def receptive_field(module: nn.Module, input_shape: Sequence[int],
     return seen.cpu()
 
 
-def _order_key(index: Tuple[int, ...], channels: int, ordering: str, color_groups: int):
-    """Generation order of an (n, c, *spatial) position: raster over (H, W) then colour group;
-    causal over T (then group)."""
+def _order_key(index: Tuple[int, ...], channels: int, color_groups: int):
+    """Generation order of an (n, c, *spatial) position: raster over (H, W), or causal over T,
+    then colour group. Both orderings compare the spatial indices lexicographically."""
     n, c, *spatial = index
     group = c // (channels // color_groups)
-    if ordering not in ("raster", "causal"):
-        raise ValueError("ordering must be 'raster' or 'causal', got %r" % (ordering,))
     return (n, *spatial, group)
 
 
@@ -57,6 +55,8 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
     must have the same batch and spatial dims (any number of channels, split into
     ``color_groups`` groups like the input's).
     """
+    if ordering not in ("raster", "causal"):
+        raise ValueError("ordering must be 'raster' or 'causal', got %r" % (ordering,))
     m = _randomized(module)
     device = next(iter(m.parameters()), torch.empty(0)).device
     in_channels = input_shape[1]
@@ -69,9 +69,9 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
     for out_index in torch.cartesian_prod(*[torch.arange(s) for s in out.shape]).tolist():
         out_index = tuple(out_index) if isinstance(out_index, list) else (out_index,)
         grad = _input_grad(out[out_index], x)
-        key = _order_key(out_index, out_channels, ordering, color_groups)
+        key = _order_key(out_index, out_channels, color_groups)
         for in_index in (grad != 0).nonzero().tolist():
-            in_key = _order_key(tuple(in_index), in_channels, ordering, color_groups)
+            in_key = _order_key(tuple(in_index), in_channels, color_groups)
             allowed = in_key[0] == key[0] and (in_key < key or (inclusive and in_key == key))
             if not allowed:
                 raise AssertionError("not autoregressive (%s order): output %s depends on input %s"
