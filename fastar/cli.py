@@ -1,11 +1,15 @@
 """Command line: train and evaluate fastar's models on the offline data sets.
 
     python -m fastar train MODEL --dataset NAME [--epochs N ...]
+    torchrun --nproc_per_node N -m fastar train MODEL ...      (DistributedDataParallel)
     python -m fastar eval CHECKPOINT [--split test] [--samples grid.png]
 
 Training writes OUT/checkpoint.pt atomically (write, then rename) after every epoch and resumes
 from it when started again with the same OUT; data order and initialisation are seeded, so a
-run killed at any point and resumed ends with the same weights as an uninterrupted one.
+run killed at any point and resumed ends with the same weights as an uninterrupted one. After
+every epoch it measures the valid split and keeps the best epoch's weights in OUT/best.pt (early
+stopping without stopping). --batch-size is the global batch: under torchrun each process takes
+its share of every batch, so N processes follow the single-process run up to rounding.
 """
 
 import argparse
@@ -34,15 +38,37 @@ def _atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+def _bits_per_dim(nats, x):
+    return nats / (x[0].numel() * math.log(2))
+
+
 @torch.no_grad()
-def evaluate(model, x, batch_size, device):
-    """Mean NLL in nats per example over x, and bits per dimension."""
+def evaluate(model, x, batch_size, device, rank=0, world_size=1):
+    """Mean NLL in nats per example over x, and bits per dimension. Under torchrun each process
+    scores every world_size-th image and the sums are all-reduced."""
     model.eval()
-    total = 0.0
-    for i in range(0, len(x), batch_size):
-        total -= model.log_prob(x[i : i + batch_size].to(device)).sum().item()
-    nats = total / len(x)
-    return nats, nats / (x[0].numel() * math.log(2))
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    mine = x[rank::world_size]
+    for i in range(0, len(mine), batch_size):
+        total -= model.log_prob(mine[i : i + batch_size].to(device)).double().sum()
+    if world_size > 1:
+        torch.distributed.all_reduce(total)
+    nats = total.item() / len(x)
+    return nats, _bits_per_dim(nats, x)
+
+
+def _init_distributed(device_name):
+    """(rank, world_size, device) under torchrun (process group started: gloo on CPU, nccl on
+    CUDA with one GPU per process), (0, 1, device) otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(device_name)
+    if world_size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world_size, device
 
 
 def save_samples(model, path, n=16, seed=0):
@@ -64,46 +90,73 @@ def save_samples(model, path, n=16, seed=0):
 def train(args):
     from tqdm import tqdm
 
-    device = torch.device(args.device)
+    rank, world_size, device = _init_distributed(args.device)
     x, _ = data.load(args.dataset, "train")
+    x_valid, _ = data.load(args.dataset, "valid")
     if args.limit:
-        x = x[: args.limit]
+        x, x_valid = x[: args.limit], x_valid[: args.limit]
     os.makedirs(args.out, exist_ok=True)
-    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    ckpt_path, best_path = (os.path.join(args.out, f) for f in ("checkpoint.pt", "best.pt"))
     model_args = json.loads(args.model_args)
+    meta = {"model_name": args.model, "dataset": args.dataset, "model_args": model_args,
+            "image_shape": tuple(x.shape[1:])}
     torch.manual_seed(args.seed)
-    model = _build(args.model, args.dataset, model_args, tuple(x.shape[1:])).to(device)
+    model = _build(args.model, args.dataset, model_args, meta["image_shape"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    start = 0
+    start, history = 0, []
     if os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start = state["epoch"] + 1
-        print("resuming %s after epoch %d" % (ckpt_path, state["epoch"]))
+        start, history = state["epoch"] + 1, state["history"]
+        if rank == 0:
+            print("resuming %s after epoch %d" % (ckpt_path, state["epoch"]))
+    trained = model
+    if world_size > 1:  # forward() is log_prob, so DDP sees every training pass
+        trained = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     kill_at = int(os.environ.get(_CRASH_ENV, "-1"))
     steps_per_epoch = math.ceil(len(x) / args.batch_size)
-    dims = x[0].numel()
     for epoch in range(start, args.epochs):
         model.train()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
             args.seed * 100003 + epoch))
         bar = tqdm(range(steps_per_epoch), desc="epoch %d/%d" % (epoch + 1, args.epochs),
-                   disable=args.quiet)
+                   disable=args.quiet or rank != 0)
+        epoch_nll = torch.zeros((), dtype=torch.float64, device=device)
         for step in bar:
             if epoch * steps_per_epoch + step == kill_at:
                 os.kill(os.getpid(), 9)
-            batch = x[order[step * args.batch_size : (step + 1) * args.batch_size]].to(device)
-            loss = -model.log_prob(batch).mean()
+            batch = order[step * args.batch_size : (step + 1) * args.batch_size]
+            mine = batch[rank::world_size]
+            nll = -trained(x[mine].to(device)).sum()
+            # DDP averages gradients over processes: scaled so that they sum to the batch mean.
+            loss = nll * (world_size / len(batch))
             opt.zero_grad()
             loss.backward()
             opt.step()
-            bar.set_postfix(nats="%.2f" % loss.item(),
-                            bpd="%.4f" % (loss.item() / (dims * math.log(2))))
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                      "model_name": args.model, "dataset": args.dataset,
-                      "model_args": model_args, "image_shape": tuple(x.shape[1:])}, ckpt_path)
-    print("checkpoint: %s" % ckpt_path)
+            epoch_nll += nll.detach()
+            nats = nll.item() / max(len(mine), 1)
+            bar.set_postfix(nats="%.2f" % nats, bpd="%.4f" % _bits_per_dim(nats, x))
+        if world_size > 1:
+            torch.distributed.all_reduce(epoch_nll)
+        train_nats = epoch_nll.item() / len(x)
+        valid_nats, valid_bpd = evaluate(model, x_valid, args.eval_batch_size, device, rank,
+                                         world_size)
+        history.append({"epoch": epoch, "train_nats": train_nats, "valid_nats": valid_nats})
+        best = valid_nats <= min(h["valid_nats"] for h in history)
+        if rank == 0:
+            print("epoch %d: train %.2f nats, valid %.2f nats (%.4f bits/dim)%s"
+                  % (epoch + 1, train_nats, valid_nats, valid_bpd, ", best" if best else ""),
+                  flush=True)
+            if best:
+                _atomic_save({"model": model.state_dict(), "epoch": epoch, **meta}, best_path)
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "epoch": epoch, "history": history, **meta}, ckpt_path)
+    if world_size > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print("checkpoint: %s\nbest: %s" % (ckpt_path, best_path))
     return ckpt_path
 
 
@@ -131,7 +184,8 @@ def main(argv=None):
     t.add_argument("model", choices=sorted(MODELS))
     t.add_argument("--dataset", required=True, choices=sorted(NUM_VALUES))
     t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--batch-size", type=int, default=64, help="global, over all processes")
+    t.add_argument("--eval-batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=0, help="train on the first N images only")

@@ -30,6 +30,9 @@ class PixelModel(nn.Module):
         logp = torch.log_softmax(self.logits(x, cond).view(B, C, self.num_values, H, W), dim=2)
         return logp.gather(2, x.long().unsqueeze(2)).sum(dim=(1, 2, 3, 4))
 
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        return self.log_prob(x, cond)
+
     @torch.no_grad()
     def sample(self, n: int, cond: Optional[Tensor] = None, *,
                generator: Optional[torch.Generator] = None) -> Tensor:

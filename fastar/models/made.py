@@ -51,7 +51,9 @@ class MADE(nn.Module):
         self.direct = _MaskedLinear(self.D, self.D * num_values) if direct_connections else None
         self._generator = torch.Generator().manual_seed(seed)
         self._masks = [self._draw_masks() for _ in range(num_masks)]
-        self._current = 0
+        # The mask in use is state: a resumed training run must continue the cycle where the
+        # checkpoint left it.
+        self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
         self._use(0)
 
     def _draw_masks(self):
@@ -81,7 +83,7 @@ class MADE(nn.Module):
         self.out.mask.copy_(out)
         if self.direct is not None:
             self.direct.mask.copy_(direct)
-        self._current = index
+        self.mask_index.fill_(index)
 
     def _logits(self, x: Tensor) -> Tensor:
         """(B, D, V) logits of each dimension given the inputs before it."""
@@ -107,13 +109,17 @@ class MADE(nn.Module):
             raise ValueError("MADE is unconditional; got cond")
         if self.training or self.num_masks == 1:
             if self.training and self.num_masks > 1:
-                self._use((self._current + 1) % self.num_masks)
+                self._use((int(self.mask_index) + 1) % self.num_masks)
             return self._log_prob_one_mask(x)
-        per_mask = []
+        per_mask, current = [], int(self.mask_index)
         for i in range(self.num_masks):
             self._use(i)
             per_mask.append(self._log_prob_one_mask(x))
+        self._use(current)  # evaluation leaves the training cycle where it was
         return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(self.num_masks)
+
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        return self.log_prob(x, cond)
 
     @torch.no_grad()
     def sample(self, n: int, cond: Optional[Tensor] = None, *,
@@ -126,6 +132,7 @@ class MADE(nn.Module):
         device = self.out.weight.device
         which = torch.randint(self.num_masks, (n,), generator=generator, device=device)
         x = torch.zeros(n, self.D, dtype=torch.long, device=device)
+        current = int(self.mask_index)
         for i in range(self.num_masks):
             rows = (which == i).nonzero().flatten()
             if rows.numel() == 0:
@@ -137,4 +144,5 @@ class MADE(nn.Module):
                 probs = torch.softmax(self._logits(xi)[:, d], dim=-1)
                 xi[:, d] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             x[rows] = xi
+        self._use(current)
         return x.view(n, *self.image_shape)
