@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 
 import pytest
 import torch
@@ -65,21 +66,26 @@ def peak_memory(run, device):
     return peak
 
 
-def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, warmup=2):
+def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, warmup=2,
+            seconds_per_case=1.5):
     """Times fn() (synchronizing on CUDA) after warm-up runs, and records the median and the
-    peak memory of one run."""
+    peak memory of one run. Rounds fill about seconds_per_case (5 to 100 of them): the
+    median of many rounds is what makes ratios on a shared 2-core VM repeatable."""
     def run():
-        out = fn()
+        fn()  # outputs freed here, as a training step frees them: kept alive across rounds,
+        # each round's large buffers would come fresh from the OS (page faults) on the CPU
         if device == "cuda":
             torch.cuda.synchronize()
-        return out
 
     for _ in range(warmup):
         run()
+    start = time.perf_counter()
+    run()
+    rounds = int(min(max(seconds_per_case / (time.perf_counter() - start), 5), 100))
     peak = peak_memory(run, device)
     benchmark.group = group
     benchmark.extra_info.update(impl=impl, device=device, bytes_moved=bytes_moved)
-    benchmark.pedantic(run, rounds=5 if device == "cpu" else 50, iterations=1)
+    benchmark.pedantic(run, rounds=rounds, iterations=1)
     median = benchmark.stats.stats.median
     record = {"group": group, "impl": impl, "device": device_name(device),
               "median_s": median, "bytes_moved": bytes_moved}

@@ -16,4 +16,8 @@ TORCH_LIBRARY(fastar, m) {
   // Gradient with respect to params, given the forward's output log_prob. Returns (B, P, *S).
   m.def("dmol_log_prob_backward(Tensor grad_out, Tensor x, Tensor params, Tensor log_prob, "
         "int num_bins) -> Tensor");
+  // log_prob and, per position, its gradient with respect to that position's params, in one
+  // pass: ((B, *S), (B, P, *S)). CPU only: where the math is compute-bound, training evaluates
+  // each term once instead of once in the forward and again in the backward.
+  m.def("dmol_log_prob_with_grad(Tensor x, Tensor params, int num_bins=256) -> (Tensor, Tensor)");
 }

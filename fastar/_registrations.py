@@ -75,3 +75,36 @@ def _dmol_backward(ctx, grad_out):
 
 torch.library.register_autograd(
     "fastar::dmol_log_prob", _dmol_backward, setup_context=_dmol_setup_context)
+
+
+@torch.library.register_fake("fastar::dmol_log_prob_with_grad")
+def _dmol_log_prob_with_grad_fake(x, params, num_bins=256):
+    return (_dmol_log_prob_fake(x, params, num_bins),
+            torch.empty_like(params, memory_format=torch.contiguous_format))
+
+
+class DmolLogProbTraining(torch.autograd.Function):
+    """dmol_log_prob for an eager CPU training step: the forward computes the gradient with the
+    log-probability (dmol_log_prob_with_grad), and the first backward scales it in place by
+    grad_out, so no second params-sized buffer is allocated. A later backward through a retained
+    graph finds it used and recomputes. The gradient is held on ctx, outside saved-tensor hooks:
+    torch.compile takes the plain op, whose backward is a second pass."""
+
+    @staticmethod
+    def forward(ctx, x, params, num_bins):
+        log_prob, grad = torch.ops.fastar.dmol_log_prob_with_grad(x, params, num_bins)
+        ctx.save_for_backward(x, params, log_prob)
+        ctx.num_bins = num_bins
+        ctx.per_position_grad = grad
+        return log_prob
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad, ctx.per_position_grad = ctx.per_position_grad, None
+        if grad is None:
+            x, params, log_prob = ctx.saved_tensors
+            grad = torch.ops.fastar.dmol_log_prob_backward(grad_out, x, params, log_prob,
+                                                           ctx.num_bins)
+        else:
+            grad = grad.mul_(grad_out.unsqueeze(1))
+        return None, grad, None

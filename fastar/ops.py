@@ -14,6 +14,7 @@ from torch import Tensor
 from fastar import _extension, reference
 
 _extension.load()
+from fastar import _registrations  # noqa: E402  (after load: the ops must exist)
 
 
 def gated_activation(x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
@@ -66,7 +67,13 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
     The inner-bin mass is computed as sigmoid(p) sigmoid(-m) (1 - exp(m - p)), not as the
     difference of two sigmoids, so it stays exact in the tails where float32 PixelCNN++ code
     loses it. Checking x's range costs one small reduction (a synchronization on CUDA).
+    On the CPU, where the math is compute-bound, a forward that will be differentiated computes
+    the gradient too (held until backward scales it by grad_out): each term is evaluated once
+    instead of twice.
     """
+    if (params.device.type == "cpu" and params.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()):
+        return _registrations.DmolLogProbTraining.apply(x, params, num_bins)
     return torch.ops.fastar.dmol_log_prob(x, params, num_bins)
 
 

@@ -41,20 +41,43 @@ def _data(B, C, S, num_bins, device):
 CONFIGS = list(itertools.product([1, 3], [1, 3, 10], [2, 256, 65536]))
 
 
+def _paths(device):
+    """Both ways to the gradient: ops.dmol_log_prob (on the CPU a differentiated forward
+    computes the gradient with the log-probability) and the plain op, whose backward is a
+    second pass."""
+    yield ops.dmol_log_prob
+    if device == "cpu":
+        yield torch.ops.fastar.dmol_log_prob
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("C,K,num_bins", CONFIGS, ids=["C%d-K%d-bins%d" % c for c in CONFIGS])
 @pytest.mark.parametrize("scale", ["normal", "tiny_scales", "far_means", "sharp_logits"])
 def test_matches_reference_float64(device, C, K, num_bins, scale):
-    for B, S in [(1, (13,)), (3, (4, 5))]:
+    for (B, S), f in itertools.product([(1, (13,)), (3, (4, 5))], _paths(device)):
         params = _params(B, C, K, S, scale, device).requires_grad_()
         x = _data(B, C, S, num_bins, device)
-        ours = ops.dmol_log_prob(x, params, num_bins)
+        ours = f(x, params, num_bins)
         ref = reference.dmol_log_prob(x, params, num_bins)
         torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
         g = torch.randn_like(ours)
         (g_ours,) = torch.autograd.grad(ours, params, g)
         (g_ref,) = torch.autograd.grad(ref, params, g)
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_through_a_retained_graph_repeats_the_gradient(device):
+    # The CPU's first backward scales the forward's gradient in place; later ones recompute.
+    params = _params(2, 3, 4, (3, 5), "normal", device).requires_grad_()
+    x = _data(2, 3, (3, 5), 256, device)
+    lp = ops.dmol_log_prob(x, params)
+    g = torch.randn_like(lp)
+    first = torch.autograd.grad(lp, params, g, retain_graph=True)[0]
+    second = torch.autograd.grad(lp, params, g, retain_graph=True)[0]
+    third = torch.autograd.grad(lp, params, 2 * g)[0]
+    torch.testing.assert_close(second, first, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(third, 2 * first, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -95,7 +118,8 @@ def test_finite_for_any_finite_input(device, dtype):
 def test_gradcheck(device, C):
     params = _params(2, C, 3, (2, 3), "normal", device).requires_grad_()
     x = _data(2, C, (2, 3), 8, device)
-    assert torch.autograd.gradcheck(lambda p: ops.dmol_log_prob(x, p, 8), (params,))
+    for f in _paths(device):
+        assert torch.autograd.gradcheck(lambda p: f(x, p, 8), (params,))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -126,6 +150,9 @@ def test_opcheck(device, C):
     lp = ops.dmol_log_prob(x, params.detach(), 256)
     torch.library.opcheck(torch.ops.fastar.dmol_log_prob_backward.default,
                           (torch.randn_like(lp), x, params.detach(), lp, 256))
+    if device == "cpu":
+        torch.library.opcheck(torch.ops.fastar.dmol_log_prob_with_grad.default,
+                              (x, params.detach(), 256))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -183,6 +210,10 @@ def test_bad_inputs_raise_clear_errors(device):
         f(x.float(), params)
     with pytest.raises(RuntimeError, match=r"expected num_bins in \[2, 2\^24\], but got 1"):
         f(torch.zeros_like(x), params, 1)
+    if device == "cpu":  # the training path checks the same way, under its own name
+        with pytest.raises(RuntimeError, match=r"fastar::dmol_log_prob_with_grad: expected x to "
+                                               r"be an integer tensor"):
+            f(x.float(), params.requires_grad_())
 
 
 def test_sample_is_deterministic_for_a_generator():

@@ -213,6 +213,21 @@ FASTAR_HD ComponentTerm<T, C> component_term(const Pixel<T, C>& px, const Param&
   return out;
 }
 
+// Component k's share of the gradient of log_prob: the posterior responsibility
+// w = exp(logit - lse_logits + component log P - log_prob), which scales the gradients of its
+// means, log-scales and coefficients, and d log_prob / d logit_k = w - softmax(logits)_k.
+template <typename T>
+struct Responsibility {
+  T weight, d_logit;
+};
+
+template <typename T>
+FASTAR_HD Responsibility<T> responsibility(T normalized_logit, T component_log_prob,
+                                           T log_prob) {
+  const T w = math::exp(normalized_logit + component_log_prob - log_prob);
+  return {w, w - math::exp(normalized_logit)};
+}
+
 // Writes the gradient of g * log_prob with respect to component k's parameters, given the
 // position's log-normalizer of the logits and its log_prob (the forward's output), so one
 // pass over the components suffices. `grad(i, value)` stores at index i of dim 1.
@@ -221,9 +236,10 @@ FASTAR_HD void component_backward(const Pixel<T, C>& px, const Param& param, con
                                    int64_t k, int64_t K, const Bins<T> bins, T lse_logits,
                                    T log_prob, T g) {
   const ComponentTerm<T, C> term = component_term<T, C, true>(px, param, k, K, bins);
-  const T logit = clamp_magnitude(param(k)) - lse_logits;
-  const T w = g * math::exp(logit + term.log_prob - log_prob);  // posterior responsibility
-  grad(k, w - g * math::exp(logit));                            // minus the prior's
+  const Responsibility<T> r =
+      responsibility(clamp_magnitude(param(k)) - lse_logits, term.log_prob, log_prob);
+  const T w = g * r.weight;
+  grad(k, g * r.d_logit);
 FASTAR_UNROLL
   for (int c = 0; c < C; ++c) {
     grad(mean_index(c, k, K, C), w * term.d_mean[c]);

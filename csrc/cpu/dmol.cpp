@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "common/dmol.h"
@@ -183,6 +184,100 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, const at::Te
   });
 }
 
+// For component k: comp[j] = log P(x | k) at each position of the block, and the derivatives
+// of it with respect to k's means, log-scales and coefficients, unscaled, in
+// d[i * kBlock + j] (i the parameter index): scaled once the responsibilities are known.
+template <typename scalar_t, typename acc_t, int C>
+FASTAR_CPU_MULTIVERSION void component_terms_with_grad(const Block<scalar_t, acc_t, C>& blk,
+                                                       int64_t k, int64_t K,
+                                                       const dmol::Bins<acc_t> bins,
+                                                       acc_t* __restrict__ comp,
+                                                       acc_t* __restrict__ d) {
+  const scalar_t* __restrict__ pp = blk.params;
+  const int64_t S = blk.S;
+#pragma omp simd
+  for (int64_t j = 0; j < blk.len; ++j) {
+    const dmol::Pixel<acc_t, C> px = blk.pixel(j);
+    const auto param = [&](int64_t i) { return acc_t(pp[i * S + j]); };
+    const dmol::ComponentTerm<acc_t, C> term =
+        dmol::component_term<acc_t, C, true>(px, param, k, K, bins);
+    comp[j] = term.log_prob;
+    FASTAR_UNROLL
+    for (int c = 0; c < C; ++c) {
+      d[dmol::mean_index(c, k, K, C) * kBlock + j] = term.d_mean[c];
+      d[dmol::log_scale_index(c, k, K, C) * kBlock + j] = term.d_log_scale[c];
+      if constexpr (C == 3) d[dmol::coeff_index(c, k, K) * kBlock + j] = term.d_coeff[c];
+    }
+  }
+}
+
+// Writes component k's rows of the gradient: d log_prob / d logit_k, and the unscaled
+// derivatives times the responsibility.
+template <typename scalar_t, typename acc_t, int C>
+FASTAR_CPU_MULTIVERSION void write_component_grad(int64_t len, int64_t S, int64_t k, int64_t K,
+                                                  const acc_t* __restrict__ logits,
+                                                  const acc_t* __restrict__ lse_logits,
+                                                  const acc_t* __restrict__ comp,
+                                                  const acc_t* __restrict__ log_prob,
+                                                  const acc_t* __restrict__ d,
+                                                  scalar_t* __restrict__ grad) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const dmol::Responsibility<acc_t> r =
+        dmol::responsibility(logits[j] - lse_logits[j], comp[j], log_prob[j]);
+    grad[k * S + j] = scalar_t(r.d_logit);
+    FASTAR_UNROLL
+    for (int c = 0; c < C; ++c) {
+      const int64_t m = dmol::mean_index(c, k, K, C), l = dmol::log_scale_index(c, k, K, C);
+      grad[m * S + j] = scalar_t(r.weight * d[m * kBlock + j]);
+      grad[l * S + j] = scalar_t(r.weight * d[l * kBlock + j]);
+      if constexpr (C == 3) {
+        const int64_t q = dmol::coeff_index(c, k, K);
+        grad[q * S + j] = scalar_t(r.weight * d[q * kBlock + j]);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, int C>
+void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& grad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto bins = dmol::make_bins<acc_t>(args.num_bins);
+  const scalar_t* params = args.params.const_data_ptr<scalar_t>();
+  const int64_t* x = args.x.const_data_ptr<int64_t>();
+  scalar_t* y = out.mutable_data_ptr<scalar_t>();
+  scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
+  const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    Block<scalar_t, acc_t, C> blk;
+    std::vector<acc_t> logits(K * kBlock), comp(K * kBlock), totals(K * kBlock),
+        d(args.P * kBlock), lse_totals(kBlock), lse_logits(kBlock), log_prob(kBlock),
+        scratch(kBlock);
+    for (int64_t block = begin; block < end; ++block) {
+      load_block(args, params, x, block, blk);
+      load_logits(blk, K, logits.data());
+      for (int64_t k = 0; k < K; ++k) {
+        acc_t* ck = comp.data() + k * kBlock;
+        component_terms_with_grad(blk, k, K, bins, ck, d.data());
+        const acc_t* lk = logits.data() + k * kBlock;
+        for (int64_t j = 0; j < blk.len; ++j) totals[k * kBlock + j] = lk[j] + ck[j];
+      }
+      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
+                            lse_totals.data(), scratch.data());
+      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits.data() + k * kBlock; },
+                            lse_logits.data(), scratch.data());
+      for (int64_t j = 0; j < blk.len; ++j) {
+        log_prob[j] = lse_totals[j] - lse_logits[j];
+        y[blk.pos + j] = scalar_t(log_prob[j]);
+      }
+      for (int64_t k = 0; k < K; ++k)
+        write_component_grad<scalar_t, acc_t, C>(blk.len, blk.S, k, K, logits.data() + k * kBlock,
+                                                 lse_logits.data(), comp.data() + k * kBlock,
+                                                 log_prob.data(), d.data(), gp + blk.offset);
+    }
+  });
+}
+
 at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
   const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
   at::Tensor out = at::empty(args.out_shape, args.params.options());
@@ -210,11 +305,27 @@ at::Tensor dmol_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tens
   return grad;
 }
 
+std::tuple<at::Tensor, at::Tensor> dmol_log_prob_with_grad_cpu(const at::Tensor& x,
+                                                               const at::Tensor& params,
+                                                               int64_t num_bins) {
+  const DmolArgs args = prepare_dmol("dmol_log_prob_with_grad", x, params, num_bins);
+  at::Tensor out = at::empty(args.out_shape, args.params.options());
+  at::Tensor grad = at::empty_like(args.params);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
+                                  "dmol_log_prob_with_grad_cpu", [&] {
+    dispatch_channels(args.C, [&](auto c) {
+      forward_with_grad_cpu<scalar_t, decltype(c)::value>(args, out, grad);
+    });
+  });
+  return {out, grad};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastar, CPU, m) {
   m.impl("dmol_log_prob", &dmol_log_prob_cpu);
   m.impl("dmol_log_prob_backward", &dmol_log_prob_backward_cpu);
+  m.impl("dmol_log_prob_with_grad", &dmol_log_prob_with_grad_cpu);
 }
 
 }  // namespace fastar
