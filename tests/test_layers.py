@@ -38,6 +38,26 @@ def test_masked_conv_equals_masked_weight_conv(device, mask_type, groups, k, dil
     assert (grads[1][conv.mask == 0] == 0).all()  # masked taps get exactly no gradient
 
 
+def test_masked_conv_inference_cache_follows_weight_and_mask_changes():
+    conv = MaskedConv2d(6, 6, 3, "B", color_groups=3)
+    x = torch.randn(2, 6, 5, 5)
+
+    def expected():
+        return F.conv2d(x.to(conv.weight.dtype), conv.weight * conv.mask, conv.bias, padding=1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected())
+        assert conv.cropped_weight() is conv.cropped_weight()  # cached, not rebuilt
+        conv.weight.mul_(2)  # an optimizer step is an in-place update
+        torch.testing.assert_close(conv(x), expected())
+        conv.load_state_dict({k: torch.randn_like(v) for k, v in conv.state_dict().items()})
+        torch.testing.assert_close(conv(x), expected())
+        conv.mask[:, :, 1].fill_(1)  # the centre row (the rows below are never computed)
+        torch.testing.assert_close(conv(x), expected())
+        conv.double()
+        torch.testing.assert_close(conv(x.double()), expected())
+
+
 @pytest.mark.parametrize("mask_type,groups,k,dilation", MASKED,
                          ids=["%s-g%d-k%d-d%d" % m for m in MASKED])
 def test_masked_conv_is_autoregressive(mask_type, groups, k, dilation):

@@ -41,8 +41,8 @@ class MaskedConv2d(nn.Conv2d):
     On this project's 2-core CPU this single cropped convolution measured faster than splitting
     the kept taps into exact unmasked convolutions (rows above, centre-row left part, centre
     tap), whose extra pads and sums cost more than the few zero taps (bench/bench_layers.py).
-    The masked, cropped weight is a small (out, in, k // 2 + 1, k) product per forward; masked
-    taps get exactly zero gradient. ``weight`` (out, in, kh, kw) and ``bias`` are nn.Conv2d's,
+    The masked, cropped weight is a small (out, in, k // 2 + 1, k) product, rebuilt per forward
+    only while training (masked taps get exactly zero gradient) and cached otherwise. ``weight`` (out, in, kh, kw) and ``bias`` are nn.Conv2d's,
     so initialisation and checkpoints carry over.
 
     Args:
@@ -72,13 +72,29 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer(
             "mask", raster_mask(out_channels, in_channels, (kh, kw), mask_type, color_groups),
             persistent=False)
+        self._cached, self._cached_key = None, None
+
+    def cropped_weight(self) -> Tensor:
+        """The masked weight's upper k // 2 + 1 rows. Built per forward when it is being
+        trained (the product gives masked taps zero gradient); otherwise cached until the
+        weight or the mask changes (sampling runs thousands of forwards)."""
+        rows = self.kernel_size[0] // 2 + 1
+        if (torch.is_grad_enabled() and self.weight.requires_grad) or \
+                torch.compiler.is_compiling():
+            return self.weight[:, :, :rows] * self.mask[:, :, :rows]
+        key = (self.weight.data_ptr(), self.weight._version, self.mask.data_ptr(),
+               self.mask._version, self.weight.dtype)
+        if self._cached_key != key:
+            self._cached = (self.weight[:, :, :rows] * self.mask[:, :, :rows]).detach()
+            self._cached_key = key
+        return self._cached
 
     def forward(self, x: Tensor) -> Tensor:
         kh, kw = self.kernel_size
         ch, cw = kh // 2, kw // 2
         d = self.dilation[0]
-        upper = self.weight[:, :, : ch + 1] * self.mask[:, :, : ch + 1]
-        return F.conv2d(F.pad(x, (d * cw, d * cw, d * ch, 0)), upper, self.bias, dilation=d)
+        return F.conv2d(F.pad(x, (d * cw, d * cw, d * ch, 0)), self.cropped_weight(), self.bias,
+                        dilation=d)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", mask_type=%s, color_groups=%d" % (
