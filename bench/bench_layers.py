@@ -6,15 +6,13 @@ by the mask and runs a full conv2d. The gated blocks' reference is the same bloc
 pure-PyTorch gated activation.
 """
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-import fastar.reference as reference
 from conftest import measure
-from fastar.nn import GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock, blocks
+from fastar.nn import GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock
+from fastar.testing import reference_ops
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU visible"))]
@@ -50,21 +48,6 @@ def test_masked_conv2d(benchmark, device, k, mask_type, batch, size, impl):
             fn=lambda: torch.autograd.grad(fn(x), params, g))
 
 
-class _ReferenceOps:
-    gated_activation = staticmethod(reference.gated_activation)
-
-
-@contextlib.contextmanager
-def _reference_ops():
-    """Runs the blocks with the pure-PyTorch gated activation: the unfused baseline."""
-    saved = blocks.ops
-    blocks.ops = _ReferenceOps
-    try:
-        yield
-    finally:
-        blocks.ops = saved
-
-
 def _block_cases(device):
     gated = GatedPixelCNNLayer(128, 3, "B", cond_channels=10).to(device)
     v = torch.randn(16, 128, 32, 32, device=device, requires_grad=True)
@@ -94,7 +77,7 @@ def test_gated_blocks(benchmark, device, block, impl):
         compiled = torch.compile(loss) if impl == "compile" else loss
 
         def step():
-            with _reference_ops():
+            with reference_ops():  # the unfused baseline
                 return torch.autograd.grad(compiled(), inputs)
     measure(benchmark, group="%s %s fwd+bwd" % (block, device), impl=impl, device=device,
             fn=step)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import DEVICES
 from fastar.nn import CausalConv1d, GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock, raster_mask
 from fastar.testing import (GatedPixelCNNStack, PixelCNNStack, assert_autoregressive,
-                            receptive_field)
+                            receptive_field, reference_ops)
 
 MASKED = list(itertools.product(["A", "B"], [1, 3], [1, 3, 5, 7], [1, 2]))
 
@@ -197,14 +197,8 @@ def test_blind_spot_figure(tmp_path):
     assert heat.shape == (7, 7) and heat[3, 3] == 2  # G sees R and G at its own pixel
 
 
-class _ReferenceOps:
-    gated_activation = staticmethod(__import__("fastar.reference").reference.gated_activation)
-
-
 @pytest.mark.parametrize("device", DEVICES)
-def test_blocks_match_their_unfused_versions_float64(device, monkeypatch):
-    from fastar.nn import blocks
-
+def test_blocks_match_their_unfused_versions_float64(device):
     gated = GatedPixelCNNLayer(4, 5, "B", cond_channels=3).double().to(device)
     wavenet = WaveNetBlock(4, 6, 5, 2, 3, global_cond_channels=3,
                            local_cond_channels=2).double().to(device)
@@ -221,7 +215,7 @@ def test_blocks_match_their_unfused_versions_float64(device, monkeypatch):
         return outs, torch.autograd.grad(loss, (v, h, x) + tuple(gated.parameters()))
 
     fused = run()
-    monkeypatch.setattr(blocks, "ops", _ReferenceOps)
-    unfused = run()
+    with reference_ops():
+        unfused = run()
     for a, b in zip(fused[0] + fused[1], unfused[0] + unfused[1]):
         torch.testing.assert_close(a, b)

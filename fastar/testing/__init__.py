@@ -1,10 +1,31 @@
-"""Tools to check that a model is autoregressive: which inputs can reach an output."""
+"""Tools to check that a model is autoregressive (which inputs can reach an output), and to
+run fastar's layers on the pure-PyTorch reference ops."""
 
+import contextlib
 import copy
 from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+
+
+@contextlib.contextmanager
+def reference_ops():
+    """Inside this block fastar's layers and losses call `fastar.reference` instead of the
+    fused kernels: the unfused baseline of the benchmarks and tests, and a check when a fused
+    op is suspected."""
+    from fastar import reference
+    from fastar.nn import blocks, losses
+
+    modules = (blocks, losses)
+    saved = [m.ops for m in modules]
+    for m in modules:
+        m.ops = reference
+    try:
+        yield
+    finally:
+        for m, ops in zip(modules, saved):
+            m.ops = ops
 
 
 def _input_grad(output: Tensor, x: Tensor) -> Tensor:
