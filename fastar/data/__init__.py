@@ -24,6 +24,7 @@ from torch import Tensor
 
 SPLITS = ("train", "valid", "test")
 NAMES = ("mnist", "binarized_mnist", "fashion_mnist")
+NUM_CLASSES = {"mnist": 10, "binarized_mnist": 10, "fashion_mnist": 10}
 _FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 _BINARIZE_SEED = 20150312  # fixed forever: changing it changes every binarized_mnist result
 
