@@ -63,7 +63,8 @@ class GatedPixelCNNLayer(nn.Module):
                 ) -> Tuple[Tensor, Tensor]:
         half = self.kernel_size // 2
         # Vertical: rows i - half .. i of every column in reach.
-        v_pre = self.v_conv(F.pad(v, (half, half, half, 0)))
+        v_pre = F.conv2d(F.pad(v, (0, 0, half, 0)), self.v_conv.weight, self.v_conv.bias,
+                         padding=(0, half))  # sides padded by the conv: see MaskedConv2d
         # Horizontal: columns j - half .. j (type B) or .. j - 1 (type A) of row i.
         h_in = F.pad(h, (half, -1 if self.mask_type == "A" else 0))
         h_pre = self.h_conv(h_in) + self.v_to_h(F.pad(v_pre, (0, 0, 1, -1)))  # link: row above
