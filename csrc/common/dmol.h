@@ -92,7 +92,8 @@ FASTAR_HD ChannelTerm<T> channel_term(T xc, bool first, bool last, T mean, T log
   if (kWithGrad) {
     const T sig_neg_p = (p < T(0) ? T(1) : fp) * inv_p;  // d log sigmoid(p) / dp
     const T sig_m = (m < T(0) ? fm : T(1)) * inv_m;      // -d log sigmoid(-m) / dm
-    const T one_minus_2sig_mid = T(1) - T(2) * math::sigmoid_given(mid, fmid);
+    const math::SigmoidFraction<T> sig_mid = math::sigmoid_fraction(mid, fmid);
+    const T one_minus_2sig_mid = T(1) - T(2) * sig_mid.num / sig_mid.den;
     // (p - m) e / (1 - e) with e = exp(-(p - m)): from d log(1 - e) / d log_scale; -> 1 at 0.
     const T d_ratio = T(2) * hs * ed.exp / one_minus_ed;
     // mid, p and m scale with inv_s = exp(-log_scale): each has d/d log_scale = -itself.

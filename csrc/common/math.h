@@ -145,23 +145,21 @@ FASTAR_HD TanhFraction<T> tanh_abs_fraction(T ax) {
 }
 
 // sigmoid(x) = num / den through f = exp(-|x|), so neither tail overflows or cancels;
-// also f, with which d sigmoid/dx = f / (1 + f)^2.
+// also f, with which d sigmoid/dx = f / (1 + f)^2. A caller that already has f (it needs it
+// elsewhere too) passes it in.
 template <typename T>
 struct SigmoidFraction {
   T num, den, f;
 };
 
 template <typename T>
-FASTAR_HD SigmoidFraction<T> sigmoid_fraction(T x) {
-  const T f = exp_neg(-abs(x));
+FASTAR_HD SigmoidFraction<T> sigmoid_fraction(T x, T f) {
   return {x < T(0) ? f : T(1), T(1) + f, f};
 }
 
-// sigmoid(u) given f = exp(-|u|), computed once by a caller that needs it elsewhere too:
-// neither tail overflows or cancels.
 template <typename T>
-FASTAR_HD T sigmoid_given(T u, T f) {
-  return (u < T(0) ? f : T(1)) / (T(1) + f);
+FASTAR_HD SigmoidFraction<T> sigmoid_fraction(T x) {
+  return sigmoid_fraction(x, exp_neg(-abs(x)));
 }
 
 }  // namespace math
