@@ -60,6 +60,17 @@ def test_non_contiguous_inputs(device):
                                rtol=1e-13, atol=1e-15)
 
 
+def test_large_outputs_on_huge_pages_are_exact():
+    # >= 8 MiB outputs and gradients are allocated with a transparent-huge-page hint on the CPU.
+    x = torch.randn(2, 4, 2**19, dtype=torch.float64, requires_grad=True)
+    out = ops.gated_activation(x)
+    torch.testing.assert_close(out, reference.gated_activation(x), rtol=1e-13, atol=1e-15)
+    g = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, x, g)
+    (grad_ref,) = torch.autograd.grad(reference.gated_activation(x), x, g)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-13, atol=1e-15)
+
+
 def _max_err(a, ref):
     return (a.double() - ref).abs().max().item()
 

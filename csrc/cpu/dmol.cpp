@@ -6,8 +6,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,6 +14,7 @@
 
 #include "common/dmol.h"
 #include "common/dmol_args.h"
+#include "cpu/allocate.h"
 #include "cpu/multiversion.h"
 
 namespace fastar {
@@ -280,7 +279,7 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
 
 at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
   const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
-  at::Tensor out = at::empty(args.out_shape, args.params.options());
+  at::Tensor out = empty_output(args.out_shape, args.params.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
                                   "dmol_log_prob_cpu", [&] {
     dispatch_channels(args.C, [&](auto c) { forward_cpu<scalar_t, decltype(c)::value>(args, out); });
@@ -295,7 +294,7 @@ at::Tensor dmol_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tens
   const DmolArgs args = prepare_dmol(op, x, params, num_bins);
   const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
   const at::Tensor lp = prepare_dmol_per_position(op, "log_prob", log_prob, args);
-  at::Tensor grad = at::empty_like(args.params);
+  at::Tensor grad = empty_output(args.params.sizes(), args.params.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
                                   "dmol_log_prob_backward_cpu", [&] {
     dispatch_channels(args.C, [&](auto c) {
@@ -309,8 +308,8 @@ std::tuple<at::Tensor, at::Tensor> dmol_log_prob_with_grad_cpu(const at::Tensor&
                                                                const at::Tensor& params,
                                                                int64_t num_bins) {
   const DmolArgs args = prepare_dmol("dmol_log_prob_with_grad", x, params, num_bins);
-  at::Tensor out = at::empty(args.out_shape, args.params.options());
-  at::Tensor grad = at::empty_like(args.params);
+  at::Tensor out = empty_output(args.out_shape, args.params.options());
+  at::Tensor grad = empty_output(args.params.sizes(), args.params.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
                                   "dmol_log_prob_with_grad_cpu", [&] {
     dispatch_channels(args.C, [&](auto c) {

@@ -4,14 +4,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "common/gated_activation.h"
 #include "common/gated_activation_args.h"
+#include "cpu/allocate.h"
 #include "cpu/multiversion.h"
 
 namespace fastar {
@@ -136,7 +135,7 @@ void backward_kernel(const GatedActivationArgs& args, const at::Tensor& grad_out
 
 at::Tensor gated_activation_cpu(const at::Tensor& x, const std::optional<at::Tensor>& cond) {
   const GatedActivationArgs args = prepare_gated_activation("gated_activation", x, cond);
-  at::Tensor out = at::empty(args.out_shape, args.x.options());
+  at::Tensor out = empty_output(args.out_shape, args.x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
                                   "gated_activation_cpu",
                                   [&] { forward_kernel<scalar_t>(args, out); });
@@ -148,7 +147,7 @@ at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_out, const at::T
   const char* op = "gated_activation_backward";
   const GatedActivationArgs args = prepare_gated_activation(op, x, cond);
   const at::Tensor g = prepare_gated_activation_grad(op, grad_out, args);
-  at::Tensor grad_z = at::empty_like(args.x);
+  at::Tensor grad_z = empty_output(args.x.sizes(), args.x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
                                   "gated_activation_backward_cpu",
                                   [&] { backward_kernel<scalar_t>(args, g, grad_z); });
