@@ -101,10 +101,23 @@ class DmolLogProbTraining(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad, ctx.per_position_grad = ctx.per_position_grad, None
-        if grad is None:
+        if grad is None or torch.is_grad_enabled():  # retained graph, or create_graph=True
             x, params, log_prob = ctx.saved_tensors
             grad = torch.ops.fastar.dmol_log_prob_backward(grad_out, x, params, log_prob,
                                                            ctx.num_bins)
         else:
             grad = grad.mul_(grad_out.unsqueeze(1))
         return None, grad, None
+
+
+def _no_double_backward(op):
+    def backward(ctx, *grads):
+        raise RuntimeError("%s: double backward (the gradient of its gradient) is not implemented"
+                           % op)
+    return backward
+
+
+# The backward ops are not differentiable: say so rather than let autograd's fallback return
+# silent zeros for a second derivative.
+for _op in ("fastar::gated_activation_backward", "fastar::dmol_log_prob_backward"):
+    torch.library.register_autograd(_op, _no_double_backward(_op.replace("_backward", "")))

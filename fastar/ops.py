@@ -2,8 +2,9 @@
 
 Every op runs on CPU (float32, float64, float16, bfloat16) and, when fastar was built with CUDA,
 on GPU (the same dtypes; reduced-precision inputs are computed in float32). Each has a
-pure-PyTorch twin in `fastar.reference` with the same semantics. Ops are differentiable,
-traceable by torch.compile(fullgraph=True) and checked by torch.library.opcheck.
+pure-PyTorch twin in `fastar.reference` with the same semantics. Ops are differentiable (first
+order: a double backward raises a clear error), traceable by torch.compile(fullgraph=True) and
+checked by torch.library.opcheck.
 """
 
 from typing import Optional

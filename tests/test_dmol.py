@@ -67,6 +67,16 @@ def test_matches_reference_float64(device, C, K, num_bins, scale):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_raises_instead_of_returning_zeros(device):
+    params = _params(1, 3, 2, (2, 2), "normal", device).requires_grad_()
+    x = _data(1, 3, (2, 2), 256, device)
+    for f in _paths(device):
+        (g,) = torch.autograd.grad(f(x, params).sum(), params, create_graph=True)
+        with pytest.raises(RuntimeError, match="fastar::dmol_log_prob: double backward"):
+            torch.autograd.grad(g.sum(), params)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_backward_through_a_retained_graph_repeats_the_gradient(device):
     # The CPU's first backward scales the forward's gradient in place; later ones recompute.
     params = _params(2, 3, 4, (3, 5), "normal", device).requires_grad_()

@@ -60,6 +60,14 @@ def test_non_contiguous_inputs(device):
                                rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_raises_instead_of_returning_zeros(device):
+    z = torch.randn(2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(ops.gated_activation(z).sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="fastar::gated_activation: double backward"):
+        torch.autograd.grad(g.sum(), z)
+
+
 def test_large_outputs_on_huge_pages_are_exact():
     # >= 8 MiB outputs and gradients are allocated with a transparent-huge-page hint on the CPU.
     x = torch.randn(2, 4, 2**19, dtype=torch.float64, requires_grad=True)
