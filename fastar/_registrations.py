@@ -102,12 +102,8 @@ class DmolLogProbTraining(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad, ctx.per_position_grad = ctx.per_position_grad, None
         if grad is None or torch.is_grad_enabled():  # retained graph, or create_graph=True
-            x, params, log_prob = ctx.saved_tensors
-            grad = torch.ops.fastar.dmol_log_prob_backward(grad_out, x, params, log_prob,
-                                                           ctx.num_bins)
-        else:
-            grad = grad.mul_(grad_out.unsqueeze(1))
-        return None, grad, None
+            return _dmol_backward(ctx, grad_out)  # the plain op's second pass: same ctx fields
+        return None, grad.mul_(grad_out.unsqueeze(1)), None
 
 
 def _no_double_backward(op):

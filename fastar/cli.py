@@ -22,6 +22,7 @@ import sys
 import torch
 
 from fastar import data, models
+from fastar.nn import bits_per_dim
 
 MODELS = {"made": models.MADE, "pixelcnn": models.PixelCNN,
           "gated_pixelcnn": models.GatedPixelCNN}
@@ -37,10 +38,6 @@ def _atomic_save(obj, path):
     tmp = "%s.tmp-%d" % (path, os.getpid())
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def _bits_per_dim(nats, x):
-    return nats / (x[0].numel() * math.log(2))
 
 
 def _load(dataset, split, limit, labels):
@@ -72,7 +69,7 @@ def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None):
     if world_size > 1:
         torch.distributed.all_reduce(total)
     nats = total.item() / len(x)
-    return nats, _bits_per_dim(nats, x)
+    return nats, bits_per_dim(nats, x[0].numel())
 
 
 def _init_distributed(device_name):
@@ -164,7 +161,7 @@ def train(args):
             opt.step()
             epoch_nll += nll.detach()
             nats = nll.item() / max(len(mine), 1)
-            bar.set_postfix(nats="%.2f" % nats, bpd="%.4f" % _bits_per_dim(nats, x))
+            bar.set_postfix(nats="%.2f" % nats, bpd="%.4f" % bits_per_dim(nats, x[0].numel()))
         if world_size > 1:
             torch.distributed.all_reduce(epoch_nll)
         train_nats = epoch_nll.item() / len(x)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops
-from fastar.nn.conv import CausalConv1d
+from fastar.nn.conv import CausalConv1d, conv2d_rows_above
 
 
 class _Conditioning(nn.Module):
@@ -63,8 +63,7 @@ class GatedPixelCNNLayer(nn.Module):
                 ) -> Tuple[Tensor, Tensor]:
         half = self.kernel_size // 2
         # Vertical: rows i - half .. i of every column in reach.
-        v_pre = F.conv2d(F.pad(v, (0, 0, half, 0)), self.v_conv.weight, self.v_conv.bias,
-                         padding=(0, half))  # sides padded by the conv: see MaskedConv2d
+        v_pre = conv2d_rows_above(v, self.v_conv.weight, self.v_conv.bias)
         # Horizontal: columns j - half .. j (type B) or .. j - 1 (type A) of row i.
         h_in = F.pad(h, (half, -1 if self.mask_type == "A" else 0))
         h_pre = self.h_conv(h_in) + self.v_to_h(F.pad(v_pre, (0, 0, 1, -1)))  # link: row above

@@ -13,6 +13,17 @@ def _pair(v: _size_2) -> Tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: int = 1) -> Tensor:
+    """conv2d whose window ends on the output's own row: output (i, j) sees input rows
+    i - (kh - 1) .. i and columns j - kw // 2 .. j + kw // 2 (scaled by dilation), same size out.
+    Only the top padding is explicit (the conv pads left and right itself): padding the sides too
+    made the input-gradient pass run over the padded width, measured 15% slower for 7x7 on the
+    CPU."""
+    kh, kw = weight.shape[-2:]
+    return F.conv2d(F.pad(x, (0, 0, dilation * (kh - 1), 0)), weight, bias,
+                    padding=(0, dilation * (kw // 2)), dilation=dilation)
+
+
 def raster_mask(out_channels: int, in_channels: int, kernel_size: _size_2, mask_type: str,
                 color_groups: int = 1) -> Tensor:
     """PixelCNN's mask (out, in, kh, kw) in raster order (van den Oord et al. 2016, fig. 2):
@@ -42,8 +53,9 @@ class MaskedConv2d(nn.Conv2d):
     the kept taps into exact unmasked convolutions (rows above, centre-row left part, centre
     tap), whose extra pads and sums cost more than the few zero taps (bench/bench_layers.py).
     The masked, cropped weight is a small (out, in, k // 2 + 1, k) product, rebuilt per forward
-    only while training (masked taps get exactly zero gradient) and cached otherwise. ``weight`` (out, in, kh, kw) and ``bias`` are nn.Conv2d's,
-    so initialisation and checkpoints carry over.
+    only while training (masked taps get exactly zero gradient) and cached otherwise.
+    ``weight`` (out, in, kh, kw) and ``bias`` are nn.Conv2d's, so initialisation and checkpoints
+    carry over.
 
     Args:
         mask_type: "A" (first layer: a pixel does not see itself) or "B" (later layers).
@@ -90,14 +102,7 @@ class MaskedConv2d(nn.Conv2d):
         return self._cached
 
     def forward(self, x: Tensor) -> Tensor:
-        kh, kw = self.kernel_size
-        ch, cw = kh // 2, kw // 2
-        d = self.dilation[0]
-        # Only the top padding is explicit (the conv pads left and right itself): padding
-        # the sides too made the input-gradient pass run over the padded width, measured 15%
-        # slower for 7x7 on the CPU.
-        return F.conv2d(F.pad(x, (0, 0, d * ch, 0)), self.cropped_weight(), self.bias,
-                        padding=(0, d * cw), dilation=d)
+        return conv2d_rows_above(x, self.cropped_weight(), self.bias, self.dilation[0])
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", mask_type=%s, color_groups=%d" % (
