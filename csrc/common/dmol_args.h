@@ -2,6 +2,7 @@
 // Validates and normalizes the inputs of dmol_log_prob and its backward (host only), so the
 // CPU and CUDA launchers receive the same flat (B, C, S) / (B, P, S) layout.
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 
 #include <type_traits>
@@ -23,12 +24,14 @@ DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& par
 at::Tensor prepare_dmol_per_position(const char* op, const char* arg, const at::Tensor& t,
                                      const DmolArgs& args);
 
-// Calls fn(std::integral_constant<int, C>{}) for the channel count C (1 or 3) of the args, so
-// kernels are compiled for each.
+// Calls fn(scalar_t{}, std::integral_constant<int, C>{}) for params' dtype (float32, float64,
+// float16, bfloat16) and the channel count C (1 or 3), so kernels are compiled for each pair.
 template <typename Fn>
-void dispatch_channels(int64_t C, const Fn& fn) {
-  if (C == 1) fn(std::integral_constant<int, 1>{});
-  else fn(std::integral_constant<int, 3>{});
+void dispatch_dmol(const DmolArgs& args, const Fn& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(), "dmol", [&] {
+    if (args.C == 1) fn(scalar_t{}, std::integral_constant<int, 1>{});
+    else fn(scalar_t{}, std::integral_constant<int, 3>{});
+  });
 }
 
 }  // namespace fastar

@@ -3,7 +3,6 @@
 // component, so every inner loop runs over contiguous positions and vectorizes; no
 // (B, K, C, *S) intermediate is ever materialized.
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -280,9 +279,8 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
 at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
   const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
   at::Tensor out = empty_output(args.out_shape, args.params.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
-                                  "dmol_log_prob_cpu", [&] {
-    dispatch_channels(args.C, [&](auto c) { forward_cpu<scalar_t, decltype(c)::value>(args, out); });
+  dispatch_dmol(args, [&](auto s, auto c) {
+    forward_cpu<decltype(s), decltype(c)::value>(args, out);
   });
   return out;
 }
@@ -295,11 +293,8 @@ at::Tensor dmol_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tens
   const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
   const at::Tensor lp = prepare_dmol_per_position(op, "log_prob", log_prob, args);
   at::Tensor grad = empty_output(args.params.sizes(), args.params.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
-                                  "dmol_log_prob_backward_cpu", [&] {
-    dispatch_channels(args.C, [&](auto c) {
-      backward_cpu<scalar_t, decltype(c)::value>(args, g, lp, grad);
-    });
+  dispatch_dmol(args, [&](auto s, auto c) {
+    backward_cpu<decltype(s), decltype(c)::value>(args, g, lp, grad);
   });
   return grad;
 }
@@ -310,11 +305,8 @@ std::tuple<at::Tensor, at::Tensor> dmol_log_prob_with_grad_cpu(const at::Tensor&
   const DmolArgs args = prepare_dmol("dmol_log_prob_with_grad", x, params, num_bins);
   at::Tensor out = empty_output(args.out_shape, args.params.options());
   at::Tensor grad = empty_output(args.params.sizes(), args.params.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
-                                  "dmol_log_prob_with_grad_cpu", [&] {
-    dispatch_channels(args.C, [&](auto c) {
-      forward_with_grad_cpu<scalar_t, decltype(c)::value>(args, out, grad);
-    });
+  dispatch_dmol(args, [&](auto s, auto c) {
+    forward_with_grad_cpu<decltype(s), decltype(c)::value>(args, out, grad);
   });
   return {out, grad};
 }

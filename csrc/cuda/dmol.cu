@@ -2,7 +2,6 @@
 // K components; consecutive threads read consecutive positions of each parameter row, so every
 // load is coalesced. Float32 math for every storage dtype.
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -107,16 +106,13 @@ at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int
   if (n == 0) return out;
   const c10::cuda::CUDAGuard guard(params.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
-                                  "dmol_log_prob_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    dispatch_channels(args.C, [&](auto c) {
-      forward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
-          args.x.const_data_ptr<int64_t>(), args.params.const_data_ptr<scalar_t>(),
-          out.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
-          dmol::make_bins<acc_t>(num_bins));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  dispatch_dmol(args, [&](auto s, auto c) {
+    using scalar_t = decltype(s);
+    forward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
+        args.x.const_data_ptr<int64_t>(), args.params.const_data_ptr<scalar_t>(),
+        out.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
+        dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -133,17 +129,14 @@ at::Tensor dmol_log_prob_backward_cuda(const at::Tensor& grad_out, const at::Ten
   if (n == 0) return grad;
   const c10::cuda::CUDAGuard guard(params.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.params.scalar_type(),
-                                  "dmol_log_prob_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    dispatch_channels(args.C, [&](auto c) {
-      backward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), args.x.const_data_ptr<int64_t>(),
-          args.params.const_data_ptr<scalar_t>(), lp.const_data_ptr<scalar_t>(),
-          grad.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
-          dmol::make_bins<acc_t>(num_bins));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  dispatch_dmol(args, [&](auto s, auto c) {
+    using scalar_t = decltype(s);
+    backward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), args.x.const_data_ptr<int64_t>(),
+        args.params.const_data_ptr<scalar_t>(), lp.const_data_ptr<scalar_t>(),
+        grad.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
+        dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
 }
