@@ -38,14 +38,6 @@ struct Block {
   }
 };
 
-// logits[k * kBlock + j] = the clamped logit of component k at position j of the block.
-template <typename scalar_t, typename acc_t, int C>
-void load_logits(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* logits) {
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t j = 0; j < blk.len; ++j)
-      logits[k * kBlock + j] = dmol::clamp_magnitude(acc_t(blk.params[k * blk.S + j]));
-}
-
 template <typename scalar_t, typename acc_t, int C>
 void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, int64_t block,
                 Block<scalar_t, acc_t, C>& blk) {
@@ -109,6 +101,18 @@ FASTAR_CPU_MULTIVERSION void logsumexp_rows(int64_t K, int64_t len, const Row& r
   for (int64_t j = 0; j < len; ++j) lse[j] += math::log(sum[j]);
 }
 
+// logits[k * kBlock + j] = the clamped logit of component k at position j of the block, and
+// lse_logits[j] their log-normalizer over k (scratch: kBlock values).
+template <typename scalar_t, typename acc_t, int C>
+void load_logits(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* logits,
+                 acc_t* lse_logits, acc_t* scratch) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < blk.len; ++j)
+      logits[k * kBlock + j] = dmol::clamp_magnitude(acc_t(blk.params[k * blk.S + j]));
+  logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits + k * kBlock; }, lse_logits,
+                        scratch);
+}
+
 template <typename scalar_t, int C>
 void forward_cpu(const DmolArgs& args, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -123,13 +127,11 @@ void forward_cpu(const DmolArgs& args, at::Tensor& out) {
         lse_logits(kBlock), scratch(kBlock);
     for (int64_t block = begin; block < end; ++block) {
       load_block(args, params, x, block, blk);
-      load_logits(blk, K, logits.data());
+      load_logits(blk, K, logits.data(), lse_logits.data(), scratch.data());
       for (int64_t k = 0; k < K; ++k)
         component_totals(blk, k, K, bins, logits.data() + k * kBlock, totals.data() + k * kBlock);
       logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
                             lse_totals.data(), scratch.data());
-      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits.data() + k * kBlock; },
-                            lse_logits.data(), scratch.data());
       for (int64_t j = 0; j < blk.len; ++j) y[blk.pos + j] = lse_totals[j] - lse_logits[j];
     }
   });
@@ -172,9 +174,7 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, const at::Te
     std::vector<acc_t> logits(K * kBlock), lse_logits(kBlock), scratch(kBlock);
     for (int64_t block = begin; block < end; ++block) {
       load_block(args, params, x, block, blk);
-      load_logits(blk, K, logits.data());
-      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits.data() + k * kBlock; },
-                            lse_logits.data(), scratch.data());
+      load_logits(blk, K, logits.data(), lse_logits.data(), scratch.data());
       for (int64_t k = 0; k < K; ++k)
         component_grads(blk, k, K, bins, lse_logits.data(), lp + blk.pos, g + blk.pos,
                         gp + blk.offset);
@@ -253,7 +253,7 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
         scratch(kBlock);
     for (int64_t block = begin; block < end; ++block) {
       load_block(args, params, x, block, blk);
-      load_logits(blk, K, logits.data());
+      load_logits(blk, K, logits.data(), lse_logits.data(), scratch.data());
       for (int64_t k = 0; k < K; ++k) {
         acc_t* ck = comp.data() + k * kBlock;
         component_terms_with_grad(blk, k, K, bins, ck, d.data());
@@ -262,8 +262,6 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
       }
       logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
                             lse_totals.data(), scratch.data());
-      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits.data() + k * kBlock; },
-                            lse_logits.data(), scratch.data());
       for (int64_t j = 0; j < blk.len; ++j) {
         log_prob[j] = lse_totals[j] - lse_logits[j];
         y[blk.pos + j] = scalar_t(log_prob[j]);
