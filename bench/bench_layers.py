@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import measure
 from fastar.nn import GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock
-from fastar.testing import reference_ops
+import fastar.ops
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU visible"))]
@@ -77,7 +77,7 @@ def test_gated_blocks(benchmark, device, block, impl):
         compiled = torch.compile(loss) if impl == "compile" else loss
 
         def step():
-            with reference_ops():  # the unfused baseline
+            with fastar.ops.implementation("reference"):  # the unfused baseline
                 return torch.autograd.grad(compiled(), inputs)
     measure(benchmark, group="%s %s fwd+bwd" % (block, device), impl=impl, device=device,
             fn=step)

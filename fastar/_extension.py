@@ -7,7 +7,7 @@ _BUILD_INFO_PATH = os.path.join(os.path.dirname(__file__), "_build_info.json")
 
 
 def load():
-    """Imports fastar._C and the Python-side registrations; raises a helpful ImportError."""
+    """Imports fastar._C (the C++ op registrations); raises a helpful ImportError."""
     try:
         from fastar import _C  # noqa: F401  (import runs the C++ op registrations)
     except ImportError as e:
@@ -16,7 +16,6 @@ def load():
             "repository root with `pip install --no-build-isolation -e .` after installing "
             "torch; see README.md." % e
         ) from e
-    from fastar import _registrations  # noqa: F401
 
 
 def build_info():

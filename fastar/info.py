@@ -39,6 +39,14 @@ def report() -> str:
     else:
         lines.append("GPU visible: no")
     lines.append("CPU threads: %d" % torch.get_num_threads())
+    try:
+        from fastar import ops
+
+        lines.append("ops (devices with a kernel in this build):")
+        lines += ["  %s: %s" % (name, ", ".join(devices) or "none")
+                  for name, devices in ops.kernels().items()]
+    except ImportError:
+        pass  # reported above as an extension that fails to load
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Pictures of what a model can see: receptive-field heat maps as PNG (Pillow).
+"""Pictures as PNG (Pillow): grids of sampled images, and receptive-field heat maps of what a
+model can see.
 
     python -m fastar.plot blind-spot docs/blind_spot.png
 
@@ -35,6 +36,23 @@ def _panel(heat: Tensor, output_pixel: Tuple[int, int], title: str):
                 fill = (220, 40, 40)
             draw.rectangle([x0, y0, x0 + _CELL, y0 + _CELL], fill=fill, outline=(180, 180, 180))
     return img
+
+
+def save_image_grid(images: Tensor, path: str, columns: int, num_values: int) -> None:
+    """Writes integer images (N, C, H, W) with values in [0, num_values) as one PNG grid of
+    `columns` columns, 1-pixel borders; C = 1 grey or C = 3 colour."""
+    from PIL import Image
+
+    n, C, H, W = images.shape
+    rows = -(-n // columns)
+    grid = torch.zeros(C, rows * (H + 2), columns * (W + 2), dtype=torch.uint8)
+    scale = 255 // max(num_values - 1, 1)
+    for k in range(n):
+        r, c = divmod(k, columns)
+        grid[:, r * (H + 2) + 1 : r * (H + 2) + 1 + H, c * (W + 2) + 1 : c * (W + 2) + 1 + W] = (
+            images[k] * scale).to(torch.uint8)
+    array = grid[0] if C == 1 else grid.permute(1, 2, 0)
+    Image.fromarray(array.numpy()).save(path)
 
 
 def save_heatmaps(panels: Sequence[Tuple[str, Tensor, Tuple[int, int]]], path: str) -> None:

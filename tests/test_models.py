@@ -1,11 +1,14 @@
 import importlib.util
 import itertools
 
+import dataclasses
+
 import pytest
 import torch
 
 from fastar import data
 from fastar.models import MADE, GatedPixelCNN, PixelCNN
+from fastar.testing import assert_step_matches_forward
 
 
 def _all_images(shape, num_values=2):
@@ -22,11 +25,12 @@ def _randomized(model):
 
 
 SMALL = {
-    "MADE": lambda shape: MADE(shape, hidden_sizes=(16, 16), num_masks=3, natural_ordering=False,
-                               direct_connections=True),
-    "PixelCNN": lambda shape: PixelCNN(shape, hidden_channels=6, num_layers=2, head_channels=6),
-    "GatedPixelCNN": lambda shape: GatedPixelCNN(shape, hidden_channels=4, num_layers=2,
-                                                 head_channels=6),
+    "MADE": lambda shape: MADE(image_shape=shape, hidden_sizes=(16, 16), num_masks=3,
+                               natural_ordering=False, direct_connections=True),
+    "PixelCNN": lambda shape: PixelCNN(image_shape=shape, hidden_channels=6, num_layers=2,
+                                       head_channels=6),
+    "GatedPixelCNN": lambda shape: GatedPixelCNN(image_shape=shape, hidden_channels=4,
+                                                 num_layers=2, head_channels=6),
 }
 
 
@@ -64,6 +68,86 @@ def test_a_leaking_model_is_not_normalized(name):
 
 
 @pytest.mark.parametrize("name", list(SMALL))
+def test_config_rebuilds_the_model(name):
+    model = _randomized(SMALL[name]((1, 3, 3))).eval()
+    twin = type(model)(**dataclasses.asdict(model.config)).double().eval()
+    twin.load_state_dict(model.state_dict())
+    x = _all_images((1, 3, 3))[::7]
+    torch.testing.assert_close(twin.log_prob(x), model.log_prob(x))
+    with pytest.raises(TypeError, match=r"%s: unknown keyword hiden_size; accepted: .*"
+                                        r"image_shape" % type(model).__name__):
+        type(model)(hiden_size=3)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_inputs_a_model_cannot_score_are_refused(name):
+    model = SMALL[name]((1, 3, 3))
+    x = torch.randint(0, 2, (2, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"%s: expected integer x \(values in \[0, 2\)\), got "
+                                         r"dtype torch.float32" % name):
+        model.log_prob(x.float())
+    with pytest.raises(ValueError, match=r"%s: expected x of shape \(B, 1, 3, 3\), got "
+                                         r"\(2, 1, 3, 4\)" % name):
+        model.log_prob(torch.zeros(2, 1, 3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"expected x of shape .* got \(1, 3, 3\)"):
+        model.log_prob(x[0])
+    with pytest.raises(ValueError, match=r"%s: expected values in \[0, 2\), got values in "
+                                         r"\[0, 2\]" % name):
+        model.log_prob(x * 2)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("cached", [False, True])
+def test_prefix_is_kept_and_the_rest_generated(name, cached):
+    model = SMALL[name]((1, 3, 3)) if name != "MADE" else MADE(
+        image_shape=(1, 3, 3), hidden_sizes=(16,), natural_ordering=False)  # one ordering
+    model = _randomized(model).eval()
+    if cached and not model.has_cache:
+        pytest.skip("%s has no cached sampler yet" % name)
+    prefix = torch.ones(5, 1, 3, 3, dtype=torch.long)
+    order = model.generation_order((1, 3, 3))
+    out = model.sample(5, prefix=prefix, num_given=4, cached=cached,
+                       generator=torch.Generator().manual_seed(0))
+    assert (out.view(5, -1)[:, order[:4]] == 1).all()
+    assert (out.view(5, -1)[:, order[4:]] == 0).any()  # generated: not all copied
+    with pytest.raises(ValueError, match="prefix and num_given go together"):
+        model.sample(5, prefix=prefix)
+
+
+def test_made_cached_sampling_equals_naive_and_steps_match_the_forward():
+    model = _randomized(MADE(image_shape=(1, 4, 4), num_values=3, hidden_sizes=(12, 10),
+                             num_masks=2, natural_ordering=False,
+                             direct_connections=True)).eval()
+    for seed in range(3):
+        naive = model.sample(7, cached=False, generator=torch.Generator().manual_seed(seed))
+        cached = model.sample(7, cached=True, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(naive, cached)
+    prefix = naive.clone()
+    a = model.sample(7, prefix=prefix, num_given=5, cached=False,
+                     generator=torch.Generator().manual_seed(9))
+    b = model.sample(7, prefix=prefix, num_given=5, cached=True,
+                     generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)
+    x = torch.randint(0, 3, (4, 1, 4, 4))
+    for index in range(2):
+        model._use(index)
+        assert_step_matches_forward(model, x, rtol=1e-12, atol=1e-12)
+
+
+def test_a_wrong_step_is_caught():
+    model = _randomized(MADE(image_shape=(1, 2, 3), hidden_sizes=(8,))).eval()
+    real_step = model.step
+
+    def stale_step(cache, i):  # forgets to add the previous value: sees nothing
+        return real_step(cache, 0) if i == 0 else model._head(cache.pre, slice(
+            2 * int(model.generation_order(None)[i]), 2 * int(model.generation_order(None)[i]) + 2))
+
+    model.step = stale_step
+    with pytest.raises(AssertionError, match=r"MADE: step 1 \(position 1\) differs"):
+        assert_step_matches_forward(model, torch.ones(3, 1, 2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
 def test_samples_are_valid_and_reproducible(name):
     model = SMALL[name]((1, 4, 4)).eval()
     s1 = model.sample(3, generator=torch.Generator().manual_seed(1))
@@ -90,7 +174,7 @@ def test_a_few_training_steps_lower_the_loss(name):
 
 def test_conditioning_changes_the_samples():
     torch.manual_seed(0)
-    model = _randomized(GatedPixelCNN((1, 4, 4), hidden_channels=4, num_layers=2,
+    model = _randomized(GatedPixelCNN(image_shape=(1, 4, 4), hidden_channels=4, num_layers=2,
                                       num_classes=3)).float().eval()
     a = model.sample(16, torch.zeros(16, dtype=torch.long),
                      generator=torch.Generator().manual_seed(0))
@@ -130,7 +214,7 @@ def test_mnist_splits():
 def test_data_errors():
     with pytest.raises(ValueError, match="split must be one of"):
         data.load("mnist", "dev")
-    with pytest.raises(ValueError, match="unknown data set 'cifar'"):
+    with pytest.raises(ValueError, match="unknown data set 'cifar'; available: binarized_mnist"):
         data.load("cifar", "train")
 
 

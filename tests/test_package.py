@@ -11,7 +11,7 @@ from fastar import _extension
 def test_reference_imports_without_the_compiled_extension():
     # A None entry in sys.modules makes `import fastar._C` fail, as if it were never built.
     code = ("import sys; sys.modules['fastar._C'] = None\n"
-            "import fastar.reference, torch\n"
+            "import fastar.reference, fastar.sampling, torch\n"
             "print(fastar.reference.gated_activation(torch.zeros(1, 2, 3)).shape)\n"
             "try:\n"
             "    import fastar.ops\n"
@@ -31,9 +31,18 @@ def test_info_reports_the_build():
     assert "backends compiled: %s" % ", ".join(built["backends"]) in out
     assert ("cuda" in built["backends"]) == ("archs sm_" in out)
     assert "GPU visible: %s" % ("yes" if torch.cuda.is_available() else "no") in out
+    for name, devices in fastar.ops.kernels().items():
+        assert "  %s: %s" % (name, ", ".join(devices)) in out
+    assert "  dmol_log_prob_with_grad: cpu\n" in out
 
 
 def test_every_op_is_documented_with_shapes():
-    for name in ("gated_activation",):
+    for name, shape in (("gated_activation", "(N, 2C, *)"), ("dmol_log_prob", "(B, C, *S)")):
         doc = getattr(fastar.ops, name).__doc__
-        assert doc and "(N, 2C, *)" in doc
+        assert doc and shape in doc
+
+
+def test_every_op_has_a_row_in_the_op_table():
+    from op_db import OP_DB
+
+    assert sorted(info.name for info in OP_DB) == sorted(fastar.ops.kernels())

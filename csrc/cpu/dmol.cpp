@@ -4,7 +4,6 @@
 // (B, K, C, *S) intermediate is ever materialized.
 
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -14,6 +13,7 @@
 #include "common/dmol.h"
 #include "common/dmol_args.h"
 #include "cpu/allocate.h"
+#include "cpu/launch.h"
 #include "cpu/multiversion.h"
 
 namespace fastar {
@@ -39,12 +39,10 @@ struct Block {
 };
 
 template <typename scalar_t, typename acc_t, int C>
-void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, int64_t block,
-                Block<scalar_t, acc_t, C>& blk) {
-  const int64_t blocks_per_row = (args.S + kBlock - 1) / kBlock;
-  const int64_t b = block / blocks_per_row, s0 = (block % blocks_per_row) * kBlock;
+void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, int64_t b,
+                int64_t s0, int64_t len, Block<scalar_t, acc_t, C>& blk) {
   blk.S = args.S;
-  blk.len = std::min(kBlock, args.S - s0);
+  blk.len = len;
   blk.offset = b * args.P * args.S + s0;
   blk.pos = b * args.S + s0;
   blk.params = params + blk.offset;
@@ -120,20 +118,26 @@ void forward_cpu(const DmolArgs& args, at::Tensor& out) {
   const scalar_t* params = args.params.const_data_ptr<scalar_t>();
   const int64_t* x = args.x.const_data_ptr<int64_t>();
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
-  const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t K = args.K;
+  struct Scratch {
     Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> logits(K * kBlock), totals(K * kBlock), lse_totals(kBlock),
-        lse_logits(kBlock), scratch(kBlock);
-    for (int64_t block = begin; block < end; ++block) {
-      load_block(args, params, x, block, blk);
-      load_logits(blk, K, logits.data(), lse_logits.data(), scratch.data());
-      for (int64_t k = 0; k < K; ++k)
-        component_totals(blk, k, K, bins, logits.data() + k * kBlock, totals.data() + k * kBlock);
-      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
-                            lse_totals.data(), scratch.data());
-      for (int64_t j = 0; j < blk.len; ++j) y[blk.pos + j] = lse_totals[j] - lse_logits[j];
-    }
+    std::vector<acc_t> logits, totals, lse_totals, lse_logits, scratch;
+  };
+  const auto make_scratch = [&] {
+    return Scratch{{}, std::vector<acc_t>(K * kBlock), std::vector<acc_t>(K * kBlock),
+                   std::vector<acc_t>(kBlock), std::vector<acc_t>(kBlock),
+                   std::vector<acc_t>(kBlock)};
+  };
+  cpu::parallel_for_row_blocks(args.B, args.S, kBlock, make_scratch,
+                               [&](Scratch& t, int64_t b, int64_t s0, int64_t len) {
+    auto& blk = t.blk;
+    load_block(args, params, x, b, s0, len, blk);
+    load_logits(blk, K, t.logits.data(), t.lse_logits.data(), t.scratch.data());
+    for (int64_t k = 0; k < K; ++k)
+      component_totals(blk, k, K, bins, t.logits.data() + k * kBlock, t.totals.data() + k * kBlock);
+    logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return t.totals.data() + k * kBlock; },
+                          t.lse_totals.data(), t.scratch.data());
+    for (int64_t j = 0; j < blk.len; ++j) y[blk.pos + j] = t.lse_totals[j] - t.lse_logits[j];
   });
 }
 
@@ -146,8 +150,8 @@ FASTAR_CPU_MULTIVERSION void component_grads(const Block<scalar_t, acc_t, C>& bl
                                              scalar_t* __restrict__ grad) {
   const scalar_t* __restrict__ pp = blk.params;
   const int64_t S = blk.S;
-  // Positions are independent (see add_channel). A split per channel, as in the forward,
-  // measured no faster here: the gradient needs every channel's log P first.
+  // Positions are independent (see add_channel). No split per channel as in the forward: the
+  // gradient needs every channel's log P first, so a split only repeats work.
 #pragma omp simd
   for (int64_t j = 0; j < blk.len; ++j) {
     const dmol::Pixel<acc_t, C> px = blk.pixel(j);
@@ -168,17 +172,23 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, const at::Te
   const scalar_t* lp = log_prob.const_data_ptr<scalar_t>();
   const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
-  const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t K = args.K;
+  struct Scratch {
     Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> logits(K * kBlock), lse_logits(kBlock), scratch(kBlock);
-    for (int64_t block = begin; block < end; ++block) {
-      load_block(args, params, x, block, blk);
-      load_logits(blk, K, logits.data(), lse_logits.data(), scratch.data());
-      for (int64_t k = 0; k < K; ++k)
-        component_grads(blk, k, K, bins, lse_logits.data(), lp + blk.pos, g + blk.pos,
-                        gp + blk.offset);
-    }
+    std::vector<acc_t> logits, lse_logits, scratch;
+  };
+  const auto make_scratch = [&] {
+    return Scratch{{}, std::vector<acc_t>(K * kBlock), std::vector<acc_t>(kBlock),
+                   std::vector<acc_t>(kBlock)};
+  };
+  cpu::parallel_for_row_blocks(args.B, args.S, kBlock, make_scratch,
+                               [&](Scratch& t, int64_t b, int64_t s0, int64_t len) {
+    auto& blk = t.blk;
+    load_block(args, params, x, b, s0, len, blk);
+    load_logits(blk, K, t.logits.data(), t.lse_logits.data(), t.scratch.data());
+    for (int64_t k = 0; k < K; ++k)
+      component_grads(blk, k, K, bins, t.lse_logits.data(), lp + blk.pos, g + blk.pos,
+                      gp + blk.offset);
   });
 }
 
@@ -245,32 +255,38 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
   const int64_t* x = args.x.const_data_ptr<int64_t>();
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
-  const int64_t K = args.K, num_blocks = args.B * ((args.S + kBlock - 1) / kBlock);
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t K = args.K;
+  struct Scratch {
     Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> logits(K * kBlock), comp(K * kBlock), totals(K * kBlock),
-        d(args.P * kBlock), lse_totals(kBlock), lse_logits(kBlock), log_prob(kBlock),
-        scratch(kBlock);
-    for (int64_t block = begin; block < end; ++block) {
-      load_block(args, params, x, block, blk);
-      load_logits(blk, K, logits.data(), lse_logits.data(), scratch.data());
-      for (int64_t k = 0; k < K; ++k) {
-        acc_t* ck = comp.data() + k * kBlock;
-        component_terms_with_grad(blk, k, K, bins, ck, d.data());
-        const acc_t* lk = logits.data() + k * kBlock;
-        for (int64_t j = 0; j < blk.len; ++j) totals[k * kBlock + j] = lk[j] + ck[j];
-      }
-      logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
-                            lse_totals.data(), scratch.data());
-      for (int64_t j = 0; j < blk.len; ++j) {
-        log_prob[j] = lse_totals[j] - lse_logits[j];
-        y[blk.pos + j] = scalar_t(log_prob[j]);
-      }
-      for (int64_t k = 0; k < K; ++k)
-        write_component_grad<scalar_t, acc_t, C>(blk.len, blk.S, k, K, logits.data() + k * kBlock,
-                                                 lse_logits.data(), comp.data() + k * kBlock,
-                                                 log_prob.data(), d.data(), gp + blk.offset);
+    std::vector<acc_t> logits, comp, totals, d, lse_totals, lse_logits, log_prob, scratch;
+  };
+  const auto make_scratch = [&] {
+    return Scratch{{}, std::vector<acc_t>(K * kBlock), std::vector<acc_t>(K * kBlock),
+                   std::vector<acc_t>(K * kBlock), std::vector<acc_t>(args.P * kBlock),
+                   std::vector<acc_t>(kBlock), std::vector<acc_t>(kBlock),
+                   std::vector<acc_t>(kBlock), std::vector<acc_t>(kBlock)};
+  };
+  cpu::parallel_for_row_blocks(args.B, args.S, kBlock, make_scratch,
+                               [&](Scratch& t, int64_t b, int64_t s0, int64_t len) {
+    auto& blk = t.blk;
+    load_block(args, params, x, b, s0, len, blk);
+    load_logits(blk, K, t.logits.data(), t.lse_logits.data(), t.scratch.data());
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t* ck = t.comp.data() + k * kBlock;
+      component_terms_with_grad(blk, k, K, bins, ck, t.d.data());
+      const acc_t* lk = t.logits.data() + k * kBlock;
+      for (int64_t j = 0; j < blk.len; ++j) t.totals[k * kBlock + j] = lk[j] + ck[j];
     }
+    logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return t.totals.data() + k * kBlock; },
+                          t.lse_totals.data(), t.scratch.data());
+    for (int64_t j = 0; j < blk.len; ++j) {
+      t.log_prob[j] = t.lse_totals[j] - t.lse_logits[j];
+      y[blk.pos + j] = scalar_t(t.log_prob[j]);
+    }
+    for (int64_t k = 0; k < K; ++k)
+      write_component_grad<scalar_t, acc_t, C>(blk.len, blk.S, k, K, t.logits.data() + k * kBlock,
+                                               t.lse_logits.data(), t.comp.data() + k * kBlock,
+                                               t.log_prob.data(), t.d.data(), gp + blk.offset);
   });
 }
 

@@ -3,34 +3,18 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
-
-#include <algorithm>
 
 #include "common/gated_activation.h"
 #include "common/gated_activation_args.h"
 #include "cpu/allocate.h"
+#include "cpu/launch.h"
 #include "cpu/multiversion.h"
 
 namespace fastar {
 namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task: amortizes thread hand-off
-
-// Splits the flat output range [begin, end) of an (N*C) x L row-major matrix into row pieces
-// and calls fn(row, col, len) for each.
-template <typename Fn>
-void for_each_row_segment(int64_t begin, int64_t end, int64_t L, const Fn& fn) {
-  int64_t row = begin / L, col = begin % L;
-  while (begin < end) {
-    const int64_t len = std::min(L - col, end - begin);
-    fn(row, col, len);
-    begin += len;
-    ++row;
-    col = 0;
-  }
-}
 
 // One row segment of the forward pass. cond is either per element (ca, cb non-null, laid out
 // like a and b) or one value per row (ca0, cb0).
@@ -77,13 +61,13 @@ FASTAR_CPU_MULTIVERSION void backward_row(const scalar_t* __restrict__ a,
 }
 
 // Calls fn(offsets of a and b in x, offset of the output row, cond pointers or per-row values,
-// length) for every row segment of the flat output range [begin, end).
+// length) for every row segment of the output, in parallel.
 template <typename scalar_t, typename Fn>
-void for_each_segment(const GatedActivationArgs& args, const scalar_t* cond, int64_t begin,
-                      int64_t end, const Fn& fn) {
+void parallel_for_segments(const GatedActivationArgs& args, const scalar_t* cond, const Fn& fn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = args.C, L = args.L;
-  for_each_row_segment(begin, end, L, [&](int64_t row, int64_t col, int64_t len) {
+  cpu::parallel_for_row_segments(args.N * C, L, kGrain, [&](int64_t row, int64_t col,
+                                                            int64_t len) {
     const int64_t n = row / C, c = row % C;
     const int64_t a = (n * 2 * C + c) * L + col, b = a + C * L;
     const scalar_t* ca = nullptr;
@@ -106,12 +90,9 @@ void forward_kernel(const GatedActivationArgs& args, at::Tensor& out) {
   const scalar_t* x = args.x.const_data_ptr<scalar_t>();
   const scalar_t* cond = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, args.N * args.C * args.L, kGrain, [&](int64_t begin, int64_t end) {
-    for_each_segment(args, cond, begin, end,
-                     [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca, const scalar_t* cb,
-                         acc_t ca0, acc_t cb0, int64_t len) {
-                       forward_row<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, y + o, len);
-                     });
+  parallel_for_segments(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
+                                        const scalar_t* cb, acc_t ca0, acc_t cb0, int64_t len) {
+    forward_row<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, y + o, len);
   });
 }
 
@@ -123,13 +104,9 @@ void backward_kernel(const GatedActivationArgs& args, const at::Tensor& grad_out
   const scalar_t* cond = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
   scalar_t* dz = grad_z.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, args.N * args.C * args.L, kGrain, [&](int64_t begin, int64_t end) {
-    for_each_segment(args, cond, begin, end,
-                     [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca, const scalar_t* cb,
-                         acc_t ca0, acc_t cb0, int64_t len) {
-                       backward_row<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, g + o,
-                                                     dz + a, dz + b, len);
-                     });
+  parallel_for_segments(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
+                                        const scalar_t* cb, acc_t ca0, acc_t cb0, int64_t len) {
+    backward_row<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, g + o, dz + a, dz + b, len);
   });
 }
 

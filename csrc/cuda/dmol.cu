@@ -6,15 +6,11 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <algorithm>
 
 #include "common/dmol.h"
 #include "common/dmol_args.h"
+#include "cuda/launch.h"
 
 namespace fastar {
 namespace {
@@ -57,8 +53,7 @@ __global__ void __launch_bounds__(kThreads)
                    scalar_t* __restrict__ out, int64_t num_positions, int64_t S, int64_t P,
                    int64_t K, dmol::Bins<at::opmath_type<scalar_t>> bins) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < num_positions;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  cuda::grid_stride(num_positions, [&](int64_t i) {
     const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P);
     const scalar_t* pp = params + pos.params_offset;
     const auto param = [&](int64_t idx) { return acc_t(pp[idx * S]); };
@@ -69,7 +64,7 @@ __global__ void __launch_bounds__(kThreads)
       total.add(logit + dmol::component_term<acc_t, C, false>(pos.px, param, k, K, bins).log_prob);
     }
     out[i] = scalar_t(total.value() - logits.value());
-  }
+  });
 }
 
 template <typename scalar_t, int C>
@@ -79,8 +74,7 @@ __global__ void __launch_bounds__(kThreads)
                     scalar_t* __restrict__ grad, int64_t num_positions, int64_t S, int64_t P,
                     int64_t K, dmol::Bins<at::opmath_type<scalar_t>> bins) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < num_positions;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  cuda::grid_stride(num_positions, [&](int64_t i) {
     const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P);
     const scalar_t* pp = params + pos.params_offset;
     scalar_t* gp = grad + pos.params_offset;
@@ -92,27 +86,20 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t k = 0; k < K; ++k)
       dmol::component_backward<acc_t, C>(pos.px, param, store, k, K, bins, lse_logits,
                                          acc_t(log_prob[i]), acc_t(grad_out[i]));
-  }
-}
-
-unsigned int num_blocks(int64_t n) {
-  return static_cast<unsigned int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16));
+  });
 }
 
 at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
   const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
   at::Tensor out = at::empty(args.out_shape, args.params.options());
   const int64_t n = args.B * args.S;
-  if (n == 0) return out;
-  const c10::cuda::CUDAGuard guard(params.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_dmol(args, [&](auto s, auto c) {
     using scalar_t = decltype(s);
-    forward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
-        args.x.const_data_ptr<int64_t>(), args.params.const_data_ptr<scalar_t>(),
-        out.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
-        dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch<kThreads>(forward_kernel<scalar_t, decltype(c)::value>, params.device(), n,
+                           args.x.const_data_ptr<int64_t>(),
+                           args.params.const_data_ptr<scalar_t>(),
+                           out.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
+                           dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
   });
   return out;
 }
@@ -126,17 +113,13 @@ at::Tensor dmol_log_prob_backward_cuda(const at::Tensor& grad_out, const at::Ten
   const at::Tensor lp = prepare_dmol_per_position(op, "log_prob", log_prob, args);
   at::Tensor grad = at::empty_like(args.params);
   const int64_t n = args.B * args.S;
-  if (n == 0) return grad;
-  const c10::cuda::CUDAGuard guard(params.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_dmol(args, [&](auto s, auto c) {
     using scalar_t = decltype(s);
-    backward_kernel<scalar_t, decltype(c)::value><<<num_blocks(n), kThreads, 0, stream>>>(
-        g.const_data_ptr<scalar_t>(), args.x.const_data_ptr<int64_t>(),
-        args.params.const_data_ptr<scalar_t>(), lp.const_data_ptr<scalar_t>(),
-        grad.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
-        dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch<kThreads>(backward_kernel<scalar_t, decltype(c)::value>, params.device(), n,
+                           g.const_data_ptr<scalar_t>(), args.x.const_data_ptr<int64_t>(),
+                           args.params.const_data_ptr<scalar_t>(), lp.const_data_ptr<scalar_t>(),
+                           grad.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
+                           dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
   });
   return grad;
 }

@@ -6,21 +6,16 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
-
-#include <algorithm>
 
 #include "common/gated_activation.h"
 #include "common/gated_activation_args.h"
+#include "cuda/launch.h"
 
 namespace fastar {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxBlocks = 65536;  // grid-stride loops: a few waves saturate memory
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -83,8 +78,7 @@ __global__ void __launch_bounds__(kThreads)
                    bool cond_full, scalar_t* __restrict__ y, index_t num_vecs, index_t C,
                    index_t L) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (index_t v = blockIdx.x * index_t(blockDim.x) + threadIdx.x; v < num_vecs;
-       v += index_t(gridDim.x) * blockDim.x) {
+  cuda::grid_stride(num_vecs, [&](index_t v) {
     const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
     acc_t a[VEC], b[VEC];
     load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, s, C, a, b);
@@ -92,7 +86,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < VEC; ++k) out.v[k] = scalar_t(gated::forward<acc_t>(a[k], b[k]));
     *reinterpret_cast<Pack<scalar_t, VEC>*>(y + s.out) = out;
-  }
+  });
 }
 
 template <typename scalar_t, int VEC, typename index_t>
@@ -101,8 +95,7 @@ __global__ void __launch_bounds__(kThreads)
                     const scalar_t* __restrict__ cond, bool cond_full,
                     scalar_t* __restrict__ dz, index_t num_vecs, index_t C, index_t L) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (index_t v = blockIdx.x * index_t(blockDim.x) + threadIdx.x; v < num_vecs;
-       v += index_t(gridDim.x) * blockDim.x) {
+  cuda::grid_stride(num_vecs, [&](index_t v) {
     const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
     acc_t a[VEC], b[VEC];
     load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, s, C, a, b);
@@ -117,7 +110,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     *reinterpret_cast<Pack<scalar_t, VEC>*>(dz + s.a) = da;
     *reinterpret_cast<Pack<scalar_t, VEC>*>(dz + s.b) = db;
-  }
+  });
 }
 
 // Calls launch(std::integral_constant<int, VEC>{}, index_t{}) with the widest vector that divides
@@ -130,24 +123,16 @@ void with_vector_width(const GatedActivationArgs& args, std::initializer_list<co
   for (const void* p : ptrs)
     aligned = aligned && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
   // 32-bit indices must stay valid one grid stride past the end, where the loop stops.
-  const bool small = args.x.numel() <= INT32_MAX - int64_t(kMaxBlocks) * kThreads;
+  const bool small = args.x.numel() <= INT32_MAX - cuda::kMaxBlocks * kThreads;
   if (aligned && small) launch(std::integral_constant<int, kMaxVec>{}, int32_t{});
   else if (aligned) launch(std::integral_constant<int, kMaxVec>{}, int64_t{});
   else if (small) launch(std::integral_constant<int, 1>{}, int32_t{});
   else launch(std::integral_constant<int, 1>{}, int64_t{});
 }
 
-unsigned int num_blocks(int64_t num_vecs) {
-  return static_cast<unsigned int>(
-      std::min<int64_t>((num_vecs + kThreads - 1) / kThreads, kMaxBlocks));
-}
-
 at::Tensor gated_activation_cuda(const at::Tensor& x, const std::optional<at::Tensor>& cond) {
   const GatedActivationArgs args = prepare_gated_activation("gated_activation", x, cond);
   at::Tensor out = at::empty(args.out_shape, args.x.options());
-  if (out.numel() == 0) return out;
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
                                   "gated_activation_cuda", [&] {
     const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
@@ -158,9 +143,9 @@ at::Tensor gated_activation_cuda(const at::Tensor& x, const std::optional<at::Te
       constexpr int VEC = decltype(vec)::value;
       using index_t = decltype(index);
       const int64_t num_vecs = out.numel() / VEC;
-      forward_kernel<scalar_t, VEC, index_t><<<num_blocks(num_vecs), kThreads, 0, stream>>>(
-          xp, cp, args.cond_is_full, yp, index_t(num_vecs), index_t(args.C), index_t(args.L));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch<kThreads>(forward_kernel<scalar_t, VEC, index_t>, x.device(), num_vecs, xp,
+                             cp, args.cond_is_full, yp, index_t(num_vecs), index_t(args.C),
+                             index_t(args.L));
     });
   });
   return out;
@@ -172,9 +157,6 @@ at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_out, const at::
   const GatedActivationArgs args = prepare_gated_activation(op, x, cond);
   const at::Tensor g = prepare_gated_activation_grad(op, grad_out, args);
   at::Tensor grad_z = at::empty_like(args.x);
-  if (g.numel() == 0) return grad_z;
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
                                   "gated_activation_backward_cuda", [&] {
     const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
@@ -186,10 +168,9 @@ at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_out, const at::
       constexpr int VEC = decltype(vec)::value;
       using index_t = decltype(index);
       const int64_t num_vecs = g.numel() / VEC;
-      backward_kernel<scalar_t, VEC, index_t><<<num_blocks(num_vecs), kThreads, 0, stream>>>(
-          gp, xp, cp, args.cond_is_full, dp, index_t(num_vecs), index_t(args.C),
-          index_t(args.L));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch<kThreads>(backward_kernel<scalar_t, VEC, index_t>, x.device(), num_vecs, gp,
+                             xp, cp, args.cond_is_full, dp, index_t(num_vecs), index_t(args.C),
+                             index_t(args.L));
     });
   });
   return grad_z;

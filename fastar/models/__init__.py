@@ -1,8 +1,16 @@
-"""Models from the papers, one file each. Every image model takes image_shape=(C, H, W) and
-num_values, and offers log_prob(x, cond=None) -> (B,) and sample(n, cond=None, *, generator)."""
+"""Models from the papers, one file each, all following `fastar.models.base`'s contract:
+``log_prob(x, cond=None) -> (B,)``, ``sample(n, ...)`` with naive or cached generation from
+one random stream, and a config dataclass (``model.config``) that rebuilds the model.
 
-from fastar.models.gated_pixelcnn import GatedPixelCNN
-from fastar.models.made import MADE
-from fastar.models.pixelcnn import PixelCNN
+``MODELS`` is the registry the command line reads: name -> model class (its ``config_class``
+holds the keywords and the paper's defaults)."""
 
-__all__ = ["GatedPixelCNN", "MADE", "PixelCNN"]
+from fastar.models.base import AutoregressiveModel, Cache
+from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
+from fastar.models.made import MADE, MADEConfig
+from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig
+
+MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN}
+
+__all__ = ["MODELS", "AutoregressiveModel", "Cache", "GatedPixelCNN", "GatedPixelCNNConfig",
+           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig"]

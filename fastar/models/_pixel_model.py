@@ -1,21 +1,25 @@
-"""What every pixel model shares: integer data in, per-channel softmax out, naive sampling."""
+"""What the convolutional image models share: scaling integer pixels to [-1, 1] and the layout
+of their logits."""
 
 from typing import Optional, Tuple
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from fastar.models.base import AutoregressiveModel
 
 
-class PixelModel(nn.Module):
+class PixelModel(AutoregressiveModel):
     """Base of the convolutional image models: subclasses define logits(x, cond) -> (B, C * V,
     H, W), output channels grouped by colour (all V logits of channel 0, then channel 1, ...),
     where the logits at (c, i, j) may depend only on x before (i, j) in raster order (and on
-    channels < c of pixel (i, j))."""
+    channels < c of pixel (i, j)). Their config has image_shape (C, H, W) and num_values."""
 
-    def __init__(self, image_shape: Tuple[int, int, int], num_values: int):
-        super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.num_values = num_values
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        self.image_shape = tuple(self.config.image_shape)
+
+    def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
+        return self.image_shape
 
     def scale_input(self, x: Tensor) -> Tensor:
         dtype = next(self.parameters()).dtype
@@ -24,27 +28,13 @@ class PixelModel(nn.Module):
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 
-    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """Natural-log likelihood (B,) of integer x (B, C, H, W)."""
+    def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         B, C, H, W = x.shape
-        logp = torch.log_softmax(self.logits(x, cond).view(B, C, self.num_values, H, W), dim=2)
-        return logp.gather(2, x.long().unsqueeze(2)).sum(dim=(1, 2, 3, 4))
+        return self.logits(x, cond).view(B, C, self.num_values, H, W).transpose(1, 2)
 
-    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        return self.log_prob(x, cond)
-
-    @torch.no_grad()
-    def sample(self, n: int, cond: Optional[Tensor] = None, *,
-               generator: Optional[torch.Generator] = None) -> Tensor:
-        """(n, C, H, W) int64 samples by naive sampling: one full forward pass per channel of
-        each pixel, in raster order."""
-        C, H, W = self.image_shape
-        device = next(self.parameters()).device
-        x = torch.zeros(n, C, H, W, dtype=torch.long, device=device)
-        for i in range(H):
-            for j in range(W):
-                for c in range(C):
-                    logits = self.logits(x, cond).view(n, C, self.num_values, H, W)
-                    probs = torch.softmax(logits[:, c, :, i, j].double(), dim=-1)
-                    x[:, c, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return x
+    def sample(self, n: int, cond: Optional[Tensor] = None, *, cached: Optional[bool] = None,
+               prefix: Optional[Tensor] = None, num_given: Optional[int] = None,
+               generator=None) -> Tensor:
+        """(n, C, H, W) int64 samples in raster order (see `AutoregressiveModel.generate`)."""
+        return self.generate(n, self.image_shape, cond, cached=cached, prefix=prefix,
+                             num_given=num_given, generator=generator)

@@ -5,9 +5,9 @@ Defaults are sized for binarized MNIST. Limitation: the channels of one pixel ar
 independently given the earlier pixels (the paper's colour masking inside the stacks is not
 implemented yet), which keeps the model normalized but weaker on colour images."""
 
+import dataclasses
 from typing import Optional, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -15,23 +15,39 @@ from fastar.models._pixel_model import PixelModel
 from fastar.nn import GatedPixelCNNLayer
 
 
+@dataclasses.dataclass
+class GatedPixelCNNConfig:
+    """num_classes: condition on labels (B,) int64; cond_channels: on vectors (B, cond_channels)."""
+    image_shape: Tuple[int, int, int] = (1, 28, 28)
+    num_values: int = 2
+    hidden_channels: int = 64
+    num_layers: int = 8
+    kernel_size: int = 3
+    num_classes: Optional[int] = None
+    cond_channels: Optional[int] = None
+    head_channels: int = 128
+
+    def __post_init__(self):
+        self.image_shape = tuple(self.image_shape)
+
+
 class GatedPixelCNN(PixelModel):
     """cond: labels (B,) int64 with num_classes set, or a vector (B, cond_channels)."""
 
-    def __init__(self, image_shape: Tuple[int, int, int] = (1, 28, 28), num_values: int = 2,
-                 hidden_channels: int = 64, num_layers: int = 8, kernel_size: int = 3,
-                 num_classes: Optional[int] = None, cond_channels: Optional[int] = None,
-                 head_channels: int = 128):
-        super().__init__(image_shape, num_values)
-        C = image_shape[0]
-        self.num_classes = num_classes
-        cond_dim = num_classes if num_classes is not None else cond_channels
+    config_class = GatedPixelCNNConfig
+
+    def __init__(self, config: Optional[GatedPixelCNNConfig] = None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        C = c.image_shape[0]
+        self.num_classes = c.num_classes
+        cond_dim = c.num_classes if c.num_classes is not None else c.cond_channels
         self.layers = nn.ModuleList(
-            [GatedPixelCNNLayer(hidden_channels, 7, "A", cond_dim, in_channels=C)]
-            + [GatedPixelCNNLayer(hidden_channels, kernel_size, "B", cond_dim)
-               for _ in range(num_layers - 1)])
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden_channels, head_channels, 1),
-                                  nn.ReLU(), nn.Conv2d(head_channels, C * num_values, 1))
+            [GatedPixelCNNLayer(c.hidden_channels, 7, "A", cond_dim, in_channels=C)]
+            + [GatedPixelCNNLayer(c.hidden_channels, c.kernel_size, "B", cond_dim)
+               for _ in range(c.num_layers - 1)])
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c.hidden_channels, c.head_channels, 1),
+                                  nn.ReLU(), nn.Conv2d(c.head_channels, C * c.num_values, 1))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if cond is not None and self.num_classes is not None and not cond.is_floating_point():

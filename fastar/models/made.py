@@ -3,13 +3,15 @@ ICML 2015). Defaults reproduce the binarized-MNIST row of Table 6 with one hidde
 units and a single mask (88.40 nats); num_masks=32 gives the connectivity-agnostic row
 (86.64 nats with ensembling over the masks at test time)."""
 
-from typing import Optional, Sequence, Tuple
-
+import dataclasses
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fastar.models.base import AutoregressiveModel, Cache
 
 
 class _MaskedLinear(nn.Linear):
@@ -21,10 +23,9 @@ class _MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
-class MADE(nn.Module):
-    """A masked MLP in which output d depends only on the inputs before d in an ordering.
-
-    Args:
+@dataclasses.dataclass
+class MADEConfig:
+    """Args:
         image_shape: (C, H, W); the C * H * W values are the MADE's D dimensions.
         num_values: values per dimension (2 for binary data: a softmax over 2 is a sigmoid).
         hidden_sizes: units of each hidden layer.
@@ -34,23 +35,48 @@ class MADE(nn.Module):
         direct_connections: add the masked input-to-output connections of the paper.
         seed: seeds the masks, so a model and its checkpoint agree on them.
     """
+    image_shape: Tuple[int, int, int] = (1, 28, 28)
+    num_values: int = 2
+    hidden_sizes: Tuple[int, ...] = (500,)
+    num_masks: int = 1
+    natural_ordering: bool = True
+    direct_connections: bool = False
+    seed: int = 0
 
-    def __init__(self, image_shape: Tuple[int, int, int] = (1, 28, 28), num_values: int = 2,
-                 hidden_sizes: Sequence[int] = (500,), num_masks: int = 1,
-                 natural_ordering: bool = True, direct_connections: bool = False,
-                 seed: int = 0):
-        super().__init__()
-        self.image_shape = tuple(image_shape)
-        self.num_values = num_values
+    def __post_init__(self):
+        self.image_shape = tuple(self.image_shape)
+        self.hidden_sizes = tuple(self.hidden_sizes)
+
+
+@dataclasses.dataclass
+class _MADECache(Cache):
+    """The first hidden layer's pre-activation (n, H) and the direct connections' logits
+    (n, D * V) from the values drawn so far: adding one value is a column update."""
+    pre: Optional[Tensor] = None
+    direct: Optional[Tensor] = None
+
+
+class MADE(AutoregressiveModel):
+    """A masked MLP in which output d depends only on the inputs before d in an ordering (see
+    MADEConfig for the arguments). Cached sampling adds one input column per drawn value to the
+    first layer's pre-activation instead of recomputing it from all D inputs."""
+
+    config_class = MADEConfig
+
+    def __init__(self, config: Optional[MADEConfig] = None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        self.image_shape = c.image_shape
         self.D = math.prod(self.image_shape)
-        self.num_masks = num_masks
-        self.natural_ordering = natural_ordering
-        sizes = [self.D] + list(hidden_sizes)
+        self.num_masks = c.num_masks
+        self.natural_ordering = c.natural_ordering
+        sizes = [self.D] + list(c.hidden_sizes)
         self.hidden = nn.ModuleList(_MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.out = _MaskedLinear(sizes[-1], self.D * num_values)
-        self.direct = _MaskedLinear(self.D, self.D * num_values) if direct_connections else None
-        self._generator = torch.Generator().manual_seed(seed)
-        self._masks = [self._draw_masks() for _ in range(num_masks)]
+        self.out = _MaskedLinear(sizes[-1], self.D * c.num_values)
+        self.direct = (_MaskedLinear(self.D, self.D * c.num_values) if c.direct_connections
+                       else None)
+        self._generator = torch.Generator().manual_seed(c.seed)
+        self._masks = [self._draw_masks() for _ in range(c.num_masks)]
         # The mask in use is state: a resumed training run must continue the cycle where the
         # checkpoint left it.
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
@@ -85,64 +111,112 @@ class MADE(nn.Module):
             self.direct.mask.copy_(direct)
         self.mask_index.fill_(index)
 
-    def _logits(self, x: Tensor) -> Tensor:
-        """(B, D, V) logits of each dimension given the inputs before it."""
+    def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
+        return self.image_shape
+
+    def generation_order(self, event_shape) -> Tensor:
+        """The dimensions in the ordering of the mask in use."""
+        return torch.argsort(self._masks[int(self.mask_index)][0])
+
+    def _scale(self, x: Tensor) -> Tensor:
         h = x.reshape(x.shape[0], -1).to(self.out.weight.dtype)
-        if self.num_values > 2:
-            h = h / (self.num_values - 1)
-        inp = h
-        for layer in self.hidden:
-            h = F.relu(layer(h))
-        logits = self.out(h)
+        return h / (self.num_values - 1) if self.num_values > 2 else h
+
+    def _head(self, h: Tensor, rows: slice = slice(None)) -> Tensor:
+        """Output logits (rows of the out layer) from the first hidden layer's
+        pre-activation h."""
+        for layer in self.hidden[1:]:
+            h = layer(F.relu(h))
+        if self.hidden:
+            h = F.relu(h)
+        out = self.out
+        return F.linear(h, out.weight[rows] * out.mask[rows], out.bias[rows])
+
+    def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """(B, V, C, H, W) logits of each dimension given the inputs before it (mask in use)."""
+        inp = self._scale(x)
+        logits = self._head(self.hidden[0](inp) if self.hidden else inp)
         if self.direct is not None:
             logits = logits + self.direct(inp)
-        return logits.view(x.shape[0], self.D, self.num_values)
+        B = x.shape[0]
+        return logits.view(B, self.D, self.num_values).transpose(1, 2).reshape(
+            B, self.num_values, *self.image_shape)
 
-    def _log_prob_one_mask(self, x: Tensor) -> Tensor:
-        logp = torch.log_softmax(self._logits(x), dim=-1)
-        return logp.gather(-1, x.reshape(x.shape[0], -1, 1).long()).sum(dim=(1, 2))
+    def init_cache(self, n: int, cond: Optional[Tensor] = None,
+                   event_shape=None) -> _MADECache:
+        self._check_cond(cond)
+        device, dtype = self.out.weight.device, self.out.weight.dtype
+        cache = _MADECache(x=torch.zeros(n, *self.image_shape, dtype=torch.long, device=device))
+        if self.hidden:
+            cache.pre = self.hidden[0].bias.to(dtype).expand(n, -1).clone()
+        if self.direct is not None:
+            cache.direct = self.direct.bias.expand(n, -1).clone()
+        return cache
+
+    def step(self, cache: _MADECache, i: int) -> Tensor:
+        order = self._generation_order_cached()
+        V = self.num_values
+        if i > 0:  # add the value drawn at the previous position
+            p = int(order[i - 1])
+            v = self._scale(cache.x.view(cache.x.shape[0], -1)[:, p : p + 1])
+            if self.hidden:
+                first = self.hidden[0]
+                cache.pre += v * (first.weight[:, p] * first.mask[:, p])
+            if self.direct is not None:
+                cache.direct += v * (self.direct.weight[:, p] * self.direct.mask[:, p])
+        d = int(order[i])
+        rows = slice(d * V, (d + 1) * V)
+        h = cache.pre if self.hidden else self._scale(cache.x)
+        logits = self._head(h, rows)
+        if self.direct is not None:
+            logits = logits + cache.direct[:, rows]
+        return logits
+
+    def _generation_order_cached(self) -> Tensor:
+        index = int(self.mask_index)
+        if getattr(self, "_order_for", None) != index:
+            self._order, self._order_for = self.generation_order(None), index
+        return self._order
+
+    def _check_cond(self, cond):
+        if cond is not None:
+            raise ValueError("MADE is unconditional; got cond")
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, C, H, W). Training mode uses the next
         mask in turn; evaluation averages the probabilities over all masks."""
-        if cond is not None:
-            raise ValueError("MADE is unconditional; got cond")
+        self._check_cond(cond)
         if self.training or self.num_masks == 1:
             if self.training and self.num_masks > 1:
                 self._use((int(self.mask_index) + 1) % self.num_masks)
-            return self._log_prob_one_mask(x)
+            return super().log_prob(x)
         per_mask, current = [], int(self.mask_index)
         for i in range(self.num_masks):
             self._use(i)
-            per_mask.append(self._log_prob_one_mask(x))
+            per_mask.append(super().log_prob(x))
         self._use(current)  # evaluation leaves the training cycle where it was
         return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(self.num_masks)
 
-    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        return self.log_prob(x, cond)
-
     @torch.no_grad()
-    def sample(self, n: int, cond: Optional[Tensor] = None, *,
+    def sample(self, n: int, cond: Optional[Tensor] = None, *, cached: Optional[bool] = None,
+               prefix: Optional[Tensor] = None, num_given: Optional[int] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
-        """(n, C, H, W) int64 samples, one dimension at a time in each sample's ordering (D
-        passes). With several masks each sample draws its mask uniformly, which samples the
-        ensemble's averaged distribution exactly."""
-        if cond is not None:
-            raise ValueError("MADE is unconditional; got cond")
+        """(n, C, H, W) int64 samples, one dimension at a time in each sample's ordering. With
+        several masks each sample first draws its mask uniformly, which samples the ensemble's
+        averaged distribution exactly; then the rows of each mask are generated together (see
+        `AutoregressiveModel.generate` for the other arguments)."""
+        self._check_cond(cond)
         device = self.out.weight.device
         which = torch.randint(self.num_masks, (n,), generator=generator, device=device)
-        x = torch.zeros(n, self.D, dtype=torch.long, device=device)
+        x = torch.zeros(n, *self.image_shape, dtype=torch.long, device=device)
         current = int(self.mask_index)
         for i in range(self.num_masks):
             rows = (which == i).nonzero().flatten()
             if rows.numel() == 0:
                 continue
             self._use(i)
-            order = self._masks[i][0]
-            xi = x[rows]
-            for d in torch.argsort(order).tolist():  # dims in generation order
-                probs = torch.softmax(self._logits(xi)[:, d], dim=-1)
-                xi[:, d] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            x[rows] = xi
+            x[rows] = self.generate(len(rows), self.image_shape, cached=cached,
+                                    prefix=None if prefix is None else prefix[rows],
+                                    num_given=num_given, generator=generator)
         self._use(current)
-        return x.view(n, *self.image_shape)
+        return x

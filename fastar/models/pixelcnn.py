@@ -4,13 +4,25 @@ ReLU + 1x1 mask-B layers and a softmax over num_values per channel (Table 4 repo
 on binarized MNIST). Defaults are sized for binarized MNIST; the paper does not list its MNIST
 widths, so hidden_channels and num_layers are our choice."""
 
+import dataclasses
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
 from fastar.nn import MaskedConv2d
+
+
+@dataclasses.dataclass
+class PixelCNNConfig:
+    image_shape: Tuple[int, int, int] = (1, 28, 28)
+    num_values: int = 2
+    hidden_channels: int = 48
+    num_layers: int = 7
+    head_channels: int = 96
+
+    def __post_init__(self):
+        self.image_shape = tuple(self.image_shape)
 
 
 class _ResidualBlock(nn.Module):
@@ -29,16 +41,18 @@ class _ResidualBlock(nn.Module):
 
 
 class PixelCNN(PixelModel):
-    def __init__(self, image_shape: Tuple[int, int, int] = (1, 28, 28), num_values: int = 2,
-                 hidden_channels: int = 48, num_layers: int = 7, head_channels: int = 96):
-        super().__init__(image_shape, num_values)
-        C = image_shape[0]
+    config_class = PixelCNNConfig
+
+    def __init__(self, config: Optional[PixelCNNConfig] = None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        C = c.image_shape[0]
         groups = 3 if C == 3 else 1
         self.net = nn.Sequential(
-            MaskedConv2d(C, hidden_channels, 7, "A", groups),
-            *[_ResidualBlock(hidden_channels, groups) for _ in range(num_layers)],
-            nn.ReLU(), MaskedConv2d(hidden_channels, head_channels, 1, "B", groups),
-            nn.ReLU(), MaskedConv2d(head_channels, C * num_values, 1, "B", groups))
+            MaskedConv2d(C, c.hidden_channels, 7, "A", groups),
+            *[_ResidualBlock(c.hidden_channels, groups) for _ in range(c.num_layers)],
+            nn.ReLU(), MaskedConv2d(c.hidden_channels, c.head_channels, 1, "B", groups),
+            nn.ReLU(), MaskedConv2d(c.head_channels, C * c.num_values, 1, "B", groups))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if cond is not None:

@@ -17,8 +17,7 @@ def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: int = 1) -> Ten
     """conv2d whose window ends on the output's own row: output (i, j) sees input rows
     i - (kh - 1) .. i and columns j - kw // 2 .. j + kw // 2 (scaled by dilation), same size out.
     Only the top padding is explicit (the conv pads left and right itself): padding the sides too
-    made the input-gradient pass run over the padded width, measured 15% slower for 7x7 on the
-    CPU."""
+    would make the input-gradient pass run over the padded width (bench/bench_layers.py)."""
     kh, kw = weight.shape[-2:]
     return F.conv2d(F.pad(x, (0, 0, dilation * (kh - 1), 0)), weight, bias,
                     padding=(0, dilation * (kw // 2)), dilation=dilation)
@@ -49,9 +48,9 @@ class MaskedConv2d(nn.Conv2d):
     spatial size). Every tap below the centre row is masked, so the convolution runs with the
     kernel cropped to its upper k // 2 + 1 rows (input padded on top only): for 7x7 that is 28
     taps instead of 49, of which only the 3 right of the centre are still zeroed by the mask.
-    On this project's 2-core CPU this single cropped convolution measured faster than splitting
-    the kept taps into exact unmasked convolutions (rows above, centre-row left part, centre
-    tap), whose extra pads and sums cost more than the few zero taps (bench/bench_layers.py).
+    One cropped convolution beats splitting the kept taps into exact unmasked convolutions
+    (rows above, centre-row left part, centre tap), whose extra pads and sums cost more than
+    the few zero taps (bench/bench_layers.py; figures in bench/results/).
     The masked, cropped weight is a small (out, in, k // 2 + 1, k) product, rebuilt per forward
     only while training (masked taps get exactly zero gradient) and cached otherwise.
     ``weight`` (out, in, kh, kw) and ``bias`` are nn.Conv2d's, so initialisation and checkpoints

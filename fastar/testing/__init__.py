@@ -1,31 +1,12 @@
-"""Tools to check that a model is autoregressive (which inputs can reach an output), and to
-run fastar's layers on the pure-PyTorch reference ops."""
+"""Tools to check that a model is autoregressive (which inputs can reach an output) and that
+its cached sampling step agrees with its forward pass. (To run fastar's layers on the
+pure-PyTorch reference ops, use `fastar.ops.implementation("reference")`.)"""
 
-import contextlib
 import copy
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-
-
-@contextlib.contextmanager
-def reference_ops():
-    """Inside this block fastar's layers and losses call `fastar.reference` instead of the
-    fused kernels: the unfused baseline of the benchmarks and tests, and a check when a fused
-    op is suspected."""
-    from fastar import reference
-    from fastar.nn import blocks, losses
-
-    modules = (blocks, losses)
-    saved = [m.ops for m in modules]
-    for m in modules:
-        m.ops = reference
-    try:
-        yield
-    finally:
-        for m, ops in zip(modules, saved):
-            m.ops = ops
 
 
 def _input_grad(output: Tensor, x: Tensor) -> Tensor:
@@ -97,6 +78,28 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
             if not allowed:
                 raise AssertionError("not autoregressive (%s order): output %s depends on input %s"
                                      % (ordering, out_index, tuple(in_index)))
+
+
+def assert_step_matches_forward(model: nn.Module, x: Tensor, cond: Optional[Tensor] = None,
+                                rtol: float = 1e-7, atol: float = 1e-7) -> None:
+    """Steps a model's cache through x (B, *event_shape), one position at a time in its
+    generation order, and checks that every step's logits equal that position's logits from
+    one forward pass (``model.conditionals(x, cond)``); raises AssertionError naming the first
+    step that differs. Use a float64 model for tight tolerances."""
+    B = x.shape[0]
+    with torch.no_grad():
+        full = model.conditionals(x, cond).flatten(2)  # (B, V, D)
+        cache = model.init_cache(B, cond, tuple(x.shape[1:]))
+        order = model.generation_order(tuple(x.shape[1:])).tolist()
+        flat_x, flat_cache = x.reshape(B, -1), cache.x.view(B, -1)
+        for i, position in enumerate(order):
+            got = model.step(cache, i)
+            try:
+                torch.testing.assert_close(got, full[:, :, position], rtol=rtol, atol=atol)
+            except AssertionError as e:
+                raise AssertionError("%s: step %d (position %d) differs from the forward pass: %s"
+                                     % (type(model).__name__, i, position, e)) from None
+            flat_cache[:, position] = flat_x[:, position]
 
 
 class PixelCNNStack(nn.Module):

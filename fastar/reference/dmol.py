@@ -1,26 +1,11 @@
-"""Pure-PyTorch definitions of every fastar op: the tests' oracle.
-
-Each function computes exactly what its fused twin in `fastar.ops` computes, in the most
-straightforward way, with autograd doing the backward. This module must import without the
-compiled extension.
-"""
-
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def gated_activation(x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-    """tanh(a) * sigmoid(b), (a, b) = the channel halves of x + cond. (N, 2C, *) -> (N, C, *)."""
-    z = x if cond is None else x + cond
-    a, b = z.chunk(2, dim=1)
-    return torch.tanh(a) * torch.sigmoid(b)
-
-
-def _dmol_components(params: Tensor, num_channels: int):
+def dmol_components(params: Tensor, num_channels: int):
     """Splits params (B, P, *S) into logits (B, K, *S) and per-channel means, log-scales and
     tanh'd coefficients, each (B, C, K, *S) (coefficients: (B, 3, K, *S), C = 3 only)."""
     B, P, *S = params.shape
@@ -45,7 +30,7 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
     the way PixelCNN++ writes it, generalised to num_bins. x: integer (B, C, *S) in
     [0, num_bins); params: (B, P, *S). Returns (B, *S)."""
     C = x.shape[1]
-    logits, means, log_scales, coeffs = _dmol_components(params, C)
+    logits, means, log_scales, coeffs = dmol_components(params, C)
     xc = (-1 + 2 * x.to(params.dtype) / (num_bins - 1)).unsqueeze(2)  # (B, C, 1, *S)
     if C == 3:
         m0 = means[:, 0]

@@ -1,0 +1,170 @@
+"""The contract every fastar model follows, in one base class.
+
+A model is a distribution over integer tensors x of shape (B, *event_shape), values in
+[0, num_values): images (B, C, H, W), audio (B, 1, T). It factorizes over a fixed generation
+order of the event's positions (for images: raster order over (H, W), channels last). It offers
+
+- ``log_prob(x, cond=None) -> (B,)``: natural-log likelihood (``forward`` is ``log_prob``);
+- ``sample(n, ..., cached=None, prefix=None, num_given=None, generator=None)``: one generation
+  loop for every model, drawing one float64 uniform per value, up front and in generation
+  order, and inverting the conditional's CDF. Naive and cached sampling therefore consume the
+  random stream identically and return the same values for the same generator;
+- the hooks of cached sampling: ``init_cache(n, cond, event_shape) -> cache`` and
+  ``step(cache, i) -> (n, V)`` logits of the value at position ``order[i]`` given ``cache.x``
+  at every earlier position. The loop writes each drawn value into ``cache.x`` before the next
+  step, so a model's step reads the values it has not seen yet from there (WaveNet pushes the
+  last sample into its ring buffers). Models without a cache leave these unimplemented and
+  sample naively: one full ``conditionals`` pass per value.
+
+``fastar.testing.assert_step_matches_forward(model, x)`` checks a model's step against one
+forward pass. Constructor keywords are a dataclass (``config_class``, nanoGPT's ``GPTConfig``
+pattern) kept as ``model.config`` and saved in checkpoints, so a model is rebuilt from a
+checkpoint alone.
+"""
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from fastar import sampling
+
+
+@dataclasses.dataclass
+class Cache:
+    """What a generation loop carries between steps: the values drawn so far (n, *event_shape),
+    int64, and the condition. Models with a real cache subclass it (ring buffers, partial
+    sums); their state is written by the model's step."""
+    x: Tensor
+    cond: Optional[Tensor] = None
+
+
+class AutoregressiveModel(nn.Module):
+    """Base of every model; see the module docstring for the contract. Subclasses set
+    ``config_class`` and define ``event_shape``, ``conditionals`` and, for cached sampling,
+    ``init_cache`` and ``step``."""
+
+    config_class: Any = None
+
+    def __init__(self, config=None, **overrides):
+        super().__init__()
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError("%s: unknown keyword%s %s; accepted: %s" % (
+                type(self).__name__, "s" if len(unknown) > 1 else "", ", ".join(unknown),
+                ", ".join(sorted(fields))))
+        if config is None:
+            config = self.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        self.num_values = config.num_values
+
+    # --- what a subclass defines -------------------------------------------------------------
+
+    def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
+        """Shape of one example: (C, H, W) for images; (1, length) for audio."""
+        raise NotImplementedError
+
+    def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """Logits (B, V, *event_shape) of every value of x given the values before it in the
+        generation order (one forward pass)."""
+        raise NotImplementedError
+
+    def init_cache(self, n: int, cond: Optional[Tensor] = None,
+                   event_shape: Optional[Sequence[int]] = None) -> Cache:
+        raise NotImplementedError("%s has no cached sampler yet: sample(..., cached=False)"
+                                  % type(self).__name__)
+
+    def step(self, cache: Cache, i: int) -> Tensor:
+        """Logits (n, V) of the value at position order[i] given cache.x before it."""
+        raise NotImplementedError("%s has no cached sampler yet" % type(self).__name__)
+
+    @property
+    def has_cache(self) -> bool:
+        return type(self).init_cache is not AutoregressiveModel.init_cache
+
+    # --- shared ------------------------------------------------------------------------------
+
+    def generation_order(self, event_shape: Sequence[int]) -> Tensor:
+        """Flat indices into the event (C, *S) in generation order: raster order over the
+        positions S, channels last (R, G, B of a pixel before the next pixel)."""
+        C, *S = event_shape
+        return torch.arange(math.prod(event_shape)).view(C, -1).t().flatten()
+
+    def check_input(self, x: Tensor, cond: Optional[Tensor] = None) -> None:
+        """Raises ValueError naming the model, what it expects and what came, for data it
+        cannot score: non-integer x, a wrong shape, values outside [0, num_values)."""
+        name = type(self).__name__
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError("%s: expected integer x (values in [0, %d)), got dtype %s"
+                             % (name, self.num_values, x.dtype))
+        expected = self.event_shape(x.shape[-1] if x.dim() >= 2 else None)
+        if x.dim() != 1 + len(expected) or tuple(x.shape[1:]) != tuple(expected):
+            raise ValueError("%s: expected x of shape (B, %s), got %s" % (
+                name, ", ".join(map(str, expected)), tuple(x.shape)))
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_values):
+            raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
+                             % (name, self.num_values, int(x.min()), int(x.max())))
+
+    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """Natural-log likelihood (B,) of integer x (B, *event_shape)."""
+        self.check_input(x, cond)
+        logp = torch.log_softmax(self.conditionals(x, cond), dim=1)
+        return logp.gather(1, x.long().unsqueeze(1)).flatten(1).sum(dim=1)
+
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        return self.log_prob(x, cond)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, n: int, event_shape: Sequence[int], cond: Optional[Tensor] = None, *,
+                 cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
+                 num_given: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> Tensor:
+        """The generation loop (see the module docstring). prefix: (n, *event_shape) values
+        whose first num_given positions in generation order are kept (e.g. the top r rows of
+        an image: num_given = r * W * C); cached=None uses the cache where the model has one.
+        Returns int64 (n, *event_shape)."""
+        name = type(self).__name__
+        event_shape = tuple(event_shape)
+        D = math.prod(event_shape)
+        if cached is None:
+            cached = self.has_cache
+        if (prefix is None) != (num_given is None):
+            raise ValueError("%s.sample: prefix and num_given go together (got %s)" % (
+                name, "a prefix without num_given" if num_given is None
+                else "num_given without a prefix"))
+        device = self._device()
+        x = torch.zeros(n, *event_shape, dtype=torch.long, device=device)
+        num_given = num_given or 0
+        if prefix is not None:
+            if tuple(prefix.shape) != (n, *event_shape):
+                raise ValueError("%s.sample: expected prefix of shape %s, got %s"
+                                 % (name, (n, *event_shape), tuple(prefix.shape)))
+            if not 0 <= num_given <= D:
+                raise ValueError("%s.sample: expected num_given in [0, %d], got %d"
+                                 % (name, D, num_given))
+            self.check_input(prefix)
+            x.copy_(prefix)
+        order = self.generation_order(event_shape).tolist()
+        u = sampling.uniforms((n, D), generator, device)  # drawn whole: one stream, any path
+        flat = x.view(n, D)
+        cache = self.init_cache(n, cond, event_shape) if cached else None
+        if cache is not None:
+            cache.x = x
+        for i, position in enumerate(order):
+            if cached:
+                logits = self.step(cache, i)
+            elif i < num_given:
+                continue
+            else:
+                logits = self.conditionals(x, cond).flatten(2)[:, :, position]
+            if i >= num_given:
+                flat[:, position] = sampling.categorical(logits, u[:, i])
+        return x

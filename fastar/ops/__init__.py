@@ -1,0 +1,36 @@
+"""Fused kernels of fastar, as functions: each is the torch custom op `torch.ops.fastar.<name>`
+(schema in csrc/ops.cpp) with its fake kernel and autograd registered in this package, one
+module per op family.
+
+Every op runs on CPU (float32, float64, float16, bfloat16) and, when fastar was built with CUDA,
+on GPU (the same dtypes; reduced-precision inputs are computed in float32). Each has a
+pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
+instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
+order: a double backward raises a clear error), traceable by torch.compile(fullgraph=True) and
+checked by torch.library.opcheck. `python -m fastar.info` lists them with their devices.
+"""
+
+from typing import Dict, List
+
+import torch
+
+from fastar import _extension
+
+_extension.load()
+
+# After load: the registrations below need the op schemas.
+from fastar.ops._common import current_implementation, implementation  # noqa: E402
+from fastar.ops.dmol import dmol_log_prob  # noqa: E402
+from fastar.ops.gated_activation import gated_activation  # noqa: E402
+
+__all__ = ["current_implementation", "dmol_log_prob", "gated_activation", "implementation",
+           "kernels"]
+
+
+def kernels() -> Dict[str, List[str]]:
+    """Every `fastar::` op schema with the devices that have a kernel for it in this build,
+    e.g. {"dmol_log_prob_with_grad": ["cpu"], ...}."""
+    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastar::"))
+    return {n.split("::", 1)[1]: [d.lower() for d in ("CPU", "CUDA")
+                                  if torch._C._dispatch_has_kernel_for_dispatch_key(n, d)]
+            for n in names}

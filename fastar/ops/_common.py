@@ -1,0 +1,49 @@
+"""What every op module shares: the fused-or-reference switch and the double-backward guard."""
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+IMPLEMENTATIONS = ("fused", "reference")
+
+
+class _State:
+    # A plain attribute, not a ContextVar: torch.compile guards on it and recompiles when it
+    # changes, where it would break the graph on a ContextVar.get().
+    implementation = "fused"
+
+
+def use_reference() -> bool:
+    """True inside `fastar.ops.implementation("reference")`: the public op functions then run
+    their pure-PyTorch twin from `fastar.reference`."""
+    return _State.implementation == "reference"
+
+
+@contextlib.contextmanager
+def implementation(name: str) -> Iterator[None]:
+    """Runs every `fastar.ops` function (and so every fastar layer, loss and model) on the fused
+    kernels ("fused", the default) or on `fastar.reference` ("reference") inside the block.
+    Benchmarks take their unfused baseline this way, and a suspected kernel can be ruled out
+    without touching the model. Not thread-local: the switch is process-wide."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError("fastar.ops.implementation: expected one of %s, got %r"
+                         % (IMPLEMENTATIONS, name))
+    saved, _State.implementation = _State.implementation, name
+    try:
+        yield
+    finally:
+        _State.implementation = saved
+
+
+def current_implementation() -> str:
+    return _State.implementation
+
+
+def register_no_double_backward(backward_op: str, forward_op: str) -> None:
+    """Backward ops are not differentiable: say so rather than let autograd's fallback return
+    silent zeros for a second derivative."""
+    def backward(ctx, *grads):
+        raise RuntimeError("%s: double backward (the gradient of its gradient) is not implemented"
+                           % forward_op)
+    torch.library.register_autograd(backward_op, backward)

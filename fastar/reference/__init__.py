@@ -1,0 +1,11 @@
+"""Pure-PyTorch definitions of every fastar op: the tests' oracle and the benchmarks' baseline.
+
+Each function computes exactly what its fused twin in `fastar.ops` computes, in the most
+straightforward way, with autograd doing the backward. This package must import without the
+compiled extension.
+"""
+
+from fastar.reference.dmol import dmol_components, dmol_log_prob
+from fastar.reference.gated_activation import gated_activation
+
+__all__ = ["dmol_components", "dmol_log_prob", "gated_activation"]

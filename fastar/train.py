@@ -1,0 +1,235 @@
+"""Training and evaluation of fastar's models on the registered data sets: the loop,
+checkpoints and DistributedDataParallel. `fastar.cli` parses arguments into `Settings`.
+
+Training writes OUT/checkpoint.pt atomically after every epoch and resumes from it when started
+again with the same OUT and settings; data order and initialisation are seeded, so a run killed
+at any point and resumed ends with the same weights as an uninterrupted one. After every epoch
+it scores the valid split and keeps the best epoch's weights in OUT/best.pt. The batch size is
+global: under torchrun each process takes its share of every batch, so N processes follow the
+single-process run up to rounding.
+
+A checkpoint holds the model's name and config (``dataclasses.asdict(model.config)``), so
+`load_model` rebuilds it without any other argument.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from fastar import data, models
+from fastar._io import atomic_save
+from fastar.nn import bits_per_dim
+
+_CRASH_ENV = "FASTAR_TEST_KILL_AT_STEP"  # test hook: SIGKILL itself at this global step
+# Settings that define a run: resuming with any of them changed would mix two runs.
+_RUN_DEFINING = ("model", "dataset", "model_args", "conditional", "batch_size", "lr", "seed",
+                 "limit")
+
+
+@dataclasses.dataclass
+class Settings:
+    model: str
+    dataset: str
+    out: str
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    limit: int = 0  # first N examples of each split only; 0: all
+    model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    conditional: bool = False
+    device: str = "cpu"
+    quiet: bool = False
+
+
+def model_config(name: str, dataset: str, model_args: Dict[str, Any],
+                 conditional: bool = False):
+    """The config of a registered model sized for a registered data set (its shape, values
+    and, when conditional, classes), model_args overriding the other defaults. Raises
+    ValueError naming the problem (unknown model or keyword, with the accepted ones)."""
+    if name not in models.MODELS:
+        raise ValueError("unknown model %r; available: %s" % (name, ", ".join(sorted(
+            models.MODELS))))
+    cls, entry = models.MODELS[name], data.get(dataset)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(model_args) - fields)
+    if unknown:
+        raise ValueError("%s: unknown keyword%s %s in the model arguments; accepted: %s" % (
+            name, "s" if len(unknown) > 1 else "", ", ".join(unknown), ", ".join(sorted(
+                fields - {"image_shape", "num_values"}))))
+    kwargs = dict(model_args)
+    if "image_shape" in fields:
+        kwargs["image_shape"] = entry.shape
+    kwargs["num_values"] = entry.num_values
+    if conditional:
+        if "num_classes" not in fields:
+            raise ValueError("%s is not class-conditional" % name)
+        if entry.num_classes is None:
+            raise ValueError("%s has no labels to condition on" % dataset)
+        kwargs.setdefault("num_classes", entry.num_classes)
+    return cls.config_class(**kwargs)
+
+
+def build_model(name: str, dataset: str, model_args: Dict[str, Any],
+                conditional: bool = False) -> models.AutoregressiveModel:
+    """A registered model built from `model_config`."""
+    return models.MODELS[name](model_config(name, dataset, model_args, conditional))
+
+
+def load_model(path: str, device="cpu") -> Tuple[models.AutoregressiveModel, Dict[str, Any]]:
+    """(model with the checkpoint's weights, the checkpoint) from a checkpoint or best.pt."""
+    state = torch.load(path, map_location=device)
+    model = models.MODELS[state["model_name"]](**state["config"]).to(device)
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+def load_split(dataset: str, split: str, limit: int = 0, labels: bool = False):
+    """(x, y) of a split, the first `limit` examples if limit; y only when labels are wanted."""
+    x, y = data.load(dataset, split)
+    y = y if labels else None
+    if limit:
+        x, y = x[:limit], (None if y is None else y[:limit])
+    return x, y
+
+
+def _cond(y, index, device):
+    return None if y is None else y[index].to(device)
+
+
+@torch.no_grad()
+def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
+             progress: Optional[str] = None) -> Tuple[float, float]:
+    """Mean NLL in nats per example over x (given labels y for a class-conditional model), and
+    bits per dimension. Under torchrun each process scores every world_size-th example and the
+    sums are all-reduced. progress: a tqdm label, or None for no bar."""
+    from tqdm import tqdm
+
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    mine = torch.arange(rank, len(x), world_size)
+    for i in tqdm(range(0, len(mine), batch_size), desc=progress, disable=progress is None,
+                  leave=False):
+        index = mine[i : i + batch_size]
+        total -= model.log_prob(x[index].to(device), _cond(y, index, device)).double().sum()
+    if world_size > 1:
+        torch.distributed.all_reduce(total)
+    nats = total.item() / len(x)
+    return nats, bits_per_dim(nats, x[0].numel())
+
+
+def _init_distributed(device_name):
+    """(rank, world_size, device) under torchrun (process group started: gloo on CPU, nccl on
+    CUDA with one GPU per process), (0, 1, device) otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(device_name)
+    if world_size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world_size, device
+
+
+def _check_resumable(stored: Dict[str, Any], settings: Settings, path: str) -> None:
+    current = dataclasses.asdict(settings)
+    differ = [k for k in _RUN_DEFINING if stored.get(k) != current[k]]
+    if differ:
+        raise SystemExit("%s was written with other settings (%s): use another --out, or the "
+                         "stored settings to resume" % (path, "; ".join(
+                             "%s: stored %r, given %r" % (k, stored.get(k), current[k])
+                             for k in differ)))
+
+
+def train(settings: Settings) -> str:
+    """Trains (or resumes) a run; returns the path of OUT/checkpoint.pt."""
+    from tqdm import tqdm
+
+    s = settings
+    rank, world_size, device = _init_distributed(s.device)
+    torch.manual_seed(s.seed)
+    model = build_model(s.model, s.dataset, s.model_args, s.conditional).to(device)
+    x, y = load_split(s.dataset, "train", s.limit, s.conditional)
+    x_valid, y_valid = load_split(s.dataset, "valid", s.limit, s.conditional)
+    os.makedirs(s.out, exist_ok=True)
+    ckpt_path, best_path = (os.path.join(s.out, f) for f in ("checkpoint.pt", "best.pt"))
+    meta = {"model_name": s.model, "config": dataclasses.asdict(model.config),
+            "dataset": s.dataset, "settings": dataclasses.asdict(s)}
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    start, history = 0, []
+    if os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location=device)
+        _check_resumable(state.get("settings", {}), s, ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = state["epoch"] + 1, state["history"]
+        if rank == 0:
+            print("resuming %s after epoch %d" % (ckpt_path, state["epoch"] + 1))
+    trained = model
+    if world_size > 1:  # forward() is log_prob, so DDP sees every training pass
+        trained = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    kill_at = int(os.environ.get(_CRASH_ENV, "-1"))
+    steps_per_epoch = math.ceil(len(x) / s.batch_size)
+    for epoch in range(start, s.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
+            s.seed * 100003 + epoch))
+        bar = tqdm(range(steps_per_epoch), desc="epoch %d/%d" % (epoch + 1, s.epochs),
+                   disable=s.quiet or rank != 0)
+        epoch_nll = torch.zeros((), dtype=torch.float64, device=device)
+        for step in bar:
+            if epoch * steps_per_epoch + step == kill_at:
+                os.kill(os.getpid(), 9)
+            batch = order[step * s.batch_size : (step + 1) * s.batch_size]
+            mine = batch[rank::world_size]
+            nll = -trained(x[mine].to(device), _cond(y, mine, device)).sum()
+            # DDP averages gradients over processes: scaled so that they sum to the batch mean.
+            loss = nll * (world_size / len(batch))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            epoch_nll += nll.detach()
+            nats = nll.item() / max(len(mine), 1)
+            bar.set_postfix(nats="%.2f" % nats, bpd="%.4f" % bits_per_dim(nats, x[0].numel()))
+        if world_size > 1:
+            torch.distributed.all_reduce(epoch_nll)
+        train_nats = epoch_nll.item() / len(x)
+        valid_nats, valid_bpd = evaluate(model, x_valid, s.eval_batch_size, device, rank,
+                                         world_size, y_valid)
+        history.append({"epoch": epoch, "train_nats": train_nats, "valid_nats": valid_nats})
+        best = valid_nats <= min(h["valid_nats"] for h in history)
+        if rank == 0:
+            print("epoch %d: train %.2f nats, valid %.2f nats (%.4f bits/dim)%s"
+                  % (epoch + 1, train_nats, valid_nats, valid_bpd, ", best" if best else ""),
+                  flush=True)
+            if best:
+                atomic_save({"model": model.state_dict(), "epoch": epoch, **meta}, best_path)
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "epoch": epoch, "history": history, **meta}, ckpt_path)
+    if world_size > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return ckpt_path
+
+
+def save_samples(model, path: str, n: int = 16, seed: int = 0,
+                 num_classes: Optional[int] = None, **sample_args) -> torch.Tensor:
+    """Samples n images (one column per class for a class-conditional model) and writes them
+    as a PNG grid; returns the samples."""
+    from fastar import plot
+
+    device = next(model.parameters()).device
+    cond, columns = None, int(math.ceil(math.sqrt(n)))
+    if num_classes:
+        columns = num_classes
+        cond = torch.arange(num_classes, device=device).repeat(max(1, n // num_classes))
+        n = len(cond)
+    samples = model.sample(n, cond, generator=torch.Generator(device).manual_seed(seed),
+                           **sample_args)
+    plot.save_image_grid(samples.cpu(), path, columns, model.num_values)
+    return samples

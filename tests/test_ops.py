@@ -1,0 +1,200 @@
+"""The generic checks, run on every op of tests/op_db.py. What an op means (normalization,
+tails, sampler statistics, error messages) is tested in its own file."""
+
+import pytest
+import torch
+
+from conftest import CUDA
+from op_db import OP_DB, OpInfo
+
+# Parametrized over op x device; CUDA cases are reported as skipped without a GPU.
+CASES = [pytest.param(info, device, id="%s-%s" % (info.name, device),
+                      marks=[pytest.mark.skipif(device == "cuda" and not CUDA,
+                                                reason="no CUDA GPU visible")])
+         for info in OP_DB for device in info.devices]
+DIFFERENTIABLE = [c for c in CASES if c.values[0].differentiable]
+
+
+def _known_failure(request, info, *detail):
+    key = "-".join((request.function.__name__,) + detail)
+    if key in info.known_failures:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=info.known_failures[key]))
+
+
+def _tuple(out):
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _with_grad(args, info: OpInfo):
+    return tuple(a.detach().clone().requires_grad_() if i in info.grad_args and a is not None
+                 else a for i, a in enumerate(args))
+
+
+def _grads(out, args, info, grad_outs):
+    inputs = [args[i] for i in info.grad_args if args[i] is not None]
+    return torch.autograd.grad(out, inputs, grad_outs, allow_unused=True,
+                               materialize_grads=True)
+
+
+def _check_against(info, path, args, ref_fn, tol, grad_tol):
+    """path(*args) against ref_fn(*args): outputs, and for a differentiable op the gradients
+    of the grad_args for one random grad_out."""
+    args = _with_grad(args, info)
+    ours, ref = _tuple(path(*args)), _tuple(ref_fn(*args))
+    assert len(ours) == len(ref)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o, r, rtol=tol[0], atol=tol[1])
+    if info.differentiable:
+        g = torch.randn_like(ours[0])
+        for a, b in zip(_grads(ours[0], args, info, g), _grads(ref[0], args, info, g)):
+            torch.testing.assert_close(a, b, rtol=grad_tol[0], atol=grad_tol[1])
+
+
+@pytest.mark.parametrize("info,device", CASES)
+def test_matches_reference_float64(info, device):
+    for sample in info.sample_inputs(device, torch.float64, full=True):
+        for path in info.paths(device):
+            _check_against(info, path, sample.args, info.reference, info.tol64, info.grad_tol64)
+
+
+def _max_err(a, truth):
+    return (a.double() - truth).abs().max().item() if a.numel() else 0.0
+
+
+def _outputs_and_grads(fn, args, info, grad_seed):
+    args = _with_grad(args, info)
+    out = _tuple(fn(*args))
+    if not info.differentiable:
+        return out
+    g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(grad_seed),
+                    dtype=torch.float64).to(out[0])
+    return out + tuple(_grads(out[0], args, info, g))
+
+
+@pytest.mark.parametrize("info,device", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reduced_precision(request, info, device, dtype):
+    """Flash-attention's rule: the kernel's error against the float64 truth of the same
+    (rounded) inputs is at most about twice the error of PyTorch computing the reference in
+    that dtype, and within the op's relative bound for the dtype."""
+    _known_failure(request, info, str(dtype).replace("torch.", ""))
+    if dtype not in info.dtypes:
+        pytest.skip("%s does not take %s" % (info.name, dtype))
+    for sample in info.sample_inputs(device, dtype):
+        upcast = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                       else a for a in sample.args)
+        truth = _outputs_and_grads(info.reference, upcast, info, 0)
+        theirs = _outputs_and_grads(info.reference, sample.args, info, 0)
+        ours = _outputs_and_grads(info.fn or info.op, sample.args, info, 0)
+        bound = info.reduced_tol[dtype]
+        for k, (o, t, r) in enumerate(zip(ours, theirs, truth)):
+            scale = r.abs().max().item() if r.numel() else 0.0
+            err = _max_err(o, r)  # NaN fails both asserts
+            theirs_err = _max_err(t, r)
+            if theirs_err != theirs_err:  # PyTorch's own computation overflowed: no bound
+                theirs_err = float("inf")
+            assert err <= 2 * theirs_err + torch.finfo(dtype).eps * scale, (sample.name, k)
+            assert err <= bound * max(scale, 1.0), (sample.name, k, err, scale)
+
+
+@pytest.mark.parametrize("info,device", DIFFERENTIABLE)
+def test_gradcheck(info, device):
+    for sample in info.sample_inputs(device, torch.float64):
+        if not sample.gradcheck:
+            continue
+        for path in info.paths(device):
+            args = _with_grad(sample.args, info)
+            index = [i for i in info.grad_args if args[i] is not None]
+
+            def f(*grad_inputs):
+                full = list(args)
+                for i, t in zip(index, grad_inputs):
+                    full[i] = t
+                return path(*full)
+
+            assert torch.autograd.gradcheck(f, tuple(args[i] for i in index)), sample.name
+
+
+@pytest.mark.parametrize("info,device", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(info, device, dtype):
+    for sample in info.sample_inputs(device, dtype)[:3]:
+        torch.library.opcheck(info.op, _with_grad(sample.args, info))
+
+
+@pytest.mark.parametrize("info,device", CASES)
+def test_torch_compile_fullgraph(info, device):
+    torch._dynamo.reset()
+    fn = info.fn or info.op
+    compiled = torch.compile(lambda *a: fn(*a), fullgraph=True)
+    tol = info.reduced_tol[torch.float32]  # compiled code may take the other path's rounding
+    for sample in info.sample_inputs(device, torch.float32)[:2]:
+        eager = _outputs_and_grads(fn, sample.args, info, 1)
+        traced = _outputs_and_grads(compiled, sample.args, info, 1)
+        for a, b in zip(traced, eager):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("info,device", DIFFERENTIABLE)
+def test_double_backward_raises_instead_of_returning_zeros(info, device):
+    sample = info.sample_inputs(device, torch.float64)[0]
+    for path in info.paths(device):
+        args = _with_grad(sample.args, info)
+        inputs = [args[i] for i in info.grad_args if args[i] is not None]
+        grads = torch.autograd.grad(_tuple(path(*args))[0].sum(), inputs, create_graph=True)
+        with pytest.raises(RuntimeError, match="fastar::%s: double backward" % info.name):
+            torch.autograd.grad(sum(g.sum() for g in grads), inputs)
+
+
+def _empty_batch(args):
+    """Every tensor argument that carries the batch dim (the first tensor's dim 0) cut to 0."""
+    B = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
+    return tuple(a[:0] if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == B
+                 else a for a in args)
+
+
+@pytest.mark.parametrize("info,device", CASES)
+def test_empty_batch(info, device):
+    args = _with_grad(_empty_batch(info.sample_inputs(device, torch.float32)[0].args), info)
+    for path in info.paths(device):
+        out = _tuple(path(*args))
+        expected = _tuple(info.reference(*args))
+        for o, e in zip(out, expected):
+            assert o.shape == e.shape and o.shape[0] == 0
+        if info.differentiable:
+            for g, i in zip(_grads(out[0], args, info, torch.zeros_like(out[0])),
+                            info.grad_args):
+                assert g.shape == args[i].shape
+
+
+def _non_contiguous(t):
+    """The same values with every stride doubled (no unit stride anywhere)."""
+    if not isinstance(t, torch.Tensor) or t.numel() < 2:
+        return t
+    out = torch.empty(*t.shape, 2, dtype=t.dtype, device=t.device)[..., 0]
+    out.copy_(t.detach())
+    assert not out.is_contiguous()
+    return out.requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("info,device", CASES)
+def test_non_contiguous_inputs(info, device):
+    for sample in info.sample_inputs(device, torch.float64)[:3]:
+        for path in info.paths(device):
+            strided = _with_grad(tuple(_non_contiguous(a) for a in sample.args), info)
+            args = _with_grad(sample.args, info)
+            for a, b in zip(_tuple(path(*strided)), _tuple(path(*args))):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("info", [i for i in OP_DB if "cuda" in i.devices],
+                         ids=lambda i: i.name)
+@pytest.mark.skipif(not CUDA, reason="no CUDA GPU visible")
+def test_cuda_matches_cpu(info):
+    # Same formulas on both backends (csrc/common/): float32 results agree to rounding.
+    for sample in info.sample_inputs("cpu", torch.float32):
+        cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in sample.args)
+        for path in info.paths("cuda"):
+            for a, b in zip(_outputs_and_grads(path, cuda_args, info, 2),
+                            _outputs_and_grads(path, sample.args, info, 2)):
+                torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5)
