@@ -115,6 +115,7 @@ def _extension():
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("WITH_CUDA", None))
         _add_cuda_wheel_include()
+        # Never --use_fast_math: it flushes subnormals, the scales of the DMOL tails, to zero.
         extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
         ext_cls = cpp_extension.CUDAExtension
     else:
