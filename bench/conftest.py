@@ -3,9 +3,8 @@ the end of `pytest bench/`, and the measured results saved as JSON in bench/resu
 
 A benchmark calls `measure(benchmark, group=..., impl=..., fn=..., bytes_moved=...)`. Rows of
 a group are compared with that group's baselines (impl "eager" and "compile") by their fastest
-round: on a shared VM other tenants only ever add time, and medians of the same code moved by
-up to 50% between runs there while minima stayed within a few percent. Medians are kept in the
-JSON too.
+round: on a shared VM other tenants only ever add time, so minima repeat where medians wander
+between runs. Medians are kept in the JSON too.
 """
 
 import datetime

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fastar import data
-from fastar.models import MADE, GatedPixelCNN, PixelCNN
+from fastar.models import MADE, AutoregressiveModel, GatedPixelCNN, PixelCNN
+from fastar.nn import CausalConv1d
 from fastar.testing import assert_step_matches_forward
 
 
@@ -244,3 +245,44 @@ def test_fashion_mnist_reader_and_splits(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTAR_FASHION_MNIST_DIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         data.load("fashion_mnist", "train")
+
+
+@dataclasses.dataclass
+class _ToyAudioConfig:
+    num_values: int = 3
+    channels: int = 4
+    shift: bool = True  # False leaks x[t] into its own conditional
+
+
+class _ToyAudio(AutoregressiveModel):
+    """The contract on audio (B, 1, T) of any length: two causal convolutions."""
+
+    config_class = _ToyAudioConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        self.first = CausalConv1d(1, c.channels, 2, shift=c.shift)
+        self.out = CausalConv1d(c.channels, c.num_values, 2, dilation=2)
+
+    def event_shape(self, length=None):
+        return (1, length)
+
+    def conditionals(self, x, cond=None):
+        h = torch.tanh(self.first(x.to(self.out.weight.dtype) / (self.num_values - 1)))
+        return self.out(h).unsqueeze(2)  # (B, V, 1, T)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_the_contract_holds_for_audio_of_any_length(shift):
+    model = _randomized(_ToyAudio(shift=shift)).eval()
+    every = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 4)
+    total = model.log_prob(every).exp().sum().item()
+    assert (abs(total - 1) < 1e-9) == shift, total  # the leaking variant is not normalized
+    for length in (1, 7):
+        out = model.generate(5, model.event_shape(length),
+                             generator=torch.Generator().manual_seed(0))
+        assert out.shape == (5, 1, length) and 0 <= out.min() and out.max() < 3
+    with pytest.raises(ValueError, match=r"_ToyAudio: expected x of shape \(B, 1, 4\), got "
+                                         r"\(2, 2, 4\)"):
+        model.log_prob(torch.zeros(2, 2, 4, dtype=torch.long))

@@ -1,7 +1,7 @@
 #pragma once
 // Outputs of the CPU kernels. A large fresh tensor is backed by memory that the OS maps on first
-// touch, one 4 KiB page fault at a time: about 3 GB/s on our 2-core VM, slower than the kernels
-// that fill it. Asking for transparent huge pages before the first touch (Linux's THP "madvise"
+// touch, one 4 KiB page fault at a time, which can be slower than the kernels that fill it.
+// Asking for transparent huge pages before the first touch (Linux's THP "madvise"
 // mode, the default of many distributions) makes that one fault per 2 MiB. torch does the same
 // for every allocation when THP_MEM_ALLOC_ENABLE=1 is set; this asks only for our outputs.
 
