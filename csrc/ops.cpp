@@ -1,5 +1,6 @@
 // Every fastar op schema, in one place. Kernels register per device in cpu/ and cuda/;
-// fake (meta) kernels and autograd are registered from Python (fastar/_registrations.py).
+// fake (meta) kernels and autograd are registered from Python, one module per op family
+// (fastar/ops/<family>.py).
 
 #include <torch/library.h>
 

@@ -50,6 +50,17 @@ def _default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _device(text):
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError("expected a device such as cpu, cuda or cuda:1, got %r"
+                                         % text)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("%s: no CUDA GPU is visible" % text)
+    return text
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m fastar", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +72,7 @@ def _parser():
                    help="training steps (default: about two minutes' worth on a 2-core CPU)")
     d.add_argument("--test-limit", type=_int_at_least(0), default=0,
                    help="score the first N test images only (0: all 10,000)")
-    d.add_argument("--device", default=_default_device())
+    d.add_argument("--device", type=_device, default=_default_device())
 
     t = sub.add_parser("train", help="train a model; resumes from OUT/checkpoint.pt")
     t.add_argument("model", choices=sorted(models.MODELS))
@@ -77,7 +88,7 @@ def _parser():
     t.add_argument("--model-args", type=_model_args, default={},
                    help="JSON object of config keywords (see the model's config class)")
     t.add_argument("--out", default="runs/default")
-    t.add_argument("--device", default=_default_device())
+    t.add_argument("--device", type=_device, default=_default_device())
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--conditional", action="store_true",
                    help="condition on the class labels (gated_pixelcnn)")
@@ -88,7 +99,7 @@ def _parser():
     e.add_argument("--batch-size", type=_int_at_least(1), default=256)
     e.add_argument("--limit", type=_int_at_least(0), default=0)
     e.add_argument("--samples", default="", help="write a PNG grid of 16 samples here")
-    e.add_argument("--device", default=_default_device())
+    e.add_argument("--device", type=_device, default=_default_device())
     return parser
 
 
@@ -98,19 +109,25 @@ def main(argv=None):
 
     if args.command == "demo":
         from fastar import demo
-        demo.run(out=args.out, steps=args.steps, test_limit=args.test_limit, device=args.device)
+        try:
+            demo.run(out=args.out, steps=args.steps, test_limit=args.test_limit,
+                     device=args.device)
+        except train.SettingsError as e:
+            raise SystemExit("python -m fastar demo: %s" % e)
     elif args.command == "train":
-        settings = train.Settings(**{f.name: getattr(args, f.name)
-                                     for f in dataclasses.fields(train.Settings)})
-        try:  # bad keywords fail here, in one line, before any data is read
-            train.model_config(settings.model, settings.dataset, settings.model_args,
-                               settings.conditional)
-        except (TypeError, ValueError) as e:
+        settings = train.Settings(**{f.name: getattr(args, f.name) for f in
+                                     dataclasses.fields(train.Settings) if hasattr(args, f.name)})
+        try:
+            path = train.train(settings)
+        except train.SettingsError as e:  # one line, before any data is read or file written
             raise SystemExit("python -m fastar train: %s" % e)
-        path = train.train(settings)
         if int(os.environ.get("RANK", "0")) == 0:
-            print("checkpoint: %s\nbest: %s" % (path, path.replace("checkpoint.pt", "best.pt")))
+            print("checkpoint: %s" % path)
+            if settings.validate:
+                print("best: %s" % os.path.join(settings.out, "best.pt"))
     else:
+        if not os.path.isfile(args.checkpoint):
+            raise SystemExit("python -m fastar eval: no checkpoint at %s" % args.checkpoint)
         model, state = train.load_model(args.checkpoint, args.device)
         num_classes = state["config"].get("num_classes")
         x, y = train.load_split(state["dataset"], args.split, args.limit, bool(num_classes))

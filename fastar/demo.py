@@ -1,19 +1,15 @@
 """`python -m fastar demo`: a small Gated PixelCNN on binarized MNIST, end to end.
 
-Trains it for a fixed number of steps (about two minutes on a 2-core CPU; reused when the
-checkpoint of the same settings is already in OUT), scores the test split, prints the result
-beside the papers' figures, and writes a PNG of samples.
+Trains it with `fastar.train` for a fixed number of steps (about two minutes on a 2-core CPU;
+reused when the checkpoint of the same settings is already in OUT), scores the test split,
+prints the result beside the papers' figures, and writes a PNG of samples.
 """
 
-import dataclasses
 import os
 import time
 from typing import Optional
 
-import torch
-
 from fastar import train
-from fastar._io import atomic_save
 
 MODEL = "gated_pixelcnn"
 DATASET = "binarized_mnist"
@@ -29,62 +25,33 @@ PAPERS = (("MADE, 1 hidden layer, 1 mask (Germain et al. 2015, Table 6)", 88.40)
           ("PixelRNN, Diagonal BiLSTM (van den Oord et al. 2016a, Table 4)", 79.20))
 
 
-@dataclasses.dataclass
-class _Run:
-    steps: int
-    model_args: dict
-    batch_size: int = BATCH_SIZE
-    lr: float = LR
-    seed: int = SEED
-
-
-def _train(run: _Run, device: str):
-    from tqdm import tqdm
-
-    torch.manual_seed(run.seed)
-    model = train.build_model(MODEL, DATASET, run.model_args).to(device)
-    x, _ = train.load_split(DATASET, "train")
-    opt = torch.optim.Adam(model.parameters(), lr=run.lr)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(run.seed))
-    model.train()
-    bar = tqdm(range(run.steps), desc="training %s" % MODEL)
-    for step in bar:
-        index = order[(torch.arange(run.batch_size) + step * run.batch_size) % len(x)]
-        loss = -model.log_prob(x[index].to(device)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(nats="%.1f" % loss.item())
-    return model
+def settings(out: str, steps: int, device: str) -> train.Settings:
+    """The demo's run: one pass over the first steps * BATCH_SIZE training images."""
+    return train.Settings(MODEL, DATASET, out, epochs=1, batch_size=BATCH_SIZE, lr=LR,
+                          seed=SEED, limit=steps * BATCH_SIZE, model_args=MODEL_ARGS,
+                          device=device, validate=False)
 
 
 def run(out: str = "fastar-demo", steps: Optional[int] = None, test_limit: int = 0,
         device: str = "cpu") -> float:
-    """Runs the demo; returns the test NLL in nats."""
+    """Runs the demo; returns the test NLL in nats. Rerun with the same OUT and steps, it
+    reuses the checkpoint (train's resume finds the run finished)."""
     started = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
-    ckpt_path = os.path.join(out, "demo.pt")
-    spec = _Run(steps=steps or DEFAULT_STEPS, model_args=MODEL_ARGS)
-    model = None
+    steps = steps or DEFAULT_STEPS
+    ckpt_path = os.path.join(out, "checkpoint.pt")
     if os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location=device)
-        if state.get("run") == dataclasses.asdict(spec):
-            model, _ = train.load_model(ckpt_path, device)
-            print("reusing %s (%d training steps)" % (ckpt_path, spec.steps))
-    if model is None:
+        print("reusing %s (if it was trained with these settings)" % ckpt_path)
+    else:
         print("training a Gated PixelCNN (%s) on binarized MNIST for %d steps of %d images"
-              % (", ".join("%s=%s" % kv for kv in MODEL_ARGS.items()), spec.steps,
-                 spec.batch_size))
-        model = _train(spec, device)
-        atomic_save({"model": model.state_dict(), "model_name": MODEL, "dataset": DATASET,
-                     "config": dataclasses.asdict(model.config),
-                     "run": dataclasses.asdict(spec)}, ckpt_path)
+              % (", ".join("%s=%s" % kv for kv in MODEL_ARGS.items()), steps, BATCH_SIZE))
+    train.train(settings(out, steps, device))
+    model, _ = train.load_model(ckpt_path, device)
     x, _ = train.load_split(DATASET, "test", test_limit)
     nats, bpd = train.evaluate(model, x, 256, device, progress="scoring the test split")
     print("\ntest NLL on binarized MNIST (%d images): %.2f nats (%.4f bits/dim)"
           % (len(x), nats, bpd))
     print("  %-66s %.2f" % ("this demo: Gated PixelCNN after %d steps (%d images seen)"
-                             % (spec.steps, spec.steps * spec.batch_size), nats))
+                             % (steps, steps * BATCH_SIZE), nats))
     for name, value in PAPERS:
         print("  %-66s %.2f" % (name, value))
     print("  (the papers' models are larger and were trained to convergence)")

@@ -21,11 +21,21 @@ def uniforms(shape, generator: Optional[torch.Generator] = None,
 
 def categorical(logits: Tensor, u: Tensor) -> Tensor:
     """Inverse-CDF draw from softmax(logits) along the last dim: the smallest value v with
-    u < P(value <= v). logits (..., V), u (...) in [0, 1); returns int64 (...). Computed in
-    float64, so the same logits and u give the same value however the logits were produced."""
-    cdf = torch.softmax(logits.double(), dim=-1).cumsum(dim=-1)
-    value = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
-    return value.clamp(max=logits.shape[-1] - 1)  # u beyond a cdf that rounds below 1
+    u < P(value <= v). logits (..., V), u (...) in [0, 1); returns int64 (...). The CDF is
+    computed in float64 whatever the logits' dtype, and divided by its last entry, so it ends
+    at exactly 1 and a value of probability 0 is never drawn. Raises ValueError for logits
+    that define no distribution (NaN, +inf, or all -inf in a row)."""
+    if tuple(u.shape) != tuple(logits.shape[:-1]):
+        raise ValueError("categorical: expected u of shape %s (logits' without the last dim), "
+                         "got %s" % (tuple(logits.shape[:-1]), tuple(u.shape)))
+    logits = logits.double()
+    top = logits.amax(dim=-1, keepdim=True)
+    if not torch.isfinite(top).all() or logits.isnan().any():
+        raise ValueError("categorical: logits define no distribution (NaN, +inf, or every "
+                         "logit -inf in a row)")
+    cdf = torch.exp(logits - top).cumsum(dim=-1)
+    cdf = cdf / cdf[..., -1:]
+    return (cdf <= u.unsqueeze(-1)).sum(dim=-1)
 
 
 def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256,
@@ -54,6 +64,8 @@ def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256,
         raise ValueError("dmol_sample: expected params of shape (B, P, *S) with P a positive "
                          "multiple of %d for num_channels=%d, got shape %s"
                          % (per_component, num_channels, tuple(params.shape)))
+    # At least float32: uniforms of float16 or bfloat16 are too coarse to reach the tails.
+    params = params.to(torch.promote_types(params.dtype, torch.float32))
     logits, means, log_scales, coeffs = reference.dmol_components(params, num_channels)
 
     def uniform(shape):

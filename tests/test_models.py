@@ -80,6 +80,15 @@ def test_config_rebuilds_the_model(name):
         type(model)(hiden_size=3)
 
 
+@pytest.mark.parametrize("name", ["PixelCNN", "GatedPixelCNN"])
+def test_log_prob_compiles_fullgraph(name):
+    torch._dynamo.reset()
+    model = SMALL[name]((1, 4, 4)).eval()
+    x = torch.randint(0, 2, (3, 1, 4, 4))
+    compiled = torch.compile(model.log_prob, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model.log_prob(x))
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 def test_inputs_a_model_cannot_score_are_refused(name):
     model = SMALL[name]((1, 3, 3))
@@ -113,6 +122,9 @@ def test_prefix_is_kept_and_the_rest_generated(name, cached):
     assert (out.view(5, -1)[:, order[4:]] == 0).any()  # generated: not all copied
     with pytest.raises(ValueError, match="prefix and num_given go together"):
         model.sample(5, prefix=prefix)
+    with pytest.raises(ValueError, match=r"expected prefix of shape \(4, 1, 3, 3\), got "
+                                         r"\(5, 1, 3, 3\)"):
+        model.sample(4, prefix=prefix, num_given=2)
 
 
 def test_made_cached_sampling_equals_naive_and_steps_match_the_forward():

@@ -26,7 +26,8 @@ def _tuple(out):
 
 
 def _with_grad(args, info: OpInfo):
-    return tuple(a.detach().clone().requires_grad_() if i in info.grad_args and a is not None
+    """Fresh leaves of the differentiable args (same storage and strides)."""
+    return tuple(a.detach().requires_grad_() if i in info.grad_args and a is not None
                  else a for i, a in enumerate(args))
 
 
@@ -53,7 +54,7 @@ def _check_against(info, path, args, ref_fn, tol, grad_tol):
 @pytest.mark.parametrize("info,device", CASES)
 def test_matches_reference_float64(info, device):
     for sample in info.sample_inputs(device, torch.float64, full=True):
-        for path in info.paths(device):
+        for path in info.paths():
             _check_against(info, path, sample.args, info.reference, info.tol64, info.grad_tol64)
 
 
@@ -61,13 +62,15 @@ def _max_err(a, truth):
     return (a.double() - truth).abs().max().item() if a.numel() else 0.0
 
 
-def _outputs_and_grads(fn, args, info, grad_seed):
+def _outputs_and_grads(fn, args, info, grad_seed, grad_dtype=None):
+    """Outputs, and for a differentiable op the gradients for a seeded grad_out, rounded
+    through grad_dtype (so a float64 truth sees the grad_out the kernel saw)."""
     args = _with_grad(args, info)
     out = _tuple(fn(*args))
     if not info.differentiable:
         return out
     g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(grad_seed),
-                    dtype=torch.float64).to(out[0])
+                    dtype=torch.float64).to(grad_dtype or out[0].dtype).to(out[0])
     return out + tuple(_grads(out[0], args, info, g))
 
 
@@ -83,7 +86,7 @@ def test_reduced_precision(request, info, device, dtype):
     for sample in info.sample_inputs(device, dtype):
         upcast = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point()
                        else a for a in sample.args)
-        truth = _outputs_and_grads(info.reference, upcast, info, 0)
+        truth = _outputs_and_grads(info.reference, upcast, info, 0, dtype)
         theirs = _outputs_and_grads(info.reference, sample.args, info, 0)
         ours = _outputs_and_grads(info.fn or info.op, sample.args, info, 0)
         bound = info.reduced_tol[dtype]
@@ -102,7 +105,7 @@ def test_gradcheck(info, device):
     for sample in info.sample_inputs(device, torch.float64):
         if not sample.gradcheck:
             continue
-        for path in info.paths(device):
+        for path in info.paths():
             args = _with_grad(sample.args, info)
             index = [i for i in info.grad_args if args[i] is not None]
 
@@ -113,6 +116,12 @@ def test_gradcheck(info, device):
                 return path(*full)
 
             assert torch.autograd.gradcheck(f, tuple(args[i] for i in index)), sample.name
+
+
+@pytest.mark.parametrize("info", OP_DB, ids=lambda i: i.name)
+def test_the_schema_declares_what_the_row_says(info):
+    # A mutating op must declare Tensor(a!) (and return nothing), or torch.compile reorders it.
+    assert info.op._schema.is_mutable == info.mutating
 
 
 @pytest.mark.parametrize("info,device", CASES)
@@ -138,7 +147,7 @@ def test_torch_compile_fullgraph(info, device):
 @pytest.mark.parametrize("info,device", DIFFERENTIABLE)
 def test_double_backward_raises_instead_of_returning_zeros(info, device):
     sample = info.sample_inputs(device, torch.float64)[0]
-    for path in info.paths(device):
+    for path in info.paths():
         args = _with_grad(sample.args, info)
         inputs = [args[i] for i in info.grad_args if args[i] is not None]
         grads = torch.autograd.grad(_tuple(path(*args))[0].sum(), inputs, create_graph=True)
@@ -156,7 +165,7 @@ def _empty_batch(args):
 @pytest.mark.parametrize("info,device", CASES)
 def test_empty_batch(info, device):
     args = _with_grad(_empty_batch(info.sample_inputs(device, torch.float32)[0].args), info)
-    for path in info.paths(device):
+    for path in info.paths():
         out = _tuple(path(*args))
         expected = _tuple(info.reference(*args))
         for o, e in zip(out, expected):
@@ -180,11 +189,19 @@ def _non_contiguous(t):
 @pytest.mark.parametrize("info,device", CASES)
 def test_non_contiguous_inputs(info, device):
     for sample in info.sample_inputs(device, torch.float64)[:3]:
-        for path in info.paths(device):
+        for path in info.paths():
             strided = _with_grad(tuple(_non_contiguous(a) for a in sample.args), info)
+            assert all(not a.is_contiguous() for a in strided
+                       if isinstance(a, torch.Tensor) and a.numel() > 1)
             args = _with_grad(sample.args, info)
-            for a, b in zip(_tuple(path(*strided)), _tuple(path(*args))):
+            out_strided, out = _tuple(path(*strided)), _tuple(path(*args))
+            for a, b in zip(out_strided, out):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+            if info.differentiable:
+                g = torch.randn_like(out[0])
+                for a, b in zip(_grads(out_strided[0], strided, info, g),
+                                _grads(out[0], args, info, g)):
+                    torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("info", [i for i in OP_DB if "cuda" in i.devices],
@@ -194,7 +211,7 @@ def test_cuda_matches_cpu(info):
     # Same formulas on both backends (csrc/common/): float32 results agree to rounding.
     for sample in info.sample_inputs("cpu", torch.float32):
         cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in sample.args)
-        for path in info.paths("cuda"):
+        for path in info.paths():
             for a, b in zip(_outputs_and_grads(path, cuda_args, info, 2),
                             _outputs_and_grads(path, sample.args, info, 2)):
-                torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(a.cpu(), b, rtol=info.cuda_tol, atol=info.cuda_tol)

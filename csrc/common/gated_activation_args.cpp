@@ -35,7 +35,7 @@ GatedActivationArgs prepare_gated_activation(const char* op, const at::Tensor& x
     TORCH_CHECK(broadcasts, "fastar::", op, ": expected cond to broadcast to x's shape ",
                 x.sizes(), ", but got cond of shape ", c.sizes());
     const at::Tensor expanded = c.expand(x.sizes());
-    if (per_row || args.L == 1) {
+    if ((per_row || args.L == 1) && x.numel() > 0) {  // selecting index 0 needs a non-empty x
       at::Tensor rows = expanded;
       while (rows.dim() > 2) rows = rows.select(2, 0);
       args.cond = rows.contiguous();

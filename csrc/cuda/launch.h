@@ -7,9 +7,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <utility>
 
@@ -19,26 +21,32 @@ namespace cuda {
 // Most blocks of one launch. A 32-bit index of a grid-stride loop must stay valid one grid
 // stride past the end, so kernels that index in 32 bits check n against this bound.
 constexpr int64_t kMaxBlocks = 65536;
-// Resident threads per SM on every architecture we build for (sm_80, sm_90); blocks beyond a
-// few waves of them only add scheduling to a grid-stride loop.
-constexpr int kThreadsPerSm = 2048;
+// Waves of resident blocks a grid-stride launch asks for: more only adds scheduling.
 constexpr int kWaves = 4;
 
-// Streaming multiprocessors of the current device, queried once per device.
-inline int multiprocessor_count() {
-  static int counts[64] = {};
+// Resident threads per SM times SMs of the current device: queried once per device (the
+// cache is written with the same value by whichever thread comes first).
+inline int64_t resident_threads() {
+  static std::atomic<int64_t> cache[64] = {};
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  int& count = counts[device % 64];
-  if (count == 0)
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  TORCH_CHECK(device < 64, "fastar: devices beyond 64 are not supported, got device ", device);
+  int64_t threads = cache[device].load(std::memory_order_relaxed);
+  if (threads == 0) {
+    int sms = 0, per_sm = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+    threads = int64_t(sms) * per_sm;
+    cache[device].store(threads, std::memory_order_relaxed);
+  }
+  return threads;
 }
 
 // Blocks of `threads` for a grid-stride loop over n items on the current device.
 inline unsigned int num_blocks(int64_t n, int threads) {
   const int64_t needed = (n + threads - 1) / threads;
-  const int64_t filled = int64_t(multiprocessor_count()) * (kThreadsPerSm / threads) * kWaves;
+  const int64_t filled = resident_threads() / threads * kWaves;
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min({needed, filled, kMaxBlocks})));
 }
 

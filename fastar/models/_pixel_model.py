@@ -31,10 +31,3 @@ class PixelModel(AutoregressiveModel):
     def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         B, C, H, W = x.shape
         return self.logits(x, cond).view(B, C, self.num_values, H, W).transpose(1, 2)
-
-    def sample(self, n: int, cond: Optional[Tensor] = None, *, cached: Optional[bool] = None,
-               prefix: Optional[Tensor] = None, num_given: Optional[int] = None,
-               generator=None) -> Tensor:
-        """(n, C, H, W) int64 samples in raster order (see `AutoregressiveModel.generate`)."""
-        return self.generate(n, self.image_shape, cond, cached=cached, prefix=prefix,
-                             num_given=num_given, generator=generator)

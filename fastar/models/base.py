@@ -106,9 +106,11 @@ class AutoregressiveModel(nn.Module):
         if x.dim() != 1 + len(expected) or tuple(x.shape[1:]) != tuple(expected):
             raise ValueError("%s: expected x of shape (B, %s), got %s" % (
                 name, ", ".join(map(str, expected)), tuple(x.shape)))
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_values):
-            raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
-                             % (name, self.num_values, int(x.min()), int(x.max())))
+        if x.numel() and not torch.compiler.is_compiling():  # a data-dependent check
+            low, high = (int(v) for v in torch.aminmax(x))  # one reduction, one sync
+            if low < 0 or high >= self.num_values:
+                raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
+                                 % (name, self.num_values, low, high))
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape)."""
@@ -122,35 +124,53 @@ class AutoregressiveModel(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def sample(self, n: int, cond: Optional[Tensor] = None, *, length: Optional[int] = None,
+               cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
+               num_given: Optional[int] = None,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+        """(n, *event_shape) int64 samples; length: T of audio models (images have a fixed
+        shape). See `generate` for the other arguments."""
+        return self.generate(n, self.event_shape(length), cond, cached=cached, prefix=prefix,
+                             num_given=num_given, generator=generator)
+
+    def check_prefix(self, n: int, event_shape: Sequence[int], prefix: Optional[Tensor],
+                     num_given: Optional[int]) -> None:
+        """Raises ValueError unless prefix and num_given are both absent, or prefix is
+        (n, *event_shape) data the model can score and num_given in [0, D]."""
+        name = type(self).__name__
+        if (prefix is None) != (num_given is None):
+            raise ValueError("%s.sample: prefix and num_given go together (got %s)" % (
+                name, "a prefix without num_given" if num_given is None
+                else "num_given without a prefix"))
+        if prefix is None:
+            return
+        if tuple(prefix.shape) != (n, *event_shape):
+            raise ValueError("%s.sample: expected prefix of shape %s, got %s"
+                             % (name, (n, *event_shape), tuple(prefix.shape)))
+        D = math.prod(event_shape)
+        if not 0 <= num_given <= D:
+            raise ValueError("%s.sample: expected num_given in [0, %d], got %d"
+                             % (name, D, num_given))
+        self.check_input(prefix)
+
     @torch.no_grad()
     def generate(self, n: int, event_shape: Sequence[int], cond: Optional[Tensor] = None, *,
                  cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
                  num_given: Optional[int] = None,
                  generator: Optional[torch.Generator] = None) -> Tensor:
         """The generation loop (see the module docstring). prefix: (n, *event_shape) values
-        whose first num_given positions in generation order are kept (e.g. the top r rows of
-        an image: num_given = r * W * C); cached=None uses the cache where the model has one.
+        whose first num_given positions in generation order are kept (the top r rows of an
+        image in raster order: num_given = r * W * C); cached=None uses the cache where the model has one.
         Returns int64 (n, *event_shape)."""
-        name = type(self).__name__
         event_shape = tuple(event_shape)
         D = math.prod(event_shape)
         if cached is None:
             cached = self.has_cache
-        if (prefix is None) != (num_given is None):
-            raise ValueError("%s.sample: prefix and num_given go together (got %s)" % (
-                name, "a prefix without num_given" if num_given is None
-                else "num_given without a prefix"))
+        self.check_prefix(n, event_shape, prefix, num_given)
         device = self._device()
         x = torch.zeros(n, *event_shape, dtype=torch.long, device=device)
         num_given = num_given or 0
         if prefix is not None:
-            if tuple(prefix.shape) != (n, *event_shape):
-                raise ValueError("%s.sample: expected prefix of shape %s, got %s"
-                                 % (name, (n, *event_shape), tuple(prefix.shape)))
-            if not 0 <= num_given <= D:
-                raise ValueError("%s.sample: expected num_given in [0, %d], got %d"
-                                 % (name, D, num_given))
-            self.check_input(prefix)
             x.copy_(prefix)
         order = self.generation_order(event_shape).tolist()
         u = sampling.uniforms((n, D), generator, device)  # drawn whole: one stream, any path

@@ -198,25 +198,30 @@ class MADE(AutoregressiveModel):
         return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(self.num_masks)
 
     @torch.no_grad()
-    def sample(self, n: int, cond: Optional[Tensor] = None, *, cached: Optional[bool] = None,
-               prefix: Optional[Tensor] = None, num_given: Optional[int] = None,
+    def sample(self, n: int, cond: Optional[Tensor] = None, *, length: Optional[int] = None,
+               cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
+               num_given: Optional[int] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
         """(n, C, H, W) int64 samples, one dimension at a time in each sample's ordering. With
         several masks each sample first draws its mask uniformly, which samples the ensemble's
-        averaged distribution exactly; then the rows of each mask are generated together (see
+        averaged distribution exactly; then the rows of each mask are generated together, each
+        in its mask's ordering (so num_given counts values in that ordering; see
         `AutoregressiveModel.generate` for the other arguments)."""
         self._check_cond(cond)
+        self.check_prefix(n, self.image_shape, prefix, num_given)
         device = self.out.weight.device
         which = torch.randint(self.num_masks, (n,), generator=generator, device=device)
         x = torch.zeros(n, *self.image_shape, dtype=torch.long, device=device)
         current = int(self.mask_index)
-        for i in range(self.num_masks):
-            rows = (which == i).nonzero().flatten()
-            if rows.numel() == 0:
-                continue
-            self._use(i)
-            x[rows] = self.generate(len(rows), self.image_shape, cached=cached,
-                                    prefix=None if prefix is None else prefix[rows],
-                                    num_given=num_given, generator=generator)
-        self._use(current)
+        try:
+            for i in range(self.num_masks):
+                rows = (which == i).nonzero().flatten()
+                if rows.numel() == 0:
+                    continue
+                self._use(i)
+                x[rows] = self.generate(len(rows), self.image_shape, cached=cached,
+                                        prefix=None if prefix is None else prefix[rows],
+                                        num_given=num_given, generator=generator)
+        finally:
+            self._use(current)
         return x

@@ -3,7 +3,8 @@
 module per op family.
 
 Every op runs on CPU (float32, float64, float16, bfloat16) and, when fastar was built with CUDA,
-on GPU (the same dtypes; reduced-precision inputs are computed in float32). Each has a
+on GPU (the same dtypes; reduced-precision inputs are computed in float32), except
+dmol_log_prob_with_grad, the CPU's training path. Each has a
 pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
 instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
 order: a double backward raises a clear error), traceable by torch.compile(fullgraph=True) and
@@ -21,7 +22,7 @@ _extension.load()
 # After load: the registrations below need the op schemas.
 from fastar.ops._common import current_implementation, implementation  # noqa: E402
 from fastar.ops.dmol import dmol_log_prob  # noqa: E402
-from fastar.ops.gated_activation import gated_activation  # noqa: E402
+from fastar.ops.gated import gated_activation  # noqa: E402
 
 __all__ = ["current_implementation", "dmol_log_prob", "gated_activation", "implementation",
            "kernels"]

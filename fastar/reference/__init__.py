@@ -6,6 +6,6 @@ compiled extension.
 """
 
 from fastar.reference.dmol import dmol_components, dmol_log_prob
-from fastar.reference.gated_activation import gated_activation
+from fastar.reference.gated import gated_activation
 
 __all__ = ["dmol_components", "dmol_log_prob", "gated_activation"]

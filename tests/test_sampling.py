@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from fastar import sampling
+
+
+def test_categorical_inverts_the_cdf():
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
+    for u, v in ((0.0, 0), (0.1999, 0), (0.2001, 1), (0.6999, 1), (0.7001, 2), (1 - 2**-53, 2)):
+        assert sampling.categorical(logits, torch.tensor([u], dtype=torch.float64)).item() == v
+
+
+def test_categorical_never_draws_a_value_of_probability_zero():
+    # Rows whose cdf would round below 1: u just under 1 must still land on a possible value.
+    logits = torch.randn(2000, 8, dtype=torch.float64) * 5
+    logits[:, -1] = -float("inf")
+    u = torch.full((2000,), 1 - 2**-53, dtype=torch.float64)
+    assert (sampling.categorical(logits, u) < 7).all()
+    huge = torch.tensor([[1e300, -1e300, 1e300]], dtype=torch.float64)
+    assert sampling.categorical(huge, torch.tensor([0.75], dtype=torch.float64)).item() == 2
+
+
+def test_categorical_rejects_what_is_no_distribution():
+    u = torch.zeros(1, dtype=torch.float64)
+    for row in ([float("nan"), 0.0], [0.0, float("inf")], [-float("inf"), -float("inf")]):
+        with pytest.raises(ValueError, match="define no distribution"):
+            sampling.categorical(torch.tensor([row]), u)
+    with pytest.raises(ValueError, match=r"expected u of shape \(3,\)"):
+        sampling.categorical(torch.zeros(3, 2), torch.zeros(3, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dmol_sample_reaches_no_tail_it_should_not_in_half_precision(dtype):
+    # One logistic with mean 0 and scale e^-3: the edge bin 0 has probability about 2e-9.
+    params = torch.tensor([0.0, 0.0, -3.0]).view(1, 3, 1).expand(200_000, 3, 1).to(dtype)
+    x = sampling.dmol_sample(params, 1, generator=torch.Generator().manual_seed(0))
+    assert (x == 0).sum() == 0
