@@ -161,3 +161,28 @@ def test_sample_follows_log_prob_chi_square(device, C, num_bins):
     # Wilson-Hilferty approximation of the chi-square quantile at p = 0.999.
     critical = df * (1 - 2 / (9 * df) + 3.09 * math.sqrt(2 / (9 * df))) ** 3
     assert stat.item() < critical, (stat.item(), critical, df)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,logits", [
+    (torch.float32, (1e8, 0.0, 0.0)),  # the reported case: -8.0 instead of -5.366
+    (torch.float32, (1e8, 1e8 - 16, 1e8 - 32)), (torch.float32, (-1e8, -1e8 - 16, -1e8 - 32)),
+    (torch.float64, (1e17, 1e17 - 16, 1e17 - 32)), (torch.float32, (3e4, 3e4 - 16, 3e4 - 32))])
+def test_a_common_shift_of_the_logits_changes_nothing(device, dtype, logits):
+    # log-softmax is shift-invariant; a raw logit added to the component's log P, with the
+    # normalizer subtracted afterwards, cancels catastrophically.
+    params = torch.tensor([*logits, .1, .2, .3, -2, -2, -2], dtype=torch.float64).view(1, 9, 1)
+    x = torch.tensor([[[100]]])
+    unshifted = params.clone()
+    unshifted[:, :3] -= logits[0]  # exact in float64
+    truth = unshifted.clone().requires_grad_()
+    expected = reference.dmol_log_prob(x, truth, 256)
+    (g_ref,) = torch.autograd.grad(expected.sum(), truth)
+    if logits[1] == 0.0:
+        assert abs(expected.item() - (-5.366)) < 1e-3
+    for f in (ops.dmol_log_prob, torch.ops.fastar.dmol_log_prob):
+        p = params.to(device=device, dtype=dtype).requires_grad_()
+        lp = f(x.to(device), p, 256)
+        torch.testing.assert_close(lp.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+        (g,) = torch.autograd.grad(lp.sum(), p)
+        torch.testing.assert_close(g.double().cpu(), g_ref, rtol=1e-4, atol=1e-5)

@@ -14,9 +14,9 @@ MASKED = list(itertools.product(["A", "B"], [1, 3], [1, 3, 5, 7], [1, 2]))
 
 
 def _masked_weight_reference(conv, x):
-    d = conv.dilation[0]
-    pad = (d * (conv.kernel_size[0] // 2), d * (conv.kernel_size[1] // 2))
-    return F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=pad, dilation=d)
+    dh, dw = conv.dilation
+    pad = (dh * (conv.kernel_size[0] // 2), dw * (conv.kernel_size[1] // 2))
+    return F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=pad, dilation=(dh, dw))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -39,7 +39,7 @@ def test_masked_conv_equals_masked_weight_conv(device, mask_type, groups, k, dil
     assert (grads[1][conv.mask == 0] == 0).all()  # masked taps get exactly no gradient
 
 
-def test_masked_conv_inference_cache_follows_weight_and_mask_changes():
+def test_masked_conv_always_uses_the_current_weight_and_mask():
     conv = MaskedConv2d(6, 6, 3, "B", color_groups=3)
     x = torch.randn(2, 6, 5, 5)
 
@@ -48,8 +48,11 @@ def test_masked_conv_inference_cache_follows_weight_and_mask_changes():
 
     with torch.no_grad():
         torch.testing.assert_close(conv(x), expected())
-        assert conv.cropped_weight() is conv.cropped_weight()  # cached, not rebuilt
         conv.weight.mul_(2)  # an optimizer step is an in-place update
+        torch.testing.assert_close(conv(x), expected())
+        conv.weight.data.mul_(-3)  # EMA-style writes through .data bump no version counter
+        torch.testing.assert_close(conv(x), expected())
+        conv.weight.data = torch.randn_like(conv.weight)  # a new tensor behind the parameter
         torch.testing.assert_close(conv(x), expected())
         conv.load_state_dict({k: torch.randn_like(v) for k, v in conv.state_dict().items()})
         torch.testing.assert_close(conv(x), expected())
@@ -57,6 +60,16 @@ def test_masked_conv_inference_cache_follows_weight_and_mask_changes():
         torch.testing.assert_close(conv(x), expected())
         conv.double()
         torch.testing.assert_close(conv(x.double()), expected())
+
+
+@pytest.mark.parametrize("kernel_size,dilation", [(3, (2, 1)), ((3, 5), (1, 3)), ((5, 3), 2)])
+def test_masked_conv_takes_per_axis_kernel_sizes_and_dilations(kernel_size, dilation):
+    conv = MaskedConv2d(3, 4, kernel_size, "B", dilation=dilation).double()
+    with torch.no_grad():
+        conv.weight.normal_()
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), _masked_weight_reference(conv, x))
+    assert_autoregressive(conv, (1, 3, 6, 7), inclusive=True)
 
 
 @pytest.mark.parametrize("mask_type,groups,k,dilation", MASKED,
@@ -183,6 +196,16 @@ def test_bad_arguments_are_rejected():
         GatedPixelCNNLayer(4, 4, "B")
     with pytest.raises(ValueError, match="gate_channels must be even"):
         WaveNetBlock(4, 7, 4, 1)
+    with pytest.raises(ValueError, match=r"MaskedConv2d: dilation must be a positive int or a "
+                                         r"pair of them, got \(2, 1, 1\)"):
+        MaskedConv2d(3, 3, 3, "A", dilation=(2, 1, 1))
+    with pytest.raises(ValueError, match=r"MaskedConv2d: kernel_size must be .* got \(3, 0\)"):
+        MaskedConv2d(3, 3, (3, 0), "A")
+    with pytest.raises(ValueError, match=r"CausalConv1d: dilation must be a positive int, got "
+                                         r"\(2, 1\)"):
+        CausalConv1d(3, 3, 2, dilation=(2, 1))
+    with pytest.raises(ValueError, match="kernel_size must be odd and >= 3"):
+        GatedPixelCNNLayer(4, (3, 3), "B")
 
 
 def test_blind_spot_figure(tmp_path):

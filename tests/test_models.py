@@ -185,6 +185,27 @@ def test_a_few_training_steps_lower_the_loss(name):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_a_conditional_model_refuses_missing_or_wrong_conditions():
+    labels = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2, num_classes=3)
+    vectors = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2,
+                            cond_channels=5)
+    plain = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2)
+    x = torch.randint(0, 2, (2, 1, 3, 3))
+    for model, cond, message in (
+            (labels, None, r"expected cond: labels of shape \(2,\) in \[0, 3\); got none"),
+            (labels, torch.tensor([0, 3]), r"got torch.int64 of shape \(2,\) with values in "
+                                           r"\[0, 3\]"),
+            (labels, torch.tensor([-1, 0]), r"with values in \[-1, 0\]"),
+            (labels, torch.zeros(2, 3), r"got torch.float32 of shape \(2, 3\)"),
+            (vectors, None, r"expected cond: a float condition of shape \(2, 5\); got none"),
+            (vectors, torch.zeros(2, 4), r"got torch.float32 of shape \(2, 4\)"),
+            (plain, torch.tensor([0, 1]), r"takes no cond; got one of shape \(2,\)")):
+        with pytest.raises(ValueError, match="GatedPixelCNN: " + ".*" + message):
+            model.log_prob(x, cond)
+    assert labels.log_prob(x, torch.tensor([0, 2])).shape == (2,)
+    assert vectors.log_prob(x, torch.zeros(2, 5)).shape == (2,)
+
+
 def test_conditioning_changes_the_samples():
     torch.manual_seed(0)
     model = _randomized(GatedPixelCNN(image_shape=(1, 4, 4), hidden_channels=4, num_layers=2,

@@ -115,7 +115,8 @@ def test_gradcheck(info, device):
                     full[i] = t
                 return path(*full)
 
-            assert torch.autograd.gradcheck(f, tuple(args[i] for i in index)), sample.name
+            assert torch.autograd.gradcheck(f, tuple(args[i] for i in index),
+                                            nondet_tol=info.gradcheck_nondet_tol), sample.name
 
 
 @pytest.mark.parametrize("info", OP_DB, ids=lambda i: i.name)

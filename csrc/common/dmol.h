@@ -214,31 +214,38 @@ FASTAR_HD ComponentTerm<T, C> component_term(const Pixel<T, C>& px, const Param&
   return out;
 }
 
+// The log-softmax of a component's clamped logit, log_weight = (logit - max) - log_sum with
+// max and log_sum = log sum exp(logits - max) over the components. Never written as
+// logit - (max + log_sum): for huge logits max + log_sum rounds to max, and the weights of
+// two tied components would come out as 1 each instead of 1/2.
+template <typename T>
+FASTAR_HD T log_weight(T clamped_logit, T max, T log_sum) {
+  return (clamped_logit - max) - log_sum;
+}
+
 // Component k's share of the gradient of log_prob: the posterior responsibility
-// w = exp(logit - lse_logits + component log P - log_prob), which scales the gradients of its
-// means, log-scales and coefficients, and d log_prob / d logit_k = w - softmax(logits)_k.
+// w = exp(log_weight + component log P - log_prob), which scales the gradients of its means,
+// log-scales and coefficients, and d log_prob / d logit_k = w - softmax(logits)_k.
 template <typename T>
 struct Responsibility {
   T weight, d_logit;
 };
 
 template <typename T>
-FASTAR_HD Responsibility<T> responsibility(T normalized_logit, T component_log_prob,
-                                           T log_prob) {
-  const T w = math::exp(normalized_logit + component_log_prob - log_prob);
-  return {w, w - math::exp(normalized_logit)};
+FASTAR_HD Responsibility<T> responsibility(T log_weight, T component_log_prob, T log_prob) {
+  const T w = math::exp(log_weight + component_log_prob - log_prob);
+  return {w, w - math::exp(log_weight)};
 }
 
-// Writes the gradient of g * log_prob with respect to component k's parameters, given the
-// position's log-normalizer of the logits and its log_prob (the forward's output), so one
-// pass over the components suffices. `grad(i, value)` stores at index i of dim 1.
+// Writes the gradient of g * log_prob with respect to component k's parameters, given its
+// log_weight and the position's log_prob (computed from the same terms), so one pass over the
+// components suffices. `grad(i, value)` stores at index i of dim 1.
 template <typename T, int C, typename Param, typename Grad>
 FASTAR_HD void component_backward(const Pixel<T, C>& px, const Param& param, const Grad& grad,
-                                   int64_t k, int64_t K, const Bins<T> bins, T lse_logits,
+                                   int64_t k, int64_t K, const Bins<T> bins, T log_weight,
                                    T log_prob, T g) {
   const ComponentTerm<T, C> term = component_term<T, C, true>(px, param, k, K, bins);
-  const Responsibility<T> r =
-      responsibility(clamp_magnitude(param(k)) - lse_logits, term.log_prob, log_prob);
+  const Responsibility<T> r = responsibility(log_weight, term.log_prob, log_prob);
   const T w = g * r.weight;
   grad(k, g * r.d_logit);
 FASTAR_UNROLL

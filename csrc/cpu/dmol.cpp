@@ -70,11 +70,12 @@ FASTAR_CPU_MULTIVERSION void add_channel(const Block<scalar_t, acc_t, C>& blk, i
   }
 }
 
-// total[j] = logit_k + sum over channels of log P(channel | component k).
+// total[j] = log softmax(logits)_k + sum over channels of log P(channel | component k), given
+// the normalized logits (see load_log_weights).
 template <typename scalar_t, typename acc_t, int C>
 void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k, int64_t K,
-                      const dmol::Bins<acc_t> bins, const acc_t* logits, acc_t* total) {
-  std::copy(logits, logits + blk.len, total);
+                      const dmol::Bins<acc_t> bins, const acc_t* log_weights, acc_t* total) {
+  std::copy(log_weights, log_weights + blk.len, total);
   add_channel<scalar_t, acc_t, C, 0>(blk, k, K, bins, total);
   if constexpr (C == 3) {
     add_channel<scalar_t, acc_t, C, 1>(blk, k, K, bins, total);
@@ -82,33 +83,70 @@ void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k, int64_t K
   }
 }
 
-// lse[j] = log sum_k exp(rows[k][j]) for rows given by row(k) (pointers to len values).
+// log sum_k exp(rows[k][j]) = max[j] + log_sum[j] for rows given by row(k) (pointers to len
+// values), kept in two parts: for huge rows max + log_sum rounds to max.
 template <typename acc_t, typename Row>
 FASTAR_CPU_MULTIVERSION void logsumexp_rows(int64_t K, int64_t len, const Row& row,
-                                            acc_t* __restrict__ lse, acc_t* __restrict__ sum) {
-  for (int64_t j = 0; j < len; ++j) lse[j] = row(0)[j];
+                                            acc_t* __restrict__ max,
+                                            acc_t* __restrict__ log_sum) {
+  for (int64_t j = 0; j < len; ++j) max[j] = row(0)[j];
   for (int64_t k = 1; k < K; ++k) {
     const auto* __restrict__ r = row(k);
-    for (int64_t j = 0; j < len; ++j) lse[j] = r[j] > lse[j] ? acc_t(r[j]) : lse[j];
+    for (int64_t j = 0; j < len; ++j) max[j] = r[j] > max[j] ? acc_t(r[j]) : max[j];
   }
-  for (int64_t j = 0; j < len; ++j) sum[j] = 0;
+  for (int64_t j = 0; j < len; ++j) log_sum[j] = 0;
   for (int64_t k = 0; k < K; ++k) {
     const auto* __restrict__ r = row(k);
-    for (int64_t j = 0; j < len; ++j) sum[j] += math::exp(acc_t(r[j]) - lse[j]);
+    for (int64_t j = 0; j < len; ++j) log_sum[j] += math::exp(acc_t(r[j]) - max[j]);
   }
-  for (int64_t j = 0; j < len; ++j) lse[j] += math::log(sum[j]);
+  for (int64_t j = 0; j < len; ++j) log_sum[j] = math::log(log_sum[j]);
 }
 
-// logits[k * kBlock + j] = the clamped logit of component k at position j of the block, and
-// lse_logits[j] their log-normalizer over k (scratch: kBlock values).
+// log_weights[k * kBlock + j] = log softmax of the clamped logits at position j of the block:
+// (logit - max) - log sum exp(logits - max). Normalizing each logit before it meets the
+// component's log P keeps the result invariant to a common shift of the logits, as
+// log-softmax is (added raw and normalized afterwards, a logit of 1e8 would swallow the
+// component's log P in float32). Scratch: two rows of kBlock values.
 template <typename scalar_t, typename acc_t, int C>
-void load_logits(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* logits,
-                 acc_t* lse_logits, acc_t* scratch) {
+void load_log_weights(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* log_weights,
+                      acc_t* max, acc_t* log_sum) {
   for (int64_t k = 0; k < K; ++k)
     for (int64_t j = 0; j < blk.len; ++j)
-      logits[k * kBlock + j] = dmol::clamp_magnitude(acc_t(blk.params[k * blk.S + j]));
-  logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return logits + k * kBlock; }, lse_logits,
-                        scratch);
+      log_weights[k * kBlock + j] = dmol::clamp_magnitude(acc_t(blk.params[k * blk.S + j]));
+  logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return log_weights + k * kBlock; }, max,
+                        log_sum);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < blk.len; ++j)
+      log_weights[k * kBlock + j] = dmol::log_weight(log_weights[k * kBlock + j], max[j],
+                                                     log_sum[j]);
+}
+
+// Per-task buffers of the block loops: kBlock values per row (K rows for per-component ones).
+template <typename scalar_t, typename acc_t, int C>
+struct Scratch {
+  Block<scalar_t, acc_t, C> blk;
+  std::vector<acc_t> log_weights, totals, comp, d, log_prob, max, log_sum;
+  Scratch(int64_t K, int64_t grad_rows)
+      : log_weights(K * kBlock), totals(K * kBlock), comp(grad_rows ? K * kBlock : 0),
+        d(grad_rows * kBlock), log_prob(kBlock), max(kBlock), log_sum(kBlock) {}
+
+  // log_prob[j] = max[j] + log_sum[j] of the rows of totals.
+  void log_prob_of_totals(int64_t K) {
+    logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
+                          max.data(), log_sum.data());
+    for (int64_t j = 0; j < blk.len; ++j) log_prob[j] = max[j] + log_sum[j];
+  }
+};
+
+// t.log_prob[j] = log P(x) at each position of the loaded block, with t.log_weights and each
+// component's total (t.totals) on the way.
+template <typename scalar_t, typename acc_t, int C>
+void block_log_prob(int64_t K, const dmol::Bins<acc_t> bins, Scratch<scalar_t, acc_t, C>& t) {
+  load_log_weights(t.blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());
+  for (int64_t k = 0; k < K; ++k)
+    component_totals(t.blk, k, K, bins, t.log_weights.data() + k * kBlock,
+                     t.totals.data() + k * kBlock);
+  t.log_prob_of_totals(K);
 }
 
 template <typename scalar_t, int C>
@@ -119,33 +157,20 @@ void forward_cpu(const DmolArgs& args, at::Tensor& out) {
   const int64_t* x = args.x.const_data_ptr<int64_t>();
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  struct Scratch {
-    Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> logits, totals, lse_totals, lse_logits, scratch;
-  };
-  const auto make_scratch = [&] {
-    return Scratch{{}, std::vector<acc_t>(K * kBlock), std::vector<acc_t>(K * kBlock),
-                   std::vector<acc_t>(kBlock), std::vector<acc_t>(kBlock),
-                   std::vector<acc_t>(kBlock)};
-  };
-  cpu::parallel_for_row_blocks(args.B, args.S, kBlock, make_scratch,
-                               [&](Scratch& t, int64_t b, int64_t s0, int64_t len) {
-    auto& blk = t.blk;
-    load_block(args, params, x, b, s0, len, blk);
-    load_logits(blk, K, t.logits.data(), t.lse_logits.data(), t.scratch.data());
-    for (int64_t k = 0; k < K; ++k)
-      component_totals(blk, k, K, bins, t.logits.data() + k * kBlock, t.totals.data() + k * kBlock);
-    logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return t.totals.data() + k * kBlock; },
-                          t.lse_totals.data(), t.scratch.data());
-    for (int64_t j = 0; j < blk.len; ++j) y[blk.pos + j] = t.lse_totals[j] - t.lse_logits[j];
-  });
+  cpu::parallel_for_row_blocks(
+      args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(K, 0); },
+      [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
+        load_block(args, params, x, b, s0, len, t.blk);
+        block_log_prob(K, bins, t);
+        for (int64_t j = 0; j < len; ++j) y[t.blk.pos + j] = scalar_t(t.log_prob[j]);
+      });
 }
 
 template <typename scalar_t, typename acc_t, int C>
 FASTAR_CPU_MULTIVERSION void component_grads(const Block<scalar_t, acc_t, C>& blk, int64_t k,
                                              int64_t K, const dmol::Bins<acc_t> bins,
-                                             const acc_t* __restrict__ lse_logits,
-                                             const scalar_t* __restrict__ log_prob,
+                                             const acc_t* __restrict__ log_weights,
+                                             const acc_t* __restrict__ log_prob,
                                              const scalar_t* __restrict__ grad_out,
                                              scalar_t* __restrict__ grad) {
   const scalar_t* __restrict__ pp = blk.params;
@@ -157,39 +182,32 @@ FASTAR_CPU_MULTIVERSION void component_grads(const Block<scalar_t, acc_t, C>& bl
     const dmol::Pixel<acc_t, C> px = blk.pixel(j);
     const auto param = [&](int64_t i) { return acc_t(pp[i * S + j]); };
     const auto store = [&](int64_t i, acc_t v) { grad[i * S + j] = scalar_t(v); };
-    dmol::component_backward<acc_t, C>(px, param, store, k, K, bins, lse_logits[j],
+    dmol::component_backward<acc_t, C>(px, param, store, k, K, bins, log_weights[j],
                                        acc_t(log_prob[j]), acc_t(grad_out[j]));
   }
 }
 
+// The plain backward recomputes log P from the same float32 terms it differentiates, rather
+// than taking the forward's output: rounded to float16 or bfloat16, that would scale every
+// responsibility of a position by exp(its rounding error).
 template <typename scalar_t, int C>
-void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, const at::Tensor& log_prob,
-                  at::Tensor& grad) {
+void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto bins = dmol::make_bins<acc_t>(args.num_bins);
   const scalar_t* params = args.params.const_data_ptr<scalar_t>();
   const int64_t* x = args.x.const_data_ptr<int64_t>();
-  const scalar_t* lp = log_prob.const_data_ptr<scalar_t>();
   const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  struct Scratch {
-    Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> logits, lse_logits, scratch;
-  };
-  const auto make_scratch = [&] {
-    return Scratch{{}, std::vector<acc_t>(K * kBlock), std::vector<acc_t>(kBlock),
-                   std::vector<acc_t>(kBlock)};
-  };
-  cpu::parallel_for_row_blocks(args.B, args.S, kBlock, make_scratch,
-                               [&](Scratch& t, int64_t b, int64_t s0, int64_t len) {
-    auto& blk = t.blk;
-    load_block(args, params, x, b, s0, len, blk);
-    load_logits(blk, K, t.logits.data(), t.lse_logits.data(), t.scratch.data());
-    for (int64_t k = 0; k < K; ++k)
-      component_grads(blk, k, K, bins, t.lse_logits.data(), lp + blk.pos, g + blk.pos,
-                      gp + blk.offset);
-  });
+  cpu::parallel_for_row_blocks(
+      args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(K, 0); },
+      [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
+        load_block(args, params, x, b, s0, len, t.blk);
+        block_log_prob(K, bins, t);
+        for (int64_t k = 0; k < K; ++k)
+          component_grads(t.blk, k, K, bins, t.log_weights.data() + k * kBlock,
+                          t.log_prob.data(), g + t.blk.pos, gp + t.blk.offset);
+      });
 }
 
 // For component k: comp[j] = log P(x | k) at each position of the block, and the derivatives
@@ -223,8 +241,7 @@ FASTAR_CPU_MULTIVERSION void component_terms_with_grad(const Block<scalar_t, acc
 // derivatives times the responsibility.
 template <typename scalar_t, typename acc_t, int C>
 FASTAR_CPU_MULTIVERSION void write_component_grad(int64_t len, int64_t S, int64_t k, int64_t K,
-                                                  const acc_t* __restrict__ logits,
-                                                  const acc_t* __restrict__ lse_logits,
+                                                  const acc_t* __restrict__ log_weights,
                                                   const acc_t* __restrict__ comp,
                                                   const acc_t* __restrict__ log_prob,
                                                   const acc_t* __restrict__ d,
@@ -232,7 +249,7 @@ FASTAR_CPU_MULTIVERSION void write_component_grad(int64_t len, int64_t S, int64_
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
     const dmol::Responsibility<acc_t> r =
-        dmol::responsibility(logits[j] - lse_logits[j], comp[j], log_prob[j]);
+        dmol::responsibility(log_weights[j], comp[j], log_prob[j]);
     grad[k * S + j] = scalar_t(r.d_logit);
     FASTAR_UNROLL
     for (int c = 0; c < C; ++c) {
@@ -256,38 +273,25 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  struct Scratch {
-    Block<scalar_t, acc_t, C> blk;
-    std::vector<acc_t> logits, comp, totals, d, lse_totals, lse_logits, log_prob, scratch;
-  };
-  const auto make_scratch = [&] {
-    return Scratch{{}, std::vector<acc_t>(K * kBlock), std::vector<acc_t>(K * kBlock),
-                   std::vector<acc_t>(K * kBlock), std::vector<acc_t>(args.P * kBlock),
-                   std::vector<acc_t>(kBlock), std::vector<acc_t>(kBlock),
-                   std::vector<acc_t>(kBlock), std::vector<acc_t>(kBlock)};
-  };
-  cpu::parallel_for_row_blocks(args.B, args.S, kBlock, make_scratch,
-                               [&](Scratch& t, int64_t b, int64_t s0, int64_t len) {
-    auto& blk = t.blk;
-    load_block(args, params, x, b, s0, len, blk);
-    load_logits(blk, K, t.logits.data(), t.lse_logits.data(), t.scratch.data());
-    for (int64_t k = 0; k < K; ++k) {
-      acc_t* ck = t.comp.data() + k * kBlock;
-      component_terms_with_grad(blk, k, K, bins, ck, t.d.data());
-      const acc_t* lk = t.logits.data() + k * kBlock;
-      for (int64_t j = 0; j < blk.len; ++j) t.totals[k * kBlock + j] = lk[j] + ck[j];
-    }
-    logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return t.totals.data() + k * kBlock; },
-                          t.lse_totals.data(), t.scratch.data());
-    for (int64_t j = 0; j < blk.len; ++j) {
-      t.log_prob[j] = t.lse_totals[j] - t.lse_logits[j];
-      y[blk.pos + j] = scalar_t(t.log_prob[j]);
-    }
-    for (int64_t k = 0; k < K; ++k)
-      write_component_grad<scalar_t, acc_t, C>(blk.len, blk.S, k, K, t.logits.data() + k * kBlock,
-                                               t.lse_logits.data(), t.comp.data() + k * kBlock,
-                                               t.log_prob.data(), t.d.data(), gp + blk.offset);
-  });
+  cpu::parallel_for_row_blocks(
+      args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(K, args.P); },
+      [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
+        const auto& blk = t.blk;
+        load_block(args, params, x, b, s0, len, t.blk);
+        load_log_weights(blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());
+        for (int64_t k = 0; k < K; ++k) {
+          acc_t* ck = t.comp.data() + k * kBlock;
+          component_terms_with_grad(blk, k, K, bins, ck, t.d.data());
+          const acc_t* wk = t.log_weights.data() + k * kBlock;
+          for (int64_t j = 0; j < len; ++j) t.totals[k * kBlock + j] = wk[j] + ck[j];
+        }
+        t.log_prob_of_totals(K);
+        for (int64_t j = 0; j < len; ++j) y[blk.pos + j] = scalar_t(t.log_prob[j]);
+        for (int64_t k = 0; k < K; ++k)
+          write_component_grad<scalar_t, acc_t, C>(
+              len, blk.S, k, K, t.log_weights.data() + k * kBlock, t.comp.data() + k * kBlock,
+              t.log_prob.data(), t.d.data(), gp + blk.offset);
+      });
 }
 
 at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
@@ -300,15 +304,13 @@ at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int6
 }
 
 at::Tensor dmol_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                      const at::Tensor& params, const at::Tensor& log_prob,
-                                      int64_t num_bins) {
+                                      const at::Tensor& params, int64_t num_bins) {
   const char* op = "dmol_log_prob_backward";
   const DmolArgs args = prepare_dmol(op, x, params, num_bins);
   const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
-  const at::Tensor lp = prepare_dmol_per_position(op, "log_prob", log_prob, args);
   at::Tensor grad = empty_output(args.params.sizes(), args.params.options());
   dispatch_dmol(args, [&](auto s, auto c) {
-    backward_cpu<decltype(s), decltype(c)::value>(args, g, lp, grad);
+    backward_cpu<decltype(s), decltype(c)::value>(args, g, grad);
   });
   return grad;
 }

@@ -47,6 +47,28 @@ struct OnlineLogSumExp {
   __device__ __forceinline__ T value() const { return max + math::log(sum); }
 };
 
+// The logits' normalizer at one position, as dmol::log_weight takes it.
+template <typename acc_t>
+struct Normalizer {
+  acc_t max, log_sum;
+};
+
+// log P(x) at one position: the logits' normalizer first, then the log-sum-exp over
+// components of log_weight + log P(x | k) (shift-invariant in the logits, as log-softmax is:
+// added raw, a logit of 1e8 would swallow the component's log P in float32).
+template <typename acc_t, int C, typename Param>
+__device__ __forceinline__ void mixture(const dmol::Pixel<acc_t, C>& px, const Param& param,
+                                        int64_t K, const dmol::Bins<acc_t>& bins,
+                                        Normalizer<acc_t>& norm, acc_t& log_prob) {
+  OnlineLogSumExp<acc_t> logits, total;
+  for (int64_t k = 0; k < K; ++k) logits.add(dmol::clamp_magnitude(param(k)));
+  norm = {logits.max, math::log(logits.sum)};
+  for (int64_t k = 0; k < K; ++k)
+    total.add(dmol::log_weight(dmol::clamp_magnitude(param(k)), norm.max, norm.log_sum) +
+              dmol::component_term<acc_t, C, false>(px, param, k, K, bins).log_prob);
+  log_prob = total.value();
+}
+
 template <typename scalar_t, int C>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const int64_t* __restrict__ x, const scalar_t* __restrict__ params,
@@ -57,21 +79,17 @@ __global__ void __launch_bounds__(kThreads)
     const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P);
     const scalar_t* pp = params + pos.params_offset;
     const auto param = [&](int64_t idx) { return acc_t(pp[idx * S]); };
-    OnlineLogSumExp<acc_t> total, logits;
-    for (int64_t k = 0; k < K; ++k) {
-      const acc_t logit = dmol::clamp_magnitude(param(k));
-      logits.add(logit);
-      total.add(logit + dmol::component_term<acc_t, C, false>(pos.px, param, k, K, bins).log_prob);
-    }
-    out[i] = scalar_t(total.value() - logits.value());
+    Normalizer<acc_t> norm;
+    acc_t log_prob;
+    mixture<acc_t, C>(pos.px, param, K, bins, norm, log_prob);
+    out[i] = scalar_t(log_prob);
   });
 }
 
 template <typename scalar_t, int C>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ x,
-                    const scalar_t* __restrict__ params, const scalar_t* __restrict__ log_prob,
-                    scalar_t* __restrict__ grad, int64_t num_positions, int64_t S, int64_t P,
+                    const scalar_t* __restrict__ params, scalar_t* __restrict__ grad, int64_t num_positions, int64_t S, int64_t P,
                     int64_t K, dmol::Bins<at::opmath_type<scalar_t>> bins) {
   using acc_t = at::opmath_type<scalar_t>;
   cuda::grid_stride(num_positions, [&](int64_t i) {
@@ -80,12 +98,15 @@ __global__ void __launch_bounds__(kThreads)
     scalar_t* gp = grad + pos.params_offset;
     const auto param = [&](int64_t idx) { return acc_t(pp[idx * S]); };
     const auto store = [&](int64_t idx, acc_t v) { gp[idx * S] = scalar_t(v); };
-    OnlineLogSumExp<acc_t> logits;
-    for (int64_t k = 0; k < K; ++k) logits.add(dmol::clamp_magnitude(param(k)));
-    const acc_t lse_logits = logits.value();
+    // log P recomputed in float32 from the terms differentiated below (see the CPU backward).
+    Normalizer<acc_t> norm;
+    acc_t log_prob;
+    mixture<acc_t, C>(pos.px, param, K, bins, norm, log_prob);
     for (int64_t k = 0; k < K; ++k)
-      dmol::component_backward<acc_t, C>(pos.px, param, store, k, K, bins, lse_logits,
-                                         acc_t(log_prob[i]), acc_t(grad_out[i]));
+      dmol::component_backward<acc_t, C>(
+          pos.px, param, store, k, K, bins,
+          dmol::log_weight(dmol::clamp_magnitude(param(k)), norm.max, norm.log_sum), log_prob,
+          acc_t(grad_out[i]));
   });
 }
 
@@ -105,19 +126,17 @@ at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int
 }
 
 at::Tensor dmol_log_prob_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                       const at::Tensor& params, const at::Tensor& log_prob,
-                                       int64_t num_bins) {
+                                       const at::Tensor& params, int64_t num_bins) {
   const char* op = "dmol_log_prob_backward";
   const DmolArgs args = prepare_dmol(op, x, params, num_bins);
   const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
-  const at::Tensor lp = prepare_dmol_per_position(op, "log_prob", log_prob, args);
   at::Tensor grad = at::empty_like(args.params);
   const int64_t n = args.B * args.S;
   dispatch_dmol(args, [&](auto s, auto c) {
     using scalar_t = decltype(s);
     cuda::launch<kThreads>(backward_kernel<scalar_t, decltype(c)::value>, params.device(), n,
                            g.const_data_ptr<scalar_t>(), args.x.const_data_ptr<int64_t>(),
-                           args.params.const_data_ptr<scalar_t>(), lp.const_data_ptr<scalar_t>(),
+                           args.params.const_data_ptr<scalar_t>(),
                            grad.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
                            dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
   });

@@ -8,6 +8,7 @@ implemented yet), which keeps the model normalized but weaker on colour images."
 import dataclasses
 from typing import Optional, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,8 +50,33 @@ class GatedPixelCNN(PixelModel):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c.hidden_channels, c.head_channels, 1),
                                   nn.ReLU(), nn.Conv2d(c.head_channels, C * c.num_values, 1))
 
+    def check_cond(self, cond: Optional[Tensor], batch: int) -> None:
+        """ValueError unless cond is what the model was built for: labels (B,) in
+        [0, num_classes), a vector (B, cond_channels), or None for an unconditional model."""
+        c = self.config
+        if c.num_classes is None and c.cond_channels is None:
+            if cond is not None:
+                raise ValueError("GatedPixelCNN: built without num_classes or cond_channels, "
+                                 "so it takes no cond; got one of shape %s" % (tuple(cond.shape),))
+            return
+        if c.num_classes is not None:
+            want = "labels of shape (%d,) in [0, %d)" % (batch, c.num_classes)
+            ok = (cond is not None and not cond.is_floating_point() and tuple(cond.shape) == (batch,)
+                  and (cond.numel() == 0 or torch.compiler.is_compiling()
+                       or (0 <= int(cond.min()) and int(cond.max()) < c.num_classes)))
+        else:
+            want = "a float condition of shape (%d, %d)" % (batch, c.cond_channels)
+            ok = (cond is not None and cond.is_floating_point()
+                  and tuple(cond.shape) == (batch, c.cond_channels))
+        if not ok:
+            got = "none" if cond is None else "%s of shape %s%s" % (
+                cond.dtype, tuple(cond.shape), "" if cond.is_floating_point() or not cond.numel()
+                else " with values in [%d, %d]" % (int(cond.min()), int(cond.max())))
+            raise ValueError("GatedPixelCNN: expected cond: %s; got %s" % (want, got))
+
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        if cond is not None and self.num_classes is not None and not cond.is_floating_point():
+        self.check_cond(cond, x.shape[0])
+        if cond is not None and self.num_classes is not None:
             cond = F.one_hot(cond, self.num_classes)
         if cond is not None:
             cond = cond.to(next(self.parameters()).dtype)

@@ -42,7 +42,7 @@ class GatedPixelCNNLayer(nn.Module):
         if mask_type not in ("A", "B"):
             raise ValueError("GatedPixelCNNLayer: mask_type must be 'A' or 'B', got %r"
                              % (mask_type,))
-        if kernel_size % 2 == 0 or kernel_size < 3:
+        if not isinstance(kernel_size, int) or kernel_size % 2 == 0 or kernel_size < 3:
             raise ValueError("GatedPixelCNNLayer: kernel_size must be odd and >= 3, got %r"
                              % (kernel_size,))
         in_channels = channels if in_channels is None else in_channels

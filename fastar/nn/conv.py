@@ -9,18 +9,25 @@ from torch import Tensor, nn
 _size_2 = Union[int, Tuple[int, int]]
 
 
-def _pair(v: _size_2) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+def _pair(v: _size_2, name: str = "value", owner: str = "fastar.nn") -> Tuple[int, int]:
+    """(v, v) for an int, the pair itself for a pair of ints; ValueError otherwise."""
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(p, int) and p >= 1 for p in pair):
+        raise ValueError("%s: %s must be a positive int or a pair of them, got %r"
+                         % (owner, name, v))
+    return pair
 
 
-def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: int = 1) -> Tensor:
+def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: _size_2 = 1) -> Tensor:
     """conv2d whose window ends on the output's own row: output (i, j) sees input rows
-    i - (kh - 1) .. i and columns j - kw // 2 .. j + kw // 2 (scaled by dilation), same size out.
+    i - dh (kh - 1) .. i and columns j - dw (kw // 2) .. j + dw (kw // 2) with (dh, dw) the
+    dilation, same size out.
     Only the top padding is explicit (the conv pads left and right itself): padding the sides too
     would make the input-gradient pass run over the padded width (bench/bench_layers.py)."""
     kh, kw = weight.shape[-2:]
-    return F.conv2d(F.pad(x, (0, 0, dilation * (kh - 1), 0)), weight, bias,
-                    padding=(0, dilation * (kw // 2)), dilation=dilation)
+    dh, dw = _pair(dilation)
+    return F.conv2d(F.pad(x, (0, 0, dh * (kh - 1), 0)), weight, bias, padding=(0, dw * (kw // 2)),
+                    dilation=(dh, dw))
 
 
 def raster_mask(out_channels: int, in_channels: int, kernel_size: _size_2, mask_type: str,
@@ -51,8 +58,9 @@ class MaskedConv2d(nn.Conv2d):
     One cropped convolution beats splitting the kept taps into exact unmasked convolutions
     (rows above, centre-row left part, centre tap), whose extra pads and sums cost more than
     the few zero taps (bench/bench_layers.py; figures in bench/results/).
-    The masked, cropped weight is a small (out, in, k // 2 + 1, k) product, rebuilt per forward
-    only while training (masked taps get exactly zero gradient) and cached otherwise.
+    The masked, cropped weight is a small (out, in, k // 2 + 1, k) product, rebuilt every
+    forward: a cache could miss an in-place write through ``.data`` (EMA updates, weights copied
+    into a frozen model), and the product costs far less than the convolution.
     ``weight`` (out, in, kh, kw) and ``bias`` are nn.Conv2d's, so initialisation and checkpoints
     carry over.
 
@@ -62,9 +70,10 @@ class MaskedConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _size_2,
-                 mask_type: str = "A", color_groups: int = 1, dilation: int = 1,
+                 mask_type: str = "A", color_groups: int = 1, dilation: _size_2 = 1,
                  bias: bool = True):
-        kh, kw = _pair(kernel_size)
+        kh, kw = _pair(kernel_size, "kernel_size", "MaskedConv2d")
+        dilation = _pair(dilation, "dilation", "MaskedConv2d")
         if mask_type not in ("A", "B"):
             raise ValueError("MaskedConv2d: mask_type must be 'A' or 'B', got %r" % (mask_type,))
         if kh % 2 == 0 or kw % 2 == 0:
@@ -83,25 +92,14 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer(
             "mask", raster_mask(out_channels, in_channels, (kh, kw), mask_type, color_groups),
             persistent=False)
-        self._cached, self._cached_key = None, None
 
     def cropped_weight(self) -> Tensor:
-        """The masked weight's upper k // 2 + 1 rows. Built per forward when it is being
-        trained (the product gives masked taps zero gradient); otherwise cached until the
-        weight or the mask changes (sampling runs thousands of forwards)."""
+        """The masked weight's upper k // 2 + 1 rows (masked taps get exactly zero gradient)."""
         rows = self.kernel_size[0] // 2 + 1
-        if (torch.is_grad_enabled() and self.weight.requires_grad) or \
-                torch.compiler.is_compiling():
-            return self.weight[:, :, :rows] * self.mask[:, :, :rows]
-        key = (self.weight.data_ptr(), self.weight._version, self.mask.data_ptr(),
-               self.mask._version, self.weight.dtype)
-        if self._cached_key != key:
-            self._cached = (self.weight[:, :, :rows] * self.mask[:, :, :rows]).detach()
-            self._cached_key = key
-        return self._cached
+        return self.weight[:, :, :rows] * self.mask[:, :, :rows]
 
     def forward(self, x: Tensor) -> Tensor:
-        return conv2d_rows_above(x, self.cropped_weight(), self.bias, self.dilation[0])
+        return conv2d_rows_above(x, self.cropped_weight(), self.bias, self.dilation)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", mask_type=%s, color_groups=%d" % (
@@ -114,6 +112,11 @@ class CausalConv1d(nn.Conv1d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  dilation: int = 1, shift: bool = False, bias: bool = True):
+        for name, v in (("kernel_size", kernel_size), ("dilation", dilation)):
+            if isinstance(v, (tuple, list)) and len(v) == 1:
+                v = v[0]
+            if not isinstance(v, int) or v < 1:
+                raise ValueError("CausalConv1d: %s must be a positive int, got %r" % (name, v))
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
         self.shift = shift
 

@@ -56,22 +56,21 @@ def _dmol_log_prob_fake(x, params, num_bins=256):
 
 
 @torch.library.register_fake("fastar::dmol_log_prob_backward")
-def _dmol_log_prob_backward_fake(grad_out, x, params, log_prob, num_bins):
+def _dmol_log_prob_backward_fake(grad_out, x, params, num_bins):
     return torch.empty_like(params, memory_format=torch.contiguous_format)
 
 
 def _dmol_setup_context(ctx, inputs, output):
     x, params, num_bins = inputs
-    ctx.save_for_backward(x, params, output)
+    ctx.save_for_backward(x, params)
     ctx.num_bins = num_bins
 
 
 def _dmol_backward(ctx, grad_out):
-    x, params, log_prob = ctx.saved_tensors
+    x, params = ctx.saved_tensors
     grad = None
     if ctx.needs_input_grad[1]:
-        grad = torch.ops.fastar.dmol_log_prob_backward(grad_out, x, params, log_prob,
-                                                       ctx.num_bins)
+        grad = torch.ops.fastar.dmol_log_prob_backward(grad_out, x, params, ctx.num_bins)
     return None, grad, None
 
 
@@ -95,7 +94,7 @@ class _DmolLogProbTraining(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, params, num_bins):
         log_prob, grad = torch.ops.fastar.dmol_log_prob_with_grad(x, params, num_bins)
-        ctx.save_for_backward(x, params, log_prob)
+        ctx.save_for_backward(x, params)
         ctx.num_bins = num_bins
         ctx.per_position_grad = grad
         return log_prob
