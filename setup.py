@@ -151,6 +151,7 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy"],
+    # tqdm and Pillow: the command line's progress bars and sample grids.
+    install_requires=["torch>=2.4", "numpy", "tqdm", "pillow"],
     zip_safe=False,
 )

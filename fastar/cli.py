@@ -112,14 +112,14 @@ def main(argv=None):
         try:
             demo.run(out=args.out, steps=args.steps, test_limit=args.test_limit,
                      device=args.device)
-        except train.SettingsError as e:
+        except (train.SettingsError, train.RunError) as e:
             raise SystemExit("python -m fastar demo: %s" % e)
     elif args.command == "train":
         settings = train.Settings(**{f.name: getattr(args, f.name) for f in
                                      dataclasses.fields(train.Settings) if hasattr(args, f.name)})
         try:
             path = train.train(settings)
-        except train.SettingsError as e:  # one line, before any data is read or file written
+        except (train.SettingsError, train.RunError) as e:  # one line, no traceback
             raise SystemExit("python -m fastar train: %s" % e)
         if int(os.environ.get("RANK", "0")) == 0:
             print("checkpoint: %s" % path)
@@ -128,7 +128,10 @@ def main(argv=None):
     else:
         if not os.path.isfile(args.checkpoint):
             raise SystemExit("python -m fastar eval: no checkpoint at %s" % args.checkpoint)
-        model, state = train.load_model(args.checkpoint, args.device)
+        try:
+            model, state = train.load_model(args.checkpoint, args.device)
+        except train.RunError as e:
+            raise SystemExit("python -m fastar eval: %s" % e)
         num_classes = state["config"].get("num_classes")
         x, y = train.load_split(state["dataset"], args.split, args.limit, bool(num_classes))
         nats, bpd = train.evaluate(model, x, args.batch_size, args.device, y=y)

@@ -64,6 +64,12 @@ def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256,
         raise ValueError("dmol_sample: expected params of shape (B, P, *S) with P a positive "
                          "multiple of %d for num_channels=%d, got shape %s"
                          % (per_component, num_channels, tuple(params.shape)))
+    if not 2 <= num_bins <= 2 ** 24:
+        raise ValueError("dmol_sample: expected num_bins in [2, 2^24] (as dmol_log_prob), got %r"
+                         % (num_bins,))
+    if not torch.isfinite(params).all():
+        raise ValueError("dmol_sample: expected finite params, got %s" % (
+            "NaN" if params.isnan().any() else "infinite values"))
     # At least float32: uniforms of float16 or bfloat16 are too coarse to reach the tails.
     params = params.to(torch.promote_types(params.dtype, torch.float32))
     logits, means, log_scales, coeffs = reference.dmol_components(params, num_channels)

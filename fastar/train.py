@@ -12,6 +12,7 @@ A checkpoint holds the model's name and config (``dataclasses.asdict(model.confi
 `load_model` rebuilds it without any other argument.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from fastar import data, models
-from fastar._io import atomic_save
+from fastar._io import CorruptFileError, atomic_save, checked_load
 from fastar.nn import bits_per_dim
 
 _CRASH_ENV = "FASTAR_TEST_KILL_AT_STEP"  # test hook: SIGKILL itself at this global step
@@ -34,6 +35,10 @@ _FROM_DATASET = ("image_shape", "num_values")
 
 class SettingsError(ValueError):
     """Settings that cannot make a run: raised before any data is read or file written."""
+
+
+class RunError(RuntimeError):
+    """A run that must stop: the loss is no longer finite, OUT is in use, a file is damaged."""
 
 
 @dataclasses.dataclass
@@ -107,8 +112,12 @@ def build_model(name: str, dataset: str, model_args: Dict[str, Any],
 
 
 def load_model(path: str, device="cpu") -> Tuple[models.AutoregressiveModel, Dict[str, Any]]:
-    """(model with the checkpoint's weights, the checkpoint) from a checkpoint or best.pt."""
-    state = torch.load(path, map_location=device)
+    """(model with the checkpoint's weights, the checkpoint) from a checkpoint or best.pt;
+    RunError naming the file if it is damaged."""
+    try:
+        state = checked_load(path, "restore a good copy or train again", map_location=device)
+    except CorruptFileError as e:
+        raise RunError(str(e)) from None
     model = models.MODELS[state["model_name"]](**state["config"]).to(device)
     model.load_state_dict(state["model"])
     return model, state
@@ -162,6 +171,50 @@ def _init_distributed(device_name):
     return torch.distributed.get_rank(), world_size, device
 
 
+class _Lock:
+    """OUT/lock holding the pid of the run that writes OUT: a second run refuses while that
+    process lives; a lock left by a killed run is taken over."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, "lock")
+
+    def __enter__(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    with open(self.path) as f:
+                        pid = int(f.read().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise RunError("%s is in use by the run with pid %d; wait for it, or use "
+                                   "another --out" % (os.path.dirname(self.path), pid))
+                os.unlink(self.path)  # stale: its run was killed
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise RunError("could not take the lock %s" % self.path)
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _check_resumable(state: Dict[str, Any], settings: Settings, config: Dict[str, Any],
                      path: str) -> None:
     stored = dict(state.get("settings", {}), config=state.get("config"))
@@ -176,9 +229,9 @@ def _check_resumable(state: Dict[str, Any], settings: Settings, config: Dict[str
 
 def train(settings: Settings) -> str:
     """Trains (or resumes) a run; returns the path of OUT/checkpoint.pt. SettingsError (before
-    any data is read or file written) for settings that cannot make a run."""
-    from tqdm import tqdm
-
+    any data is read or file written) for settings that cannot make a run; RunError when OUT is
+    in use by another run, its checkpoint is damaged, or the loss stops being finite (OUT then
+    keeps the last good epoch's checkpoint)."""
     s = settings
     rank, world_size, device = _init_distributed(s.device)
     torch.manual_seed(s.seed)
@@ -187,13 +240,24 @@ def train(settings: Settings) -> str:
     x_valid, y_valid = (load_split(s.dataset, "valid", s.limit, s.conditional) if s.validate
                         else (None, None))
     os.makedirs(s.out, exist_ok=True)
+    with _Lock(s.out) if rank == 0 else contextlib.nullcontext():
+        return _train(s, model, x, y, x_valid, y_valid, rank, world_size, device)
+
+
+def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device) -> str:
+    from tqdm import tqdm
+
     ckpt_path, best_path = (os.path.join(s.out, f) for f in ("checkpoint.pt", "best.pt"))
     meta = {"model_name": s.model, "config": dataclasses.asdict(model.config),
             "dataset": s.dataset, "settings": dataclasses.asdict(s)}
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     start, history = 0, []
     if os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location=device)
+        try:
+            state = checked_load(ckpt_path, "delete it to start this run over, or use another "
+                                 "--out", map_location=device)
+        except CorruptFileError as e:
+            raise RunError(str(e)) from None
         _check_resumable(state, s, meta["config"], ckpt_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -218,6 +282,14 @@ def train(settings: Settings) -> str:
             batch = order[step * s.batch_size : (step + 1) * s.batch_size]
             mine = batch[rank::world_size]
             nll = -trained(x[mine].to(device), _cond(y, mine, device)).sum()
+            diverged = (~torch.isfinite(nll)).to(torch.float32)
+            if world_size > 1:  # every process stops at the same step, or the others hang
+                torch.distributed.all_reduce(diverged, op=torch.distributed.ReduceOp.MAX)
+            if diverged.item():
+                last = ("%s holds epoch %d, the last good one" % (ckpt_path, epoch)
+                        if os.path.exists(ckpt_path) else "no checkpoint was written")
+                raise RunError("the loss is %s at epoch %d, step %d: stopped; %s (try a lower "
+                               "--lr)" % (nll.item(), epoch + 1, step + 1, last))
             # DDP averages gradients over processes: scaled so that they sum to the batch mean.
             loss = nll * (world_size / len(batch))
             opt.zero_grad()

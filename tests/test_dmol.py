@@ -90,17 +90,19 @@ def test_loss_module_and_bits_per_dim():
     torch.testing.assert_close(bits_per_dim(loss, 3 * 16), expected / (48 * math.log(2)))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+# "meta": the fake kernel (what torch.compile traces with) checks what the real one checks.
+@pytest.mark.parametrize("device", DEVICES + ["meta"])
 def test_bad_inputs_raise_clear_errors(device):
     params = torch.randn(2, 20, 4, 4, device=device)
     x = torch.randint(0, 256, (2, 3, 4, 4), device=device)
     f = ops.dmol_log_prob
-    with pytest.raises(RuntimeError, match=r"fastar::dmol_log_prob: expected every value of x in "
-                                           r"\[0, num_bins\) = \[0, 256\), but got values in "
-                                           r"\[0, 256\]"):
-        f(torch.where(x == x.max(), 256, x), params)
-    with pytest.raises(RuntimeError, match=r"values in \[-1, "):
-        f(x - x.min() - 1, params)
+    if device != "meta":  # values are not known at trace time
+        with pytest.raises(RuntimeError, match=r"fastar::dmol_log_prob: expected every value of x "
+                                               r"in \[0, num_bins\) = \[0, 256\), but got "
+                                               r"values in \[0, 256\]"):
+            f(torch.where(x == x.max(), 256, x), params)
+        with pytest.raises(RuntimeError, match=r"values in \[-1, "):
+            f(x - x.min() - 1, params)
     with pytest.raises(RuntimeError, match=r"expected params.size\(1\) to be a positive multiple "
                                            r"of 10 .* but got 21"):
         f(x, torch.randn(2, 21, 4, 4, device=device))
@@ -118,6 +120,9 @@ def test_bad_inputs_raise_clear_errors(device):
         f(x.float(), params)
     with pytest.raises(RuntimeError, match=r"expected num_bins in \[2, 2\^24\], but got 1"):
         f(torch.zeros_like(x), params, 1)
+    with pytest.raises(RuntimeError, match=r"expected params to be a float32, float64, float16 or "
+                                           r"bfloat16 tensor, but got int64"):
+        f(x, params.long())
     if device == "cpu":  # the training path checks the same way, under its own name
         with pytest.raises(RuntimeError, match=r"fastar::dmol_log_prob_with_grad: expected x to "
                                                r"be an integer tensor"):
@@ -186,3 +191,11 @@ def test_a_common_shift_of_the_logits_changes_nothing(device, dtype, logits):
         torch.testing.assert_close(lp.double().cpu(), expected, rtol=1e-5, atol=1e-5)
         (g,) = torch.autograd.grad(lp.sum(), p)
         torch.testing.assert_close(g.double().cpu(), g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_fails_at_trace_time_on_bad_arguments():
+    torch._dynamo.reset()
+    x = torch.randint(0, 256, (2, 3, 4, 4))
+    compiled = torch.compile(lambda x, p: ops.dmol_log_prob(x, p, 1), fullgraph=True)
+    with pytest.raises(Exception, match=r"expected num_bins in \[2, 2\^24\], but got 1"):
+        compiled(x, torch.randn(2, 20, 4, 4))

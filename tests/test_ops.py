@@ -125,6 +125,20 @@ def test_the_schema_declares_what_the_row_says(info):
     assert info.op._schema.is_mutable == info.mutating
 
 
+@pytest.mark.parametrize("info", OP_DB, ids=lambda i: i.name)
+def test_a_meta_tensor_beside_a_real_one_raises(info):
+    # Dispatch picks the fake kernel when any argument is on meta: it must check devices, or it
+    # returns uninitialized memory for real inputs.
+    sample = info.sample_inputs("cpu", torch.float32)[0]
+    for i, a in enumerate(sample.args):
+        if isinstance(a, torch.Tensor):
+            args = list(sample.args)
+            args[i] = a.to("meta")
+            with pytest.raises(RuntimeError, match="fastar::%s: expected .* on the same device"
+                                                   % info.name):
+                info.op(*args)
+
+
 @pytest.mark.parametrize("info,device", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(info, device, dtype):

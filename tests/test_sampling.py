@@ -35,3 +35,16 @@ def test_dmol_sample_reaches_no_tail_it_should_not_in_half_precision(dtype):
     params = torch.tensor([0.0, 0.0, -3.0]).view(1, 3, 1).expand(200_000, 3, 1).to(dtype)
     x = sampling.dmol_sample(params, 1, generator=torch.Generator().manual_seed(0))
     assert (x == 0).sum() == 0
+
+
+def test_dmol_sample_rejects_what_dmol_log_prob_rejects_and_non_finite_params():
+    params = torch.zeros(2, 3, 4)
+    for bins in (1, 2 ** 24 + 1):
+        with pytest.raises(ValueError, match=r"expected num_bins in \[2, 2\^24\]"):
+            sampling.dmol_sample(params, 1, bins)
+    for bad, word in ((float("nan"), "NaN"), (float("inf"), "infinite")):
+        p = params.clone()
+        p[0, 1, 2] = bad
+        with pytest.raises(ValueError, match="expected finite params, got %s" % word):
+            sampling.dmol_sample(p, 1)
+    assert sampling.dmol_sample(params, 1, 2 ** 24).max() < 2 ** 24

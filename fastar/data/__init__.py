@@ -19,12 +19,13 @@ import gzip
 import importlib.util
 import os
 import pickle
+import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from fastar._io import atomic_save
+from fastar._io import CorruptFileError, atomic_save, checked_load
 
 SPLITS = ("train", "valid", "test")
 _FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -62,13 +63,20 @@ def _mnist(split: str) -> Tuple[Tensor, Tensor]:
 def _binarized_mnist(split: str) -> Tuple[Tensor, Tensor]:
     path = os.path.join(_cache_dir(), "binarized_mnist-%s-seed%d.pt" % (split, _BINARIZE_SEED))
     if os.path.isfile(path):
-        saved = torch.load(path)
-        return saved["x"], saved["y"]
+        try:
+            saved = checked_load(path, "rebuilding it")
+            return saved["x"], saved["y"]
+        except CorruptFileError as e:  # the cache is ours to rebuild: no need to stop
+            warnings.warn(str(e))
     x8, y = _mnist(split)
     generator = torch.Generator().manual_seed(_BINARIZE_SEED + SPLITS.index(split))
     x = torch.bernoulli(x8.double() / 256, generator=generator).to(torch.uint8)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_save({"x": x, "y": y}, path)  # a concurrent loader sees the whole file or none
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_save({"x": x, "y": y}, path)  # a concurrent loader sees the whole file or none
+    except OSError as e:
+        warnings.warn("fastar.data: cannot write the cache %s (%s); keeping binarized_mnist in "
+                      "memory only (set FASTAR_CACHE to a writable directory)" % (path, e))
     return x, y
 
 

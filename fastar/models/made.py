@@ -4,6 +4,7 @@ units and a single mask (88.40 nats); num_masks=32 gives the connectivity-agnost
 (86.64 nats with ensembling over the masks at test time)."""
 
 import dataclasses
+import hashlib
 import math
 from typing import Optional, Tuple
 
@@ -80,7 +81,27 @@ class MADE(AutoregressiveModel):
         # The mask in use is state: a resumed training run must continue the cycle where the
         # checkpoint left it.
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
+        # The masks travel with the weights as a fingerprint: weights trained under other masks
+        # (another seed or ordering) must not load silently into this model.
+        self.register_buffer("masks_fingerprint", self._fingerprint())
+        self._register_load_state_dict_pre_hook(self._check_masks)
         self._use(0)
+
+    def _fingerprint(self) -> Tensor:
+        h = hashlib.sha256()
+        for order, hidden, out, direct in self._masks:
+            for t in (order, *hidden, out, direct):
+                h.update(t.to(torch.int8 if t.is_floating_point() else torch.int64).numpy()
+                         .tobytes())
+        return torch.tensor(int.from_bytes(h.digest()[:8], "little", signed=True))
+
+    def _check_masks(self, state_dict, prefix, *args):
+        stored = state_dict.get(prefix + "masks_fingerprint")
+        if stored is not None and int(stored) != int(self.masks_fingerprint):
+            raise RuntimeError(
+                "MADE: these weights were trained under other masks (another seed, ordering, "
+                "num_masks or hidden_sizes): build the model with the config they were saved "
+                "with (a fastar checkpoint's 'config'); this model has %s" % (self.config,))
 
     def _draw_masks(self):
         """Degrees per layer (Germain et al., sec. 4): inputs get their position in the

@@ -47,3 +47,27 @@ def register_no_double_backward(backward_op: str, forward_op: str) -> None:
         raise RuntimeError("%s: double backward (the gradient of its gradient) is not implemented"
                            % forward_op)
     torch.library.register_autograd(backward_op, backward)
+
+
+# --- checks the fake (meta) kernels share: they validate what the C++ entry points validate,
+# so torch.compile fails at trace time and a meta tensor beside a real one raises instead of
+# dispatching to the fake kernel and returning uninitialized memory.
+
+FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_floating(op: str, arg: str, t: torch.Tensor) -> None:
+    torch._check(t.dtype in FLOATING, lambda: "fastar::%s: expected %s to be a float32, float64, "
+                 "float16 or bfloat16 tensor, but got %s" % (op, arg, dtype_name(t.dtype)))
+
+
+def check_same_device(op: str, main: str, like: torch.Tensor, **others) -> None:
+    """Every tensor in others on like's device (a meta tensor beside a cpu one included)."""
+    for arg, t in others.items():
+        if t is not None:
+            torch._check(t.device == like.device, lambda: "fastar::%s: expected %s on the same "
+                         "device as %s (%s), but got %s" % (op, arg, main, like.device, t.device))

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from fastar import reference
-from fastar.ops._common import register_no_double_backward, use_reference
+from fastar.ops._common import (check_floating, check_same_device, dtype_name,
+                                register_no_double_backward, use_reference)
 
 
 def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
@@ -48,15 +49,44 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
     return torch.ops.fastar.dmol_log_prob(x, params, num_bins)
 
 
+def _check_args(op, x, params, num_bins):
+    """What csrc/common/dmol_args.cpp checks (all but x's values), for the fake kernels.
+    Returns the per-position shape (B, *S)."""
+    check_floating(op, "params", params)
+    torch._check(not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool,
+                 lambda: "fastar::%s: expected x to be an integer tensor of bin indices, but got "
+                         "%s" % (op, dtype_name(x.dtype)))
+    check_same_device(op, "params", params, x=x)
+    torch._check(x.dim() >= 2 and x.shape[1] in (1, 3), lambda: "fastar::%s: expected x of shape "
+                 "(B, C, *) with C = 1 or 3 channels, but got shape %s" % (op, list(x.shape)))
+    torch._check(2 <= num_bins <= 2 ** 24, lambda: "fastar::%s: expected num_bins in [2, 2^24], "
+                 "but got %d" % (op, num_bins))
+    torch._check(params.dim() == x.dim() and params.shape[0] == x.shape[0]
+                 and tuple(params.shape[2:]) == tuple(x.shape[2:]),
+                 lambda: "fastar::%s: expected params of shape (B, P, *S) with x's batch and "
+                         "trailing dims (x has shape %s), but got params of shape %s"
+                         % (op, list(x.shape), list(params.shape)))
+    per_component = 3 if x.shape[1] == 1 else 10
+    layout = ("logit, mean, log-scale per component for C = 1" if per_component == 3 else
+              "logit, then mean, log-scale, coefficient per channel and component for C = 3")
+    torch._check(params.shape[1] > 0 and params.shape[1] % per_component == 0,
+                 lambda: "fastar::%s: expected params.size(1) to be a positive multiple of %d "
+                         "(%s), but got %d" % (op, per_component, layout, params.shape[1]))
+    return (x.shape[0], *x.shape[2:])
+
+
 @torch.library.register_fake("fastar::dmol_log_prob")
 def _dmol_log_prob_fake(x, params, num_bins=256):
-    torch._check(x.dim() >= 2 and x.shape[1] in (1, 3),
-                 lambda: "fastar::dmol_log_prob: expected x of shape (B, C, *) with C = 1 or 3")
-    return params.new_empty((x.shape[0], *x.shape[2:]))
+    return params.new_empty(_check_args("dmol_log_prob", x, params, num_bins))
 
 
 @torch.library.register_fake("fastar::dmol_log_prob_backward")
 def _dmol_log_prob_backward_fake(grad_out, x, params, num_bins):
+    op = "dmol_log_prob_backward"
+    shape = _check_args(op, x, params, num_bins)
+    check_same_device(op, "params", params, grad_out=grad_out)
+    torch._check(tuple(grad_out.shape) == tuple(shape), lambda: "fastar::%s: expected grad_out "
+                 "of shape %s (B, *S), but got %s" % (op, list(shape), list(grad_out.shape)))
     return torch.empty_like(params, memory_format=torch.contiguous_format)
 
 
@@ -80,7 +110,7 @@ torch.library.register_autograd(
 
 @torch.library.register_fake("fastar::dmol_log_prob_with_grad")
 def _dmol_log_prob_with_grad_fake(x, params, num_bins=256):
-    return (_dmol_log_prob_fake(x, params, num_bins),
+    return (params.new_empty(_check_args("dmol_log_prob_with_grad", x, params, num_bins)),
             torch.empty_like(params, memory_format=torch.contiguous_format))
 
 

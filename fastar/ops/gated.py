@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from fastar import reference
-from fastar.ops._common import register_no_double_backward, use_reference
+from fastar.ops._common import (check_floating, check_same_device, dtype_name,
+                                register_no_double_backward, use_reference)
 
 
 def gated_activation(x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
@@ -35,21 +36,37 @@ def gated_activation(x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
     return torch.ops.fastar.gated_activation(x, cond)
 
 
-def _out_shape(op, x):
-    torch._check(x.dim() >= 2, lambda: "fastar::%s: expected x of shape (N, 2C, *)" % op)
-    torch._check(x.shape[1] % 2 == 0,
-                 lambda: "fastar::%s: expected an even number of channels in x" % op)
+def _out_shape(op, x, cond):
+    """What csrc/common/gated_activation_args.cpp checks, for the fake kernels."""
+    check_floating(op, "x", x)
+    torch._check(x.dim() >= 2, lambda: "fastar::%s: expected x of shape (N, 2C, *) with at least "
+                 "2 dims, but got shape %s" % (op, list(x.shape)))
+    torch._check(x.shape[1] % 2 == 0, lambda: "fastar::%s: expected an even number of channels "
+                 "in x (dim 1), but got shape %s" % (op, list(x.shape)))
+    if cond is not None:
+        check_same_device(op, "x", x, cond=cond)
+        torch._check(cond.dtype == x.dtype, lambda: "fastar::%s: expected cond to have x's dtype "
+                     "(%s), but got %s" % (op, dtype_name(x.dtype), dtype_name(cond.dtype)))
+        torch._check(cond.dim() <= x.dim() and all(
+            c == 1 or c == s for c, s in zip(reversed(cond.shape), reversed(x.shape))),
+            lambda: "fastar::%s: expected cond to broadcast to x's shape %s, but got cond of "
+                    "shape %s" % (op, list(x.shape), list(cond.shape)))
     return (x.shape[0], x.shape[1] // 2, *x.shape[2:])
 
 
 @torch.library.register_fake("fastar::gated_activation")
 def _fake(x, cond=None):
-    return x.new_empty(_out_shape("gated_activation", x))
+    return x.new_empty(_out_shape("gated_activation", x, cond))
 
 
 @torch.library.register_fake("fastar::gated_activation_backward")
 def _backward_fake(grad_out, x, cond=None):
-    _out_shape("gated_activation_backward", x)
+    op = "gated_activation_backward"
+    out_shape = _out_shape(op, x, cond)
+    check_same_device(op, "x", x, grad_out=grad_out)
+    torch._check(tuple(grad_out.shape) == tuple(out_shape), lambda: "fastar::%s: expected "
+                 "grad_out of shape %s (x with half the channels), but got %s"
+                 % (op, list(out_shape), list(grad_out.shape)))
     return x.new_empty(x.shape)
 
 
