@@ -199,3 +199,25 @@ def test_torch_compile_fails_at_trace_time_on_bad_arguments():
     compiled = torch.compile(lambda x, p: ops.dmol_log_prob(x, p, 1), fullgraph=True)
     with pytest.raises(Exception, match=r"expected num_bins in \[2, 2\^24\], but got 1"):
         compiled(x, torch.randn(2, 20, 4, 4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_gradients_hold_where_log_probs_are_thousands_of_nats(device):
+    # Each responsibility is exp(component total - log P): both must be rounded alike, or the
+    # gradient is off by exp(the difference of roundings at |log P| ~ 4e3), ~4e-4 here.
+    torch.manual_seed(0)
+    B, K, S = 4, 5, (64,)
+    p = torch.randn(B, 10 * K, *S, dtype=torch.float64)
+    rest = p[:, K:].view(B, 3, 3, K, *S)
+    rest[:, :, 0] = rest[:, :, 0] * 0.5 + 0.9  # means near the top bin ...
+    rest[:, :, 1] = -6.5  # ... with small scales
+    x = torch.zeros(B, 3, *S, dtype=torch.long)  # ... and data in the bottom one
+    for f in (ops.dmol_log_prob, torch.ops.fastar.dmol_log_prob):
+        p32 = p.float().to(device).requires_grad_()
+        lp = f(x.to(device), p32, 256)
+        (g,) = torch.autograd.grad(lp.sum(), p32)
+        truth = p32.detach().double().cpu().requires_grad_()
+        lp_truth = reference.dmol_log_prob(x, truth, 256)
+        assert lp_truth.max() < -1000
+        (g_truth,) = torch.autograd.grad(lp_truth.sum(), truth)
+        assert (g.double().cpu() - g_truth).abs().max() <= 1e-4 * g_truth.abs().max()

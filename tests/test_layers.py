@@ -91,6 +91,16 @@ def test_mask_colour_groups_follow_the_paper():
     torch.testing.assert_close(b, torch.tensor([[1.0, 0, 0], [1, 1, 0], [1, 1, 1]]))
 
 
+def test_color_groups_must_divide_the_channels():
+    conv = MaskedConv2d(3, 6, 3, "B", 3)
+    for groups in (2, 0):
+        with pytest.raises(ValueError, match="color_groups must be a positive int dividing the "
+                                             "input's 3 channels, got %d" % groups):
+            assert_autoregressive(conv, (1, 3, 4, 4), color_groups=groups)
+    with pytest.raises(ValueError, match=r"color_groups \(3\) must divide the output's 4"):
+        assert_autoregressive(MaskedConv2d(3, 4, 3, "B"), (1, 3, 4, 4), color_groups=3)
+
+
 def test_a_leaking_mask_is_caught():
     conv = MaskedConv2d(1, 1, 3, "A")
     conv.mask[:, :, 1, 1] = 1  # the centre tap is used: the pixel sees itself

@@ -9,7 +9,7 @@ import torch
 from fastar import data
 from fastar.models import MADE, AutoregressiveModel, GatedPixelCNN, PixelCNN
 from fastar.nn import CausalConv1d
-from fastar.testing import assert_step_matches_forward
+from fastar.testing import assert_autoregressive, assert_step_matches_forward
 
 
 def _all_images(shape, num_values=2):
@@ -58,6 +58,15 @@ def _leaky(name, shape):
                                        (1, first.kernel_size // 2 + 1))
         first.mask_type = "B"
     return model
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_models_are_autoregressive_in_their_generation_order(name):
+    assert_autoregressive(SMALL[name]((1, 3, 3)), (1, 1, 3, 3))
+    assert_autoregressive(SMALL[name]((3, 2, 2)), (1, 3, 2, 2))
+    with pytest.raises(AssertionError, match=r"not autoregressive \(%s's generation order\)"
+                                             % name):
+        assert_autoregressive(_leaky(name, (1, 3, 3)), (1, 1, 3, 3))
 
 
 @pytest.mark.parametrize("name", list(SMALL))

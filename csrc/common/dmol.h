@@ -200,7 +200,10 @@ FASTAR_HD ComponentTerm<T, C> component_term(const Pixel<T, C>& px, const Param&
   if constexpr (C == 3) {
     const ChannelPart<T> p1 = channel_part<T, C, 1, kWithGrad>(px, param, k, K, bins);
     const ChannelPart<T> p2 = channel_part<T, C, 2, kWithGrad>(px, param, k, K, bins);
-    out.log_prob += p1.log_prob + p2.log_prob;
+    // (p0 + p1) + p2, the order in which the CPU forward accumulates channel by channel: the
+    // backward's responsibilities then divide terms rounded exactly as log P's were.
+    out.log_prob += p1.log_prob;
+    out.log_prob += p2.log_prob;
     if constexpr (kWithGrad) {
       out.d_mean[1] = p1.d_mean;
       out.d_mean[2] = p2.d_mean;

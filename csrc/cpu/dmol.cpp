@@ -71,16 +71,18 @@ FASTAR_CPU_MULTIVERSION void add_channel(const Block<scalar_t, acc_t, C>& blk, i
 }
 
 // total[j] = log softmax(logits)_k + sum over channels of log P(channel | component k), given
-// the normalized logits (see load_log_weights).
+// the normalized logits (see load_log_weights). Summed as log_weight + ((p0 + p1) + p2), the
+// rounding of dmol::component_term, which the backward's responsibilities divide by log P.
 template <typename scalar_t, typename acc_t, int C>
 void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k, int64_t K,
                       const dmol::Bins<acc_t> bins, const acc_t* log_weights, acc_t* total) {
-  std::copy(log_weights, log_weights + blk.len, total);
+  std::fill(total, total + blk.len, acc_t(0));
   add_channel<scalar_t, acc_t, C, 0>(blk, k, K, bins, total);
   if constexpr (C == 3) {
     add_channel<scalar_t, acc_t, C, 1>(blk, k, K, bins, total);
     add_channel<scalar_t, acc_t, C, 2>(blk, k, K, bins, total);
   }
+  for (int64_t j = 0; j < blk.len; ++j) total[j] = log_weights[j] + total[j];
 }
 
 // log sum_k exp(rows[k][j]) = max[j] + log_sum[j] for rows given by row(k) (pointers to len

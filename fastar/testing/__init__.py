@@ -3,6 +3,7 @@ its cached sampling step agrees with its forward pass. (To run fastar's layers o
 pure-PyTorch reference ops, use `fastar.ops.implementation("reference")`.)"""
 
 import copy
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -55,16 +56,35 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
 
     Input of shape (N, C, H, W) for ordering "raster" or (N, C, T) for "causal"; the output
     must have the same batch and spatial dims (any number of channels, split into
-    ``color_groups`` groups like the input's).
+    ``color_groups`` groups like the input's). A fastar model (`AutoregressiveModel`, integer
+    input such as MADE's included) is checked in its own generation order instead: the logits
+    of each value may depend only on the values before it; ordering, color_groups and
+    inclusive are then ignored.
+
+    What a gradient check cannot see: a path that carries no gradient (``detach``, rounding
+    or casting to an integer, comparisons, indexing by the input's values), and a dependence
+    that random weights happen not to exercise (units that stay dead under ReLU). For a model,
+    also check that exp(log_prob) sums to 1 over every input of a tiny shape (as
+    tests/test_models.py does): a leak of any kind breaks that sum.
     """
+    from fastar.models import AutoregressiveModel
+
+    if isinstance(module, AutoregressiveModel):
+        return _assert_model_autoregressive(module, input_shape)
     if ordering not in ("raster", "causal"):
         raise ValueError("ordering must be 'raster' or 'causal', got %r" % (ordering,))
+    if not isinstance(color_groups, int) or color_groups < 1 or input_shape[1] % color_groups:
+        raise ValueError("assert_autoregressive: color_groups must be a positive int dividing "
+                         "the input's %d channels, got %r" % (input_shape[1], color_groups))
     m = _randomized(module)
     device = next(iter(m.parameters()), torch.empty(0)).device
     in_channels = input_shape[1]
     x = torch.randn(input_shape, dtype=torch.float64, device=device, requires_grad=True)
     out = m(x)
     out_channels = out.shape[1]
+    if out_channels % color_groups:
+        raise ValueError("assert_autoregressive: color_groups (%d) must divide the output's %d "
+                         "channels" % (color_groups, out_channels))
     if out.shape[0] != input_shape[0] or tuple(out.shape[2:]) != tuple(input_shape[2:]):
         raise ValueError("assert_autoregressive: output shape %s does not match input shape %s "
                          "in batch and spatial dims" % (tuple(out.shape), tuple(input_shape)))
@@ -78,6 +98,27 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
             if not allowed:
                 raise AssertionError("not autoregressive (%s order): output %s depends on input %s"
                                      % (ordering, out_index, tuple(in_index)))
+
+
+def _assert_model_autoregressive(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """assert_autoregressive for a fastar model: gradients of its conditionals with respect to
+    a float copy of the input, against the model's generation order."""
+    m = _randomized(model)
+    device = next(m.parameters()).device
+    N, *event = input_shape
+    rank = torch.empty(math.prod(event), dtype=torch.long)
+    rank[m.generation_order(tuple(event))] = torch.arange(rank.numel())
+    x = (torch.rand(input_shape, dtype=torch.float64, device=device) * (m.num_values - 1)
+         ).requires_grad_()
+    out = m.conditionals(x).flatten(2)  # (N, V, D)
+    for n, v, d in torch.cartesian_prod(*[torch.arange(s) for s in out.shape]).tolist():
+        grad = _input_grad(out[n, v, d], x).reshape(N, -1)
+        for n_in, d_in in (grad != 0).nonzero().tolist():
+            if n_in != n or rank[d_in] >= rank[d]:
+                raise AssertionError(
+                    "not autoregressive (%s's generation order): the logits of value %d at "
+                    "example %d, position %d depend on example %d, position %d"
+                    % (type(model).__name__, v, n, d, n_in, d_in))
 
 
 def assert_step_matches_forward(model: nn.Module, x: Tensor, cond: Optional[Tensor] = None,
