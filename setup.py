@@ -3,7 +3,7 @@ and nvcc is found (a GPU need not be present).
 
 Environment:
   FASTAR_FORCE_CPU=1       skip the CUDA kernels
-  TORCH_CUDA_ARCH_LIST     archs to compile for; defaults to "8.0;9.0" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST     archs to compile for; defaults to "8.0;9.0+PTX" when no GPU is visible
   MAX_JOBS                 parallel compile jobs (ninja)
   CUDA_HOME                the CUDA toolkit; found from nvcc or /usr/local/cuda* otherwise
 """
@@ -17,7 +17,9 @@ import shutil
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCHS = "8.0;9.0"
+# SASS for Ampere (sm_80, which sm_86/sm_89 run too) and Hopper, and PTX of sm_90 that the
+# driver compiles for any newer GPU at first use.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def _is_toolkit(path):

@@ -8,6 +8,25 @@ import fastar
 from fastar import _extension
 
 
+def kernel_for(capability, archs) -> str:
+    """Whether CUDA kernels built for archs ("8.0", "9.0+PTX", ...) run on a GPU of this
+    compute capability: machine code runs on the same major version at an equal or higher
+    minor; PTX is compiled by the driver for any later GPU."""
+    if not archs:
+        return "NO fastar CUDA kernels in this build"
+    major, minor = capability
+    built = []
+    for a in archs:
+        ptx = a.endswith("+PTX")
+        a_major, a_minor = (int(v) for v in a.replace("+PTX", "").split("."))
+        built.append((a_major, a_minor, ptx))
+    if any(m == major and n <= minor for m, n, _ in built):
+        return "kernels built for it"
+    if any(ptx and (m, n) <= (major, minor) for m, n, ptx in built):
+        return "runs the PTX, compiled by the driver at first use"
+    return "NO matching kernel (rebuild with TORCH_CUDA_ARCH_LIST=%d.%d)" % (major, minor)
+
+
 def report() -> str:
     info = _extension.build_info()
     lines = [
@@ -32,10 +51,11 @@ def report() -> str:
         else:
             lines.append("CUDA kernels: not compiled (%s)" % info["cuda_skipped_because"])
     if torch.cuda.is_available():
-        gpus = ", ".join("%s (sm_%d%d)" % ((torch.cuda.get_device_name(i),)
-                                            + torch.cuda.get_device_capability(i))
-                         for i in range(torch.cuda.device_count()))
-        lines.append("GPU visible: yes: %s" % gpus)
+        archs = info["cuda_archs"] if info else []
+        for i in range(torch.cuda.device_count()):
+            cap = torch.cuda.get_device_capability(i)
+            lines.append("GPU visible: yes: %s (sm_%d%d): %s" % (
+                torch.cuda.get_device_name(i), *cap, kernel_for(cap, archs)))
     else:
         lines.append("GPU visible: no")
     lines.append("CPU threads: %d" % torch.get_num_threads())

@@ -46,3 +46,16 @@ def test_every_op_has_a_row_in_the_op_table():
     from op_db import OP_DB
 
     assert sorted(info.name for info in OP_DB) == sorted(fastar.ops.kernels())
+
+
+def test_info_says_whether_a_gpu_has_a_kernel():
+    from fastar.info import kernel_for
+
+    archs = ["8.0", "9.0+PTX"]
+    assert kernel_for((8, 0), archs) == "kernels built for it"
+    assert kernel_for((8, 9), archs) == "kernels built for it"  # Ada runs sm_80 code
+    assert kernel_for((9, 0), archs) == "kernels built for it"
+    assert kernel_for((10, 0), archs).startswith("runs the PTX")
+    assert kernel_for((7, 5), archs).startswith("NO matching kernel")
+    assert kernel_for((10, 0), ["8.0", "9.0"]).startswith("NO matching kernel")
+    assert kernel_for((9, 0), []).startswith("NO fastar CUDA kernels")

@@ -39,10 +39,14 @@ __device__ __forceinline__ Position<acc_t, C> position(const int64_t* __restrict
 template <typename T>
 struct OnlineLogSumExp {
   T max = -INFINITY, sum = 0;
+  // One exponential per term: the sum is rescaled only when the maximum changes.
   __device__ __forceinline__ void add(T v) {
-    const T m = v > max ? v : max;
-    sum = sum * math::exp(max - m) + math::exp(v - m);
-    max = m;
+    if (v > max) {
+      sum = sum * math::exp(max - v) + T(1);
+      max = v;
+    } else {
+      sum += math::exp(v - max);
+    }
   }
   __device__ __forceinline__ T value() const { return max + math::log(sum); }
 };

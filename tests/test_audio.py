@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from fastar import audio, data
+
+
+def test_mu_law_round_trips_every_value_and_follows_the_curve():
+    q = torch.arange(256)
+    assert torch.equal(audio.mu_law_encode(audio.mu_law_decode(q)), q)
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.01, 0.5, 1.0, 7.0])
+    expected = torch.sign(x.clamp(-1, 1)) * torch.log1p(255 * x.clamp(-1, 1).abs()) / torch.log1p(
+        torch.tensor(255.0))
+    torch.testing.assert_close(audio.mu_law_encode(x), torch.round((expected + 1) * 127.5).long())
+    assert audio.mu_law_encode(torch.tensor([0.0])).item() in (127, 128)  # silence in the middle
+    assert torch.equal(audio.mu_law_encode(torch.tensor([-2.0, 2.0])), torch.tensor([0, 255]))
+
+
+def test_wav_round_trip(tmp_path):
+    x = torch.sin(torch.arange(800) / 10.0) * 0.7
+    audio.write_wav(str(tmp_path / "a.wav"), x, 8000)
+    y, rate = audio.read_wav(str(tmp_path / "a.wav"))
+    assert rate == 8000 and y.shape == (1, 800)
+    torch.testing.assert_close(y[0], x, atol=0.5 / 32768, rtol=0)
+    with pytest.raises(ValueError, match=r"expected samples \(T,\) or \(channels, T\)"):
+        audio.write_wav(str(tmp_path / "b.wav"), torch.zeros(1, 2, 3))
+
+
+def _fake_package(root, lengths):
+    """WAV files in the packages' layout (nested folders, 8 kHz 16-bit mono)."""
+    for i, n in enumerate(lengths):
+        folder = root / ("digits" if i % 2 else "letters")
+        folder.mkdir(parents=True, exist_ok=True)
+        audio.write_wav(str(folder / ("%02d.wav" % i)), torch.full((n,), (i - 10) / 20.0), 8000)
+
+
+@pytest.mark.parametrize("name,env", [("speech", "FASTAR_SPEECH_DIR"),
+                                      ("music", "FASTAR_MUSIC_DIR")])
+def test_audio_sets_split_by_file_into_mu_law_clips(tmp_path, monkeypatch, name, env):
+    L = data.CLIP_LENGTH
+    _fake_package(tmp_path, [L * 2 + 5] * 20 + [L // 2])  # the last file is too short
+    monkeypatch.setenv(env, str(tmp_path))
+    entry = data.get(name)
+    assert (entry.modality, entry.shape, entry.num_values) == ("audio", (1, L), 256)
+    sizes = {}
+    for split in data.SPLITS:
+        x, y = data.load(name, split)
+        assert y is None and x.dtype == torch.uint8 and x.shape[1:] == (1, L)
+        sizes[split] = len(x)
+    # 21 files sorted by path, counted from the last: 0, 10, 20 test, 1, 11 valid; the last
+    # file (letters/20.wav) is too short for a clip; the others give 2 clips each.
+    files = sorted(tmp_path.glob("**/*.wav"))
+    assert files[-1].name == "20.wav"
+    assert sizes == {"train": 2 * 16, "valid": 4, "test": 4}
+    x, _ = data.load(name, "valid")
+    first, _ = audio.read_wav(str(files[-12]))
+    assert torch.equal(x[0, 0].long(), audio.mu_law_encode(first[0, :L]))
+    monkeypatch.setenv(env, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="apt-get install asterisk-"):
+        data.load(name, "train")
