@@ -98,7 +98,10 @@ def _parser():
     e.add_argument("--split", default="test", choices=data.SPLITS)
     e.add_argument("--batch-size", type=_int_at_least(1), default=256)
     e.add_argument("--limit", type=_int_at_least(0), default=0)
-    e.add_argument("--samples", default="", help="write a PNG grid of 16 samples here")
+    e.add_argument("--samples", default="", help="write samples here: a PNG grid of 16 images, "
+                   "or for audio a WAV of one clip")
+    e.add_argument("--sample-length", type=_int_at_least(1), default=8000,
+                   help="samples of an audio clip (8000: one second)")
     e.add_argument("--device", type=_device, default=_default_device())
     return parser
 
@@ -138,7 +141,10 @@ def main(argv=None):
         print("%s %s (%d examples): %.2f nats, %.4f bits/dim" % (
             state["dataset"], args.split, len(x), nats, bpd))
         if args.samples:
-            train.save_samples(model, args.samples, num_classes=num_classes)
+            if data.get(state["dataset"]).modality == "audio":
+                train.save_audio_samples(model, args.samples, length=args.sample_length)
+            else:
+                train.save_samples(model, args.samples, num_classes=num_classes)
             print("samples: %s" % args.samples)
 
 

@@ -323,6 +323,20 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
     return ckpt_path
 
 
+def save_audio_samples(model, path: str, n: int = 1, length: int = 8000, seed: int = 0,
+                       rate: int = 8000) -> torch.Tensor:
+    """Samples n mu-law clips of `length` samples and writes them one after another, with a
+    quarter second of silence between, as a 16-bit WAV; returns the samples (n, 1, length)."""
+    from fastar import audio
+
+    device = next(model.parameters()).device
+    samples = model.sample(n, length, generator=torch.Generator(device).manual_seed(seed)).cpu()
+    gap = torch.zeros(rate // 4)
+    waves = [audio.mu_law_decode(s[0], model.num_values) for s in samples]
+    audio.write_wav(path, torch.cat([w for clip in waves for w in (clip, gap)][:-1]), rate)
+    return samples
+
+
 def save_samples(model, path: str, n: int = 16, seed: int = 0,
                  num_classes: Optional[int] = None, **sample_args) -> torch.Tensor:
     """Samples n images (one column per class for a class-conditional model) and writes them

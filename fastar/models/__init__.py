@@ -9,8 +9,10 @@ from fastar.models.base import AutoregressiveModel, Cache
 from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from fastar.models.made import MADE, MADEConfig
 from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig
+from fastar.models.wavenet import WaveNet, WaveNetConfig
 
-MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN}
+MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN,
+          "wavenet": WaveNet}
 
 __all__ = ["MODELS", "AutoregressiveModel", "Cache", "GatedPixelCNN", "GatedPixelCNNConfig",
-           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig"]
+           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "WaveNet", "WaveNetConfig"]

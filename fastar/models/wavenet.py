@@ -1,0 +1,173 @@
+"""WaveNet (van den Oord, Dieleman, Zen, Simonyan, Vinyals, Graves, Kalchbrenner, Senior,
+Kavukcuoglu, "WaveNet: A Generative Model for Raw Audio", 2016): a stack of dilated causal
+convolutions with gated activations, residual and skip connections (fig. 4), a softmax over
+8-bit mu-law values (sec. 2.2), global conditioning on a vector per sequence and local
+conditioning on a lower-rate series upsampled to the sample rate (sec. 2.5). Defaults: 64
+residual and 256 skip channels, dilations 1, 2, ..., 512 repeated twice (sec. 2.1's pattern),
+kernel size 2. ``output="dmol"`` scores with PixelCNN++'s discretized logistic mixture
+instead of the softmax (as Parallel WaveNet does).
+
+Generation here is naive (one forward pass per sample); the cached generator (ring buffers per
+layer, one step per sample) is the next step of issue 11.
+"""
+
+import dataclasses
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastar import ops
+from fastar.models.base import AutoregressiveModel
+from fastar.nn import CausalConv1d, WaveNetBlock
+
+
+@dataclasses.dataclass
+class WaveNetConfig:
+    num_values: int = 256
+    residual_channels: int = 64
+    skip_channels: int = 256
+    dilations: Tuple[int, ...] = tuple(2 ** i for i in range(10)) * 2
+    kernel_size: int = 2
+    cond_channels: Optional[int] = None  # global conditioning: a vector (B, cond_channels)
+    local_channels: Optional[int] = None  # local conditioning: (B, local_channels, T / upsample)
+    upsample: int = 1  # samples per local-conditioning frame
+    output: str = "softmax"  # or "dmol"
+    num_mixtures: int = 10  # components of the "dmol" output
+
+    def __post_init__(self):
+        self.dilations = tuple(self.dilations)
+        if self.output not in ("softmax", "dmol"):
+            raise ValueError("WaveNet: output must be 'softmax' or 'dmol', got %r" % (self.output,))
+        if self.kernel_size < 1 or any(d < 1 for d in self.dilations) or self.upsample < 1:
+            raise ValueError("WaveNet: kernel_size, dilations and upsample must be >= 1")
+
+
+class Condition(NamedTuple):
+    """What a WaveNet is conditioned on: global (B, cond_channels), local (B, local_channels,
+    T / upsample)."""
+    global_: Optional[Tensor] = None
+    local: Optional[Tensor] = None
+
+
+class WaveNet(AutoregressiveModel):
+    """x: integer audio (B, 1, T) in [0, num_values). log_prob(x, cond=None, local=None) ->
+    (B,); sample(n, length, cond=None, local=None, *, cached, prefix, generator)."""
+
+    config_class = WaveNetConfig
+
+    def __init__(self, config: Optional[WaveNetConfig] = None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        R, S, V = c.residual_channels, c.skip_channels, c.num_values
+        # Shifted: the output at t sees x before t only (the value it predicts is x[t]).
+        self.input = CausalConv1d(V, R, c.kernel_size, shift=True)
+        self.upsample = None
+        if c.local_channels is not None:
+            self.upsample = nn.ConvTranspose1d(c.local_channels, c.local_channels, c.upsample,
+                                               stride=c.upsample)
+        self.blocks = nn.ModuleList(
+            WaveNetBlock(R, 2 * R, S, d, c.kernel_size, c.cond_channels, c.local_channels)
+            for d in c.dilations)
+        out = V if c.output == "softmax" else 3 * c.num_mixtures
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(), nn.Conv1d(S, out, 1))
+
+    def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
+        if length is None or length < 1:
+            raise ValueError("WaveNet: audio needs a length >= 1, got %r" % (length,))
+        return (1, length)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples before t that the conditional of x[t] sees."""
+        k = self.config.kernel_size
+        return k + sum(d * (k - 1) for d in self.config.dilations)
+
+    def _condition(self, cond, local, batch: int, length: int) -> Condition:
+        """The conditions, checked against what the model was built for (ValueError naming
+        what was expected and what came)."""
+        c = self.config
+        if isinstance(cond, Condition):
+            cond, local = cond
+
+        def shape(t):
+            return "none" if t is None else "shape %s" % (tuple(t.shape),)
+
+        if c.cond_channels is None and cond is not None:
+            raise ValueError("WaveNet: built without cond_channels, so it takes no cond; got %s"
+                             % shape(cond))
+        if c.cond_channels is not None and (cond is None or not cond.is_floating_point()
+                                            or tuple(cond.shape) != (batch, c.cond_channels)):
+            raise ValueError("WaveNet: expected a float cond of shape (%d, %d), got %s"
+                             % (batch, c.cond_channels, shape(cond)))
+        if c.local_channels is None and local is not None:
+            raise ValueError("WaveNet: built without local_channels, so it takes no local "
+                             "condition; got %s" % shape(local))
+        frames = -(-length // c.upsample)
+        if c.local_channels is not None and (
+                local is None or local.dim() != 3 or tuple(local.shape[:2]) != (
+                    batch, c.local_channels) or local.shape[2] < frames):
+            raise ValueError("WaveNet: expected local of shape (%d, %d, >= %d) for %d samples at "
+                             "%d samples per frame, got %s" % (batch, c.local_channels, frames,
+                                                               length, c.upsample, shape(local)))
+        return Condition(cond, local)
+
+    def _outputs(self, x: Tensor, cond: Condition) -> Tensor:
+        """The head's output (B, V or 3K, T) at every position from the values before it."""
+        dtype = self.head[-1].weight.dtype
+        T = x.shape[-1]
+        h = self.input(F.one_hot(x[:, 0].long(), self.num_values).to(dtype).transpose(1, 2))
+        g = None if cond.global_ is None else cond.global_.to(dtype)
+        local = None
+        if cond.local is not None:
+            local = self.upsample(cond.local.to(dtype))[:, :, :T]
+        skip = 0
+        for block in self.blocks:
+            h, s = block(h, g, local)
+            skip = skip + s
+        return self.head(skip)
+
+    def conditionals(self, x: Tensor, cond=None) -> Tensor:
+        """Log-probabilities (B, V, 1, T) of every value at every position (a softmax output's
+        logits; for "dmol", each value's mixture log-probability)."""
+        cond = self._condition(cond, None, x.shape[0], x.shape[-1])
+        out = self._outputs(x, cond)
+        if self.config.output == "softmax":
+            return out.unsqueeze(2)
+        B, P, T = out.shape
+        V = self.num_values
+        values = torch.arange(V, device=x.device).view(1, V, 1, 1).expand(B, V, 1, T)
+        params = out.unsqueeze(1).expand(B, V, P, T)
+        return ops.dmol_log_prob(values.reshape(B * V, 1, T), params.reshape(B * V, P, T),
+                                 V).view(B, V, 1, T)
+
+    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None,
+                 local: Optional[Tensor] = None) -> Tensor:
+        """Natural-log likelihood (B,) of integer audio x (B, 1, T)."""
+        self.check_input(x)
+        condition = self._condition(cond, local, x.shape[0], x.shape[-1])
+        if self.config.output == "softmax":
+            logp = torch.log_softmax(self._outputs(x, condition), dim=1)
+            return logp.gather(1, x.long()).sum(dim=(1, 2))
+        return ops.dmol_log_prob(x, self._outputs(x, condition), self.num_values).sum(dim=1)
+
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None,
+                local: Optional[Tensor] = None) -> Tensor:
+        return self.log_prob(x, cond, local)
+
+    def sample(self, n: int, length: Optional[int] = None, cond: Optional[Tensor] = None,
+               local: Optional[Tensor] = None, *, cached: Optional[bool] = None,
+               prefix: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+               num_given: Optional[int] = None) -> Tensor:
+        """(n, 1, length) int64 audio; prefix (n, 1, P) continues given audio (its P samples
+        are kept, num_given defaults to P)."""
+        if prefix is not None:
+            if prefix.dim() != 3 or prefix.shape[:2] != (n, 1) or prefix.shape[2] > length:
+                raise ValueError("WaveNet.sample: expected prefix of shape (%d, 1, <= %d), got %s"
+                                 % (n, length, tuple(prefix.shape)))
+            num_given = prefix.shape[2] if num_given is None else num_given
+            prefix = F.pad(prefix, (0, length - prefix.shape[2]))
+        condition = self._condition(cond, local, n, length)
+        return self.generate(n, self.event_shape(length), condition, cached=cached,
+                             prefix=prefix, num_given=num_given, generator=generator)
