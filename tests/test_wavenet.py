@@ -94,3 +94,31 @@ def test_conditions_are_checked():
         _small().log_prob(x + 2 * (torch.arange(9) == 4))
     with pytest.raises(ValueError, match="output must be 'softmax' or 'dmol'"):
         WaveNet(output="logistic")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_the_cached_step_matches_the_forward_pass(name):
+    from fastar.testing import assert_step_matches_forward
+
+    model = _small(**VARIANTS[name])
+    x = torch.randint(0, 2, (3, 1, 9))
+    cond, local = _conditions(model, 3)
+    from fastar.models.wavenet import Condition
+    assert_step_matches_forward(model, x, Condition(cond, local), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("n", [1, 3])
+def test_cached_sampling_equals_naive_sampling(name, n):
+    model = _small(**VARIANTS[name])
+    cond, local = _conditions(model, n)
+    for seed in range(2):
+        naive = model.sample(n, 9, cond, local, cached=False,
+                             generator=torch.Generator().manual_seed(seed))
+        cached = model.sample(n, 9, cond, local, cached=True,
+                              generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(naive, cached)
+    prefix = naive[:, :, :3]
+    a, b = (model.sample(n, 9, cond, local, cached=flag, prefix=prefix,
+                         generator=torch.Generator().manual_seed(7)) for flag in (False, True))
+    assert torch.equal(a, b) and torch.equal(a[:, :, :3], prefix)

@@ -7,8 +7,11 @@ residual and 256 skip channels, dilations 1, 2, ..., 512 repeated twice (sec. 2.
 kernel size 2. ``output="dmol"`` scores with PixelCNN++'s discretized logistic mixture
 instead of the softmax (as Parallel WaveNet does).
 
-Generation here is naive (one forward pass per sample); the cached generator (ring buffers per
-layer, one step per sample) is the next step of issue 11.
+Cached generation (Paine et al. 2016, "Fast Wavenet Generation Algorithm"): each block keeps
+a ring buffer of the dilation * (kernel_size - 1) inputs it will read again, so a step costs
+O(layers), not O(receptive field). `step` here is the PyTorch reference rung of that ladder
+(checked against the forward pass and the naive sampler); the fused C++ generation loop that
+issue 11 asks for is to be checked against it.
 """
 
 import dataclasses
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops
-from fastar.models.base import AutoregressiveModel
+from fastar.models.base import AutoregressiveModel, Cache
 from fastar.nn import CausalConv1d, WaveNetBlock
 
 
@@ -48,6 +51,16 @@ class Condition(NamedTuple):
     """What a WaveNet is conditioned on: global (B, cond_channels), local (B, local_channels,
     T / upsample)."""
     global_: Optional[Tensor] = None
+    local: Optional[Tensor] = None
+
+
+@dataclasses.dataclass
+class _WaveNetCache(Cache):
+    """Per block a ring buffer (n, residual_channels, dilation * (kernel_size - 1)) of its past
+    inputs, slot t % size holding the input at time t; the global condition's gate biases;
+    the local condition upsampled to the sample rate (n, local_channels, T)."""
+    buffers: Tuple[Tensor, ...] = ()
+    global_bias: Tuple[Optional[Tensor], ...] = ()
     local: Optional[Tensor] = None
 
 
@@ -132,15 +145,66 @@ class WaveNet(AutoregressiveModel):
         """Log-probabilities (B, V, 1, T) of every value at every position (a softmax output's
         logits; for "dmol", each value's mixture log-probability)."""
         cond = self._condition(cond, None, x.shape[0], x.shape[-1])
-        out = self._outputs(x, cond)
+        return self._distribution(self._outputs(x, cond)).unsqueeze(2)
+
+    def _distribution(self, out: Tensor) -> Tensor:
+        """The head's output (B, V or 3K, T) as log-probabilities or logits (B, V, T) of every
+        value."""
         if self.config.output == "softmax":
-            return out.unsqueeze(2)
+            return out
         B, P, T = out.shape
         V = self.num_values
-        values = torch.arange(V, device=x.device).view(1, V, 1, 1).expand(B, V, 1, T)
+        values = torch.arange(V, device=out.device).view(1, V, 1, 1).expand(B, V, 1, T)
         params = out.unsqueeze(1).expand(B, V, P, T)
         return ops.dmol_log_prob(values.reshape(B * V, 1, T), params.reshape(B * V, P, T),
-                                 V).view(B, V, 1, T)
+                                 V).view(B, V, T)
+
+    @torch.no_grad()
+    def init_cache(self, n: int, cond=None, event_shape=None) -> _WaveNetCache:
+        length = self.event_shape(event_shape[-1] if event_shape else None)[-1]
+        condition = self._condition(cond, None, n, length)
+        dtype, device = self.head[-1].weight.dtype, self.head[-1].weight.device
+        c = self.config
+        R = c.residual_channels
+        buffers = tuple(torch.zeros(n, R, d * (c.kernel_size - 1), dtype=dtype, device=device)
+                        for d in c.dilations)
+        g = None if condition.global_ is None else condition.global_.to(dtype)
+        local = None
+        if condition.local is not None:
+            local = self.upsample(condition.local.to(dtype))[:, :, :length]
+        return _WaveNetCache(
+            x=torch.zeros(n, 1, length, dtype=torch.long, device=device), cond=condition,
+            buffers=buffers, global_bias=tuple(b.cond_bias(g) for b in self.blocks),
+            local=local)
+
+    @torch.no_grad()
+    def step(self, cache: _WaveNetCache, i: int) -> Tensor:
+        """Logits (or log-probabilities, "dmol") (n, V) of the sample at time i given the
+        samples before it in cache.x; pushes each block's input at i into its ring buffer."""
+        c = self.config
+        k, x = c.kernel_size, cache.x[:, 0]
+        w = self.input.weight  # (R, V, k): tap j reads the sample at i - 1 - (k - 1 - j)
+        h = self.input.bias.expand(x.shape[0], -1)
+        for j in range(k):
+            t = i - 1 - (k - 1 - j)
+            if t >= 0:
+                h = h + w[:, :, j].t()[x[:, t]]
+        skip = 0
+        local_t = None if cache.local is None else cache.local[:, :, i]
+        for block, d, buf, g_bias in zip(self.blocks, c.dilations, cache.buffers,
+                                         cache.global_bias):
+            size = buf.shape[-1]
+            past = [buf[:, :, (i - d * m) % size] for m in range(k - 1, 0, -1)]
+            bias = g_bias
+            if local_t is not None:
+                local_bias = block.cond_bias(None, local_t)
+                bias = local_bias if bias is None else bias + local_bias
+            h_in = h
+            h, s = block.step(h_in, past, bias)
+            skip = skip + s
+            if size:  # after the read: slot i % size held the input at i - dilation (k - 1)
+                buf[:, :, i % size] = h_in  # the reference rung writes its buffers in Python
+        return self._distribution(self.head(skip.unsqueeze(-1)))[:, :, 0]
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None,
                  local: Optional[Tensor] = None) -> Tensor:

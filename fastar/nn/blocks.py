@@ -1,6 +1,6 @@
 """Gated residual blocks: Gated PixelCNN's layer and WaveNet's residual block."""
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -113,3 +113,28 @@ class WaveNetBlock(nn.Module):
                 cond = b if cond is None else cond + b
         z = ops.gated_activation(self.conv(x), cond)
         return x + self.residual(z), self.skip(z)
+
+    def cond_bias(self, global_cond: Optional[Tensor] = None,
+                  local_cond: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The gate's bias (N, gate_channels) from a global (N, C_g) and/or one step's local
+        (N, C_l) condition, as forward adds it."""
+        bias = None
+        for proj, c in ((self.global_cond, global_cond), (self.local_cond, local_cond)):
+            if c is not None:
+                b = proj.proj(c)
+                bias = b if bias is None else bias + b
+        return bias
+
+    def step(self, x_t: Tensor, past: Sequence[Tensor], cond_bias: Optional[Tensor] = None
+             ) -> Tuple[Tensor, Tensor]:
+        """One time step of forward: x_t (N, residual_channels) the input at t, past the
+        kernel_size - 1 inputs at t - dilation * (kernel_size - 1), ..., t - dilation (zeros
+        before the start), cond_bias from `cond_bias`. Returns (residual_out, skip) at t,
+        (N, residual_channels) and (N, skip_channels)."""
+        w = self.conv.weight  # (gate, residual, k): tap j reads t - dilation * (k - 1 - j)
+        z = F.linear(x_t, w[:, :, -1], self.conv.bias)
+        for j, h in enumerate(past):
+            z = z + F.linear(h, w[:, :, j])
+        z = ops.gated_activation(z, cond_bias)
+        out = x_t + F.linear(z, self.residual.weight[:, :, 0], self.residual.bias)
+        return out, F.linear(z, self.skip.weight[:, :, 0], self.skip.bias)
