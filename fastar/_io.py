@@ -5,6 +5,7 @@ with garbage weights)."""
 import hashlib
 import io
 import os
+import warnings
 
 import torch
 
@@ -23,8 +24,11 @@ def atomic_save(obj, path: str) -> None:
     torch.save(obj, buffer)
     payload = buffer.getvalue()
     tmp = "%s.tmp-%d" % (path, os.getpid())
-    torch.save({"format": _FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                "payload": payload}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save({"format": _FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                    "payload": payload}, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it the file
     os.replace(tmp, path)
 
 
@@ -33,6 +37,10 @@ def checked_load(path: str, what_to_do: str, map_location=None):
     when it is empty, truncated, altered or not a file fastar wrote."""
     try:
         outer = torch.load(path, map_location="cpu")
+        if isinstance(outer, dict) and "format" not in outer and "model_name" in outer:
+            warnings.warn("%s was written by a fastar before checksums: loaded unverified"
+                          % path)
+            return torch.load(path, map_location=map_location)
         if not isinstance(outer, dict) or outer.get("format") != _FORMAT:
             raise ValueError("not a file fastar wrote (no checksum)")
         if hashlib.sha256(outer["payload"]).hexdigest() != outer["sha256"]:

@@ -28,6 +28,13 @@ def _int_at_least(low):
     return parse
 
 
+def _seed(text):
+    value = int(text)
+    if not 0 <= value < 2 ** 31:
+        raise argparse.ArgumentTypeError("expected a seed in [0, 2^31), got %d" % value)
+    return value
+
+
 def _positive_float(text):
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -82,7 +89,7 @@ def _parser():
                    help="global, over all processes")
     t.add_argument("--eval-batch-size", type=_int_at_least(1), default=256)
     t.add_argument("--lr", type=_positive_float, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--limit", type=_int_at_least(0), default=0,
                    help="use the first N examples of each split only (0: all)")
     t.add_argument("--model-args", type=_model_args, default={},
@@ -108,6 +115,13 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except (FileNotFoundError, ImportError) as e:  # a data set whose package is missing
+        raise SystemExit("python -m fastar %s: %s" % (args.command, e))
+
+
+def _run(args):
     from fastar import train
 
     if args.command == "demo":
@@ -125,9 +139,9 @@ def main(argv=None):
         except (train.SettingsError, train.RunError) as e:  # one line, no traceback
             raise SystemExit("python -m fastar train: %s" % e)
         if int(os.environ.get("RANK", "0")) == 0:
-            print("checkpoint: %s" % path)
-            if settings.validate:
-                print("best: %s" % os.path.join(settings.out, "best.pt"))
+            for name in ("checkpoint.pt", "best.pt"):  # only files that exist
+                if os.path.exists(os.path.join(settings.out, name)):
+                    print("%s: %s" % (name[:-3], os.path.join(settings.out, name)))
     else:
         if not os.path.isfile(args.checkpoint):
             raise SystemExit("python -m fastar eval: no checkpoint at %s" % args.checkpoint)

@@ -64,7 +64,7 @@ def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256,
         raise ValueError("dmol_sample: expected params of shape (B, P, *S) with P a positive "
                          "multiple of %d for num_channels=%d, got shape %s"
                          % (per_component, num_channels, tuple(params.shape)))
-    if not 2 <= num_bins <= 2 ** 24:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or not 2 <= num_bins <= 2 ** 24:
         raise ValueError("dmol_sample: expected num_bins in [2, 2^24] (as dmol_log_prob), got %r"
                          % (num_bins,))
     if not torch.isfinite(params).all():

@@ -85,6 +85,9 @@ def model_config(name: str, dataset: str, model_args: Dict[str, Any],
     if "num_classes" in model_args and not conditional:
         raise SettingsError("%s: num_classes in the model arguments trains a class-conditional "
                             "model: pass --conditional (which sets it from the data set)" % name)
+    if model_args.get("cond_channels") is not None:
+        raise SettingsError("%s: cond_channels needs a condition vector per example, which the "
+                            "data sets do not have (class labels: --conditional)" % name)
     kwargs = dict(model_args)
     if "image_shape" in fields:
         kwargs["image_shape"] = entry.shape
@@ -107,8 +110,9 @@ def build_model(name: str, dataset: str, model_args: Dict[str, Any],
     config = model_config(name, dataset, model_args, conditional)
     try:
         return models.MODELS[name](config)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise SettingsError("%s: bad model arguments %s (%s)" % (name, model_args, e)) from None
+    except Exception as e:  # whatever a constructor raises on values it cannot use
+        raise SettingsError("%s: bad model arguments %s (%s: %s)"
+                            % (name, model_args, type(e).__name__, e)) from None
 
 
 def load_model(path: str, device="cpu") -> Tuple[models.AutoregressiveModel, Dict[str, Any]]:
@@ -116,10 +120,14 @@ def load_model(path: str, device="cpu") -> Tuple[models.AutoregressiveModel, Dic
     RunError naming the file if it is damaged."""
     try:
         state = checked_load(path, "restore a good copy or train again", map_location=device)
-    except CorruptFileError as e:
-        raise RunError(str(e)) from None
-    model = models.MODELS[state["model_name"]](**state["config"]).to(device)
-    model.load_state_dict(state["model"])
+        if "config" not in state:  # written before configs were saved: rebuild one
+            state["config"] = dataclasses.asdict(model_config(
+                state["model_name"], state["dataset"], state["model_args"],
+                conditional="num_classes" in state["model_args"]))
+        model = models.MODELS[state["model_name"]](**state["config"]).to(device)
+        model.load_state_dict(state["model"])
+    except (CorruptFileError, KeyError, RuntimeError, SettingsError) as e:
+        raise RunError("%s cannot be loaded: %s" % (path, e)) from None
     return model, state
 
 
@@ -172,47 +180,42 @@ def _init_distributed(device_name):
 
 
 class _Lock:
-    """OUT/lock holding the pid of the run that writes OUT: a second run refuses while that
-    process lives; a lock left by a killed run is taken over."""
+    """An exclusive lock on OUT/lock for the whole run (fcntl.flock): a second run on the same
+    OUT refuses while the first lives, and the kernel releases the lock when a run dies, killed
+    or not, so it is never stale. The file keeps the pid and host of the last holder, for the
+    message only."""
 
     def __init__(self, out: str):
         self.path = os.path.join(out, "lock")
+        self.file = None
 
     def __enter__(self):
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    with open(self.path) as f:
-                        pid = int(f.read().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise RunError("%s is in use by the run with pid %d; wait for it, or use "
-                                   "another --out" % (os.path.dirname(self.path), pid))
-                os.unlink(self.path)  # stale: its run was killed
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
-        raise RunError("could not take the lock %s" % self.path)
+        import fcntl
+        import socket
+
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunError("%s is in use by another run (%s); wait for it, or use another --out"
+                           % (os.path.dirname(self.path), holder)) from None
+        f.seek(0)
+        f.truncate()
+        f.write("pid %d on %s" % (os.getpid(), socket.gethostname()))
+        f.flush()
+        self.file = f
+        return self
 
     def __exit__(self, *exc):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self.file.close()  # releases the lock
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _last_good(ckpt_path: str, epoch: int) -> str:
+    return ("%s holds epoch %d, the last good one" % (ckpt_path, epoch)
+            if os.path.exists(ckpt_path) and epoch > 0 else "no checkpoint was written")
 
 
 def _check_resumable(state: Dict[str, Any], settings: Settings, config: Dict[str, Any],
@@ -282,18 +285,23 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
             batch = order[step * s.batch_size : (step + 1) * s.batch_size]
             mine = batch[rank::world_size]
             nll = -trained(x[mine].to(device), _cond(y, mine, device)).sum()
-            diverged = (~torch.isfinite(nll)).to(torch.float32)
-            if world_size > 1:  # every process stops at the same step, or the others hang
-                torch.distributed.all_reduce(diverged, op=torch.distributed.ReduceOp.MAX)
-            if diverged.item():
-                last = ("%s holds epoch %d, the last good one" % (ckpt_path, epoch)
-                        if os.path.exists(ckpt_path) else "no checkpoint was written")
-                raise RunError("the loss is %s at epoch %d, step %d: stopped; %s (try a lower "
-                               "--lr)" % (nll.item(), epoch + 1, step + 1, last))
             # DDP averages gradients over processes: scaled so that they sum to the batch mean.
             loss = nll * (world_size / len(batch))
             opt.zero_grad()
             loss.backward()
+            # Before the step: a non-finite loss or gradient must not reach the weights.
+            finite = torch.isfinite(nll) & torch.stack(
+                [torch.isfinite(p.grad).all() for p in model.parameters()
+                 if p.grad is not None]).all()
+            diverged = (~finite).to(torch.float32)
+            if world_size > 1:  # every process stops at the same step, or the others hang
+                torch.distributed.all_reduce(diverged, op=torch.distributed.ReduceOp.MAX)
+            if diverged.item():
+                raise RunError("the %s is not finite at epoch %d, step %d%s: stopped; %s (try a "
+                               "lower --lr)" % (
+                                   "loss" if not torch.isfinite(nll) else "gradient", epoch + 1,
+                                   step + 1, "" if world_size == 1 else " (rank %d)" % rank,
+                                   _last_good(ckpt_path, epoch)))
             opt.step()
             epoch_nll += nll.detach()
             nats = nll.item() / max(len(mine), 1)
@@ -307,7 +315,13 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
             valid_nats, valid_bpd = evaluate(model, x_valid, s.eval_batch_size, device, rank,
                                              world_size, y_valid)
             history[-1]["valid_nats"] = valid_nats
+            if not math.isfinite(valid_nats):
+                raise RunError("the valid split scores %s nats after epoch %d: stopped; %s"
+                               % (valid_nats, epoch + 1, _last_good(ckpt_path, epoch)))
             best = valid_nats <= min(h["valid_nats"] for h in history)
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise RunError("the weights are not finite after epoch %d: stopped; %s"
+                           % (epoch + 1, _last_good(ckpt_path, epoch)))
         if rank == 0:
             print("epoch %d: train %.2f nats%s" % (epoch + 1, train_nats, (
                 ", valid %.2f nats (%.4f bits/dim)%s" % (valid_nats, valid_bpd,

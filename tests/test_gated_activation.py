@@ -76,6 +76,10 @@ def test_bad_inputs_raise_clear_errors(device):
     with pytest.raises(RuntimeError, match=r"fastar::gated_activation_backward: expected grad_out "
                                            r"of shape \[2, 3, 5\] .* but got \[2, 6, 5\]"):
         torch.ops.fastar.gated_activation_backward(torch.randn(2, 6, 5, device=device), x, None)
+    with pytest.raises(RuntimeError, match=r"fastar::gated_activation_backward: expected grad_out "
+                                           r"to have x's dtype \(float32\), but got float64"):
+        torch.ops.fastar.gated_activation_backward(
+            torch.randn(2, 3, 5, dtype=torch.float64, device=device), x, None)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -201,7 +201,9 @@ def test_a_conditional_model_refuses_missing_or_wrong_conditions():
     plain = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2)
     x = torch.randint(0, 2, (2, 1, 3, 3))
     for model, cond, message in (
-            (labels, None, r"expected cond: labels of shape \(2,\) in \[0, 3\); got none"),
+            (labels, None, r"expected cond: integer labels of shape \(2,\) in \[0, 3\); got "
+                           r"none"),
+            (labels, torch.tensor([True, False]), r"got torch.bool of shape \(2,\)"),
             (labels, torch.tensor([0, 3]), r"got torch.int64 of shape \(2,\) with values in "
                                            r"\[0, 3\]"),
             (labels, torch.tensor([-1, 0]), r"with values in \[-1, 0\]"),
@@ -354,3 +356,25 @@ def test_a_damaged_data_cache_is_rebuilt_and_an_unwritable_one_is_skipped(tmp_pa
     with pytest.warns(UserWarning, match="cannot write the cache .* keeping binarized_mnist in "
                                          "memory only"):
         assert torch.equal(data.load("binarized_mnist", "test")[0], x)
+
+
+def test_a_loaded_made_uses_the_mask_it_was_saved_with():
+    saved = _randomized(MADE(image_shape=(1, 2, 3), hidden_sizes=(12,), num_masks=4,
+                             natural_ordering=False)).train()
+    x = torch.randint(0, 2, (5, 1, 2, 3))
+    for _ in range(3):
+        saved.log_prob(x)  # training cycles the masks: mask_index is now 3
+    loaded = MADE(saved.config).double()
+    loaded.load_state_dict(saved.state_dict())
+    assert int(loaded.mask_index) == 3
+    torch.testing.assert_close(loaded.conditionals(x), saved.conditionals(x))
+    old = {k: v for k, v in saved.state_dict().items() if k != "masks_fingerprint"}
+    for strict in (True, False):
+        with pytest.warns(UserWarning, match="no masks_fingerprint"):
+            MADE(saved.config).double().load_state_dict(old, strict=strict)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_an_empty_batch_scores_to_an_empty_result(name):
+    model = SMALL[name]((1, 3, 3))
+    assert model.log_prob(torch.zeros(0, 1, 3, 3, dtype=torch.long)).shape == (0,)

@@ -23,9 +23,11 @@ namespace dmol {
 
 constexpr double kMinLogScale = -7.0;
 constexpr double kMinDelta = 1e-5;  // inner bins of smaller mass use the density instead
-// Keeps every intermediate finite in float32 for any finite params: distances to the mean,
-// logits and per-channel log-probabilities are held within +-1e30, which binds only for
-// parameters no model produces and where the result has long saturated.
+// Keeps every intermediate finite in float32 for any finite params: distances to the mean and
+// per-channel log-probabilities are held within +-1e30, which binds only for parameters no
+// model produces and where the result has long saturated. Logits are never clamped (two
+// different huge logits must not tie): a logit far below the largest gets log_weight -inf,
+// weight 0.
 constexpr double kMaxMagnitude = 1e30;
 
 template <typename T>
@@ -217,13 +219,13 @@ FASTAR_HD ComponentTerm<T, C> component_term(const Pixel<T, C>& px, const Param&
   return out;
 }
 
-// The log-softmax of a component's clamped logit, log_weight = (logit - max) - log_sum with
+// The log-softmax of a component's logit, log_weight = (logit - max) - log_sum with
 // max and log_sum = log sum exp(logits - max) over the components. Never written as
 // logit - (max + log_sum): for huge logits max + log_sum rounds to max, and the weights of
 // two tied components would come out as 1 each instead of 1/2.
 template <typename T>
-FASTAR_HD T log_weight(T clamped_logit, T max, T log_sum) {
-  return (clamped_logit - max) - log_sum;
+FASTAR_HD T log_weight(T logit, T max, T log_sum) {
+  return (logit - max) - log_sum;
 }
 
 // Component k's share of the gradient of log_prob: the posterior responsibility

@@ -104,7 +104,7 @@ FASTAR_CPU_MULTIVERSION void logsumexp_rows(int64_t K, int64_t len, const Row& r
   for (int64_t j = 0; j < len; ++j) log_sum[j] = math::log(log_sum[j]);
 }
 
-// log_weights[k * kBlock + j] = log softmax of the clamped logits at position j of the block:
+// log_weights[k * kBlock + j] = log softmax of the logits at position j of the block:
 // (logit - max) - log sum exp(logits - max). Normalizing each logit before it meets the
 // component's log P keeps the result invariant to a common shift of the logits, as
 // log-softmax is (added raw and normalized afterwards, a logit of 1e8 would swallow the
@@ -114,7 +114,7 @@ void load_log_weights(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* lo
                       acc_t* max, acc_t* log_sum) {
   for (int64_t k = 0; k < K; ++k)
     for (int64_t j = 0; j < blk.len; ++j)
-      log_weights[k * kBlock + j] = dmol::clamp_magnitude(acc_t(blk.params[k * blk.S + j]));
+      log_weights[k * kBlock + j] = acc_t(blk.params[k * blk.S + j]);
   logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return log_weights + k * kBlock; }, max,
                         log_sum);
   for (int64_t k = 0; k < K; ++k)

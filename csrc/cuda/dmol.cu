@@ -65,10 +65,10 @@ __device__ __forceinline__ void mixture(const dmol::Pixel<acc_t, C>& px, const P
                                         int64_t K, const dmol::Bins<acc_t>& bins,
                                         Normalizer<acc_t>& norm, acc_t& log_prob) {
   OnlineLogSumExp<acc_t> logits, total;
-  for (int64_t k = 0; k < K; ++k) logits.add(dmol::clamp_magnitude(param(k)));
+  for (int64_t k = 0; k < K; ++k) logits.add(param(k));
   norm = {logits.max, math::log(logits.sum)};
   for (int64_t k = 0; k < K; ++k)
-    total.add(dmol::log_weight(dmol::clamp_magnitude(param(k)), norm.max, norm.log_sum) +
+    total.add(dmol::log_weight(param(k), norm.max, norm.log_sum) +
               dmol::component_term<acc_t, C, false>(px, param, k, K, bins).log_prob);
   log_prob = total.value();
 }
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t k = 0; k < K; ++k)
       dmol::component_backward<acc_t, C>(
           pos.px, param, store, k, K, bins,
-          dmol::log_weight(dmol::clamp_magnitude(param(k)), norm.max, norm.log_sum), log_prob,
+          dmol::log_weight(param(k), norm.max, norm.log_sum), log_prob,
           acc_t(grad_out[i]));
   });
 }

@@ -24,6 +24,7 @@ checkpoint alone.
 
 import dataclasses
 import math
+import typing
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
@@ -39,6 +40,24 @@ class Cache:
     sums); their state is written by the model's step."""
     x: Tensor
     cond: Optional[Tensor] = None
+
+
+def _check_types(name: str, config) -> None:
+    """TypeError for a config value of the wrong kind where JSON or a typo can bring one (a
+    string "no" for a bool is truthy): bools must be bools, ints ints, floats numbers."""
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        kind = f.type
+        if getattr(kind, "__origin__", None) is typing.Union:  # Optional[X]
+            if v is None:
+                continue
+            kind = next(a for a in kind.__args__ if a is not type(None))
+        ok = {bool: lambda: isinstance(v, bool),
+              int: lambda: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda: isinstance(v, (int, float)) and not isinstance(v, bool)}.get(
+                  kind, lambda: True)()
+        if not ok:
+            raise TypeError("%s: %s must be %s, got %r" % (name, f.name, kind.__name__, v))
 
 
 class AutoregressiveModel(nn.Module):
@@ -60,6 +79,7 @@ class AutoregressiveModel(nn.Module):
             config = self.config_class(**overrides)
         elif overrides:
             config = dataclasses.replace(config, **overrides)
+        _check_types(type(self).__name__, config)
         self.config = config
         self.num_values = config.num_values
 

@@ -16,6 +16,9 @@ from fastar.models._pixel_model import PixelModel
 from fastar.nn import GatedPixelCNNLayer
 
 
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
 @dataclasses.dataclass
 class GatedPixelCNNConfig:
     """num_classes: condition on labels (B,) int64; cond_channels: on vectors (B, cond_channels)."""
@@ -30,6 +33,8 @@ class GatedPixelCNNConfig:
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
+        if self.num_layers < 1:
+            raise ValueError("GatedPixelCNN: num_layers must be >= 1, got %r" % (self.num_layers,))
 
 
 class GatedPixelCNN(PixelModel):
@@ -60,9 +65,11 @@ class GatedPixelCNN(PixelModel):
                                  "so it takes no cond; got one of shape %s" % (tuple(cond.shape),))
             return
         if c.num_classes is not None:
-            want = "labels of shape (%d,) in [0, %d)" % (batch, c.num_classes)
-            ok = (cond is not None and not cond.is_floating_point() and tuple(cond.shape) == (batch,)
+            want = "integer labels of shape (%d,) in [0, %d)" % (batch, c.num_classes)
+            ok = (cond is not None and cond.dtype in _LABEL_DTYPES
+                  and tuple(cond.shape) == (batch,)
                   and (cond.numel() == 0 or torch.compiler.is_compiling()
+                       or cond.device.type == "meta"
                        or (0 <= int(cond.min()) and int(cond.max()) < c.num_classes)))
         else:
             want = "a float condition of shape (%d, %d)" % (batch, c.cond_channels)
@@ -70,14 +77,15 @@ class GatedPixelCNN(PixelModel):
                   and tuple(cond.shape) == (batch, c.cond_channels))
         if not ok:
             got = "none" if cond is None else "%s of shape %s%s" % (
-                cond.dtype, tuple(cond.shape), "" if cond.is_floating_point() or not cond.numel()
-                else " with values in [%d, %d]" % (int(cond.min()), int(cond.max())))
+                cond.dtype, tuple(cond.shape), " with values in [%d, %d]" % (
+                    int(cond.min()), int(cond.max())) if cond.dtype in _LABEL_DTYPES
+                and cond.numel() and cond.device.type != "meta" else "")
             raise ValueError("GatedPixelCNN: expected cond: %s; got %s" % (want, got))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self.check_cond(cond, x.shape[0])
         if cond is not None and self.num_classes is not None:
-            cond = F.one_hot(cond, self.num_classes)
+            cond = F.one_hot(cond.long(), self.num_classes)
         if cond is not None:
             cond = cond.to(next(self.parameters()).dtype)
         v = h = self.scale_input(x)

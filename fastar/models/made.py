@@ -6,6 +6,7 @@ units and a single mask (88.40 nats); num_masks=32 gives the connectivity-agnost
 import dataclasses
 import hashlib
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -85,6 +86,9 @@ class MADE(AutoregressiveModel):
         # (another seed or ordering) must not load silently into this model.
         self.register_buffer("masks_fingerprint", self._fingerprint())
         self._register_load_state_dict_pre_hook(self._check_masks)
+        # The layers hold the mask of mask_index: a loaded mask_index must take effect.
+        self.register_load_state_dict_post_hook(
+            lambda module, incompatible: module._use(int(module.mask_index)))
         self._use(0)
 
     def _fingerprint(self) -> Tensor:
@@ -95,9 +99,15 @@ class MADE(AutoregressiveModel):
                          .tobytes())
         return torch.tensor(int.from_bytes(h.digest()[:8], "little", signed=True))
 
-    def _check_masks(self, state_dict, prefix, *args):
+    def _check_masks(self, state_dict, prefix, local_metadata, strict, missing, unexpected,
+                     errors):
         stored = state_dict.get(prefix + "masks_fingerprint")
-        if stored is not None and int(stored) != int(self.masks_fingerprint):
+        if stored is None:  # saved before fastar recorded the masks: load, but say so
+            warnings.warn("MADE: the state dict has no masks_fingerprint (saved before fastar "
+                          "recorded the masks): nothing shows these weights were trained under "
+                          "this model's masks (seed %d)" % self.config.seed)
+            state_dict[prefix + "masks_fingerprint"] = self.masks_fingerprint.clone()
+        elif int(stored) != int(self.masks_fingerprint):
             raise RuntimeError(
                 "MADE: these weights were trained under other masks (another seed, ordering, "
                 "num_masks or hidden_sizes): build the model with the config they were saved "
@@ -140,7 +150,7 @@ class MADE(AutoregressiveModel):
         return torch.argsort(self._masks[int(self.mask_index)][0])
 
     def _scale(self, x: Tensor) -> Tensor:
-        h = x.reshape(x.shape[0], -1).to(self.out.weight.dtype)
+        h = x.reshape(x.shape[0], self.D).to(self.out.weight.dtype)
         return h / (self.num_values - 1) if self.num_values > 2 else h
 
     def _head(self, h: Tensor, rows: slice = slice(None)) -> Tensor:
@@ -179,7 +189,8 @@ class MADE(AutoregressiveModel):
         V = self.num_values
         if i > 0:  # add the value drawn at the previous position
             p = int(order[i - 1])
-            v = self._scale(cache.x.view(cache.x.shape[0], -1)[:, p : p + 1])
+            v = cache.x.view(cache.x.shape[0], self.D)[:, p : p + 1].to(self.out.weight.dtype)
+            v = v / (self.num_values - 1) if self.num_values > 2 else v
             if self.hidden:
                 first = self.hidden[0]
                 cache.pre += v * (first.weight[:, p] * first.mask[:, p])

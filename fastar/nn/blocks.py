@@ -19,7 +19,8 @@ class _Conditioning(nn.Module):
 
     def forward(self, cond: Tensor, spatial_dims: int) -> Tensor:
         if cond.dim() == 2:  # per image: broadcast over the spatial dims
-            return self.proj(cond).view(*cond.shape[:1], -1, *([1] * spatial_dims))
+            return self.proj(cond).view(cond.shape[0], self.proj.out_features,
+                                        *([1] * spatial_dims))
         return self.proj(cond.movedim(1, -1)).movedim(-1, 1)  # 1x1 conv of a map
 
 

@@ -85,6 +85,9 @@ def _dmol_log_prob_backward_fake(grad_out, x, params, num_bins):
     op = "dmol_log_prob_backward"
     shape = _check_args(op, x, params, num_bins)
     check_same_device(op, "params", params, grad_out=grad_out)
+    torch._check(grad_out.dtype == params.dtype, lambda: "fastar::%s: expected grad_out to have "
+                 "x's dtype (%s), but got %s" % (op, dtype_name(params.dtype),
+                                                 dtype_name(grad_out.dtype)))
     torch._check(tuple(grad_out.shape) == tuple(shape), lambda: "fastar::%s: expected grad_out "
                  "of shape %s (B, *S), but got %s" % (op, list(shape), list(grad_out.shape)))
     return torch.empty_like(params, memory_format=torch.contiguous_format)

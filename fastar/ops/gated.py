@@ -64,6 +64,8 @@ def _backward_fake(grad_out, x, cond=None):
     op = "gated_activation_backward"
     out_shape = _out_shape(op, x, cond)
     check_same_device(op, "x", x, grad_out=grad_out)
+    torch._check(grad_out.dtype == x.dtype, lambda: "fastar::%s: expected grad_out to have x's "
+                 "dtype (%s), but got %s" % (op, dtype_name(x.dtype), dtype_name(grad_out.dtype)))
     torch._check(tuple(grad_out.shape) == tuple(out_shape), lambda: "fastar::%s: expected "
                  "grad_out of shape %s (x with half the channels), but got %s"
                  % (op, list(out_shape), list(grad_out.shape)))

@@ -49,7 +49,7 @@ def _order_key(index: Tuple[int, ...], channels: int, color_groups: int):
 
 def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
                           ordering: str = "raster", color_groups: int = 1,
-                          inclusive: bool = False) -> None:
+                          inclusive: bool = False, cond=None) -> None:
     """Raises AssertionError naming the first (output, input) pair where an output depends on
     an input that does not come strictly before it (or at the same position and colour group,
     with inclusive=True), and on any dependence across batch elements.
@@ -57,9 +57,10 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
     Input of shape (N, C, H, W) for ordering "raster" or (N, C, T) for "causal"; the output
     must have the same batch and spatial dims (any number of channels, split into
     ``color_groups`` groups like the input's). A fastar model (`AutoregressiveModel`, integer
-    input such as MADE's included) is checked in its own generation order instead: the logits
-    of each value may depend only on the values before it; ordering, color_groups and
-    inclusive are then ignored.
+    input such as MADE's included) is checked in its own generation order instead, given cond:
+    the logits of each value may depend only on the values before it; ordering, color_groups
+    and inclusive are then ignored. A model whose input reaches it through an integer cast
+    (one_hot, embedding) carries no gradient to it: that raises ValueError, not a pass.
 
     What a gradient check cannot see: a path that carries no gradient (``detach``, rounding
     or casting to an integer, comparisons, indexing by the input's values), and a dependence
@@ -70,7 +71,7 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
     from fastar.models import AutoregressiveModel
 
     if isinstance(module, AutoregressiveModel):
-        return _assert_model_autoregressive(module, input_shape)
+        return _assert_model_autoregressive(module, input_shape, cond)
     if ordering not in ("raster", "causal"):
         raise ValueError("ordering must be 'raster' or 'causal', got %r" % (ordering,))
     if not isinstance(color_groups, int) or color_groups < 1 or input_shape[1] % color_groups:
@@ -100,17 +101,24 @@ def assert_autoregressive(module: nn.Module, input_shape: Sequence[int],
                                      % (ordering, out_index, tuple(in_index)))
 
 
-def _assert_model_autoregressive(model: nn.Module, input_shape: Sequence[int]) -> None:
+def _assert_model_autoregressive(model: nn.Module, input_shape: Sequence[int], cond) -> None:
     """assert_autoregressive for a fastar model: gradients of its conditionals with respect to
     a float copy of the input, against the model's generation order."""
     m = _randomized(model)
+    if cond is not None and torch.is_tensor(cond) and cond.is_floating_point():
+        cond = cond.double()
     device = next(m.parameters()).device
     N, *event = input_shape
     rank = torch.empty(math.prod(event), dtype=torch.long)
     rank[m.generation_order(tuple(event))] = torch.arange(rank.numel())
     x = (torch.rand(input_shape, dtype=torch.float64, device=device) * (m.num_values - 1)
          ).requires_grad_()
-    out = m.conditionals(x).flatten(2)  # (N, V, D)
+    out = m.conditionals(x, cond).flatten(2)  # (N, V, D)
+    if not out.requires_grad or not _input_grad(out.sum(), x).any():
+        raise ValueError("assert_autoregressive: no gradient reaches %s's input (an integer "
+                         "cast such as one_hot?), so dependence cannot be seen this way; check "
+                         "that exp(log_prob) sums to 1 over every input of a tiny shape"
+                         % type(model).__name__)
     for n, v, d in torch.cartesian_prod(*[torch.arange(s) for s in out.shape]).tolist():
         grad = _input_grad(out[n, v, d], x).reshape(N, -1)
         for n_in, d_in in (grad != 0).nonzero().tolist():
