@@ -47,7 +47,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_cli_rejects_unknown_models():
-    out = _fastar("train", "wavenet", "--dataset", "binarized_mnist")
+    out = _fastar("train", "no_such_model", "--dataset", "binarized_mnist")
     assert out.returncode != 0 and "invalid choice" in out.stderr
 
 
