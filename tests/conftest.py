@@ -1,5 +1,16 @@
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+# torch.compile's on-disk caches outlive a fastar rebuild and can replay a graph traced against
+# an older op schema or autograd formula ("expected at most 4 argument(s)"): each test session
+# compiles into its own directory.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastar-inductor-")
+atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU visible")
