@@ -115,7 +115,7 @@ class AutoregressiveModel(nn.Module):
         C, *S = event_shape
         return torch.arange(math.prod(event_shape)).view(C, -1).t().flatten()
 
-    def check_input(self, x: Tensor, cond: Optional[Tensor] = None) -> None:
+    def check_input(self, x: Tensor) -> None:
         """Raises ValueError naming the model, what it expects and what came, for data it
         cannot score: non-integer x, a wrong shape, values outside [0, num_values)."""
         name = type(self).__name__
@@ -134,7 +134,7 @@ class AutoregressiveModel(nn.Module):
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape)."""
-        self.check_input(x, cond)
+        self.check_input(x)
         logp = torch.log_softmax(self.conditionals(x, cond), dim=1)
         return logp.gather(1, x.long().unsqueeze(1)).flatten(1).sum(dim=1)
 

@@ -150,7 +150,8 @@ class MADE(AutoregressiveModel):
         return torch.argsort(self._masks[int(self.mask_index)][0])
 
     def _scale(self, x: Tensor) -> Tensor:
-        h = x.reshape(x.shape[0], self.D).to(self.out.weight.dtype)
+        """Values (B, ...) as network inputs: in [0, 1] for num_values > 2, as is for binary."""
+        h = x.flatten(1).to(self.out.weight.dtype)
         return h / (self.num_values - 1) if self.num_values > 2 else h
 
     def _head(self, h: Tensor, rows: slice = slice(None)) -> Tensor:
@@ -189,8 +190,7 @@ class MADE(AutoregressiveModel):
         V = self.num_values
         if i > 0:  # add the value drawn at the previous position
             p = int(order[i - 1])
-            v = cache.x.view(cache.x.shape[0], self.D)[:, p : p + 1].to(self.out.weight.dtype)
-            v = v / (self.num_values - 1) if self.num_values > 2 else v
+            v = self._scale(cache.x.view(cache.x.shape[0], self.D)[:, p : p + 1])
             if self.hidden:
                 first = self.hidden[0]
                 cache.pre += v * (first.weight[:, p] * first.mask[:, p])
