@@ -151,21 +151,30 @@ void block_log_prob(int64_t K, const dmol::Bins<acc_t> bins, Scratch<scalar_t, a
   t.log_prob_of_totals(K);
 }
 
+// The loop of all three kernels: fn(t) for every block of positions, in parallel, with t's
+// block loaded; grad_rows sizes the per-component derivative buffer (0: none).
+template <typename scalar_t, int C, typename Fn>
+void for_each_block(const DmolArgs& args, int64_t grad_rows, const Fn& fn) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* params = args.params.const_data_ptr<scalar_t>();
+  const int64_t* x = args.x.const_data_ptr<int64_t>();
+  cpu::parallel_for_row_blocks(
+      args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(args.K, grad_rows); },
+      [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
+        load_block(args, params, x, b, s0, len, t.blk);
+        fn(t);
+      });
+}
+
 template <typename scalar_t, int C>
 void forward_cpu(const DmolArgs& args, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto bins = dmol::make_bins<acc_t>(args.num_bins);
-  const scalar_t* params = args.params.const_data_ptr<scalar_t>();
-  const int64_t* x = args.x.const_data_ptr<int64_t>();
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
-  const int64_t K = args.K;
-  cpu::parallel_for_row_blocks(
-      args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(K, 0); },
-      [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
-        load_block(args, params, x, b, s0, len, t.blk);
-        block_log_prob(K, bins, t);
-        for (int64_t j = 0; j < len; ++j) y[t.blk.pos + j] = scalar_t(t.log_prob[j]);
-      });
+  for_each_block<scalar_t, C>(args, 0, [&](Scratch<scalar_t, acc_t, C>& t) {
+    block_log_prob(args.K, bins, t);
+    for (int64_t j = 0; j < t.blk.len; ++j) y[t.blk.pos + j] = scalar_t(t.log_prob[j]);
+  });
 }
 
 template <typename scalar_t, typename acc_t, int C>
@@ -196,20 +205,15 @@ template <typename scalar_t, int C>
 void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto bins = dmol::make_bins<acc_t>(args.num_bins);
-  const scalar_t* params = args.params.const_data_ptr<scalar_t>();
-  const int64_t* x = args.x.const_data_ptr<int64_t>();
   const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  cpu::parallel_for_row_blocks(
-      args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(K, 0); },
-      [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
-        load_block(args, params, x, b, s0, len, t.blk);
-        block_log_prob(K, bins, t);
-        for (int64_t k = 0; k < K; ++k)
-          component_grads(t.blk, k, K, bins, t.log_weights.data() + k * kBlock,
-                          t.log_prob.data(), g + t.blk.pos, gp + t.blk.offset);
-      });
+  for_each_block<scalar_t, C>(args, 0, [&](Scratch<scalar_t, acc_t, C>& t) {
+    block_log_prob(K, bins, t);
+    for (int64_t k = 0; k < K; ++k)
+      component_grads(t.blk, k, K, bins, t.log_weights.data() + k * kBlock, t.log_prob.data(),
+                      g + t.blk.pos, gp + t.blk.offset);
+  });
 }
 
 // For component k: comp[j] = log P(x | k) at each position of the block, and the derivatives
@@ -270,30 +274,26 @@ template <typename scalar_t, int C>
 void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto bins = dmol::make_bins<acc_t>(args.num_bins);
-  const scalar_t* params = args.params.const_data_ptr<scalar_t>();
-  const int64_t* x = args.x.const_data_ptr<int64_t>();
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  cpu::parallel_for_row_blocks(
-      args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(K, args.P); },
-      [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
-        const auto& blk = t.blk;
-        load_block(args, params, x, b, s0, len, t.blk);
-        load_log_weights(blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());
-        for (int64_t k = 0; k < K; ++k) {
-          acc_t* ck = t.comp.data() + k * kBlock;
-          component_terms_with_grad(blk, k, K, bins, ck, t.d.data());
-          const acc_t* wk = t.log_weights.data() + k * kBlock;
-          for (int64_t j = 0; j < len; ++j) t.totals[k * kBlock + j] = wk[j] + ck[j];
-        }
-        t.log_prob_of_totals(K);
-        for (int64_t j = 0; j < len; ++j) y[blk.pos + j] = scalar_t(t.log_prob[j]);
-        for (int64_t k = 0; k < K; ++k)
-          write_component_grad<scalar_t, acc_t, C>(
-              len, blk.S, k, K, t.log_weights.data() + k * kBlock, t.comp.data() + k * kBlock,
-              t.log_prob.data(), t.d.data(), gp + blk.offset);
-      });
+  for_each_block<scalar_t, C>(args, args.P, [&](Scratch<scalar_t, acc_t, C>& t) {
+    const auto& blk = t.blk;
+    const int64_t len = blk.len;
+    load_log_weights(blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t* ck = t.comp.data() + k * kBlock;
+      component_terms_with_grad(blk, k, K, bins, ck, t.d.data());
+      const acc_t* wk = t.log_weights.data() + k * kBlock;
+      for (int64_t j = 0; j < len; ++j) t.totals[k * kBlock + j] = wk[j] + ck[j];
+    }
+    t.log_prob_of_totals(K);
+    for (int64_t j = 0; j < len; ++j) y[blk.pos + j] = scalar_t(t.log_prob[j]);
+    for (int64_t k = 0; k < K; ++k)
+      write_component_grad<scalar_t, acc_t, C>(
+          len, blk.S, k, K, t.log_weights.data() + k * kBlock, t.comp.data() + k * kBlock,
+          t.log_prob.data(), t.d.data(), gp + blk.offset);
+  });
 }
 
 at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
