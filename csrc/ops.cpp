@@ -21,4 +21,23 @@ TORCH_LIBRARY(fastar, m) {
   // pass: ((B, *S), (B, P, *S)). CPU only: where the math is compute-bound, training evaluates
   // each term once instead of once in the forward and again in the backward.
   m.def("dmol_log_prob_with_grad(Tensor x, Tensor params, int num_bins=256) -> (Tensor, Tensor)");
+
+  // WaveNet's cached generation loop: steps t = start .. T - 1 of the sequences x (B, T) in one
+  // call, each step reading the ring buffers (B, sum of dilation * (k - 1), R) of the block
+  // inputs it needs and pushing its own (start = 0 clears them first). Positions t < num_given
+  // keep x's value; the others are drawn by inverse CDF from u[:, t] (float64, as
+  // fastar.sampling.categorical). Returns log p(x_t | x_<t) for t >= start, (B, T - start).
+  // Weights packed as csrc/common/wavenet.h describes; num_mixtures = 0: softmax head,
+  // otherwise a one-channel discretized logistic mixture of that many components.
+  m.def(
+      "wavenet_generate(Tensor(a!) x, Tensor(b!) buffers, Tensor u, int start, int num_given, "
+      "Tensor embed, Tensor embed_bias, Tensor conv_weight, Tensor conv_bias, Tensor out_weight, "
+      "Tensor out_bias, Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, "
+      "Tensor head_bias2, int[] dilations, int num_mixtures=0, Tensor? global_bias=None, "
+      "Tensor? local=None, Tensor? local_weight=None) -> Tensor");
+}
+
+// A sampling loop has no gradient: its outputs do not require grad, whatever the weights do.
+TORCH_LIBRARY_IMPL(fastar, Autograd, m) {
+  m.impl("wavenet_generate", torch::CppFunction::makeFallthrough());
 }

@@ -37,7 +37,9 @@ class OpInfo:
     dtypes: Tuple[torch.dtype, ...] = FLOATS
     # gradcheck's tolerance for a second backward differing from the first (0: bit-identical).
     gradcheck_nondet_tol: float = 0.0
-    mutating: bool = False  # writes an argument in place (Tensor(a!)), e.g. a ring buffer
+    # Arguments the op writes in place (Tensor(a!)), e.g. ring buffers: the generic tests give
+    # every call fresh copies of them and compare what was written beside the outputs.
+    mutated_args: Tuple[int, ...] = ()
     cuda_tol: float = 1e-5  # float32 CUDA against CPU: the same formulas, rounded differently
     # (rtol, atol) of outputs and of gradients in float64; relative accuracy bound per
     # reduced dtype (on top of flash-attention's rule, see test_ops.test_reduced_precision).
@@ -52,6 +54,10 @@ class OpInfo:
     @property
     def op(self):
         return getattr(torch.ops.fastar, self.name).default
+
+    @property
+    def mutating(self) -> bool:
+        return bool(self.mutated_args)
 
     @property
     def differentiable(self) -> bool:
@@ -186,6 +192,78 @@ def dmol_with_grad_reference(x, params, num_bins=256):
 _DMOL_TOL = dict(tol64=(1e-9, 1e-9), grad_tol64=(1e-7, 1e-9),
                  reduced_tol={torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2})
 
+# --- wavenet_generate -------------------------------------------------------------------------
+
+# Model variants (WaveNet keywords) and batch sizes: batch 1 runs the CPU kernel's team of
+# threads splitting columns, batch 5 its one-thread-per-sequences path.
+_WAVENET_CASES = [
+    ("k2", {}, 1), ("k3-global", {"kernel_size": 3, "cond_channels": 3}, 5),
+    ("local", {"local_channels": 2, "upsample": 3}, 3), ("k1", {"kernel_size": 1}, 2),
+    ("dmol", {"output": "dmol", "num_mixtures": 3}, 2),
+    ("odd-widths", {"residual_channels": 5, "skip_channels": 7, "num_values": 9}, 5),
+]
+
+
+def _wavenet_args(kw, B, T, device, dtype, num_given, seed):
+    """Arguments of wavenet_generate for a small random WaveNet (packed as the model packs
+    them), sampling from position num_given on."""
+    from fastar.models import WaveNet
+    torch.manual_seed(seed)
+    args = dict(num_values=16, residual_channels=8, skip_channels=16, dilations=(1, 2, 4, 1))
+    args.update(kw)
+    model = WaveNet(**args).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.4)
+    c = model.config
+    x = torch.randint(0, c.num_values, (B, T), device=device)
+    u = torch.rand(B, T, dtype=torch.float64, device=device)
+    buffers = _float((B, sum(d * (c.kernel_size - 1) for d in c.dilations),
+                      c.residual_channels), dtype, device)  # garbage: start = 0 clears it
+    g = None if c.cond_channels is None else torch.stack(
+        [b.cond_bias(_float((B, c.cond_channels), dtype, device)) for b in model.blocks], 1)
+    local = local_w = None
+    if c.local_channels is not None:
+        local = _float((B, c.local_channels, T), dtype, device)
+        local_w = torch.cat([b.local_cond.proj.weight for b in model.blocks]).t()
+    return [x, buffers, u, 0, num_given, *(w.detach() for w in model.packed_weights()),
+            list(c.dilations), c.num_mixtures if c.output == "dmol" else 0, g, local,
+            None if local_w is None else local_w.detach()]
+
+
+def wavenet_samples(device, dtype, full=False):
+    """Scoring given data (num_given = T: no draws, so float32 and float64 agree on x) and,
+    in float64, sampling after a prefix and continuing a call that stopped at `start`."""
+    T = 11
+    out = [SampleInput(tuple(_wavenet_args(kw, B, T, device, dtype, T, i)), name + "-scored")
+           for i, (name, kw, B) in enumerate(_WAVENET_CASES)]
+    if dtype == torch.float64:
+        for i, (name, kw, B) in enumerate(_WAVENET_CASES[:3 if not full else None]):
+            args = _wavenet_args(kw, B, T, device, dtype, 3, 10 + i)
+            out.append(SampleInput(tuple(args), name + "-sampled"))
+            if full:  # the state after 6 steps, continued
+                out.append(SampleInput(tuple(_continued(args)), name + "-continued"))
+    return out
+
+
+def _continued(args):
+    """args set to continue at start = 6: x and buffers as a first call over x[:, :6] left
+    them."""
+    args = list(args)
+    x, u, local = args[0], args[2], args[18]
+    first = list(args)
+    first[0] = x[:, :6].clone()
+    first[1] = args[1].clone()
+    first[2] = u[:, :6].contiguous()
+    first[18] = None if local is None else local[:, :, :6].contiguous()
+    reference.wavenet_generate(*first)
+    args[0] = x.clone()
+    args[0][:, :6] = first[0]
+    args[1] = first[1]
+    args[3] = 6
+    return args
+
+
 OP_DB = [
     OpInfo("gated_activation", reference.gated_activation, gated_samples,
            fn=ops.gated_activation, grad_args=(0, 1), tol64=(1e-13, 1e-15),
@@ -200,4 +278,8 @@ OP_DB = [
            **{**_DMOL_TOL, "tol64": _DMOL_TOL["grad_tol64"]}),
     OpInfo("dmol_log_prob_with_grad", dmol_with_grad_reference, dmol_samples, devices=("cpu",),
            **{**_DMOL_TOL, "tol64": _DMOL_TOL["grad_tol64"]}),
+    # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
+    OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
+           fn=ops.wavenet_generate, mutated_args=(0, 1), dtypes=(torch.float32, torch.float64),
+           tol64=(1e-11, 1e-12)),
 ]

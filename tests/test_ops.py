@@ -25,6 +25,21 @@ def _tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def _copy(t):
+    """A fresh tensor of t's values and strides (a mutating op writes it, not the sample)."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return out.copy_(t)
+
+
+def _run(fn, args, info: OpInfo):
+    """fn(*args) as a tuple, followed for a mutating op by what it wrote into (fresh copies
+    of) its mutated args."""
+    if not info.mutating:
+        return _tuple(fn(*args))
+    args = tuple(_copy(a) if i in info.mutated_args else a for i, a in enumerate(args))
+    return _tuple(fn(*args)) + tuple(args[i] for i in info.mutated_args)
+
+
 def _with_grad(args, info: OpInfo):
     """Fresh leaves of the differentiable args (same storage and strides)."""
     return tuple(a.detach().requires_grad_() if i in info.grad_args and a is not None
@@ -41,7 +56,7 @@ def _check_against(info, path, args, ref_fn, tol, grad_tol):
     """path(*args) against ref_fn(*args): outputs, and for a differentiable op the gradients
     of the grad_args for one random grad_out."""
     args = _with_grad(args, info)
-    ours, ref = _tuple(path(*args)), _tuple(ref_fn(*args))
+    ours, ref = _run(path, args, info), _run(ref_fn, args, info)
     assert len(ours) == len(ref)
     for o, r in zip(ours, ref):
         torch.testing.assert_close(o, r, rtol=tol[0], atol=tol[1])
@@ -66,7 +81,7 @@ def _outputs_and_grads(fn, args, info, grad_seed, grad_dtype=None):
     """Outputs, and for a differentiable op the gradients for a seeded grad_out, rounded
     through grad_dtype (so a float64 truth sees the grad_out the kernel saw)."""
     args = _with_grad(args, info)
-    out = _tuple(fn(*args))
+    out = _run(fn, args, info)
     if not info.differentiable:
         return out
     g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(grad_seed),
@@ -121,7 +136,7 @@ def test_gradcheck(info, device):
 
 @pytest.mark.parametrize("info", OP_DB, ids=lambda i: i.name)
 def test_the_schema_declares_what_the_row_says(info):
-    # A mutating op must declare Tensor(a!) (and return nothing), or torch.compile reorders it.
+    # A mutating op must declare Tensor(a!), or torch.compile reorders or drops its writes.
     assert info.op._schema.is_mutable == info.mutating
 
 
@@ -143,7 +158,9 @@ def test_a_meta_tensor_beside_a_real_one_raises(info):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(info, device, dtype):
     for sample in info.sample_inputs(device, dtype)[:3]:
-        torch.library.opcheck(info.op, _with_grad(sample.args, info))
+        args = tuple(_copy(a) if i in info.mutated_args else a
+                     for i, a in enumerate(sample.args))
+        torch.library.opcheck(info.op, _with_grad(args, info))
 
 
 @pytest.mark.parametrize("info,device", CASES)
@@ -181,8 +198,8 @@ def _empty_batch(args):
 def test_empty_batch(info, device):
     args = _with_grad(_empty_batch(info.sample_inputs(device, torch.float32)[0].args), info)
     for path in info.paths():
-        out = _tuple(path(*args))
-        expected = _tuple(info.reference(*args))
+        out = _run(path, args, info)
+        expected = _run(info.reference, args, info)
         for o, e in zip(out, expected):
             assert o.shape == e.shape and o.shape[0] == 0
         if info.differentiable:
@@ -209,7 +226,7 @@ def test_non_contiguous_inputs(info, device):
             assert all(not a.is_contiguous() for a in strided
                        if isinstance(a, torch.Tensor) and a.numel() > 1)
             args = _with_grad(sample.args, info)
-            out_strided, out = _tuple(path(*strided)), _tuple(path(*args))
+            out_strided, out = _run(path, strided, info), _run(path, args, info)
             for a, b in zip(out_strided, out):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
             if info.differentiable:

@@ -3,7 +3,9 @@ import itertools
 import pytest
 import torch
 
+from fastar import ops
 from fastar.models import WaveNet
+from fastar.models.wavenet import Condition
 from fastar.testing import assert_autoregressive
 
 ALL_BINARY_9 = torch.tensor(list(itertools.product(range(2), repeat=9))).view(-1, 1, 9)
@@ -125,3 +127,161 @@ def test_cached_sampling_equals_naive_sampling(name, n):
     a, b = (model.sample(n, 9, cond, local, cached=flag, prefix=prefix,
                          generator=torch.Generator().manual_seed(7)) for flag in (False, True))
     assert torch.equal(a, b) and torch.equal(a[:, :, :3], prefix)
+
+
+# --- the fused generation loop (fastar.ops.wavenet_generate) -----------------------------------
+
+def _medium(dtype=torch.float64, **kw):
+    """Big enough for the kernel's vector tiles (columns in blocks of 8 and more)."""
+    args = dict(num_values=32, residual_channels=16, skip_channels=24, dilations=(1, 2, 4, 8, 1))
+    args.update(kw)
+    torch.manual_seed(1)
+    model = WaveNet(**args).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+def _medium_conditions(model, n, length):
+    c, g = model.config, torch.Generator().manual_seed(4)
+    dtype = model.head[-1].weight.dtype
+    cond = None if c.cond_channels is None else torch.randn(n, c.cond_channels, generator=g,
+                                                            dtype=dtype)
+    local = None if c.local_channels is None else torch.randn(
+        n, c.local_channels, -(-length // c.upsample), generator=g, dtype=dtype)
+    return cond, local
+
+
+FUSED_VARIANTS = {**VARIANTS, "k1": {"kernel_size": 1}, "dmol-k3": {
+    "output": "dmol", "num_mixtures": 3, "kernel_size": 3}}
+
+
+@pytest.mark.parametrize("name", list(FUSED_VARIANTS))
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_the_fused_loop_draws_what_the_python_step_loop_draws(name, n):
+    # The ladder: one wavenet_generate call == the contract's loop over model.step (float64:
+    # the same values, draw by draw), with and without a prefix. n = 1 and 2 run the kernel's
+    # team of threads, 5 its thread-per-sequences path.
+    from fastar.models.base import AutoregressiveModel
+    model = _medium(**FUSED_VARIANTS[name])
+    T = 60
+    cond, local = _medium_conditions(model, n, T)
+    condition = model._condition(cond, local, n, T)
+    for prefix_len in (0, 17):
+        prefix = None
+        if prefix_len:
+            prefix = torch.randint(0, model.num_values, (n, 1, T))
+        fused = model.sample(n, T, cond, local, generator=torch.Generator().manual_seed(2),
+                             prefix=None if prefix is None else prefix[:, :, :prefix_len])
+        stepped = AutoregressiveModel.generate(
+            model, n, (1, T), condition, cached=True, prefix=prefix,
+            num_given=prefix_len if prefix_len else None,
+            generator=torch.Generator().manual_seed(2))
+        assert torch.equal(fused, stepped)
+        if prefix is not None:
+            assert torch.equal(fused[:, :, :prefix_len], prefix[:, :, :prefix_len])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fused_loop_scores_data_as_the_forward_pass_does_in_float32(threads):
+    # num_given = T: the loop draws nothing and returns log p(x_t | x_<t) of given data, which
+    # the forward pass computes too (float32 in both: rounding apart, the same numbers).
+    model = _medium(torch.float32, cond_channels=3, local_channels=2, upsample=4)
+    n, T = 5, 40
+    cond, local = _medium_conditions(model, n, T)
+    x = torch.randint(0, model.num_values, (n, 1, T))
+    cache = model.init_cache(n, model._condition(cond, local, n, T), (1, T))
+    c = model.config
+    buffers = torch.empty(n, sum(d * (c.kernel_size - 1) for d in c.dilations),
+                          c.residual_channels)
+    local_weight = torch.cat([b.local_cond.proj.weight for b in model.blocks]).t()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        logp = ops.wavenet_generate(x[:, 0].clone(), buffers, torch.rand(n, T, dtype=torch.float64),
+                                    0, T, *model.packed_weights(), c.dilations, 0,
+                                    torch.stack(cache.global_bias, 1), cache.local,
+                                    local_weight.detach())
+    finally:
+        torch.set_num_threads(saved)
+    with torch.no_grad():
+        expected = torch.log_softmax(model.conditionals(x, Condition(cond, local)), dim=1)
+    expected = expected.gather(1, x.unsqueeze(1))[:, 0, 0]
+    torch.testing.assert_close(logp, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_continuing_a_call_equals_one_call():
+    model = _medium()
+    c, n, T = model.config, 3, 30
+    args = [w.detach() for w in model.packed_weights()]
+    u = torch.rand(n, T, dtype=torch.float64)
+    width = sum(d * (c.kernel_size - 1) for d in c.dilations)
+    whole = torch.zeros(n, T, dtype=torch.long)
+    logp = ops.wavenet_generate(whole, torch.empty(n, width, 16, dtype=torch.float64), u, 0, 0,
+                                *args, c.dilations)
+    parts = torch.zeros(n, T, dtype=torch.long)
+    buffers = torch.empty(n, width, 16, dtype=torch.float64)
+    first = parts[:, :12].clone()
+    logp_a = ops.wavenet_generate(first, buffers, u[:, :12].contiguous(), 0, 0, *args,
+                                  c.dilations)
+    parts[:, :12] = first
+    logp_b = ops.wavenet_generate(parts, buffers, u, 12, 0, *args, c.dilations)
+    assert torch.equal(parts, whole)
+    torch.testing.assert_close(torch.cat([logp_a, logp_b], 1), logp, rtol=1e-13, atol=1e-13)
+
+
+def test_the_fused_loop_rejects_what_it_cannot_generate_from():
+    model = _medium()
+    c, n, T = model.config, 2, 8
+    w = list(model.packed_weights())
+    width = sum(d * (c.kernel_size - 1) for d in c.dilations)
+    x, u = torch.zeros(n, T, dtype=torch.long), torch.rand(n, T, dtype=torch.float64)
+
+    def call(x=x, buffers=None, u=u, start=0, num_given=0, weights=w, **kw):
+        buffers = torch.empty(n, width, 16, dtype=torch.float64) if buffers is None else buffers
+        return ops.wavenet_generate(x.clone(), buffers, u, start, num_given, *weights,
+                                    kw.pop("dilations", c.dilations), **kw)
+
+    with pytest.raises(RuntimeError, match=r"expected the given values x\[:, :3\] in \[0, 32\), "
+                                           r"but got values in \[40, 40\]"):
+        call(x=torch.full((n, T), 40), num_given=3)
+    with pytest.raises(RuntimeError, match="expected buffers of shape"):
+        call(buffers=torch.empty(n, width + 1, 16))
+    with pytest.raises(RuntimeError, match="expected u to be float64"):
+        call(u=u.float())
+    with pytest.raises(RuntimeError, match=r"expected start in \[0, 8\], but got -1"):
+        call(start=-1)
+    with pytest.raises(RuntimeError, match=r"expected num_given in \[0, 8\], but got 9"):
+        call(num_given=9)
+    with pytest.raises(RuntimeError, match="expected dilations >= 1, but got 0"):
+        call(dilations=(1, 2, 0, 8, 1))
+    with pytest.raises(RuntimeError, match=r"expected out_weight of shape \(3, 16, \*\)"):
+        call(dilations=(1, 2, 4))
+    with pytest.raises(RuntimeError, match="expected float32 or float64 weights"):
+        call(weights=[t.half() for t in w])
+    with pytest.raises(RuntimeError, match="expected head_bias1 to have the weights' dtype"):
+        call(weights=w[:7] + [w[7].float()] + w[8:])
+    with pytest.raises(RuntimeError, match="expected local and local_weight together"):
+        call(local=torch.zeros(n, 2, T))
+    bad = [t.clone() for t in w]
+    bad[8][3, 5] = float("nan")  # one NaN in the head: every logit NaN
+    with pytest.raises(RuntimeError, match="defines no distribution"):
+        call(weights=bad)
+
+
+def test_sampling_reads_the_weights_of_the_call():
+    # Packed afresh on every call: an in-place weight edit between two calls takes effect.
+    model = _medium()
+    a = model.sample(2, 30, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.head[-1].bias[:] = -1e4
+        model.head[-1].bias[7] = 0  # value 7 certain
+    b = model.sample(2, 30, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(a, b) and bool((b == 7).all())
+
+
+def test_reduced_precision_models_sample_through_the_step():
+    model = _medium(torch.bfloat16)
+    out = model.sample(2, 20, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 20) and 0 <= int(out.min()) and int(out.max()) < 32

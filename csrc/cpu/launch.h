@@ -6,7 +6,12 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace fastar {
 namespace cpu {
@@ -42,6 +47,56 @@ void parallel_for_row_blocks(int64_t rows, int64_t S, int64_t block, const MakeS
       fn(state, row, s0, std::min(block, S - s0));
     }
   });
+}
+
+// A barrier for threads that meet thousands of times a second (a generation step has dozens
+// of phases): they spin instead of sleeping, where a futex-based barrier would cost tens of
+// microseconds per phase.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int threads) : threads_(threads) {}
+  void wait() {
+    if (threads_ == 1) return;
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    while (generation_.load(std::memory_order_acquire) == generation) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+
+ private:
+  template <typename Fn>
+  friend void parallel_team(int threads, const Fn& fn);
+  int threads_;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<int> generation_{0};
+};
+
+// Runs fn(rank, size, barrier) on a team of up to `threads` threads that run at the same time,
+// so they may wait on each other at `barrier` (at::parallel_for's tasks may not: it can run
+// them one after another). size is how many threads the runtime gave: 1 inside another
+// parallel region or without OpenMP. fn must not throw.
+template <typename Fn>
+void parallel_team(int threads, const Fn& fn) {
+  SpinBarrier barrier(1);
+#ifdef _OPENMP
+  if (threads > 1 && !omp_in_parallel()) {
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp single
+      barrier.threads_ = omp_get_num_threads();  // the team is known here; single ends in a barrier
+      fn(omp_get_thread_num(), omp_get_num_threads(), barrier);
+    }
+    return;
+  }
+#endif
+  fn(0, 1, barrier);
 }
 
 }  // namespace cpu

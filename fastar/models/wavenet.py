@@ -9,9 +9,11 @@ instead of the softmax (as Parallel WaveNet does).
 
 Cached generation (Paine et al. 2016, "Fast Wavenet Generation Algorithm"): each block keeps
 a ring buffer of the dilation * (kernel_size - 1) inputs it will read again, so a step costs
-O(layers), not O(receptive field). `step` here is the PyTorch reference rung of that ladder
-(checked against the forward pass and the naive sampler); the fused C++ generation loop that
-issue 11 asks for is to be checked against it.
+O(layers), not O(receptive field). `sample(cached=True)` (the default) runs the whole loop in
+one call of the op `fastar.ops.wavenet_generate` on weights packed for it; `step` is the
+PyTorch rung of the same ladder (the generation contract's hook, checked against the forward
+pass and the naive sampler, and the fused loop against it). Models in float16/bfloat16, or on
+a device without the op's kernel, sample through `step`.
 """
 
 import dataclasses
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastar import ops
+from fastar import ops, sampling
 from fastar.models.base import AutoregressiveModel, Cache
 from fastar.nn import CausalConv1d, WaveNetBlock
 
@@ -205,6 +207,64 @@ class WaveNet(AutoregressiveModel):
             if size:  # after the read: slot i % size held the input at i - dilation (k - 1)
                 buf[:, :, i % size] = h_in  # the reference rung writes its buffers in Python
         return self._distribution(self.head(skip.unsqueeze(-1)))[:, :, 0]
+
+    def packed_weights(self) -> Tuple[Tensor, ...]:
+        """The weights as wavenet_generate reads them (csrc/common/wavenet.h): embed,
+        embed_bias, conv_weight, conv_bias, out_weight, out_bias, head_weight1, head_bias1,
+        head_weight2, head_bias2. Copies, made afresh on each call: never stale."""
+        with torch.no_grad():
+            w = self.input.weight  # (R, V, k)
+            blocks = self.blocks
+            return (
+                w.permute(2, 1, 0).contiguous(),  # (k, V, R)
+                self.input.bias.clone(),
+                # (L, k R, 2R): tap-major rows of each layer's transposed convolution
+                torch.stack([b.conv.weight.permute(2, 1, 0).reshape(-1, b.conv.weight.shape[0])
+                             for b in blocks]),
+                torch.stack([b.conv.bias for b in blocks]),
+                torch.stack([torch.cat([b.residual.weight[:, :, 0], b.skip.weight[:, :, 0]]).t()
+                             for b in blocks]).contiguous(),  # (L, R, R + S)
+                torch.stack([torch.cat([b.residual.bias, b.skip.bias]) for b in blocks]),
+                self.head[1].weight[:, :, 0].t().contiguous(),
+                self.head[1].bias.clone(),
+                self.head[3].weight[:, :, 0].t().contiguous(),
+                self.head[3].bias.clone(),
+            )
+
+    @torch.no_grad()
+    def generate(self, n: int, event_shape, cond=None, *, cached: Optional[bool] = None,
+                 prefix: Optional[Tensor] = None, num_given: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> Tensor:
+        """The contract's generation loop, with the cached case in one wavenet_generate call
+        where the op takes the model's dtype and device (the same uniforms, the same draws)."""
+        dtype = self.head[-1].weight.dtype
+        fused = (cached is not False and dtype in (torch.float32, torch.float64)
+                 and torch._C._dispatch_has_kernel_for_dispatch_key(
+                     "fastar::wavenet_generate", self._device().type.upper()))
+        if not fused:
+            return super().generate(n, event_shape, cond, cached=cached, prefix=prefix,
+                                    num_given=num_given, generator=generator)
+        event_shape = tuple(event_shape)
+        self.check_prefix(n, event_shape, prefix, num_given)
+        cache = self.init_cache(n, cond, event_shape)  # conditions checked and projected
+        length = event_shape[-1]
+        u = sampling.uniforms((n, length), generator, self._device())
+        x = cache.x[:, 0]
+        if prefix is not None:
+            x.copy_(prefix[:, 0])
+        c = self.config
+        buffers = torch.empty(n, sum(d * (c.kernel_size - 1) for d in c.dilations),
+                              c.residual_channels, dtype=dtype, device=x.device)
+        global_bias = None
+        if cache.global_bias[0] is not None:
+            global_bias = torch.stack(cache.global_bias, dim=1)
+        local_weight = None
+        if cache.local is not None:
+            local_weight = torch.cat([b.local_cond.proj.weight for b in self.blocks]).t()
+        ops.wavenet_generate(x, buffers, u, 0, num_given or 0, *self.packed_weights(),
+                             c.dilations, c.num_mixtures if c.output == "dmol" else 0,
+                             global_bias, cache.local, local_weight)
+        return cache.x
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None,
                  local: Optional[Tensor] = None) -> Tensor:

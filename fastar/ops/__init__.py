@@ -4,7 +4,8 @@ module per op family.
 
 Every op runs on CPU (float32, float64, float16, bfloat16) and, when fastar was built with CUDA,
 on GPU (the same dtypes; reduced-precision inputs are computed in float32), except
-dmol_log_prob_with_grad, the CPU's training path. Each has a
+dmol_log_prob_with_grad, the CPU's training path, and wavenet_generate (float32 and float64,
+no autograd: a generation loop). Each has a
 pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
 instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
 order: a double backward raises a clear error), traceable by torch.compile(fullgraph=True) and
@@ -23,9 +24,10 @@ _extension.load()
 from fastar.ops._common import current_implementation, implementation  # noqa: E402
 from fastar.ops.dmol import dmol_log_prob  # noqa: E402
 from fastar.ops.gated import gated_activation  # noqa: E402
+from fastar.ops.wavenet import wavenet_generate  # noqa: E402
 
 __all__ = ["current_implementation", "dmol_log_prob", "gated_activation", "implementation",
-           "kernels"]
+           "kernels", "wavenet_generate"]
 
 
 def kernels() -> Dict[str, List[str]]:

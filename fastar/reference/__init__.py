@@ -7,5 +7,6 @@ compiled extension.
 
 from fastar.reference.dmol import dmol_components, dmol_log_prob
 from fastar.reference.gated import gated_activation
+from fastar.reference.wavenet import wavenet_generate
 
-__all__ = ["dmol_components", "dmol_log_prob", "gated_activation"]
+__all__ = ["dmol_components", "dmol_log_prob", "gated_activation", "wavenet_generate"]
