@@ -1,9 +1,10 @@
-"""Generation speed: one sample of WaveNet (20 layers, 64 residual / 256 skip channels, 256
-values, the paper's size) by naive sampling (a forward pass over the receptive field), by a
-plain PyTorch incremental sampler (one queue per layer, F.linear per operation, as a user writes
-it after reading fast-wavenet) and by fastar's cached step (ring buffers per layer). Rows time
-one generated sample for the whole batch; samples/s = batch / time. The fused C++ generation
-loop of issue 11 joins this table.
+"""Generation speed of WaveNet (20 layers, 64 residual / 256 skip channels, 256 values, the
+paper's size; and a shallower 8-layer 32/128 one): naive sampling (a forward pass over the
+receptive field per sample), a plain PyTorch incremental sampler (one queue per layer, F.linear
+per operation, as a user writes it after reading fast-wavenet), fastar's cached step in Python
+(ring buffers per layer, the generation contract's `step`) and fastar's fused loop
+(`WaveNet.sample`: one wavenet_generate call for many samples). items/s is samples per second
+over the batch; the ratios compare time per sample.
 """
 
 import collections
@@ -15,12 +16,15 @@ import torch.nn.functional as F
 from conftest import measure
 from fastar.models import WaveNet
 
-BATCHES = [1, 16]
+BATCHES = [1, 16, 64, 256]
+SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
+MODELS = {"20x64/256": {}, "8x32/128": {"residual_channels": 32, "skip_channels": 128,
+                                        "dilations": tuple(2 ** i for i in range(8))}}
 
 
-def _model():
+def _model(size="20x64/256"):
     torch.manual_seed(0)
-    return WaveNet().eval()
+    return WaveNet(**MODELS[size]).eval()
 
 
 class QueueSampler:
@@ -59,11 +63,15 @@ class QueueSampler:
         return torch.multinomial(torch.softmax(out, dim=1), 1)[:, 0]
 
 
-@pytest.mark.parametrize("impl", ["naive", "queue-pytorch", "cached-python"])
+@pytest.mark.parametrize("impl", ["naive", "queue-pytorch", "cached-python", "fused"])
 @pytest.mark.parametrize("batch", BATCHES)
-def test_wavenet_sample_step(benchmark, batch, impl):
-    model = _model()
+@pytest.mark.parametrize("size", list(MODELS))
+def test_wavenet_sampling(benchmark, size, batch, impl):
+    if batch > SLOW.get(impl, batch) or (size != "20x64/256" and impl == "cached-python"):
+        pytest.skip("too slow to time at this batch")
+    model = _model(size)
     rf = model.receptive_field
+    items = batch
     x = torch.randint(0, 256, (batch, 1, rf))
     if impl == "naive":
         def one_sample():
@@ -75,6 +83,12 @@ def test_wavenet_sample_step(benchmark, batch, impl):
         def one_sample():
             last[0] = sampler(last[0])
             return last[0]
+    elif impl == "fused":
+        steps = items = max(16, 4096 // batch)
+        items *= batch
+
+        def one_sample():  # one call generates `steps` samples of the batch
+            return model.sample(batch, steps)
     else:
         cache = model.init_cache(batch, None, (1, 4 * rf))
         cache.x[:, :, :rf] = x
@@ -83,5 +97,5 @@ def test_wavenet_sample_step(benchmark, batch, impl):
         def one_sample():
             position[0] = (position[0] + 1) % (4 * rf)
             return model.step(cache, position[0])
-    measure(benchmark, group="WaveNet 20x64/256 cpu B=%d one sample" % batch, impl=impl,
-            device="cpu", fn=one_sample, items=batch)
+    measure(benchmark, group="WaveNet %s cpu B=%d sampling" % (size, batch), impl=impl,
+            device="cpu", fn=one_sample, items=items)

@@ -2,7 +2,8 @@
 the end of `pytest bench/`, and the measured results saved as JSON in bench/results/.
 
 A benchmark calls `measure(benchmark, group=..., impl=..., fn=..., bytes_moved=...)`. Rows of
-a group are compared with that group's baselines (impl "eager", "compile", "naive") by their fastest
+a group are compared with that group's baselines (impl "eager", "compile", "naive",
+"queue-pytorch") by their fastest
 round: on a shared VM other tenants only ever add time, so minima repeat where medians wander
 between runs. Medians are kept in the JSON too.
 """
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
-BASELINES = ("eager", "compile", "naive")
+BASELINES = ("eager", "compile", "naive", "queue-pytorch")
 _records = []
 
 
@@ -96,6 +97,7 @@ def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, items=None,
     if bytes_moved:
         record["GB_per_s"] = bytes_moved / stats.min / 1e9
     if items:  # e.g. generated samples per call
+        record["items"] = items
         record["items_per_s"] = items / stats.min
     if peak is not None:
         record["peak_memory_bytes"] = peak
@@ -107,22 +109,23 @@ def _table():
     groups = {}
     for r in _records:
         groups.setdefault(r["group"], []).append(r)
-    header = "%-52s %-13s %10s %9s %11s %9s %7s %9s %9s" % (
-        "group", "impl", "min ms", "vs eager", "vs compile", "vs naive", "GB/s", "items/s",
-        "peak MB")
+    header = "%-52s %-13s %10s %9s %11s %9s %9s %7s %9s %9s" % (
+        "group", "impl", "min ms", "vs eager", "vs compile", "vs naive", "vs queue", "GB/s",
+        "items/s", "peak MB")
     lines += [header, "-" * len(header)]
     for group, rows in groups.items():
-        base = {r["impl"]: r["min_s"] for r in rows}
+        # Time per item where rows time different numbers of items per call (samplers).
+        base = {r["impl"]: r["min_s"] / r.get("items", 1) for r in rows}
         for r in rows:
-            ratios = ["%.2fx" % (base[b] / r["min_s"]) if b in base else "-" for b in BASELINES]
+            per_item = r["min_s"] / r.get("items", 1)
+            ratios = ["%.2fx" % (base[b] / per_item) if b in base else "-" for b in BASELINES]
             gbs = "%.1f" % r["GB_per_s"] if "GB_per_s" in r else "-"
             rate = "%.0f" % r["items_per_s"] if "items_per_s" in r else "-"
             peak = ("%.0f" % (r["peak_memory_bytes"] / 2**20)
                     if "peak_memory_bytes" in r else "-")
-            lines.append("%-52s %-13s %10.2f %9s %11s %9s %7s %9s %9s" % (
-                group, r["impl"], r["min_s"] * 1e3, ratios[0], ratios[1], ratios[2], gbs, rate,
-                peak))
-            r["speedup_vs"] = {b: base[b] / r["min_s"] for b in BASELINES if b in base}
+            lines.append("%-52s %-13s %10.2f %9s %11s %9s %9s %7s %9s %9s" % (
+                group, r["impl"], r["min_s"] * 1e3, *ratios, gbs, rate, peak))
+            r["speedup_vs"] = {b: base[b] / per_item for b in BASELINES if b in base}
     return "\n".join(lines)
 
 

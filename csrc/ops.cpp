@@ -36,8 +36,3 @@ TORCH_LIBRARY(fastar, m) {
       "Tensor head_bias2, int[] dilations, int num_mixtures=0, Tensor? global_bias=None, "
       "Tensor? local=None, Tensor? local_weight=None) -> Tensor");
 }
-
-// A sampling loop has no gradient: its outputs do not require grad, whatever the weights do.
-TORCH_LIBRARY_IMPL(fastar, Autograd, m) {
-  m.impl("wavenet_generate", torch::CppFunction::makeFallthrough());
-}

@@ -132,8 +132,9 @@ def test_cached_sampling_equals_naive_sampling(name, n):
 # --- the fused generation loop (fastar.ops.wavenet_generate) -----------------------------------
 
 def _medium(dtype=torch.float64, **kw):
-    """Big enough for the kernel's vector tiles (columns in blocks of 8 and more)."""
-    args = dict(num_values=32, residual_channels=16, skip_channels=24, dilations=(1, 2, 4, 8, 1))
+    """Big enough for the kernel's vector tiles (columns in blocks of 8 and more) and for its
+    team of threads (residual_channels >= 32)."""
+    args = dict(num_values=32, residual_channels=32, skip_channels=24, dilations=(1, 2, 4, 8, 1))
     args.update(kw)
     torch.manual_seed(1)
     model = WaveNet(**args).to(dtype)
@@ -218,10 +219,10 @@ def test_continuing_a_call_equals_one_call():
     u = torch.rand(n, T, dtype=torch.float64)
     width = sum(d * (c.kernel_size - 1) for d in c.dilations)
     whole = torch.zeros(n, T, dtype=torch.long)
-    logp = ops.wavenet_generate(whole, torch.empty(n, width, 16, dtype=torch.float64), u, 0, 0,
+    logp = ops.wavenet_generate(whole, torch.empty(n, width, 32, dtype=torch.float64), u, 0, 0,
                                 *args, c.dilations)
     parts = torch.zeros(n, T, dtype=torch.long)
-    buffers = torch.empty(n, width, 16, dtype=torch.float64)
+    buffers = torch.empty(n, width, 32, dtype=torch.float64)
     first = parts[:, :12].clone()
     logp_a = ops.wavenet_generate(first, buffers, u[:, :12].contiguous(), 0, 0, *args,
                                   c.dilations)
@@ -239,24 +240,34 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
     x, u = torch.zeros(n, T, dtype=torch.long), torch.rand(n, T, dtype=torch.float64)
 
     def call(x=x, buffers=None, u=u, start=0, num_given=0, weights=w, **kw):
-        buffers = torch.empty(n, width, 16, dtype=torch.float64) if buffers is None else buffers
+        buffers = torch.empty(n, width, 32, dtype=torch.float64) if buffers is None else buffers
         return ops.wavenet_generate(x.clone(), buffers, u, start, num_given, *weights,
                                     kw.pop("dilations", c.dilations), **kw)
 
     with pytest.raises(RuntimeError, match=r"expected the given values x\[:, :3\] in \[0, 32\), "
                                            r"but got values in \[40, 40\]"):
         call(x=torch.full((n, T), 40), num_given=3)
+    with pytest.raises(RuntimeError, match=r"expected the given values x\[:, :5\] in \[0, 32\)"):
+        call(x=torch.full((n, T), 10 ** 12), start=5)  # read as the first step's input
+    with pytest.raises(RuntimeError, match=r"expected u in \[0, 1\)"):
+        call(u=torch.ones(n, T, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="unsupported operation"):
+        ops.wavenet_generate(torch.zeros(1, T, dtype=torch.long).expand(n, T),  # aliased
+                             torch.empty(n, width, 32, dtype=torch.float64), u, 0, 0, *w,
+                             c.dilations)
+    with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\]"):
+        call(dilations=(2 ** 62,) * 5)
     with pytest.raises(RuntimeError, match="expected buffers of shape"):
-        call(buffers=torch.empty(n, width + 1, 16))
+        call(buffers=torch.empty(n, width + 1, 32, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="expected u to be float64"):
         call(u=u.float())
     with pytest.raises(RuntimeError, match=r"expected start in \[0, 8\], but got -1"):
         call(start=-1)
     with pytest.raises(RuntimeError, match=r"expected num_given in \[0, 8\], but got 9"):
         call(num_given=9)
-    with pytest.raises(RuntimeError, match="expected dilations >= 1, but got 0"):
+    with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\], but got 0 at layer 2"):
         call(dilations=(1, 2, 0, 8, 1))
-    with pytest.raises(RuntimeError, match=r"expected out_weight of shape \(3, 16, \*\)"):
+    with pytest.raises(RuntimeError, match=r"expected out_weight of shape \(3, 32, \*\)"):
         call(dilations=(1, 2, 4))
     with pytest.raises(RuntimeError, match="expected float32 or float64 weights"):
         call(weights=[t.half() for t in w])
@@ -264,10 +275,11 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
         call(weights=w[:7] + [w[7].float()] + w[8:])
     with pytest.raises(RuntimeError, match="expected local and local_weight together"):
         call(local=torch.zeros(n, 2, T))
-    bad = [t.clone() for t in w]
-    bad[8][3, 5] = float("nan")  # one NaN in the head: every logit NaN
-    with pytest.raises(RuntimeError, match="defines no distribution"):
-        call(weights=bad)
+    for i in (8, 3):  # a NaN in the head, or in a convolution (through the head's ReLUs)
+        bad = [t.clone() for t in w]
+        bad[i].view(-1)[5] = float("nan")
+        with pytest.raises(RuntimeError, match="defines no distribution"):
+            call(weights=bad)
 
 
 def test_sampling_reads_the_weights_of_the_call():

@@ -1,6 +1,10 @@
 #include "common/wavenet_args.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/aminmax.h>
+
+#include <algorithm>
+#include <limits>
 
 #include <string>
 
@@ -11,16 +15,19 @@ namespace {
 
 constexpr const char* kOp = "wavenet_generate";
 
-// Checks t's shape against the expected sizes; -1 takes any size.
+constexpr int64_t kAny = std::numeric_limits<int64_t>::min();
+
+// Checks t's shape against the expected sizes; kAny takes any size.
 void check_shape(const char* arg, const at::Tensor& t, std::vector<int64_t> expected,
                  const char* meaning) {
   bool ok = t.dim() == static_cast<int64_t>(expected.size());
   for (size_t i = 0; ok && i < expected.size(); ++i)
-    ok = expected[i] < 0 || t.size(i) == expected[i];
+    ok = expected[i] == kAny || t.size(i) == expected[i];
   if (ok) return;
   std::string want = "(";
   for (size_t i = 0; i < expected.size(); ++i)
-    want += (i ? ", " : "") + (expected[i] < 0 ? std::string("*") : std::to_string(expected[i]));
+    want += (i ? ", " : "") + (expected[i] == kAny ? std::string("*")
+                                                   : std::to_string(expected[i]));
   TORCH_CHECK(false, "fastar::", kOp, ": expected ", arg, " of shape ", want, ")", meaning,
               ", but got shape ", t.sizes());
 }
@@ -57,7 +64,7 @@ WaveNetGenerateArgs prepare_wavenet_generate(
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fastar::", kOp,
               ": expected float32 or float64 weights, but got ", dtype_name(dtype));
   WaveNetGenerateArgs a;
-  check_shape("embed", embed, {-1, -1, -1}, " (kernel_size, num_values, residual_channels)");
+  check_shape("embed", embed, {kAny, kAny, kAny}, " (kernel_size, num_values, residual_channels)");
   a.k = embed.size(0);
   a.V = embed.size(1);
   a.R = embed.size(2);
@@ -65,12 +72,12 @@ WaveNetGenerateArgs prepare_wavenet_generate(
               ": expected embed with no empty dim, but got shape ", embed.sizes());
   a.L = static_cast<int64_t>(dilations.size());
   TORCH_CHECK(a.L >= 1, "fastar::", kOp, ": expected at least one dilation, but got none");
-  check_shape("out_weight", out_weight, {a.L, a.R, -1},
+  check_shape("out_weight", out_weight, {a.L, a.R, kAny},
               " (layers, residual_channels, residual_channels + skip_channels)");
   a.S = out_weight.size(2) - a.R;
   TORCH_CHECK(a.S >= 1, "fastar::", kOp, ": expected out_weight's last dim (", out_weight.size(2),
               ") to exceed residual_channels (", a.R, ")");
-  check_shape("head_weight2", head_weight2, {a.S, -1}, " (skip_channels, outputs)");
+  check_shape("head_weight2", head_weight2, {a.S, kAny}, " (skip_channels, outputs)");
   a.P = head_weight2.size(1);
   TORCH_CHECK(num_mixtures >= 0, "fastar::", kOp, ": expected num_mixtures >= 0 (0: softmax), ",
               "but got ", num_mixtures);
@@ -98,7 +105,7 @@ WaveNetGenerateArgs prepare_wavenet_generate(
                                 {"head_weight2", head_weight2}, {"head_bias2", head_bias2}})
     check_like(name, t, embed);
 
-  check_shape("x", x, {-1, -1}, " (batch, length)");
+  check_shape("x", x, {kAny, kAny}, " (batch, length)");
   check_on("x", x, embed, at::kLong);
   a.B = x.size(0);
   a.T = x.size(1);
@@ -111,8 +118,9 @@ WaveNetGenerateArgs prepare_wavenet_generate(
   a.start = start;
   a.num_given = num_given;
   for (int64_t l = 0; l < a.L; ++l) {
-    TORCH_CHECK(dilations[l] >= 1, "fastar::", kOp, ": expected dilations >= 1, but got ",
-                dilations[l], " at layer ", l);
+    // Bounded so that the ring's width, offsets and slots stay far from int64 overflow.
+    TORCH_CHECK(dilations[l] >= 1 && dilations[l] <= (int64_t(1) << 30), "fastar::", kOp,
+                ": expected dilations in [1, 2^30], but got ", dilations[l], " at layer ", l);
     a.dilations.push_back(dilations[l]);
     a.ring_offset.push_back(a.width);
     a.width += dilations[l] * (a.k - 1);
@@ -134,7 +142,7 @@ WaveNetGenerateArgs prepare_wavenet_generate(
               ": expected local and local_weight together, but got only ",
               has_local ? "local" : "local_weight");
   if (has_local) {
-    check_shape("local", *local, {a.B, -1, a.T}, " (batch, local_channels, length)");
+    check_shape("local", *local, {a.B, kAny, a.T}, " (batch, local_channels, length)");
     a.Cl = local->size(1);
     check_shape("local_weight", *local_weight, {a.Cl, a.L * 2 * a.R},
                 " (local_channels, layers * 2 * residual_channels)");
@@ -144,12 +152,29 @@ WaveNetGenerateArgs prepare_wavenet_generate(
     a.local_weight = local_weight->contiguous();
   }
 
-  // The given values are read as indices: out-of-range ones must not reach the kernels.
-  if (a.B > 0 && num_given > 0) {
-    const auto [low, high] = at::aminmax(x.narrow(1, 0, num_given));
+  // x and buffers are written: no element may alias another or any input.
+  at::assert_no_internal_overlap(x);
+  at::assert_no_internal_overlap(buffers);
+  at::assert_no_overlap(x, buffers);
+  for (const at::Tensor& t : {u, embed, embed_bias, conv_weight, conv_bias, out_weight, out_bias,
+                              head_weight1, head_bias1, head_weight2, head_bias2}) {
+    at::assert_no_overlap(x, t);
+    at::assert_no_overlap(buffers, t);
+  }
+  // The values before start and the given ones are read as indices: out-of-range ones must not
+  // reach the kernels.
+  const int64_t known = std::max(start, num_given);
+  if (a.B > 0 && known > 0) {
+    const auto [low, high] = at::aminmax(x.narrow(1, 0, known));
     const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
     TORCH_CHECK(0 <= lo && hi < a.V, "fastar::", kOp, ": expected the given values x[:, :",
-                num_given, "] in [0, ", a.V, "), but got values in [", lo, ", ", hi, "]");
+                known, "] in [0, ", a.V, "), but got values in [", lo, ", ", hi, "]");
+  }
+  if (u.numel() > 0) {  // u = 1 would draw no value
+    const auto [low, high] = at::aminmax(u);
+    const double lo = low.item<double>(), hi = high.item<double>();
+    TORCH_CHECK(0 <= lo && hi < 1, "fastar::", kOp, ": expected u in [0, 1), but got values in [",
+                lo, ", ", hi, "]");
   }
   a.x = x.contiguous();
   a.buffers = buffers.contiguous();

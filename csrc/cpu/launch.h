@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <thread>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -63,10 +64,16 @@ class SpinBarrier {
       generation_.fetch_add(1, std::memory_order_release);
       return;
     }
-    while (generation_.load(std::memory_order_acquire) == generation) {
+    // Spin while the others are likely running; yield the core after that, in case they
+    // wait for it (more threads than free cores, a CPU quota).
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < 4096) {
 #if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
+        __builtin_ia32_pause();
 #endif
+      } else {
+        std::this_thread::yield();
+      }
     }
   }
 

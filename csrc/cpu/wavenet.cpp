@@ -141,10 +141,10 @@ inline Range share(int64_t n, int rank, int size) {
 template <typename T>
 struct Scratch {
   int64_t nb;
-  std::vector<T> h0, h1, z, a, o, skip, relu_skip, head, logits, local_bias;
+  std::vector<T> h0, h1, z, a, o, skip, head, logits, local_bias;
   Scratch(const WaveNetGenerateArgs& g, int64_t nb)
       : nb(nb), h0(nb * g.R), h1(nb * g.R), z(nb * 2 * g.R), a(nb * g.R), o(nb * (g.R + g.S)),
-        skip(nb * g.S), relu_skip(nb * g.S), head(nb * g.S), logits(nb * g.P),
+        skip(nb * g.S), head(nb * g.S), logits(nb * g.P),
         local_bias(nb * g.L * 2 * g.R) {}
 };
 
@@ -191,7 +191,9 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
   const Range logit_cols = share(P, rank, size), local_cols = share(L * R2, rank, size);
 
   Rows<T> h = rows(s.h0, R), h_next = rows(s.h1, R), z = rows(s.z, R2), act = rows(s.a, R);
-  Rows<T> o = rows(s.o, RS), skip = rows(s.skip, S), relu_skip = rows(s.relu_skip, S);
+  Rows<T> o = rows(s.o, RS), skip = rows(s.skip, S);
+  std::vector<T> relu_values(nb * S);  // each thread its own: every thread reads all of it
+  Rows<T> relu_skip = rows(relu_values, S);
   Rows<T> head = rows(s.head, S), logits = rows(s.logits, P), lbias = rows(s.local_bias, L * R2);
   std::vector<T> local_values(nb * std::max<int64_t>(g.Cl, 1)), dist(g.K ? V : 0);
   Rows<T> local_t = rows(local_values, g.Cl);
@@ -263,13 +265,13 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
 
     // The head: relu, 1x1 (S -> S), relu, 1x1 (S -> P).
     for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t c = 0; c < S; ++c) relu_skip[b][c] = skip[b][c] > T(0) ? skip[b][c] : T(0);
+      for (int64_t c = 0; c < S; ++c) relu_skip[b][c] = skip[b][c] < T(0) ? T(0) : skip[b][c];
       std::copy(head_b1 + head_cols.lo, head_b1 + head_cols.hi, head[b] + head_cols.lo);
     }
     matmul_acc(in(relu_skip), nb, S, head_w1, S, head_cols.lo, head_cols.hi, head);
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t c = head_cols.lo; c < head_cols.hi; ++c)
-        head[b][c] = head[b][c] > T(0) ? head[b][c] : T(0);
+        head[b][c] = head[b][c] < T(0) ? T(0) : head[b][c];  // NaN stays NaN
     barrier.wait();
     for (int64_t b = 0; b < nb; ++b)
       std::copy(head_b2 + logit_cols.lo, head_b2 + logit_cols.hi, logits[b] + logit_cols.lo);
@@ -292,7 +294,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
                                                  &log_prob);
       ok = ok && value >= 0;
       if (rank == 0 && value >= 0) {
-        x[b * g.T + t] = value;
+        if (draw) x[b * g.T + t] = value;
         logp[(b0 + b) * (g.T - g.start) + t - g.start] = T(log_prob);
       }
     }
@@ -319,8 +321,9 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
       }
     });
   } else {  // one team over the whole batch, splitting every product's columns
+    // (worth its 2 barriers per layer only where a layer's products are large)
     Scratch<T> s(g, g.B);
-    cpu::parallel_team(std::min(threads, 2), [&](int rank, int size, cpu::SpinBarrier& barrier) {
+    cpu::parallel_team(g.R >= 32 ? std::min(threads, 2) : 1, [&](int rank, int size, cpu::SpinBarrier& barrier) {
       if (!generate_rows<T>(g, 0, s, rank, size, barrier, out)) failed = true;
     });
   }

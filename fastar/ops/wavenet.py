@@ -40,6 +40,9 @@ def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, num_give
         global_bias: (B, L, 2R) the global condition's gate biases, or None.
         local, local_weight: the local condition at the sample rate (B, C_l, T) and the layers'
             projections of it packed as (C_l, L * 2R), or None.
+
+    Not differentiable. After an error (e.g. a NaN weight, found when a step's output defines
+    no distribution) the contents of x and buffers are unspecified.
     """
     fn = reference.wavenet_generate if use_reference() else torch.ops.fastar.wavenet_generate
     return fn(x, buffers, u, start, num_given, embed, embed_bias, conv_weight, conv_bias,
