@@ -39,6 +39,7 @@ struct Net {
       *head_b2, *global_bias, *local, *local_w;
   T* logp;
   int* failed;
+  dmol::Bins<T> bins;  // of the V values (mixture head)
 };
 
 // Column c of in (K values) times w (K rows of ldw): sum_i in[i] w[i * ldw + c].
@@ -69,8 +70,6 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
   __shared__ int ok;
   int64_t* x = n.x + b * n.T_len;
   T* ring = n.ring + b * n.width * R;
-  const dmol::Bins<T> bins = dmol::make_bins<T>(V);
-
   for (int64_t t = n.start; t < n.T_len; ++t) {
     for (int64_t c = tid; c < R; c += kThreads) {
       T v = n.embed_bias[c];
@@ -127,7 +126,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
     const T* values = logits;
     if (n.K > 0) {
       for (int64_t v = tid; v < V; v += kThreads)
-        dist[v] = wavenet::dmol_value_log_prob(logits, 1, n.K, v, bins);
+        dist[v] = wavenet::dmol_value_log_prob(logits, 1, n.K, v, n.bins);
       __syncthreads();
       values = dist;
     }
@@ -170,7 +169,7 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
            g.global_bias.defined() ? g.global_bias.const_data_ptr<T>() : nullptr,
            g.local.defined() ? g.local.const_data_ptr<T>() : nullptr,
            g.local.defined() ? g.local_weight.const_data_ptr<T>() : nullptr,
-           logp.data_ptr<T>(), failed.data_ptr<int>()};
+           logp.data_ptr<T>(), failed.data_ptr<int>(), dmol::make_bins<T>(g.V)};
   const size_t shared = g.V * sizeof(double) +
                         (5 * g.R + 2 * g.S + g.P + (g.K ? g.V : 0) + g.Cl) * sizeof(T);
   int max_shared = 0;
