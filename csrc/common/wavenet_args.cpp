@@ -32,20 +32,24 @@ void check_shape(const char* arg, const at::Tensor& t, std::vector<int64_t> expe
               ", but got shape ", t.sizes());
 }
 
-void check_like(const char* arg, const at::Tensor& t, const at::Tensor& weights) {
+void check_device(const char* arg, const at::Tensor& t, const at::Tensor& weights) {
   TORCH_CHECK(t.device() == weights.device(), "fastar::", kOp, ": expected ", arg,
               " on the same device as the weights (", weights.device(), "), but got ",
               t.device());
+}
+
+// On the weights' device, in their dtype.
+void check_like(const char* arg, const at::Tensor& t, const at::Tensor& weights) {
+  check_device(arg, t, weights);
   TORCH_CHECK(t.scalar_type() == weights.scalar_type(), "fastar::", kOp, ": expected ", arg,
               " to have the weights' dtype (", dtype_name(weights.scalar_type()), "), but got ",
               dtype_name(t.scalar_type()));
 }
 
+// On the weights' device, in a fixed dtype.
 void check_on(const char* arg, const at::Tensor& t, const at::Tensor& weights,
               c10::ScalarType dtype) {
-  TORCH_CHECK(t.device() == weights.device(), "fastar::", kOp, ": expected ", arg,
-              " on the same device as the weights (", weights.device(), "), but got ",
-              t.device());
+  check_device(arg, t, weights);
   TORCH_CHECK(t.scalar_type() == dtype, "fastar::", kOp, ": expected ", arg, " to be ",
               dtype_name(dtype), ", but got ", dtype_name(t.scalar_type()));
 }

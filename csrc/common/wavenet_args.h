@@ -4,6 +4,7 @@
 // csrc/common/wavenet.h for the packed layout.
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/ArrayRef.h>
 
 #include <optional>
@@ -33,5 +34,28 @@ WaveNetGenerateArgs prepare_wavenet_generate(
 // Copies the working x and buffers back where the caller's tensors were not contiguous.
 void finish_wavenet_generate(const WaveNetGenerateArgs& args, const at::Tensor& x,
                              const at::Tensor& buffers);
+
+// Runs one device's generation loop on validated args, writing log p into logp (B, T - start).
+using WaveNetLauncher = void (*)(const WaveNetGenerateArgs& args, const at::Tensor& logp);
+
+// The op's kernel for the device that `launch` serves, as the dispatcher registers it.
+template <WaveNetLauncher launch>
+at::Tensor wavenet_generate_kernel(
+    const at::Tensor& x, const at::Tensor& buffers, const at::Tensor& u, int64_t start,
+    int64_t num_given, const at::Tensor& embed, const at::Tensor& embed_bias,
+    const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& out_weight,
+    const at::Tensor& out_bias, const at::Tensor& head_weight1, const at::Tensor& head_bias1,
+    const at::Tensor& head_weight2, const at::Tensor& head_bias2, c10::IntArrayRef dilations,
+    int64_t num_mixtures, const std::optional<at::Tensor>& global_bias,
+    const std::optional<at::Tensor>& local, const std::optional<at::Tensor>& local_weight) {
+  const WaveNetGenerateArgs args = prepare_wavenet_generate(
+      x, buffers, u, start, num_given, embed, embed_bias, conv_weight, conv_bias, out_weight,
+      out_bias, head_weight1, head_bias1, head_weight2, head_bias2, dilations, num_mixtures,
+      global_bias, local, local_weight);
+  at::Tensor logp = at::empty({args.B, args.T - args.start}, embed.options());
+  launch(args, logp);
+  finish_wavenet_generate(args, x, buffers);
+  return logp;
+}
 
 }  // namespace fastar

@@ -9,7 +9,6 @@
 // model), which stays in its own L2 cache from step to step.
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -184,11 +183,12 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
   const T* local = g.local.defined() ? g.local.const_data_ptr<T>() + b0 * g.Cl * g.T : nullptr;
   const T* local_w = g.local.defined() ? g.local_weight.const_data_ptr<T>() : nullptr;
 
-  // This thread's columns of each product.
-  const Range gate = share(R, rank, size), resid = share(R, rank, size);
-  const Range outs = share(RS, rank, size), last_outs = share(S, rank, size);
-  const Range skip_cols = share(S, rank, size), head_cols = share(S, rank, size);
-  const Range logit_cols = share(P, rank, size), local_cols = share(L * R2, rank, size);
+  // This thread's channels of the residual stream (and gate), of the skip stream (and the
+  // head's hidden layer), of the residual+skip outputs, of the head's outputs and of the
+  // local-conditioning biases.
+  const Range resid = share(R, rank, size), skip_cols = share(S, rank, size);
+  const Range outs = share(RS, rank, size), logit_cols = share(P, rank, size);
+  const Range local_cols = share(L * R2, rank, size);
 
   Rows<T> h = rows(s.h0, R), h_next = rows(s.h1, R), z = rows(s.z, R2), act = rows(s.a, R);
   Rows<T> o = rows(s.o, RS), skip = rows(s.skip, S);
@@ -226,7 +226,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
       T* layer_ring = ring + g.ring_offset[l] * R;
       // z = conv_bias + conditions + the dilated convolution, this thread's tanh and sigmoid
       // channels, then the gate.
-      for (const Range cols : {gate, Range{R + gate.lo, R + gate.hi}}) {
+      for (const Range cols : {resid, Range{R + resid.lo, R + resid.hi}}) {
         for (int64_t b = 0; b < nb; ++b) {
           for (int64_t c = cols.lo; c < cols.hi; ++c) {
             T v = conv_b[l * R2 + c];
@@ -243,11 +243,11 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
         matmul_acc(in(h), nb, R, conv_w + (l * k + k - 1) * R * R2, R2, cols.lo, cols.hi, z);
       }
       for (int64_t b = 0; b < nb; ++b)
-        for (int64_t c = gate.lo; c < gate.hi; ++c) act[b][c] = gated::forward(z[b][c], z[b][R + c]);
+        for (int64_t c = resid.lo; c < resid.hi; ++c) act[b][c] = gated::forward(z[b][c], z[b][R + c]);
       barrier.wait();  // every gate is written; every read of the ring and of h is done
 
       // Residual and skip outputs (the last layer's residual output is never read).
-      const Range cols = l + 1 < L ? outs : Range{R + last_outs.lo, R + last_outs.hi};
+      const Range cols = l + 1 < L ? outs : Range{R + skip_cols.lo, R + skip_cols.hi};
       for (int64_t b = 0; b < nb; ++b)
         std::copy(out_b + l * RS + cols.lo, out_b + l * RS + cols.hi, o[b] + cols.lo);
       matmul_acc(in(act), nb, R, out_w + l * R * RS, RS, cols.lo, cols.hi, o);
@@ -266,11 +266,11 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
     // The head: relu, 1x1 (S -> S), relu, 1x1 (S -> P).
     for (int64_t b = 0; b < nb; ++b) {
       for (int64_t c = 0; c < S; ++c) relu_skip[b][c] = skip[b][c] < T(0) ? T(0) : skip[b][c];
-      std::copy(head_b1 + head_cols.lo, head_b1 + head_cols.hi, head[b] + head_cols.lo);
+      std::copy(head_b1 + skip_cols.lo, head_b1 + skip_cols.hi, head[b] + skip_cols.lo);
     }
-    matmul_acc(in(relu_skip), nb, S, head_w1, S, head_cols.lo, head_cols.hi, head);
+    matmul_acc(in(relu_skip), nb, S, head_w1, S, skip_cols.lo, skip_cols.hi, head);
     for (int64_t b = 0; b < nb; ++b)
-      for (int64_t c = head_cols.lo; c < head_cols.hi; ++c)
+      for (int64_t c = skip_cols.lo; c < skip_cols.hi; ++c)
         head[b][c] = head[b][c] < T(0) ? T(0) : head[b][c];  // NaN stays NaN
     barrier.wait();
     for (int64_t b = 0; b < nb; ++b)
@@ -331,29 +331,15 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
               "(NaN or infinite logits) at some step: are the weights and conditions finite?");
 }
 
-at::Tensor wavenet_generate_cpu(
-    const at::Tensor& x, const at::Tensor& buffers, const at::Tensor& u, int64_t start,
-    int64_t num_given, const at::Tensor& embed, const at::Tensor& embed_bias,
-    const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& out_weight,
-    const at::Tensor& out_bias, const at::Tensor& head_weight1, const at::Tensor& head_bias1,
-    const at::Tensor& head_weight2, const at::Tensor& head_bias2, c10::IntArrayRef dilations,
-    int64_t num_mixtures, const std::optional<at::Tensor>& global_bias,
-    const std::optional<at::Tensor>& local, const std::optional<at::Tensor>& local_weight) {
-  const WaveNetGenerateArgs args = prepare_wavenet_generate(
-      x, buffers, u, start, num_given, embed, embed_bias, conv_weight, conv_bias, out_weight,
-      out_bias, head_weight1, head_bias1, head_weight2, head_bias2, dilations, num_mixtures,
-      global_bias, local, local_weight);
-  at::Tensor logp = at::empty({args.B, args.T - args.start}, embed.options());
-  AT_DISPATCH_FLOATING_TYPES(embed.scalar_type(), "wavenet_generate_cpu",
+void launch_cpu(const WaveNetGenerateArgs& args, const at::Tensor& logp) {
+  AT_DISPATCH_FLOATING_TYPES(args.embed.scalar_type(), "wavenet_generate_cpu",
                              [&] { generate<scalar_t>(args, logp); });
-  finish_wavenet_generate(args, x, buffers);
-  return logp;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastar, CPU, m) {
-  m.impl("wavenet_generate", &wavenet_generate_cpu);
+  m.impl("wavenet_generate", &wavenet_generate_kernel<launch_cpu>);
 }
 
 }  // namespace fastar

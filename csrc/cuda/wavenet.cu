@@ -189,30 +189,16 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
               "conditions finite?");
 }
 
-at::Tensor wavenet_generate_cuda(
-    const at::Tensor& x, const at::Tensor& buffers, const at::Tensor& u, int64_t start,
-    int64_t num_given, const at::Tensor& embed, const at::Tensor& embed_bias,
-    const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& out_weight,
-    const at::Tensor& out_bias, const at::Tensor& head_weight1, const at::Tensor& head_bias1,
-    const at::Tensor& head_weight2, const at::Tensor& head_bias2, c10::IntArrayRef dilations,
-    int64_t num_mixtures, const std::optional<at::Tensor>& global_bias,
-    const std::optional<at::Tensor>& local, const std::optional<at::Tensor>& local_weight) {
-  const c10::cuda::CUDAGuard guard(embed.device());
-  const WaveNetGenerateArgs args = prepare_wavenet_generate(
-      x, buffers, u, start, num_given, embed, embed_bias, conv_weight, conv_bias, out_weight,
-      out_bias, head_weight1, head_bias1, head_weight2, head_bias2, dilations, num_mixtures,
-      global_bias, local, local_weight);
-  at::Tensor logp = at::empty({args.B, args.T - args.start}, embed.options());
-  AT_DISPATCH_FLOATING_TYPES(embed.scalar_type(), "wavenet_generate_cuda",
+void launch_cuda(const WaveNetGenerateArgs& args, const at::Tensor& logp) {
+  const c10::cuda::CUDAGuard guard(args.embed.device());
+  AT_DISPATCH_FLOATING_TYPES(args.embed.scalar_type(), "wavenet_generate_cuda",
                              [&] { generate<scalar_t>(args, logp); });
-  finish_wavenet_generate(args, x, buffers);
-  return logp;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastar, CUDA, m) {
-  m.impl("wavenet_generate", &wavenet_generate_cuda);
+  m.impl("wavenet_generate", &wavenet_generate_kernel<launch_cuda>);
 }
 
 }  // namespace fastar

@@ -161,23 +161,29 @@ class WaveNet(AutoregressiveModel):
         return ops.dmol_log_prob(values.reshape(B * V, 1, T), params.reshape(B * V, P, T),
                                  V).view(B, V, T)
 
-    @torch.no_grad()
-    def init_cache(self, n: int, cond=None, event_shape=None) -> _WaveNetCache:
-        length = self.event_shape(event_shape[-1] if event_shape else None)[-1]
+    def _projected_conditions(self, n: int, cond, length: int):
+        """(the conditions, checked; the global one as each block's gate bias (n, 2R) or
+        None; the local one upsampled to the sample rate (n, C_l, length) or None)."""
         condition = self._condition(cond, None, n, length)
-        dtype, device = self.head[-1].weight.dtype, self.head[-1].weight.device
-        c = self.config
-        R = c.residual_channels
-        buffers = tuple(torch.zeros(n, R, d * (c.kernel_size - 1), dtype=dtype, device=device)
-                        for d in c.dilations)
+        dtype = self.head[-1].weight.dtype
         g = None if condition.global_ is None else condition.global_.to(dtype)
         local = None
         if condition.local is not None:
             local = self.upsample(condition.local.to(dtype))[:, :, :length]
+        return condition, tuple(b.cond_bias(g) for b in self.blocks), local
+
+    @torch.no_grad()
+    def init_cache(self, n: int, cond=None, event_shape=None) -> _WaveNetCache:
+        length = self.event_shape(event_shape[-1] if event_shape else None)[-1]
+        condition, global_bias, local = self._projected_conditions(n, cond, length)
+        weight = self.head[-1].weight
+        c = self.config
+        buffers = tuple(torch.zeros(n, c.residual_channels, d * (c.kernel_size - 1),
+                                    dtype=weight.dtype, device=weight.device)
+                        for d in c.dilations)
         return _WaveNetCache(
-            x=torch.zeros(n, 1, length, dtype=torch.long, device=device), cond=condition,
-            buffers=buffers, global_bias=tuple(b.cond_bias(g) for b in self.blocks),
-            local=local)
+            x=torch.zeros(n, 1, length, dtype=torch.long, device=weight.device), cond=condition,
+            buffers=buffers, global_bias=global_bias, local=local)
 
     @torch.no_grad()
     def step(self, cache: _WaveNetCache, i: int) -> Tensor:
@@ -245,26 +251,25 @@ class WaveNet(AutoregressiveModel):
             return super().generate(n, event_shape, cond, cached=cached, prefix=prefix,
                                     num_given=num_given, generator=generator)
         event_shape = tuple(event_shape)
+        length = self.event_shape(event_shape[-1])[-1]
         self.check_prefix(n, event_shape, prefix, num_given)
-        cache = self.init_cache(n, cond, event_shape)  # conditions checked and projected
-        length = event_shape[-1]
-        u = sampling.uniforms((n, length), generator, self._device())
-        x = cache.x[:, 0]
+        _, global_bias, local = self._projected_conditions(n, cond, length)
+        device = self._device()
+        u = sampling.uniforms((n, length), generator, device)
+        x = torch.zeros(n, 1, length, dtype=torch.long, device=device)
         if prefix is not None:
-            x.copy_(prefix[:, 0])
+            x.copy_(prefix)
         c = self.config
         buffers = torch.empty(n, sum(d * (c.kernel_size - 1) for d in c.dilations),
-                              c.residual_channels, dtype=dtype, device=x.device)
-        global_bias = None
-        if cache.global_bias[0] is not None:
-            global_bias = torch.stack(cache.global_bias, dim=1)
+                              c.residual_channels, dtype=dtype, device=device)
         local_weight = None
-        if cache.local is not None:
+        if local is not None:
             local_weight = torch.cat([b.local_cond.proj.weight for b in self.blocks]).t()
-        ops.wavenet_generate(x, buffers, u, 0, num_given or 0, *self.packed_weights(),
+        ops.wavenet_generate(x[:, 0], buffers, u, 0, num_given or 0, *self.packed_weights(),
                              c.dilations, c.num_mixtures if c.output == "dmol" else 0,
-                             global_bias, cache.local, local_weight)
-        return cache.x
+                             None if global_bias[0] is None else torch.stack(global_bias, 1),
+                             local, local_weight)
+        return x
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None,
                  local: Optional[Tensor] = None) -> Tensor:
