@@ -293,6 +293,12 @@ def test_sampling_reads_the_weights_of_the_call():
     assert not torch.equal(a, b) and bool((b == 7).all())
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_negative_number_of_samples_is_refused(cached):
+    with pytest.raises(ValueError, match=r"expected a number of samples n >= 0, got -1"):
+        _medium().sample(-1, 5, cached=cached)
+
+
 def test_reduced_precision_models_sample_through_the_step():
     model = _medium(torch.bfloat16)
     out = model.sample(2, 20, generator=torch.Generator().manual_seed(0))

@@ -155,9 +155,11 @@ class AutoregressiveModel(nn.Module):
 
     def check_prefix(self, n: int, event_shape: Sequence[int], prefix: Optional[Tensor],
                      num_given: Optional[int]) -> None:
-        """Raises ValueError unless prefix and num_given are both absent, or prefix is
-        (n, *event_shape) data the model can score and num_given in [0, D]."""
+        """Raises ValueError unless n is a count >= 0 and prefix and num_given are both absent,
+        or prefix is (n, *event_shape) data the model can score and num_given in [0, D]."""
         name = type(self).__name__
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError("%s.sample: expected a number of samples n >= 0, got %r" % (name, n))
         if (prefix is None) != (num_given is None):
             raise ValueError("%s.sample: prefix and num_given go together (got %s)" % (
                 name, "a prefix without num_given" if num_given is None
