@@ -15,6 +15,8 @@
 // so it is exact in every tail (PixelCNN++ subtracts two sigmoids, which loses everything far
 // from the mean in float32; both agree wherever that subtraction is accurate).
 
+#include <cstdint>
+
 #include "common/macros.h"
 #include "common/math.h"
 
@@ -119,6 +121,17 @@ FASTAR_HD int64_t log_scale_index(int64_t c, int64_t k, int64_t K, int64_t chann
 FASTAR_HD int64_t coeff_index(int64_t j, int64_t k, int64_t K) {
   return K + 3 * K * j + 2 * K + k;
 }
+
+// x as the kernels read it: uint8 (8-bit images, read as they are) or int64 (every other integer
+// type, converted once on the host). The branch is the same for every thread of a launch.
+struct BinIndices {
+  const void* data;
+  bool bytes;
+  FASTAR_HD int64_t operator[](int64_t i) const {
+    return bytes ? int64_t(static_cast<const uint8_t*>(data)[i])
+                 : static_cast<const int64_t*>(data)[i];
+  }
+};
 
 // One position's data: the bin index of each channel, as T (exact below 2^24).
 template <typename T, int C>

@@ -42,15 +42,15 @@ DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& par
   for (int64_t d = 2; d < x.dim(); ++d) args.S *= x.size(d);
   args.out_shape = {args.B};
   for (int64_t d = 2; d < x.dim(); ++d) args.out_shape.push_back(x.size(d));
-  if (x.numel() > 0) {
-    // One small reduction over x (1/(3K) of params' size); on CUDA it synchronizes.
+  if (x.numel() > 0 && x.device().is_cpu()) {
+    // One small reduction over x (1/(3K) of params' size).
     const auto [lo, hi] = at::aminmax(x);
     const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
     TORCH_CHECK(lo_v >= 0 && hi_v < num_bins, "fastar::", op,
                 ": expected every value of x in [0, num_bins) = [0, ", num_bins,
                 "), but got values in [", lo_v, ", ", hi_v, "]");
   }
-  args.x = x.to(at::kLong).contiguous();
+  args.x = (x.scalar_type() == at::kByte ? x : x.to(at::kLong)).contiguous();
   args.params = params.contiguous();
   return args;
 }

@@ -5,20 +5,29 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 
+#include "common/dmol.h"
+
 #include <type_traits>
 #include <vector>
 
 namespace fastar {
 
 struct DmolArgs {
-  at::Tensor x;       // int64, contiguous (B, C, *S)
+  at::Tensor x;       // uint8 or int64, contiguous (B, C, *S)
   at::Tensor params;  // contiguous (B, P, *S)
   int64_t B = 0, C = 0, K = 0, P = 0, S = 1, num_bins = 0;
   std::vector<int64_t> out_shape;  // (B, *S)
 };
 
+// Checks x's values against num_bins on the CPU only: on CUDA that would synchronize every
+// training step (twice) and fail under CUDA-graph capture, so the CUDA kernels return NaN at a
+// position whose value is out of range (log_prob and every gradient of the position).
 DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& params,
                       int64_t num_bins);
+
+inline dmol::BinIndices bin_indices(const DmolArgs& args) {
+  return {args.x.const_data_ptr(), args.x.scalar_type() == at::kByte};
+}
 
 // A (B, *S) tensor matching params in device and dtype (grad_out, log_prob); returned contiguous.
 at::Tensor prepare_dmol_per_position(const char* op, const char* arg, const at::Tensor& t,

@@ -39,7 +39,7 @@ struct Block {
 };
 
 template <typename scalar_t, typename acc_t, int C>
-void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, int64_t b,
+void load_block(const DmolArgs& args, const scalar_t* params, const dmol::BinIndices x, int64_t b,
                 int64_t s0, int64_t len, Block<scalar_t, acc_t, C>& blk) {
   blk.S = args.S;
   blk.len = len;
@@ -47,8 +47,8 @@ void load_block(const DmolArgs& args, const scalar_t* params, const int64_t* x, 
   blk.pos = b * args.S + s0;
   blk.params = params + blk.offset;
   for (int c = 0; c < C; ++c) {
-    const int64_t* xr = x + (b * C + c) * args.S + s0;
-    for (int64_t j = 0; j < blk.len; ++j) blk.bins[c][j] = acc_t(xr[j]);
+    const int64_t row = (b * C + c) * args.S + s0;
+    for (int64_t j = 0; j < blk.len; ++j) blk.bins[c][j] = acc_t(x[row + j]);
   }
 }
 
@@ -157,7 +157,7 @@ template <typename scalar_t, int C, typename Fn>
 void for_each_block(const DmolArgs& args, int64_t grad_rows, const Fn& fn) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* params = args.params.const_data_ptr<scalar_t>();
-  const int64_t* x = args.x.const_data_ptr<int64_t>();
+  const dmol::BinIndices x = bin_indices(args);
   cpu::parallel_for_row_blocks(
       args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(args.K, grad_rows); },
       [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {

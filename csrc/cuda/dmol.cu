@@ -22,16 +22,23 @@ template <typename acc_t, int C>
 struct Position {
   int64_t params_offset;  // of params[b, 0, s]
   dmol::Pixel<acc_t, C> px;
+  bool in_range;  // every channel's value in [0, num_bins): the host does not check on CUDA
 };
 
 template <typename acc_t, int C>
-__device__ __forceinline__ Position<acc_t, C> position(const int64_t* __restrict__ x, int64_t i,
-                                                       int64_t S, int64_t P) {
+__device__ __forceinline__ Position<acc_t, C> position(const dmol::BinIndices x, int64_t i,
+                                                       int64_t S, int64_t P,
+                                                       const dmol::Bins<acc_t>& bins) {
   const int64_t b = i / S, s = i - b * S;
   Position<acc_t, C> pos;
   pos.params_offset = b * P * S + s;
+  pos.in_range = true;
   FASTAR_UNROLL
-  for (int c = 0; c < C; ++c) pos.px.bin[c] = acc_t(x[(b * C + c) * S + s]);
+  for (int c = 0; c < C; ++c) {
+    const int64_t v = x[(b * C + c) * S + s];
+    pos.in_range = pos.in_range && v >= 0 && acc_t(v) <= bins.last;
+    pos.px.bin[c] = acc_t(v);
+  }
   return pos;
 }
 
@@ -75,31 +82,35 @@ __device__ __forceinline__ void mixture(const dmol::Pixel<acc_t, C>& px, const P
 
 template <typename scalar_t, int C>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const int64_t* __restrict__ x, const scalar_t* __restrict__ params,
+    forward_kernel(const dmol::BinIndices x, const scalar_t* __restrict__ params,
                    scalar_t* __restrict__ out, int64_t num_positions, int64_t S, int64_t P,
                    int64_t K, dmol::Bins<at::opmath_type<scalar_t>> bins) {
   using acc_t = at::opmath_type<scalar_t>;
   cuda::grid_stride(num_positions, [&](int64_t i) {
-    const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P);
+    const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P, bins);
     const scalar_t* pp = params + pos.params_offset;
     const auto param = [&](int64_t idx) { return acc_t(pp[idx * S]); };
     Normalizer<acc_t> norm;
     acc_t log_prob;
     mixture<acc_t, C>(pos.px, param, K, bins, norm, log_prob);
-    out[i] = scalar_t(log_prob);
+    out[i] = pos.in_range ? scalar_t(log_prob) : scalar_t(NAN);
   });
 }
 
 template <typename scalar_t, int C>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ x,
+    backward_kernel(const scalar_t* __restrict__ grad_out, const dmol::BinIndices x,
                     const scalar_t* __restrict__ params, scalar_t* __restrict__ grad, int64_t num_positions, int64_t S, int64_t P,
                     int64_t K, dmol::Bins<at::opmath_type<scalar_t>> bins) {
   using acc_t = at::opmath_type<scalar_t>;
   cuda::grid_stride(num_positions, [&](int64_t i) {
-    const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P);
+    const Position<acc_t, C> pos = position<acc_t, C>(x, i, S, P, bins);
     const scalar_t* pp = params + pos.params_offset;
     scalar_t* gp = grad + pos.params_offset;
+    if (!pos.in_range) {
+      for (int64_t idx = 0; idx < P; ++idx) gp[idx * S] = scalar_t(NAN);
+      return;
+    }
     const auto param = [&](int64_t idx) { return acc_t(pp[idx * S]); };
     const auto store = [&](int64_t idx, acc_t v) { gp[idx * S] = scalar_t(v); };
     // log P recomputed in float32 from the terms differentiated below (see the CPU backward).
@@ -121,8 +132,7 @@ at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int
   dispatch_dmol(args, [&](auto s, auto c) {
     using scalar_t = decltype(s);
     cuda::launch<kThreads>(forward_kernel<scalar_t, decltype(c)::value>, params.device(), n,
-                           args.x.const_data_ptr<int64_t>(),
-                           args.params.const_data_ptr<scalar_t>(),
+                           bin_indices(args), args.params.const_data_ptr<scalar_t>(),
                            out.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
                            dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
   });
@@ -139,7 +149,7 @@ at::Tensor dmol_log_prob_backward_cuda(const at::Tensor& grad_out, const at::Ten
   dispatch_dmol(args, [&](auto s, auto c) {
     using scalar_t = decltype(s);
     cuda::launch<kThreads>(backward_kernel<scalar_t, decltype(c)::value>, params.device(), n,
-                           g.const_data_ptr<scalar_t>(), args.x.const_data_ptr<int64_t>(),
+                           g.const_data_ptr<scalar_t>(), bin_indices(args),
                            args.params.const_data_ptr<scalar_t>(),
                            grad.mutable_data_ptr<scalar_t>(), n, args.S, args.P, args.K,
                            dmol::make_bins<at::opmath_type<scalar_t>>(num_bins));
