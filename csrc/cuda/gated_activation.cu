@@ -1,5 +1,5 @@
-// CUDA kernels of gated_activation: one thread per VEC consecutive outputs of a row, 16-byte
-// vector loads and stores where rows allow, float32 math for every storage dtype.
+// CUDA kernels of gated_activation: one thread per VEC consecutive outputs of a row, the widest
+// vector loads and stores (up to 16 bytes) that rows allow, float32 math for every dtype.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -113,21 +113,24 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// Calls launch(std::integral_constant<int, VEC>{}, index_t{}) with the widest vector that divides
-// the rows and keeps every pointer aligned, and 32-bit indexing where the tensors allow it.
-template <typename scalar_t, typename Launch>
+// Calls launch(std::integral_constant<int, VEC>{}, index_t{}) with the widest vector, from 16
+// bytes down to one element, that divides the rows and keeps every pointer aligned (a row
+// length of 2 mod 4 still gets 8-byte vectors for float32), and with 32-bit indexing where the
+// tensors allow it.
+template <typename scalar_t, int VEC = 16 / sizeof(scalar_t), typename Launch>
 void with_vector_width(const GatedActivationArgs& args, std::initializer_list<const void*> ptrs,
                        const Launch& launch) {
-  constexpr int kMaxVec = 16 / sizeof(scalar_t);
-  bool aligned = args.L % kMaxVec == 0;
+  bool fits = args.L % VEC == 0;
   for (const void* p : ptrs)
-    aligned = aligned && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
+    fits = fits && (p == nullptr || reinterpret_cast<uintptr_t>(p) % (VEC * sizeof(scalar_t)) == 0);
+  if constexpr (VEC > 1) {
+    if (!fits) return with_vector_width<scalar_t, VEC / 2>(args, ptrs, launch);
+  }
   // 32-bit indices must stay valid one grid stride past the end, where the loop stops.
-  const bool small = args.x.numel() <= INT32_MAX - cuda::kMaxBlocks * kThreads;
-  if (aligned && small) launch(std::integral_constant<int, kMaxVec>{}, int32_t{});
-  else if (aligned) launch(std::integral_constant<int, kMaxVec>{}, int64_t{});
-  else if (small) launch(std::integral_constant<int, 1>{}, int32_t{});
-  else launch(std::integral_constant<int, 1>{}, int64_t{});
+  if (args.x.numel() <= INT32_MAX - cuda::kMaxBlocks * kThreads)
+    launch(std::integral_constant<int, VEC>{}, int32_t{});
+  else
+    launch(std::integral_constant<int, VEC>{}, int64_t{});
 }
 
 at::Tensor gated_activation_cuda(const at::Tensor& x, const std::optional<at::Tensor>& cond) {
