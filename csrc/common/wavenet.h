@@ -53,6 +53,26 @@ FASTAR_HD T dmol_value_log_prob(const T* params, int64_t stride, int64_t K, int6
   return terms_max + math::log(terms_sum);
 }
 
+// The values' logits of a head with P outputs over V values, in `out` (V entries): the
+// mixture's log-probability of every value (num_mixtures K > 0), [0, l] for one Bernoulli logit
+// l (P = 1, V = 2), or the head itself (returned without a copy).
+template <typename T>
+FASTAR_HD const T* value_logits(const T* head, int64_t P, int64_t V, int64_t K,
+                                const dmol::Bins<T> bins, int64_t first, int64_t step, T* out) {
+  if (K > 0) {
+    for (int64_t v = first; v < V; v += step) out[v] = dmol_value_log_prob(head, 1, K, v, bins);
+    return out;
+  }
+  if (P == 1) {
+    if (first == 0) {
+      out[0] = T(0);
+      out[1] = head[0];
+    }
+    return out;
+  }
+  return head;
+}
+
 // The inverse-CDF draw of fastar.sampling.categorical: the smallest v with u < P(value <= v)
 // under softmax(logits), the CDF summed in float64 in value order and divided by its last
 // entry. Returns -1 where the logits define no distribution (NaN, +inf, all -inf). With

@@ -87,8 +87,9 @@ WaveNetGenerateArgs prepare_wavenet_generate(
               "but got ", num_mixtures);
   a.K = num_mixtures;
   if (a.K == 0) {
-    TORCH_CHECK(a.P == a.V, "fastar::", kOp, ": expected a softmax head of num_values (", a.V,
-                ") outputs, but got head_weight2 of shape ", head_weight2.sizes());
+    TORCH_CHECK(a.P == a.V || (a.V == 2 && a.P == 1), "fastar::", kOp,
+                ": expected a softmax head of num_values (", a.V, ") outputs (or one Bernoulli ",
+                "logit for 2 values), but got head_weight2 of shape ", head_weight2.sizes());
   } else {
     TORCH_CHECK(a.P == 3 * a.K && a.V >= 2, "fastar::", kOp, ": expected a mixture head of 3 * ",
                 "num_mixtures (", 3 * a.K, ") outputs and num_values >= 2, but got ",

@@ -195,7 +195,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
   std::vector<T> relu_values(nb * S);  // each thread its own: every thread reads all of it
   Rows<T> relu_skip = rows(relu_values, S);
   Rows<T> head = rows(s.head, S), logits = rows(s.logits, P), lbias = rows(s.local_bias, L * R2);
-  std::vector<T> local_values(nb * std::max<int64_t>(g.Cl, 1)), dist(g.K ? V : 0);
+  std::vector<T> local_values(nb * std::max<int64_t>(g.Cl, 1)), dist(V);
   Rows<T> local_t = rows(local_values, g.Cl);
   std::vector<double> expo(V);
   const dmol::Bins<T> bins = dmol::make_bins<T>(V);
@@ -281,12 +281,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
     // Every thread draws the same values from the same logits; rank 0 writes them.
     bool ok = true;
     for (int64_t b = 0; b < nb; ++b) {
-      const T* values = logits[b];
-      if (g.K > 0) {  // mixture output: log P of every value
-        for (int64_t v = 0; v < V; ++v)
-          dist[v] = wavenet::dmol_value_log_prob(logits[b], 1, g.K, v, bins);
-        values = dist.data();
-      }
+      const T* values = wavenet::value_logits(logits[b], P, V, g.K, bins, 0, 1, dist.data());
       const bool draw = t >= g.num_given;
       double log_prob = 0;
       const int64_t value = wavenet::inverse_cdf(values, V, u[b * g.T + t], draw,

@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
   T* head = skip + S;
   T* logits = head + S;
   T* dist = logits + P;
-  T* local_t = dist + (n.K ? V : 0);
+  T* local_t = dist + V;
   __shared__ int ok;
   int64_t* x = n.x + b * n.T_len;
   T* ring = n.ring + b * n.width * R;
@@ -123,13 +123,8 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
     for (int64_t c = tid; c < P; c += kThreads)
       logits[c] = n.head_b2[c] + dot_column(head, S, n.head_w2, P, c);
     __syncthreads();
-    const T* values = logits;
-    if (n.K > 0) {
-      for (int64_t v = tid; v < V; v += kThreads)
-        dist[v] = wavenet::dmol_value_log_prob(logits, 1, n.K, v, n.bins);
-      __syncthreads();
-      values = dist;
-    }
+    const T* values = wavenet::value_logits(logits, P, V, n.K, n.bins, tid, kThreads, dist);
+    __syncthreads();
     if (tid == 0) {
       const bool draw = t >= n.num_given;
       double log_prob = 0;
@@ -171,7 +166,7 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
            g.local.defined() ? g.local_weight.const_data_ptr<T>() : nullptr,
            logp.data_ptr<T>(), failed.data_ptr<int>(), dmol::make_bins<T>(g.V)};
   const size_t shared = g.V * sizeof(double) +
-                        (5 * g.R + 2 * g.S + g.P + (g.K ? g.V : 0) + g.Cl) * sizeof(T);
+                        (5 * g.R + 2 * g.S + g.P + g.V + g.Cl) * sizeof(T);
   int max_shared = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                         g.x.device().index()));

@@ -9,8 +9,9 @@ from fastar.models.base import AutoregressiveModel
 
 
 class PixelModel(AutoregressiveModel):
-    """Base of the convolutional image models: subclasses define logits(x, cond) -> (B, C * V,
-    H, W), output channels grouped by colour (all V logits of channel 0, then channel 1, ...),
+    """Base of the convolutional image models: subclasses define logits(x, cond) -> (B, C * NL,
+    H, W), NL = num_logits (1 for binary values), output channels grouped by colour (all NL
+    logits of channel 0, then channel 1, ...),
     where the logits at (c, i, j) may depend only on x before (i, j) in raster order (and on
     channels < c of pixel (i, j)). Their config has image_shape (C, H, W) and num_values."""
 
@@ -30,4 +31,4 @@ class PixelModel(AutoregressiveModel):
 
     def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         B, C, H, W = x.shape
-        return self.logits(x, cond).view(B, C, self.num_values, H, W).transpose(1, 2)
+        return self.logits(x, cond).view(B, C, self.num_logits, H, W).transpose(1, 2)

@@ -5,6 +5,9 @@ A model is a distribution over integer tensors x of shape (B, *event_shape), val
 order of the event's positions (for images: raster order over (H, W), channels last). It offers
 
 - ``log_prob(x, cond=None) -> (B,)``: natural-log likelihood (``forward`` is ``log_prob``);
+- logits of ``num_logits`` per position: ``num_values`` (a softmax), except for a binary model
+  (num_values = 2), whose head outputs one logit l of value 1 (a Bernoulli: the same
+  distribution as the softmax of [0, l], at half the output layer's cost);
 - ``sample(n, ..., cached=None, prefix=None, num_given=None, generator=None)``: one generation
   loop for every model, drawing one float64 uniform per value, up front and in generation
   order, and inverting the conditional's CDF. Naive and cached sampling therefore consume the
@@ -28,6 +31,7 @@ import typing
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import sampling
@@ -40,6 +44,30 @@ class Cache:
     sums); their state is written by the model's step."""
     x: Tensor
     cond: Optional[Tensor] = None
+
+
+def head_size(num_values: int) -> int:
+    """Logits per position of a head over num_values values: one for binary values (a
+    Bernoulli logit of value 1), num_values otherwise."""
+    return 1 if num_values == 2 else num_values
+
+
+def value_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x) per position (B, *S) from logits (B, V, *S), or from one Bernoulli logit
+    (B, 1, *S) of value 1 where x is binary: log sigmoid(+-l) = -softplus(-+l), which keeps
+    the tails (binary_cross_entropy_with_logits rounds log(1 + 2e-9) to 0 in float32)."""
+    if logits.shape[1] == 1:
+        l = logits[:, 0]
+        return -F.softplus((1 - 2 * x.to(l.dtype)) * l)
+    return torch.log_softmax(logits, dim=1).gather(1, x.long().unsqueeze(1))[:, 0]
+
+
+def categorical_logits(logits: Tensor, dim: int = 1) -> Tensor:
+    """Logits over every value along dim: a Bernoulli logit l (size 1) becomes [0, l], the same
+    distribution; other logits pass through. Samplers and tests that enumerate values use it."""
+    if logits.shape[dim] != 1:
+        return logits
+    return torch.cat([torch.zeros_like(logits), logits], dim=dim)
 
 
 def _check_types(name: str, config) -> None:
@@ -90,8 +118,8 @@ class AutoregressiveModel(nn.Module):
         raise NotImplementedError
 
     def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """Logits (B, V, *event_shape) of every value of x given the values before it in the
-        generation order (one forward pass)."""
+        """Logits (B, num_logits, *event_shape) of every position of x given the values before
+        it in the generation order (one forward pass)."""
         raise NotImplementedError
 
     def init_cache(self, n: int, cond: Optional[Tensor] = None,
@@ -100,8 +128,14 @@ class AutoregressiveModel(nn.Module):
                                   % type(self).__name__)
 
     def step(self, cache: Cache, i: int) -> Tensor:
-        """Logits (n, V) of the value at position order[i] given cache.x before it."""
+        """Logits (n, num_logits) of the value at position order[i] given cache.x before it."""
         raise NotImplementedError("%s has no cached sampler yet" % type(self).__name__)
+
+    @property
+    def num_logits(self) -> int:
+        """Head outputs per position: 1 for a binary model (a Bernoulli logit), else
+        num_values."""
+        return head_size(self.num_values)
 
     @property
     def has_cache(self) -> bool:
@@ -135,8 +169,7 @@ class AutoregressiveModel(nn.Module):
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape)."""
         self.check_input(x)
-        logp = torch.log_softmax(self.conditionals(x, cond), dim=1)
-        return logp.gather(1, x.long().unsqueeze(1)).flatten(1).sum(dim=1)
+        return value_log_prob(self.conditionals(x, cond), x).flatten(1).sum(dim=1)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         return self.log_prob(x, cond)
@@ -208,5 +241,6 @@ class AutoregressiveModel(nn.Module):
             else:
                 logits = self.conditionals(x, cond).flatten(2)[:, :, position]
             if i >= num_given:
-                flat[:, position] = sampling.categorical(logits, u[:, i])
+                flat[:, position] = sampling.categorical(categorical_logits(logits, dim=-1),
+                                                         u[:, i])
         return x

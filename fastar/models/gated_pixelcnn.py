@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
+from fastar.models.base import head_size
 from fastar.nn import GatedPixelCNNLayer
 
 
@@ -53,7 +54,7 @@ class GatedPixelCNN(PixelModel):
             + [GatedPixelCNNLayer(c.hidden_channels, c.kernel_size, "B", cond_dim)
                for _ in range(c.num_layers - 1)])
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c.hidden_channels, c.head_channels, 1),
-                                  nn.ReLU(), nn.Conv2d(c.head_channels, C * c.num_values, 1))
+                                  nn.ReLU(), nn.Conv2d(c.head_channels, C * head_size(c.num_values), 1))
 
     def check_cond(self, cond: Optional[Tensor], batch: int) -> None:
         """ValueError unless cond is what the model was built for: labels (B,) in

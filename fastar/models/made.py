@@ -74,8 +74,8 @@ class MADE(AutoregressiveModel):
         self.natural_ordering = c.natural_ordering
         sizes = [self.D] + list(c.hidden_sizes)
         self.hidden = nn.ModuleList(_MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.out = _MaskedLinear(sizes[-1], self.D * c.num_values)
-        self.direct = (_MaskedLinear(self.D, self.D * c.num_values) if c.direct_connections
+        self.out = _MaskedLinear(sizes[-1], self.D * self.num_logits)
+        self.direct = (_MaskedLinear(self.D, self.D * self.num_logits) if c.direct_connections
                        else None)
         self._generator = torch.Generator().manual_seed(c.seed)
         self._masks = [self._draw_masks() for _ in range(c.num_masks)]
@@ -128,7 +128,7 @@ class MADE(AutoregressiveModel):
                            else torch.zeros(layer.out_features, dtype=torch.long))
         hidden = [(d_out[:, None] >= d_in[None, :]).float()
                   for d_in, d_out in zip(degrees[:-1], degrees[1:])]
-        out_degrees = order.repeat_interleave(self.num_values)  # outputs (d, value) of dim d
+        out_degrees = order.repeat_interleave(self.num_logits)  # outputs (d, logit) of dim d
         out = (out_degrees[:, None] > degrees[-1][None, :]).float()
         direct = (out_degrees[:, None] > order[None, :]).float()
         return order, hidden, out, direct
@@ -165,14 +165,15 @@ class MADE(AutoregressiveModel):
         return F.linear(h, out.weight[rows] * out.mask[rows], out.bias[rows])
 
     def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """(B, V, C, H, W) logits of each dimension given the inputs before it (mask in use)."""
+        """(B, num_logits, C, H, W) logits of each dimension given the inputs before it (mask
+        in use)."""
         inp = self._scale(x)
         logits = self._head(self.hidden[0](inp) if self.hidden else inp)
         if self.direct is not None:
             logits = logits + self.direct(inp)
         B = x.shape[0]
-        return logits.view(B, self.D, self.num_values).transpose(1, 2).reshape(
-            B, self.num_values, *self.image_shape)
+        return logits.view(B, self.D, self.num_logits).transpose(1, 2).reshape(
+            B, self.num_logits, *self.image_shape)
 
     def init_cache(self, n: int, cond: Optional[Tensor] = None,
                    event_shape=None) -> _MADECache:
@@ -187,7 +188,7 @@ class MADE(AutoregressiveModel):
 
     def step(self, cache: _MADECache, i: int) -> Tensor:
         order = self._generation_order_cached()
-        V = self.num_values
+        V = self.num_logits
         if i > 0:  # add the value drawn at the previous position
             p = int(order[i - 1])
             v = self._scale(cache.x.view(cache.x.shape[0], self.D)[:, p : p + 1])

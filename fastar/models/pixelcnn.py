@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
+from fastar.models.base import head_size
 from fastar.nn import MaskedConv2d
 
 
@@ -52,7 +53,7 @@ class PixelCNN(PixelModel):
             MaskedConv2d(C, c.hidden_channels, 7, "A", groups),
             *[_ResidualBlock(c.hidden_channels, groups) for _ in range(c.num_layers)],
             nn.ReLU(), MaskedConv2d(c.hidden_channels, c.head_channels, 1, "B", groups),
-            nn.ReLU(), MaskedConv2d(c.head_channels, C * c.num_values, 1, "B", groups))
+            nn.ReLU(), MaskedConv2d(c.head_channels, C * head_size(c.num_values), 1, "B", groups))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if cond is not None:

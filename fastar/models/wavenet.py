@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops, sampling
-from fastar.models.base import AutoregressiveModel, Cache
+from fastar.models.base import AutoregressiveModel, Cache, head_size, value_log_prob
 from fastar.nn import CausalConv1d, WaveNetBlock
 
 
@@ -85,13 +85,19 @@ class WaveNet(AutoregressiveModel):
         self.blocks = nn.ModuleList(
             WaveNetBlock(R, 2 * R, S, d, c.kernel_size, c.cond_channels, c.local_channels)
             for d in c.dilations)
-        out = V if c.output == "softmax" else 3 * c.num_mixtures
+        out = head_size(V) if c.output == "softmax" else 3 * c.num_mixtures
         self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(), nn.Conv1d(S, out, 1))
 
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
         if length is None or length < 1:
             raise ValueError("WaveNet: audio needs a length >= 1, got %r" % (length,))
         return (1, length)
+
+    @property
+    def num_logits(self) -> int:
+        """A softmax head's outputs per sample (1 for binary values); "dmol" gives every
+        value's log-probability."""
+        return head_size(self.num_values) if self.config.output == "softmax" else self.num_values
 
     @property
     def receptive_field(self) -> int:
@@ -144,8 +150,8 @@ class WaveNet(AutoregressiveModel):
         return self.head(skip)
 
     def conditionals(self, x: Tensor, cond=None) -> Tensor:
-        """Log-probabilities (B, V, 1, T) of every value at every position (a softmax output's
-        logits; for "dmol", each value's mixture log-probability)."""
+        """Logits (B, num_logits, 1, T) of every position (a softmax output's; for "dmol", each
+        value's mixture log-probability)."""
         cond = self._condition(cond, None, x.shape[0], x.shape[-1])
         return self._distribution(self._outputs(x, cond)).unsqueeze(2)
 
@@ -277,8 +283,7 @@ class WaveNet(AutoregressiveModel):
         self.check_input(x)
         condition = self._condition(cond, local, x.shape[0], x.shape[-1])
         if self.config.output == "softmax":
-            logp = torch.log_softmax(self._outputs(x, condition), dim=1)
-            return logp.gather(1, x.long()).sum(dim=(1, 2))
+            return value_log_prob(self._outputs(x, condition), x[:, 0]).sum(dim=1)
         return ops.dmol_log_prob(x, self._outputs(x, condition), self.num_values).sum(dim=1)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None,

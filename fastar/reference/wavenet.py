@@ -52,6 +52,8 @@ def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, num_give
                 ring[:, t % size] = h
             h, skip = h + o[:, :R], skip + o[:, R:]
         logits = F.relu(F.relu(skip) @ head_weight1 + head_bias1) @ head_weight2 + head_bias2
+        if logits.shape[1] == 1 and V == 2:  # one Bernoulli logit l: the logits [0, l]
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
         if num_mixtures:  # log P of every value under the mixture
             values = torch.arange(V, device=x.device).view(1, V, 1).expand(B, V, 1)
             params = logits.unsqueeze(1).expand(B, V, 3 * num_mixtures)
