@@ -26,8 +26,9 @@ def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: _size_2 = 1) ->
     would make the input-gradient pass run over the padded width (bench/bench_layers.py)."""
     kh, kw = weight.shape[-2:]
     dh, dw = _pair(dilation)
-    return F.conv2d(F.pad(x, (0, 0, dh * (kh - 1), 0)), weight, bias, padding=(0, dw * (kw // 2)),
-                    dilation=(dh, dw))
+    if kh > 1:  # a one-row window needs no padding: F.pad would still copy x
+        x = F.pad(x, (0, 0, dh * (kh - 1), 0))
+    return F.conv2d(x, weight, bias, padding=(0, dw * (kw // 2)), dilation=(dh, dw))
 
 
 def raster_mask(out_channels: int, in_channels: int, kernel_size: _size_2, mask_type: str,
