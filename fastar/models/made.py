@@ -29,7 +29,7 @@ class _MaskedLinear(nn.Linear):
 class MADEConfig:
     """Args:
         image_shape: (C, H, W); the C * H * W values are the MADE's D dimensions.
-        num_values: values per dimension (2 for binary data: a softmax over 2 is a sigmoid).
+        num_values: values per dimension (2 for binary data: one Bernoulli logit per dimension).
         hidden_sizes: units of each hidden layer.
         num_masks: connectivity patterns (orderings and hidden degrees) cycled through in
             training, one per forward; evaluation averages the probabilities over all of them.
