@@ -22,6 +22,14 @@ TORCH_LIBRARY(fastar, m) {
   // each term once instead of once in the forward and again in the backward.
   m.def("dmol_log_prob_with_grad(Tensor x, Tensor params, int num_bins=256) -> (Tensor, Tensor)");
 
+  // x (B, in) times (weight * mask)^T plus bias, for a staircase mask described by blocks:
+  // triples (row_end, dense_end, end) of consecutive row blocks from row 0, the mask one in
+  // columns [0, dense_end) and zero from end on (MADE's masks with sorted hidden units).
+  m.def("masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias, int[] blocks) -> Tensor");
+  // (grad_x, grad_weight (zero where the mask is zero), grad_bias) of masked_linear.
+  m.def("masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor mask, "
+        "int[] blocks) -> (Tensor, Tensor, Tensor)");
+
   // WaveNet's cached generation loop: steps t = start .. T - 1 of the sequences x (B, T) in one
   // call, each step reading the ring buffers (B, sum of dilation * (k - 1), R) of the block
   // inputs it needs and pushing its own (start = 0 clears them first). Positions t < num_given

@@ -40,6 +40,8 @@ class OpInfo:
     # Arguments the op writes in place (Tensor(a!)), e.g. ring buffers: the generic tests give
     # every call fresh copies of them and compare what was written beside the outputs.
     mutated_args: Tuple[int, ...] = ()
+    # Outputs that carry the batch dim (None: all); a weight's gradient does not.
+    batch_outputs: Optional[Tuple[int, ...]] = None
     cuda_tol: float = 1e-5  # float32 CUDA against CPU: the same formulas, rounded differently
     # (rtol, atol) of outputs and of gradients in float64; relative accuracy bound per
     # reduced dtype (on top of flash-attention's rule, see test_ops.test_reduced_precision).
@@ -192,6 +194,38 @@ def dmol_with_grad_reference(x, params, num_bins=256):
 _DMOL_TOL = dict(tol64=(1e-9, 1e-9), grad_tol64=(1e-7, 1e-9),
                  reduced_tol={torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2})
 
+# --- masked_linear ----------------------------------------------------------------------------
+
+# (batch, in, out, blocks): row counts drawn sorted (rows of no inputs and of all included).
+_MASKED_LINEAR_SHAPES = [(3, 7, 10, 3), (5, 16, 33, 4), (1, 9, 4, 1), (4, 1, 6, 2),
+                         (6, 12, 12, 12)]
+
+
+def masked_linear_samples(device, dtype, full=False):
+    out = []
+    for i, (B, n_in, n_out, nb) in enumerate(_MASKED_LINEAR_SHAPES):
+        g = torch.Generator().manual_seed(i)
+        counts = torch.randint(0, n_in + 1, (n_out,), generator=g).sort().values
+        counts[0], counts[-1] = 0, n_in
+        mask = (torch.arange(n_in)[None] < counts[:, None]).to(device=device, dtype=dtype)
+        blocks = ops.staircase_blocks(mask, nb)
+        bias = None if i == 3 else _float((n_out,), dtype, device)
+        out.append(SampleInput((_float((B, n_in), dtype, device), _float((n_out, n_in), dtype,
+                                                                          device), mask, bias,
+                                blocks), "%dx%d->%d" % (B, n_in, n_out), gradcheck=True))
+    return out
+
+
+def masked_linear_backward_reference(grad_out, x, weight, mask, blocks):
+    return grad_out @ (weight * mask), (grad_out.t() @ x) * mask, grad_out.sum(0)
+
+
+def masked_linear_backward_samples(device, dtype, full=False):
+    return [SampleInput((_float((s.args[0].shape[0], s.args[1].shape[0]), dtype, device),
+                         *s.args[:3], s.args[4]), s.name)
+            for s in masked_linear_samples(device, dtype, full)]
+
+
 # --- wavenet_generate -------------------------------------------------------------------------
 
 # Model variants (WaveNet keywords) and batch sizes: batch 1 runs the CPU kernel's team of
@@ -278,6 +312,10 @@ OP_DB = [
            **{**_DMOL_TOL, "tol64": _DMOL_TOL["grad_tol64"]}),
     OpInfo("dmol_log_prob_with_grad", dmol_with_grad_reference, dmol_samples, devices=("cpu",),
            **{**_DMOL_TOL, "tol64": _DMOL_TOL["grad_tol64"]}),
+    OpInfo("masked_linear", reference.masked_linear, masked_linear_samples,
+           fn=ops.masked_linear, grad_args=(0, 1, 3)),
+    OpInfo("masked_linear_backward", masked_linear_backward_reference,
+           masked_linear_backward_samples, batch_outputs=(0,)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1), dtypes=(torch.float32, torch.float64),

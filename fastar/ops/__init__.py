@@ -24,10 +24,11 @@ _extension.load()
 from fastar.ops._common import current_implementation, implementation  # noqa: E402
 from fastar.ops.dmol import dmol_log_prob  # noqa: E402
 from fastar.ops.gated import gated_activation  # noqa: E402
+from fastar.ops.masked_linear import masked_linear, staircase_blocks  # noqa: E402
 from fastar.ops.wavenet import wavenet_generate  # noqa: E402
 
 __all__ = ["current_implementation", "dmol_log_prob", "gated_activation", "implementation",
-           "kernels", "wavenet_generate"]
+           "kernels", "masked_linear", "staircase_blocks", "wavenet_generate"]
 
 
 def kernels() -> Dict[str, List[str]]:

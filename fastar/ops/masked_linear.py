@@ -1,0 +1,86 @@
+"""masked_linear: a linear layer under a staircase mask (MADE's, once its hidden units are
+sorted by degree), skipping the all-zero blocks in the forward and both backward products.
+The public function, the block description, the fake kernels and autograd; the kernels are in
+csrc/masked_linear.cpp."""
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from fastar import reference
+from fastar.ops._common import (check_floating, check_same_device, register_no_double_backward,
+                                use_reference)
+
+
+def staircase_blocks(mask: Tensor, num_blocks: int = 16) -> Optional[List[int]]:
+    """The blocks argument of masked_linear for a 0/1 mask (out, in) whose every row is a
+    prefix of ones (row r: columns [0, n_r)) with n_r nondecreasing in r: about num_blocks
+    blocks of rows, each as (row_end, dense_end, end) with the block's smallest and largest
+    n_r. None for a mask of any other form (the caller then multiplies the mask out)."""
+    out, cols = mask.shape
+    counts = mask.sum(dim=1).long()
+    prefix = torch.arange(cols, device=mask.device)[None, :] < counts[:, None]
+    if out == 0 or not torch.equal(mask.bool(), prefix) or bool((counts.diff() < 0).any()):
+        return None
+    bounds = torch.linspace(0, out, min(num_blocks, out) + 1).round().long().unique().tolist()
+    blocks = []
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        blocks += [r1, int(counts[r0]), int(counts[r1 - 1])]
+    return blocks
+
+
+def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor],
+                  blocks: Sequence[int]) -> Tensor:
+    """x (B, in) times (weight * mask)^T plus bias, for a staircase mask that `blocks`
+    (from `staircase_blocks(mask)`) describes: each product runs on the nonzero blocks only
+    (about half the work of a dense product for a MADE layer) and multiplies the mask into
+    the blocks' ragged edges only. The mask must be what blocks say (ones before dense_end,
+    zeros from end on, per row block): staircase_blocks checks that when it builds them.
+    Differentiable in x, weight and bias (weight's gradient is zero where the mask is)."""
+    if use_reference():
+        return reference.masked_linear(x, weight, mask, bias, blocks)
+    return torch.ops.fastar.masked_linear(x, weight, mask, bias, list(blocks))
+
+
+def _check(op, x, weight, mask):
+    check_floating(op, "x", x)
+    check_same_device(op, "x", x, weight=weight, mask=mask)
+    torch._check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
+                 lambda: "fastar::%s: expected x (B, in) and weight (out, in), but got x of "
+                 "shape %s and weight of shape %s" % (op, list(x.shape), list(weight.shape)))
+
+
+@torch.library.register_fake("fastar::masked_linear")
+def _fake(x, weight, mask, bias, blocks):
+    _check("masked_linear", x, weight, mask)
+    check_same_device("masked_linear", "x", x, bias=bias)
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.register_fake("fastar::masked_linear_backward")
+def _backward_fake(grad_out, x, weight, mask, blocks):
+    _check("masked_linear_backward", x, weight, mask)
+    check_same_device("masked_linear_backward", "x", x, grad_out=grad_out)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            weight.new_empty((weight.shape[0],)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, mask, bias, blocks = inputs
+    ctx.save_for_backward(x, weight, mask)
+    ctx.blocks = blocks
+
+
+def _backward(ctx, grad_out):
+    x, weight, mask = ctx.saved_tensors
+    grad_x, grad_w, grad_b = torch.ops.fastar.masked_linear_backward(
+        grad_out, x, weight, mask, ctx.blocks)
+    return (grad_x if ctx.needs_input_grad[0] else None,
+            grad_w if ctx.needs_input_grad[1] else None, None,
+            grad_b if ctx.needs_input_grad[3] else None, None)
+
+
+torch.library.register_autograd("fastar::masked_linear", _backward, setup_context=_setup_context)
+register_no_double_backward("fastar::masked_linear_backward", "fastar::masked_linear")
