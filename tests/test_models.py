@@ -400,3 +400,31 @@ def test_a_bernoulli_logit_scores_as_the_softmax_of_zero_and_it(dtype):
         x = torch.full((1, 9), value)
         truth = torch.log_softmax(categorical_logits(l.double()), dim=1)[:, value]
         torch.testing.assert_close(value_log_prob(l, x), truth.to(dtype), rtol=1e-6, atol=1e-30)
+
+
+def test_a_model_of_one_value_is_refused():
+    from fastar.models import WaveNet
+    for cls in (MADE, PixelCNN, GatedPixelCNN, WaveNet):
+        with pytest.raises(ValueError, match="num_values must be >= 2"):
+            cls(num_values=1)
+
+
+def test_sample_counts_may_be_numpy_or_torch_integers():
+    import numpy as np
+    model = MADE(image_shape=(1, 2, 2), hidden_sizes=(8,))
+    for n in (np.int64(3), torch.tensor(3)):
+        assert model.sample(n).shape == (3, 1, 2, 2)
+    for n in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="expected a number of samples n >= 0"):
+            model.sample(n)
+
+
+def test_made_under_autocast_feeds_its_blocked_layer_in_the_weights_dtype(monkeypatch):
+    import fastar.models.made as made
+    monkeypatch.setattr(made, "_MIN_BLOCKED", 100)  # block the 40x4 layer, not the 4x5 one
+    model = MADE(image_shape=(1, 1, 5), hidden_sizes=(4, 40))
+    assert model.hidden[0].blocks is None and model.hidden[1].blocks is not None
+    x = torch.randint(0, 2, (3, 1, 1, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.log_prob(x)
+    torch.testing.assert_close(out.float(), model.log_prob(x), rtol=0.05, atol=0.05)

@@ -251,3 +251,26 @@ def test_cuda_matches_cpu(info):
             for a, b in zip(_outputs_and_grads(path, cuda_args, info, 2),
                             _outputs_and_grads(path, sample.args, info, 2)):
                 torch.testing.assert_close(a.cpu(), b, rtol=info.cuda_tol, atol=info.cuda_tol)
+
+
+# --- masked_linear's block description -----------------------------------------------------------
+
+def test_staircase_blocks_accept_only_zero_one_prefix_masks():
+    import fastar.ops as ops
+    mask = (torch.arange(5)[None] < torch.tensor([0, 1, 1, 3, 5, 5])[:, None]).float()
+    assert ops.staircase_blocks(mask, 3) == [2, 0, 1, 4, 1, 3, 6, 5, 5]
+    for bad in (lambda m: m.index_fill_(0, torch.tensor([3]), 0.5),  # not 0/1
+                lambda m: m.flip(0),                                  # rows not nondecreasing
+                lambda m: m.flip(1)):                                 # rows not prefixes
+        assert ops.staircase_blocks(bad(mask.clone()), 3) is None
+    with pytest.raises(ValueError, match="num_blocks >= 1"):
+        ops.staircase_blocks(mask, 0)
+
+
+def test_masked_linear_refuses_a_mask_that_requires_grad():
+    import fastar.ops as ops
+    mask = torch.ones(3, 2).tril().requires_grad_()
+    x, w = torch.randn(4, 2, requires_grad=True), torch.randn(3, 2)
+    y = ops.masked_linear(x, w, mask, None, ops.staircase_blocks(mask.detach(), 2))
+    with pytest.raises(RuntimeError, match="the mask gets no gradient"):
+        y.sum().backward()

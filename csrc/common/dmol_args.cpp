@@ -42,15 +42,16 @@ DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& par
   for (int64_t d = 2; d < x.dim(); ++d) args.S *= x.size(d);
   args.out_shape = {args.B};
   for (int64_t d = 2; d < x.dim(); ++d) args.out_shape.push_back(x.size(d));
+  args.x = (x.scalar_type() == at::kByte ? x : x.to(at::kLong)).contiguous();
   if (x.numel() > 0 && x.device().is_cpu()) {
-    // One small reduction over x (1/(3K) of params' size).
-    const auto [lo, hi] = at::aminmax(x);
+    // One small reduction over x (1/(3K) of params' size), on the converted copy: aminmax has
+    // no kernel for the unsigned 16- to 64-bit types.
+    const auto [lo, hi] = at::aminmax(args.x);
     const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
     TORCH_CHECK(lo_v >= 0 && hi_v < num_bins, "fastar::", op,
                 ": expected every value of x in [0, num_bins) = [0, ", num_bins,
                 "), but got values in [", lo_v, ", ", hi_v, "]");
   }
-  args.x = (x.scalar_type() == at::kByte ? x : x.to(at::kLong)).contiguous();
   args.params = params.contiguous();
   return args;
 }

@@ -63,7 +63,7 @@ FASTAR_HD const T* value_logits(const T* head, int64_t P, int64_t V, int64_t K,
     for (int64_t v = first; v < V; v += step) out[v] = dmol_value_log_prob(head, 1, K, v, bins);
     return out;
   }
-  if (P == 1) {
+  if (P == 1 && V == 2) {
     if (first == 0) {
       out[0] = T(0);
       out[1] = head[0];

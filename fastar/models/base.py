@@ -27,6 +27,7 @@ checkpoint alone.
 
 import dataclasses
 import math
+import operator
 import typing
 from typing import Any, Optional, Sequence, Tuple
 
@@ -108,6 +109,9 @@ class AutoregressiveModel(nn.Module):
         elif overrides:
             config = dataclasses.replace(config, **overrides)
         _check_types(type(self).__name__, config)
+        if config.num_values < 2:
+            raise ValueError("%s: num_values must be >= 2 (a distribution over one value has "
+                             "nothing to learn), got %d" % (type(self).__name__, config.num_values))
         self.config = config
         self.num_values = config.num_values
 
@@ -191,7 +195,11 @@ class AutoregressiveModel(nn.Module):
         """Raises ValueError unless n is a count >= 0 and prefix and num_given are both absent,
         or prefix is (n, *event_shape) data the model can score and num_given in [0, D]."""
         name = type(self).__name__
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        try:
+            count = None if isinstance(n, bool) else operator.index(n)  # ints, numpy/torch ints
+        except TypeError:
+            count = None
+        if count is None or count < 0:
             raise ValueError("%s.sample: expected a number of samples n >= 0, got %r" % (name, n))
         if (prefix is None) != (num_given is None):
             raise ValueError("%s.sample: prefix and num_given go together (got %s)" % (

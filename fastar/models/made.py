@@ -37,8 +37,9 @@ class _MaskedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.blocks is not None and x.dim() == 2:
-            return ops.masked_linear(x, self.weight, self.mask.to(self.weight.dtype), self.bias,
-                                     self.blocks)
+            # x in the weight's dtype: under autocast a dense layer before hands on bfloat16.
+            return ops.masked_linear(x.to(self.weight.dtype), self.weight,
+                                     self.mask.to(self.weight.dtype), self.bias, self.blocks)
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
@@ -133,7 +134,9 @@ class MADE(AutoregressiveModel):
             raise RuntimeError(
                 "MADE: these weights were trained under other masks (another seed, ordering, "
                 "num_masks or hidden_sizes): build the model with the config they were saved "
-                "with (a fastar checkpoint's 'config'); this model has %s" % (self.config,))
+                "with (a fastar checkpoint's 'config'); this model has %s. Weights saved by "
+                "fastar before 2026-12-01 (unsorted hidden degrees) do not load into this "
+                "version" % (self.config,))
 
     def _draw_masks(self):
         """Degrees per layer (Germain et al., sec. 4): inputs get their position in the

@@ -4,8 +4,9 @@ module per op family.
 
 Every op runs on CPU (float32, float64, float16, bfloat16) and, when fastar was built with CUDA,
 on GPU (the same dtypes; reduced-precision inputs are computed in float32), except
-dmol_log_prob_with_grad, the CPU's training path, and wavenet_generate (float32 and float64,
-no autograd: a generation loop). Each has a
+dmol_log_prob_with_grad, the CPU's training path, wavenet_generate (float32 and float64,
+no autograd: a generation loop) and masked_linear (ATen block products on any device, computed
+in the input dtype as F.linear is). Each has a
 pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
 instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
 order: a double backward raises a clear error), traceable by torch.compile(fullgraph=True) and

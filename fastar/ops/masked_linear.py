@@ -18,10 +18,16 @@ def staircase_blocks(mask: Tensor, num_blocks: int = 16) -> Optional[List[int]]:
     prefix of ones (row r: columns [0, n_r)) with n_r nondecreasing in r: about num_blocks
     blocks of rows, each as (row_end, dense_end, end) with the block's smallest and largest
     n_r. None for a mask of any other form (the caller then multiplies the mask out)."""
+    if mask.dim() != 2 or isinstance(num_blocks, bool) or not isinstance(num_blocks, int) \
+            or num_blocks < 1:
+        raise ValueError("staircase_blocks: expected a 2-D mask and num_blocks >= 1, got a "
+                         "mask of shape %s and num_blocks %r" % (tuple(mask.shape), num_blocks))
     out, cols = mask.shape
-    counts = mask.sum(dim=1).long()
+    counts = (mask != 0).sum(dim=1)
     prefix = torch.arange(cols, device=mask.device)[None, :] < counts[:, None]
-    if out == 0 or not torch.equal(mask.bool(), prefix) or bool((counts.diff() < 0).any()):
+    # Exactly 0 and 1 in a prefix shape: masked_linear reads no other mask value.
+    if out == 0 or not torch.equal(mask, prefix.to(mask.dtype)) \
+            or bool((counts.diff() < 0).any()):
         return None
     bounds = torch.linspace(0, out, min(num_blocks, out) + 1).round().long().unique().tolist()
     blocks = []
@@ -37,7 +43,10 @@ def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor
     (about half the work of a dense product for a MADE layer) and multiplies the mask into
     the blocks' ragged edges only. The mask must be what blocks say (ones before dense_end,
     zeros from end on, per row block): staircase_blocks checks that when it builds them.
-    Differentiable in x, weight and bias (weight's gradient is zero where the mask is)."""
+    Differentiable in x, weight and bias (weight's gradient is zero where the mask is); the
+    mask gets no gradient. Weight entries in the all-zero blocks are never read (a NaN there
+    stays out of the result, where weight * mask would carry it). Computed in x's dtype, as
+    F.linear is."""
     if use_reference():
         return reference.masked_linear(x, weight, mask, bias, blocks)
     return torch.ops.fastar.masked_linear(x, weight, mask, bias, list(blocks))
@@ -74,6 +83,9 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out):
+    if ctx.needs_input_grad[2]:
+        raise RuntimeError("fastar::masked_linear: the mask gets no gradient; pass a mask that "
+                           "does not require grad")
     x, weight, mask = ctx.saved_tensors
     grad_x, grad_w, grad_b = torch.ops.fastar.masked_linear_backward(
         grad_out, x, weight, mask, ctx.blocks)
