@@ -43,6 +43,30 @@ def test_torch_compile_fullgraph_in_a_block_with_dynamic_lengths(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cond_shape", [None, (2, 128, 1, 1), (2, 128, 5, 7)])
+def test_a_channels_last_x_gives_channels_last_results(device, cond_shape):
+    # Long rows of channels (64 = 4 AVX-512 vectors) and many pixels: the whole-row pieces of
+    # the CPU kernel; results equal the contiguous path's exactly, in x's layout.
+    cl = torch.channels_last
+    x = torch.randn(2, 128, 5, 7, dtype=torch.float64, device=device)
+    x_cl = x.contiguous(memory_format=cl).requires_grad_()
+    cond = None if cond_shape is None else torch.randn(cond_shape, dtype=torch.float64,
+                                                       device=device)
+    y, y_cl = ops.gated_activation(x, cond), ops.gated_activation(x_cl, cond)
+    assert y_cl.is_contiguous(memory_format=cl) and not y_cl.is_contiguous()
+    torch.testing.assert_close(y_cl, y, rtol=0, atol=0)
+    g = torch.randn_like(y)
+    (grad_cl,) = torch.autograd.grad(y_cl, x_cl, g.contiguous(memory_format=cl))
+    (grad,) = torch.autograd.grad(ops.gated_activation(x.requires_grad_(), cond), x, g)
+    assert grad_cl.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(grad_cl, grad, rtol=0, atol=0)
+    # A 1-channel-per-half x has both layouts' strides: the contiguous path, same numbers.
+    x1 = torch.randn(3, 2, 4, 4, dtype=torch.float64, device=device)
+    torch.testing.assert_close(ops.gated_activation(x1.contiguous(memory_format=cl)),
+                               ops.gated_activation(x1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_nan_propagates_and_saturation_is_finite(device):
     x = torch.tensor([[float("nan"), 1.0, 1e30, -1e30], [0.5, float("nan"), 1e30, -1e30]],
                      device=device).view(1, 2, 4)

@@ -255,6 +255,33 @@ def test_blocks_match_their_unfused_versions_float64(device):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("mask_type,cond", [("A", False), ("B", False), ("B", True)])
+def test_gated_layer_channels_last_path_equals_the_contiguous_one_float64(mask_type, cond):
+    # Channels-last inputs take the fused link (an in-place batched product into the
+    # horizontal convolution's output) and the channels-last gate; contiguous ones the padded
+    # copy and the separate 1x1 convolution.
+    torch.manual_seed(0)
+    cin = 3 if mask_type == "A" else 6
+    layer = GatedPixelCNNLayer(6, 3, mask_type, cond_channels=2 if cond else None,
+                               in_channels=cin).double()
+    v, h = (torch.randn(2, cin, 5, 4, dtype=torch.float64) for _ in range(2))
+    c = torch.randn(2, 2, dtype=torch.float64) if cond else None
+
+    def run(v, h):
+        v, h = v.clone().requires_grad_(), h.clone().requires_grad_()
+        outs = layer(v, h, c)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum()
+                   for o in outs)
+        return outs, torch.autograd.grad(loss, (v, h) + tuple(layer.parameters()))
+
+    cl = torch.channels_last
+    (outs, grads), (outs_cl, grads_cl) = run(v, h), run(v.contiguous(memory_format=cl),
+                                                       h.contiguous(memory_format=cl))
+    assert all(o.is_contiguous(memory_format=cl) for o in outs_cl)
+    for a, b in zip(outs_cl + grads_cl, outs + grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_the_implementation_switch_reaches_every_layer_and_restores():
     # The fused op refuses a cond of another dtype; the reference broadcasts and promotes:
     # which one ran shows which implementation the layer used.

@@ -16,56 +16,77 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task: amortizes thread hand-off
 
-// One row segment of the forward pass. cond is either per element (ca, cb non-null, laid out
-// like a and b) or one value per row (ca0, cb0).
+// `rows` consecutive rows (segments) of `len` outputs of the forward pass. cond is either per
+// element (ca, cb non-null, laid out like a and b) or one value per row (ca0, cb0; rows == 1).
+// Rows after the first start 2 * len further in x and cond and len further in y: whole rows
+// of the (N, 2, 1, L) view.
 template <typename scalar_t, typename acc_t>
-FASTAR_CPU_MULTIVERSION void forward_row(const scalar_t* __restrict__ a,
-                                         const scalar_t* __restrict__ b,
-                                         const scalar_t* __restrict__ ca,
-                                         const scalar_t* __restrict__ cb, acc_t ca0, acc_t cb0,
-                                         scalar_t* __restrict__ y, int64_t len) {
-  if (ca != nullptr) {
-    for (int64_t j = 0; j < len; ++j)
-      y[j] = gated::forward<acc_t>(acc_t(a[j]) + acc_t(ca[j]), acc_t(b[j]) + acc_t(cb[j]));
-  } else {
-    for (int64_t j = 0; j < len; ++j)
-      y[j] = gated::forward<acc_t>(acc_t(a[j]) + ca0, acc_t(b[j]) + cb0);
-  }
-}
-
-// One row segment of the backward pass: writes the gradient of z = x + cond for both halves.
-template <typename scalar_t, typename acc_t>
-FASTAR_CPU_MULTIVERSION void backward_row(const scalar_t* __restrict__ a,
+FASTAR_CPU_MULTIVERSION void forward_rows(const scalar_t* __restrict__ a,
                                           const scalar_t* __restrict__ b,
                                           const scalar_t* __restrict__ ca,
                                           const scalar_t* __restrict__ cb, acc_t ca0, acc_t cb0,
-                                          const scalar_t* __restrict__ g,
-                                          scalar_t* __restrict__ ga, scalar_t* __restrict__ gb,
-                                          int64_t len) {
-  if (ca != nullptr) {
-    for (int64_t j = 0; j < len; ++j) {
-      acc_t da, db;
-      gated::backward<acc_t>(acc_t(a[j]) + acc_t(ca[j]), acc_t(b[j]) + acc_t(cb[j]), acc_t(g[j]),
-                             da, db);
-      ga[j] = da;
-      gb[j] = db;
-    }
-  } else {
-    for (int64_t j = 0; j < len; ++j) {
-      acc_t da, db;
-      gated::backward<acc_t>(acc_t(a[j]) + ca0, acc_t(b[j]) + cb0, acc_t(g[j]), da, db);
-      ga[j] = da;
-      gb[j] = db;
+                                          scalar_t* __restrict__ y, int64_t len, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t in = r * 2 * len, out = r * len;
+    if (ca != nullptr) {
+      for (int64_t j = 0; j < len; ++j)
+        y[out + j] = gated::forward<acc_t>(acc_t(a[in + j]) + acc_t(ca[in + j]),
+                                           acc_t(b[in + j]) + acc_t(cb[in + j]));
+    } else {
+      for (int64_t j = 0; j < len; ++j)
+        y[out + j] = gated::forward<acc_t>(acc_t(a[in + j]) + ca0, acc_t(b[in + j]) + cb0);
     }
   }
 }
 
-// Calls fn(offsets of a and b in x, offset of the output row, cond pointers or per-row values,
-// length) for every row segment of the output, in parallel.
+// The backward pass over the same rows: writes the gradient of z = x + cond for both halves.
+template <typename scalar_t, typename acc_t>
+FASTAR_CPU_MULTIVERSION void backward_rows(const scalar_t* __restrict__ a,
+                                           const scalar_t* __restrict__ b,
+                                           const scalar_t* __restrict__ ca,
+                                           const scalar_t* __restrict__ cb, acc_t ca0, acc_t cb0,
+                                           const scalar_t* __restrict__ g,
+                                           scalar_t* __restrict__ ga, scalar_t* __restrict__ gb,
+                                           int64_t len, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t in = r * 2 * len, out = r * len;
+    if (ca != nullptr) {
+      for (int64_t j = 0; j < len; ++j) {
+        acc_t da, db;
+        gated::backward<acc_t>(acc_t(a[in + j]) + acc_t(ca[in + j]),
+                               acc_t(b[in + j]) + acc_t(cb[in + j]), acc_t(g[out + j]), da, db);
+        ga[in + j] = da;
+        gb[in + j] = db;
+      }
+    } else {
+      for (int64_t j = 0; j < len; ++j) {
+        acc_t da, db;
+        gated::backward<acc_t>(acc_t(a[in + j]) + ca0, acc_t(b[in + j]) + cb0, acc_t(g[out + j]),
+                               da, db);
+        ga[in + j] = da;
+        gb[in + j] = db;
+      }
+    }
+  }
+}
+
+// Calls fn(offsets of a and b in x, offset of the output, cond pointers or per-row values,
+// length, rows) for every piece of the output, in parallel: row segments, or runs of whole
+// short rows where there are no per-row cond values (channels-last x: rows of C values).
 template <typename scalar_t, typename Fn>
-void parallel_for_segments(const GatedActivationArgs& args, const scalar_t* cond, const Fn& fn) {
+void parallel_for_pieces(const GatedActivationArgs& args, const scalar_t* cond, const Fn& fn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = args.C, L = args.L;
+  const bool full = cond != nullptr && args.cond_is_full;
+  if (C == 1 && L < kGrain) {  // (N, 2, 1, L): whole rows, many per task
+    if (L == 0) return;
+    at::parallel_for(0, args.N, kGrain / L, [&](int64_t begin, int64_t end) {
+      const int64_t a = begin * 2 * L;
+      fn(a, a + L, begin * L, full ? cond + a : nullptr, full ? cond + a + L : nullptr,
+         acc_t(0), acc_t(0), L, end - begin);
+    });
+    return;
+  }
   cpu::parallel_for_row_segments(args.N * C, L, kGrain, [&](int64_t row, int64_t col,
                                                             int64_t len) {
     const int64_t n = row / C, c = row % C;
@@ -73,14 +94,14 @@ void parallel_for_segments(const GatedActivationArgs& args, const scalar_t* cond
     const scalar_t* ca = nullptr;
     const scalar_t* cb = nullptr;
     acc_t ca0 = 0, cb0 = 0;
-    if (cond != nullptr && args.cond_is_full) {
+    if (full) {
       ca = cond + a;
       cb = cond + b;
     } else if (cond != nullptr) {
       ca0 = cond[n * 2 * C + c];
       cb0 = cond[n * 2 * C + C + c];
     }
-    fn(a, b, row * L + col, ca, cb, ca0, cb0, len);
+    fn(a, b, row * L + col, ca, cb, ca0, cb0, len, int64_t(1));
   });
 }
 
@@ -90,9 +111,10 @@ void forward_kernel(const GatedActivationArgs& args, at::Tensor& out) {
   const scalar_t* x = args.x.const_data_ptr<scalar_t>();
   const scalar_t* cond = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
-  parallel_for_segments(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
-                                        const scalar_t* cb, acc_t ca0, acc_t cb0, int64_t len) {
-    forward_row<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, y + o, len);
+  parallel_for_pieces(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
+                                      const scalar_t* cb, acc_t ca0, acc_t cb0, int64_t len,
+                                      int64_t rows) {
+    forward_rows<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, y + o, len, rows);
   });
 }
 
@@ -104,9 +126,11 @@ void backward_kernel(const GatedActivationArgs& args, const at::Tensor& grad_out
   const scalar_t* cond = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
   scalar_t* dz = grad_z.mutable_data_ptr<scalar_t>();
-  parallel_for_segments(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
-                                        const scalar_t* cb, acc_t ca0, acc_t cb0, int64_t len) {
-    backward_row<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, g + o, dz + a, dz + b, len);
+  parallel_for_pieces(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
+                                      const scalar_t* cb, acc_t ca0, acc_t cb0, int64_t len,
+                                      int64_t rows) {
+    backward_rows<scalar_t, acc_t>(x + a, x + b, ca, cb, ca0, cb0, g + o, dz + a, dz + b, len,
+                                   rows);
   });
 }
 
@@ -116,7 +140,7 @@ at::Tensor gated_activation_cpu(const at::Tensor& x, const std::optional<at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
                                   "gated_activation_cpu",
                                   [&] { forward_kernel<scalar_t>(args, out); });
-  return out;
+  return args.caller_output(out);
 }
 
 at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
@@ -128,7 +152,7 @@ at::Tensor gated_activation_backward_cpu(const at::Tensor& grad_out, const at::T
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(),
                                   "gated_activation_backward_cpu",
                                   [&] { backward_kernel<scalar_t>(args, g, grad_z); });
-  return grad_z;
+  return args.caller_grad_x(grad_z);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@
 // 8-wide FMA loops where the CPU has them. Put it on the innermost loops over raw pointers,
 // where the per-element math of csrc/common/ inlines and vectorizes.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define FASTAR_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FASTAR_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FASTAR_CPU_MULTIVERSION
 #endif

@@ -151,7 +151,7 @@ at::Tensor gated_activation_cuda(const at::Tensor& x, const std::optional<at::Te
                              index_t(args.L));
     });
   });
-  return out;
+  return args.caller_output(out);
 }
 
 at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
@@ -176,7 +176,7 @@ at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_out, const at::
                              index_t(args.L));
     });
   });
-  return grad_z;
+  return args.caller_grad_x(grad_z);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 from fastar.models.base import AutoregressiveModel
+from fastar.nn.conv import channels_last
 
 
 class PixelModel(AutoregressiveModel):
@@ -23,8 +24,10 @@ class PixelModel(AutoregressiveModel):
         return self.image_shape
 
     def scale_input(self, x: Tensor) -> Tensor:
+        """x's values mapped to [-1, 1] in the parameters' dtype, channels-last: the layout in
+        which the models' convolutions and 1x1 layers run fastest (bench/bench_training.py)."""
         dtype = next(self.parameters()).dtype
-        return x.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0  # values to [-1, 1]
+        return channels_last(x.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0)
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError

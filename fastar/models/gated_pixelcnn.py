@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
 from fastar.models.base import head_size
-from fastar.nn import GatedPixelCNNLayer
+from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
 
 
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -53,8 +53,9 @@ class GatedPixelCNN(PixelModel):
             [GatedPixelCNNLayer(c.hidden_channels, 7, "A", cond_dim, in_channels=C)]
             + [GatedPixelCNNLayer(c.hidden_channels, c.kernel_size, "B", cond_dim)
                for _ in range(c.num_layers - 1)])
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c.hidden_channels, c.head_channels, 1),
-                                  nn.ReLU(), nn.Conv2d(c.head_channels, C * head_size(c.num_values), 1))
+        self.head = nn.Sequential(
+            nn.ReLU(), PointwiseConv2d(c.hidden_channels, c.head_channels),
+            nn.ReLU(), PointwiseConv2d(c.head_channels, C * head_size(c.num_values)))
 
     def check_cond(self, cond: Optional[Tensor], batch: int) -> None:
         """ValueError unless cond is what the model was built for: labels (B,) in

@@ -18,6 +18,30 @@ def _pair(v: _size_2, name: str = "value", owner: str = "fastar.nn") -> Tuple[in
     return pair
 
 
+def zero_pad(x: Tensor, dim: int, before: int, after: int = 0) -> Tensor:
+    """F.pad with zeros along one dim: `before` >= 0 zeros in front, `after` zeros behind
+    (< 0: drop that many entries). Written by one torch.cat, where F.pad fills its whole output
+    with zeros and then copies x in: one more pass over memory, which bounds these models' CPU
+    training steps (bench/bench_training.py). A 1-channel x keeps F.pad, which also keeps the
+    channels-last strides of channels_last()."""
+    if x.dim() > 1 and x.shape[1] == 1:
+        pad = [0] * (2 * (x.dim() - dim % x.dim() - 1)) + [before, after]
+        return F.pad(x, pad)
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if after < 0:
+        x = x.narrow(dim, 0, x.shape[dim] + after)
+    parts = [x]
+    for side, n in ((0, before), (1, after)):
+        if n > 0:
+            shape = list(x.shape)
+            shape[dim] = n
+            zeros = x.new_zeros(shape)
+            if channels_last:  # torch.cat keeps a layout only when all its inputs share it
+                zeros = zeros.contiguous(memory_format=torch.channels_last)
+            parts.insert(len(parts) * side, zeros)
+    return torch.cat(parts, dim) if len(parts) > 1 else x
+
+
 def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: _size_2 = 1) -> Tensor:
     """conv2d whose window ends on the output's own row: output (i, j) sees input rows
     i - dh (kh - 1) .. i and columns j - dw (kw // 2) .. j + dw (kw // 2) with (dh, dw) the
@@ -26,9 +50,37 @@ def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: _size_2 = 1) ->
     would make the input-gradient pass run over the padded width (bench/bench_layers.py)."""
     kh, kw = weight.shape[-2:]
     dh, dw = _pair(dilation)
-    if kh > 1:  # a one-row window needs no padding: F.pad would still copy x
-        x = F.pad(x, (0, 0, dh * (kh - 1), 0))
+    if kh > 1:  # a one-row window needs no padding, which would still copy x
+        x = zero_pad(x, 2, dh * (kh - 1))
     return F.conv2d(x, weight, bias, padding=(0, dw * (kw // 2)), dilation=(dh, dw))
+
+
+def pointwise_conv2d(x: Tensor, weight: Tensor, bias) -> Tensor:
+    """conv2d with a 1x1 kernel as one matrix product over each pixel's channels. On a
+    channels-last x that product needs no copy and returns a channels-last result; oneDNN's 1x1
+    convolutions took 1.5-9x longer forward and up to 2x longer forward + backward on this
+    project's CPUs (bench/bench_layers.py)."""
+    y = F.linear(x.movedim(1, -1), weight.flatten(1), bias)
+    return y.movedim(-1, 1)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """x (N, C, H, W) copied into channels-last strides, C = 1 included: for one channel
+    ``x.contiguous(memory_format=torch.channels_last)`` keeps the NCHW strides, and the
+    convolutions that follow then stay NCHW."""
+    N, C, H, W = x.shape
+    return x.new_empty(N, H, W, C).permute(0, 3, 1, 2).copy_(x)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """nn.Conv2d with a 1x1 kernel, computed by pointwise_conv2d (same parameters and
+    checkpoints as nn.Conv2d(in_channels, out_channels, 1))."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pointwise_conv2d(x, self.weight, self.bias)
 
 
 def raster_mask(out_channels: int, in_channels: int, kernel_size: _size_2, mask_type: str,
@@ -100,6 +152,8 @@ class MaskedConv2d(nn.Conv2d):
         return self.weight[:, :, :rows] * self.mask[:, :, :rows]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kernel_size == (1, 1):
+            return pointwise_conv2d(x, self.cropped_weight(), self.bias)
         return conv2d_rows_above(x, self.cropped_weight(), self.bias, self.dilation)
 
     def extra_repr(self) -> str:

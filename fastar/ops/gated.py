@@ -26,7 +26,9 @@ def gated_activation(x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
             map; same device and dtype as x.
 
     Returns:
-        (N, C, *) contiguous tensor of x's dtype.
+        (N, C, *) tensor of x's dtype: channels-last (channels the innermost dim in memory, as
+        ``torch.channels_last``) where x is, contiguous otherwise. A channels-last x is read in
+        place; x in any other layout is first made contiguous.
 
     Backward is fused too: one pass reads x (and cond) and grad_out and writes the gradient
     of z; cond's gradient is that summed over its broadcast dims.
@@ -54,9 +56,17 @@ def _out_shape(op, x, cond):
     return (x.shape[0], x.shape[1] // 2, *x.shape[2:])
 
 
+def _empty_in_layout_of(x, shape):
+    """An empty tensor of `shape` (N, channels, *), channels-last where x is (the rule of
+    csrc/common/gated_activation_args.cpp)."""
+    if x.dim() > 2 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous():
+        return x.new_empty((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
+    return x.new_empty(shape)
+
+
 @torch.library.register_fake("fastar::gated_activation")
 def _fake(x, cond=None):
-    return x.new_empty(_out_shape("gated_activation", x, cond))
+    return _empty_in_layout_of(x, _out_shape("gated_activation", x, cond))
 
 
 @torch.library.register_fake("fastar::gated_activation_backward")
@@ -69,7 +79,7 @@ def _backward_fake(grad_out, x, cond=None):
     torch._check(tuple(grad_out.shape) == tuple(out_shape), lambda: "fastar::%s: expected "
                  "grad_out of shape %s (x with half the channels), but got %s"
                  % (op, list(out_shape), list(grad_out.shape)))
-    return x.new_empty(x.shape)
+    return _empty_in_layout_of(x, x.shape)
 
 
 def _setup_context(ctx, inputs, output):
