@@ -123,7 +123,9 @@ def main(argv=None):
 
 def _run(args):
     from fastar import train
+    from fastar._malloc import retain_freed_memory
 
+    retain_freed_memory()  # this process trains or samples: keep freed memory for the next step
     if args.command == "demo":
         from fastar import demo
         try:
