@@ -168,4 +168,4 @@ def test_training_step(benchmark, name, impl):
         return value
 
     measure(benchmark, group="train %s cpu B=%d step" % (name, BATCH), impl=impl, device="cpu",
-            fn=step, items=BATCH)
+            fn=step, items=BATCH, seconds_per_case=5)
