@@ -244,41 +244,6 @@ def masked_linear_backward_samples(device, dtype, full=False):
             for s in masked_linear_samples(device, dtype, full)]
 
 
-# --- relu_linear ------------------------------------------------------------------------------
-
-# (rows, in, out, bias): one block of the CPU kernel, several blocks with a short last one
-# (1024 float32 / 512 float64 rows of 32 inputs each), one output, no bias.
-_RELU_LINEAR_SHAPES = [(7, 5, 3, True), (3, 4, 1, False), (2500, 32, 16, True),
-                       (1100, 16, 64, False)]
-
-
-def relu_linear_samples(device, dtype, full=False):
-    out = []
-    for i, (M, n_in, n_out, bias) in enumerate(_RELU_LINEAR_SHAPES):
-        x = _float((M, n_in), dtype, device)
-        b = _float((n_out,), dtype, device) if bias else None
-        out.append(SampleInput((x, _float((n_out, n_in), dtype, device), b),
-                               "%dx%d->%d%s" % (M, n_in, n_out, "+bias" if bias else ""),
-                               gradcheck=M * n_in < 2000))
-    # Exact zeros, where relu's gradient is 0 as torch.relu's (no gradcheck at the kink).
-    x = _float((6, 4), dtype, device)
-    x[::2] = 0.0
-    out.append(SampleInput((x, _float((3, 4), dtype, device), _float((3,), dtype, device)),
-                           "zeros"))
-    return out
-
-
-def relu_linear_backward_reference(grad_out, x, weight, output_mask):
-    relu = torch.relu(x)
-    return ((grad_out @ weight) * (x > 0), grad_out.t() @ relu, grad_out.sum(0))
-
-
-def relu_linear_backward_samples(device, dtype, full=False):
-    return [SampleInput((_float((s.args[0].shape[0], s.args[1].shape[0]), dtype, device),
-                         s.args[0], s.args[1], [True, True, True]), s.name)
-            for s in relu_linear_samples(device, dtype, full)]
-
-
 # --- wavenet_generate -------------------------------------------------------------------------
 
 # Model variants (WaveNet keywords) and batch sizes: batch 1 runs the CPU kernel's team of
@@ -371,10 +336,6 @@ OP_DB = [
            fn=ops.masked_linear, grad_args=(0, 1, 3)),
     OpInfo("masked_linear_backward", masked_linear_backward_reference,
            masked_linear_backward_samples, batch_outputs=(0,)),
-    OpInfo("relu_linear", reference.relu_linear, relu_linear_samples, fn=ops.relu_linear,
-           grad_args=(0, 1, 2)),
-    OpInfo("relu_linear_backward", relu_linear_backward_reference,
-           relu_linear_backward_samples, batch_outputs=(0,)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1), dtypes=(torch.float32, torch.float64),

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from fastar.models._pixel_model import PixelModel
 from fastar.models.base import head_size
 from fastar.nn import MaskedConv2d
-from fastar.nn.conv import run_fusing_relu
 
 
 @dataclasses.dataclass
@@ -28,8 +27,7 @@ class PixelCNNConfig:
 
 
 class _ResidualBlock(nn.Module):
-    """Table 1's residual block: 1x1 (2h -> h), 3x3 mask B (h -> h), 1x1 (h -> 2h), each after
-    a ReLU (fused into the 1x1 convolutions: fastar.ops.relu_linear)."""
+    """Table 1's residual block: 1x1 (2h -> h), 3x3 mask B (h -> h), 1x1 (h -> 2h)."""
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -40,7 +38,7 @@ class _ResidualBlock(nn.Module):
             nn.ReLU(), MaskedConv2d(h, channels, 1, "B", groups))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + run_fusing_relu(self.net, x)
+        return x + self.net(x)
 
 
 class PixelCNN(PixelModel):
@@ -60,4 +58,4 @@ class PixelCNN(PixelModel):
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if cond is not None:
             raise ValueError("PixelCNN is unconditional; got cond")
-        return run_fusing_relu(self.net, self.scale_input(x))
+        return self.net(self.scale_input(x))

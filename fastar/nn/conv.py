@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastar import ops
-
 _size_2 = Union[int, Tuple[int, int]]
 
 
@@ -57,27 +55,13 @@ def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: _size_2 = 1) ->
     return F.conv2d(x, weight, bias, padding=(0, dw * (kw // 2)), dilation=(dh, dw))
 
 
-def pointwise_conv2d(x: Tensor, weight: Tensor, bias, relu_input: bool = False) -> Tensor:
-    """conv2d with a 1x1 kernel (of relu(x) with relu_input, fused by fastar.ops.relu_linear) as
-    one matrix product over each pixel's channels. On a channels-last x that product needs no
-    copy and returns a channels-last result; oneDNN's 1x1 convolutions took 1.5-9x longer
-    forward and up to 2x longer forward + backward on this project's CPUs."""
-    rows, w = x.movedim(1, -1), weight.flatten(1)
-    y = ops.relu_linear(rows, w, bias) if relu_input else F.linear(rows, w, bias)
+def pointwise_conv2d(x: Tensor, weight: Tensor, bias) -> Tensor:
+    """conv2d with a 1x1 kernel as one matrix product over each pixel's channels. On a
+    channels-last x that product needs no copy and returns a channels-last result; oneDNN's 1x1
+    convolutions took 1.5-9x longer forward and up to 2x longer forward + backward on this
+    project's CPUs (bench/bench_layers.py)."""
+    y = F.linear(x.movedim(1, -1), weight.flatten(1), bias)
     return y.movedim(-1, 1)
-
-
-def run_fusing_relu(layers: nn.Sequential, x: Tensor) -> Tensor:
-    """layers(x), with each nn.ReLU that comes right before a layer with a ``forward_relu``
-    (a 1x1 convolution) run together with that layer as one relu_linear."""
-    mods = list(layers)
-    i = 0
-    while i < len(mods):
-        fused = (isinstance(mods[i], nn.ReLU) and i + 1 < len(mods)
-                 and hasattr(mods[i + 1], "forward_relu"))
-        x = mods[i + 1].forward_relu(x) if fused else mods[i](x)
-        i += 2 if fused else 1
-    return x
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -97,10 +81,6 @@ class PointwiseConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return pointwise_conv2d(x, self.weight, self.bias)
-
-    def forward_relu(self, x: Tensor) -> Tensor:
-        """forward(relu(x)), fused."""
-        return pointwise_conv2d(x, self.weight, self.bias, relu_input=True)
 
 
 def raster_mask(out_channels: int, in_channels: int, kernel_size: _size_2, mask_type: str,
@@ -175,12 +155,6 @@ class MaskedConv2d(nn.Conv2d):
         if self.kernel_size == (1, 1):
             return pointwise_conv2d(x, self.cropped_weight(), self.bias)
         return conv2d_rows_above(x, self.cropped_weight(), self.bias, self.dilation)
-
-    def forward_relu(self, x: Tensor) -> Tensor:
-        """forward(relu(x)), fused into one relu_linear for a 1x1 kernel."""
-        if self.kernel_size == (1, 1):
-            return pointwise_conv2d(x, self.cropped_weight(), self.bias, relu_input=True)
-        return self(F.relu(x))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", mask_type=%s, color_groups=%d" % (
