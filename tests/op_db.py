@@ -81,6 +81,7 @@ def _float(shape, dtype, device, scale=1.0):
 _GATED_SHAPES = [
     ((3, 8, 17), (3, 8, 1)), ((3, 8, 17), None), ((2, 6, 5, 7), (2, 6, 5, 7)),
     ((2, 6, 5, 7), (6, 1, 1)), ((3, 32, 128), (3, 32, 1)),
+    ((2, 2, 3, 3), (2, 2, 1, 1)), ((4, 2, 7), (2, 1)),  # one channel per half, per-row cond
     ((3, 8, 17), (3, 8, 17)), ((2, 6, 5, 7), None), ((2, 6, 5, 7), (2, 6, 1, 1)),
     ((2, 6, 5, 7), (1, 6, 1, 7)), ((2, 6, 5, 7), (7,)), ((2, 4, 3, 4, 5), (2, 4, 1, 1, 1)),
     ((2, 4, 3, 4, 5), (2, 4, 3, 1, 5)), ((5, 10), None), ((5, 10), (5, 10)),
@@ -111,7 +112,7 @@ def _gated_pair(x_shape, cond_shape, dtype, device):
 
 
 def gated_samples(device, dtype, full=False):
-    shapes = _GATED_SHAPES if full else _GATED_SHAPES[:5]
+    shapes = _GATED_SHAPES if full else _GATED_SHAPES[:7]
     samples = [SampleInput(_gated_pair(x, c, dtype, device), "x%s-cond%s" % (x, c),
                            gradcheck=i < 4) for i, (x, c) in enumerate(shapes)]
     for i, (x_shape, c) in enumerate(_GATED_CHANNELS_LAST):

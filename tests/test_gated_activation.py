@@ -45,8 +45,8 @@ def test_torch_compile_fullgraph_in_a_block_with_dynamic_lengths(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cond_shape", [None, (2, 128, 1, 1), (2, 128, 5, 7)])
 def test_a_channels_last_x_gives_channels_last_results(device, cond_shape):
-    # Long rows of channels (64 = 4 AVX-512 vectors) and many pixels: the whole-row pieces of
-    # the CPU kernel; results equal the contiguous path's exactly, in x's layout.
+    # Pixels of 64 channels per half, many of them: the CPU kernel's runs of whole rows;
+    # results equal the contiguous path's exactly, in x's layout.
     cl = torch.channels_last
     x = torch.randn(2, 128, 5, 7, dtype=torch.float64, device=device)
     x_cl = x.contiguous(memory_format=cl).requires_grad_()
@@ -60,10 +60,12 @@ def test_a_channels_last_x_gives_channels_last_results(device, cond_shape):
     (grad,) = torch.autograd.grad(ops.gated_activation(x.requires_grad_(), cond), x, g)
     assert grad_cl.is_contiguous(memory_format=cl)
     torch.testing.assert_close(grad_cl, grad, rtol=0, atol=0)
-    # A 1-channel-per-half x has both layouts' strides: the contiguous path, same numbers.
-    x1 = torch.randn(3, 2, 4, 4, dtype=torch.float64, device=device)
-    torch.testing.assert_close(ops.gated_activation(x1.contiguous(memory_format=cl)),
-                               ops.gated_activation(x1), rtol=0, atol=0)
+    # One channel per half (rows of one value), both layouts, against the reference.
+    x1 = torch.randn(2, 2, 5, 7, dtype=torch.float64, device=device)
+    c1 = None if cond is None else cond[:, :2].contiguous()
+    for x_in in (x1, x1.contiguous(memory_format=cl)):
+        torch.testing.assert_close(ops.gated_activation(x_in, c1),
+                                   reference.gated_activation(x1, c1))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DEVICES
-from fastar.nn import CausalConv1d, GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock, raster_mask
+from fastar.models import GatedPixelCNN
+from fastar.nn import (CausalConv1d, GatedPixelCNNLayer, MaskedConv2d, PointwiseConv2d,
+                       WaveNetBlock, raster_mask)
 import fastar.ops
 from fastar.testing import (GatedPixelCNNStack, PixelCNNStack, assert_autoregressive,
                             receptive_field)
@@ -255,14 +257,16 @@ def test_blocks_match_their_unfused_versions_float64(device):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("mask_type,cond", [("A", False), ("B", False), ("B", True)])
-def test_gated_layer_channels_last_path_equals_the_contiguous_one_float64(mask_type, cond):
+@pytest.mark.parametrize("mask_type,cond,channels", [("A", False, 6), ("B", False, 6),
+                                                    ("B", True, 6), ("B", True, 1)])
+def test_gated_layer_channels_last_path_equals_the_contiguous_one_float64(mask_type, cond,
+                                                                          channels):
     # Channels-last inputs take the fused link (an in-place batched product into the
     # horizontal convolution's output) and the channels-last gate; contiguous ones the padded
-    # copy and the separate 1x1 convolution.
+    # copy and the separate 1x1 convolution. Both against the unfused reference ops.
     torch.manual_seed(0)
-    cin = 3 if mask_type == "A" else 6
-    layer = GatedPixelCNNLayer(6, 3, mask_type, cond_channels=2 if cond else None,
+    cin = 3 if mask_type == "A" else channels
+    layer = GatedPixelCNNLayer(channels, 3, mask_type, cond_channels=2 if cond else None,
                                in_channels=cin).double()
     v, h = (torch.randn(2, cin, 5, 4, dtype=torch.float64) for _ in range(2))
     c = torch.randn(2, 2, dtype=torch.float64) if cond else None
@@ -277,9 +281,27 @@ def test_gated_layer_channels_last_path_equals_the_contiguous_one_float64(mask_t
     cl = torch.channels_last
     (outs, grads), (outs_cl, grads_cl) = run(v, h), run(v.contiguous(memory_format=cl),
                                                        h.contiguous(memory_format=cl))
-    assert all(o.is_contiguous(memory_format=cl) for o in outs_cl)
-    for a, b in zip(outs_cl + grads_cl, outs + grads):
-        torch.testing.assert_close(a, b)
+    with fastar.ops.implementation("reference"):
+        outs_ref, grads_ref = run(v, h)
+    assert all(o.is_contiguous(memory_format=cl) for o in outs_cl if o.shape[1] > 1)
+    for a, b, r in zip(outs_cl + grads_cl, outs + grads, outs_ref + grads_ref):
+        torch.testing.assert_close(a, r)
+        torch.testing.assert_close(b, r)
+
+
+def test_gated_model_runs_under_autocast_and_1x1_layers_take_unbatched_input():
+    # The fused link adds a float32 weight's product into a bfloat16 output under autocast.
+    model = GatedPixelCNN(image_shape=(1, 4, 4), hidden_channels=4, num_layers=2,
+                          head_channels=6)
+    x = torch.randint(0, 2, (3, 1, 4, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.log_prob(x)
+    torch.testing.assert_close(low.float(), model.log_prob(x), rtol=0.05, atol=0.5)
+    # A 1x1 layer as nn.Conv2d: (C, H, W) input too.
+    layer, conv = PointwiseConv2d(4, 3), torch.nn.Conv2d(4, 3, 1)
+    conv.load_state_dict(layer.state_dict())
+    for x in (torch.randn(4, 5, 6), torch.randn(2, 4, 5, 6)):
+        torch.testing.assert_close(layer(x), conv(x))
 
 
 def test_the_implementation_switch_reaches_every_layer_and_restores():

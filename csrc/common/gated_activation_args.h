@@ -12,7 +12,8 @@ namespace fastar {
 // The kernels' view of x: (N, 2, C, L) contiguous, rows of length L. A channels-last x
 // (channels the innermost dim, e.g. torch.channels_last) is viewed, without a copy, as
 // (N * spatial, 2, C, 1). Without a per-row cond, a sample's tanh half and sigmoid half are
-// each one run of C * L values, so the view is (N, 2, 1, C * L): long rows whatever the layout.
+// each one run of C * L values, so the view becomes (N, 2, 1, C * L): rows of C * L values
+// (C values per pixel for a channels-last x), which the CPU kernel takes many at a time.
 struct GatedActivationArgs {
   at::Tensor x;                    // the kernels' view, contiguous
   at::Tensor cond;                 // undefined, (N, 2C) per-row values, or laid out like x (full)

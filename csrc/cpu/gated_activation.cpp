@@ -78,7 +78,7 @@ void parallel_for_pieces(const GatedActivationArgs& args, const scalar_t* cond, 
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = args.C, L = args.L;
   const bool full = cond != nullptr && args.cond_is_full;
-  if (C == 1 && L < kGrain) {  // (N, 2, 1, L): whole rows, many per task
+  if ((cond == nullptr || full) && L < kGrain) {  // (N, 2, 1, L): whole rows, many per task
     if (L == 0) return;
     at::parallel_for(0, args.N, kGrain / L, [&](int64_t begin, int64_t end) {
       const int64_t a = begin * 2 * L;

@@ -27,20 +27,23 @@ class _Conditioning(nn.Module):
 
 def _add_link(h_in: Tensor, v_pre: Tensor, h_conv: nn.Conv2d, v_to_h: nn.Conv2d) -> Tensor:
     """h_conv(h_in) + v_to_h(v_pre shifted down one row, zeros in row 0): the horizontal
-    stack's input. For channels-last tensors the link's 1x1 product is added in place into rows
-    1.. of each image of h_conv's output (one batched matrix product; both biases go into the
-    convolution), so neither the shifted copy of v_pre nor the link's output nor the sum is
-    written: 8-13% of a training step (bench/bench_training.py)."""
-    cl = torch.channels_last
-    if not (v_pre.dim() == 4 and v_pre.is_contiguous(memory_format=cl) and v_pre.shape[1] > 1):
-        return h_conv(h_in) + v_to_h(zero_pad(v_pre, 2, 1, -1))
+    stack's input. For a channels-last batch the link's 1x1 product is added in place into rows
+    1.. of each image of the horizontal convolution's output (one batched matrix product; both
+    biases go into the convolution), so neither the shifted copy of v_pre nor the link's output
+    nor the sum is written: 8-13% of a training step (bench/bench_training.py). That path uses
+    the two modules' parameters directly: their forward hooks do not run."""
+    N, C, H, W = v_pre.shape if v_pre.dim() == 4 else (0, 0, 0, 0)
+    out_shape = (h_in.shape[0], h_conv.out_channels, h_in.shape[-2],
+                 h_in.shape[-1] - h_conv.kernel_size[1] + 1)
+    if not (v_pre.dim() == 4 and v_pre.is_contiguous(memory_format=torch.channels_last)
+            and tuple(v_pre.shape) == out_shape):
+        return h_conv(h_in) + v_to_h(zero_pad(v_pre, -2, 1, -1))
     out = F.conv2d(h_in, h_conv.weight, h_conv.bias + v_to_h.bias)
-    if not out.is_contiguous(memory_format=cl):
-        out = out.contiguous(memory_format=cl)
-    N, C, H, W = v_pre.shape
+    out = out.contiguous(memory_format=torch.channels_last)  # no copy for a channels-last h_in
     rows = out.movedim(1, -1).view(N, H * W, C)  # pixel (i, j) of image n is row i * W + j
     above = v_pre.movedim(1, -1).view(N, H * W, C)
-    rows[:, W:].baddbmm_(above[:, : (H - 1) * W], v_to_h.weight.flatten(1).t().expand(N, C, C))
+    weight = v_to_h.weight.flatten(1).t().to(out.dtype)  # autocast: out may be bfloat16
+    rows[:, W:].baddbmm_(above[:, : (H - 1) * W], weight.expand(N, C, C))
     return out
 
 
@@ -86,7 +89,7 @@ class GatedPixelCNNLayer(nn.Module):
         # Vertical: rows i - half .. i of every column in reach.
         v_pre = conv2d_rows_above(v, self.v_conv.weight, self.v_conv.bias)
         # Horizontal: columns j - half .. j (type B) or .. j - 1 (type A) of row i.
-        h_in = zero_pad(h, 3, half, -1 if self.mask_type == "A" else 0)
+        h_in = zero_pad(h, -1, half, -1 if self.mask_type == "A" else 0)
         h_pre = _add_link(h_in, v_pre, self.h_conv, self.v_to_h)
         v_cond = h_cond = None
         if cond is not None:

@@ -20,14 +20,15 @@ def _pair(v: _size_2, name: str = "value", owner: str = "fastar.nn") -> Tuple[in
 
 def zero_pad(x: Tensor, dim: int, before: int, after: int = 0) -> Tensor:
     """F.pad with zeros along one dim: `before` >= 0 zeros in front, `after` zeros behind
-    (< 0: drop that many entries). Written by one torch.cat, where F.pad fills its whole output
-    with zeros and then copies x in: one more pass over memory, which bounds these models' CPU
-    training steps (bench/bench_training.py). A 1-channel x keeps F.pad, which also keeps the
-    channels-last strides of channels_last()."""
-    if x.dim() > 1 and x.shape[1] == 1:
+    (< 0: drop that many entries; with nothing to add, x or a view of it comes back). For a
+    batch of images with several channels, written by one torch.cat, where F.pad fills its whole
+    output with zeros and then copies x in: one more pass over memory, which bounds these models'
+    CPU training steps (bench/bench_training.py). Other tensors go to F.pad, which also keeps
+    the channels-last strides of a 1-channel channels_last() image."""
+    if x.dim() != 4 or x.shape[1] == 1:
         pad = [0] * (2 * (x.dim() - dim % x.dim() - 1)) + [before, after]
         return F.pad(x, pad)
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    keep_channels_last = x.is_contiguous(memory_format=torch.channels_last)
     if after < 0:
         x = x.narrow(dim, 0, x.shape[dim] + after)
     parts = [x]
@@ -36,7 +37,7 @@ def zero_pad(x: Tensor, dim: int, before: int, after: int = 0) -> Tensor:
             shape = list(x.shape)
             shape[dim] = n
             zeros = x.new_zeros(shape)
-            if channels_last:  # torch.cat keeps a layout only when all its inputs share it
+            if keep_channels_last:  # torch.cat keeps a layout only when all its inputs share it
                 zeros = zeros.contiguous(memory_format=torch.channels_last)
             parts.insert(len(parts) * side, zeros)
     return torch.cat(parts, dim) if len(parts) > 1 else x
@@ -51,17 +52,17 @@ def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: _size_2 = 1) ->
     kh, kw = weight.shape[-2:]
     dh, dw = _pair(dilation)
     if kh > 1:  # a one-row window needs no padding, which would still copy x
-        x = zero_pad(x, 2, dh * (kh - 1))
+        x = zero_pad(x, -2, dh * (kh - 1))
     return F.conv2d(x, weight, bias, padding=(0, dw * (kw // 2)), dilation=(dh, dw))
 
 
 def pointwise_conv2d(x: Tensor, weight: Tensor, bias) -> Tensor:
-    """conv2d with a 1x1 kernel as one matrix product over each pixel's channels. On a
-    channels-last x that product needs no copy and returns a channels-last result; oneDNN's 1x1
-    convolutions took 1.5-9x longer forward and up to 2x longer forward + backward on this
-    project's CPUs (bench/bench_layers.py)."""
-    y = F.linear(x.movedim(1, -1), weight.flatten(1), bias)
-    return y.movedim(-1, 1)
+    """conv2d with a 1x1 kernel, x (N, C, H, W) or unbatched (C, H, W), as one matrix product
+    over each pixel's channels. On a channels-last x that product needs no copy; the result is
+    channels-last whatever x's layout. oneDNN's 1x1 convolutions took 1.5-9x longer forward and
+    up to 2x longer forward + backward on this project's CPUs."""
+    y = F.linear(x.movedim(-3, -1), weight.flatten(1), bias)
+    return y.movedim(-1, -3)
 
 
 def channels_last(x: Tensor) -> Tensor:
