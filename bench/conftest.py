@@ -1,7 +1,9 @@
 """Shared benchmark machinery: timing through pytest-benchmark, a comparison table printed at
 the end of `pytest bench/`, and the measured results saved as JSON in bench/results/.
 
-A benchmark calls `measure(benchmark, group=..., impl=..., fn=..., bytes_moved=...)`. Rows of
+A benchmark calls `measure(benchmark, group=..., impl=..., fn=..., bytes_moved=...)`, or
+`measure_interleaved(benchmark, group=..., fns={impl: fn})` to time implementations in
+alternating rounds where the machine's drift would otherwise decide the ratio. Rows of
 a group are compared with that group's baselines (impl "eager", "compile", "naive",
 "queue-pytorch") by their fastest
 round: on a shared VM other tenants only ever add time, so minima repeat where medians wander
@@ -13,6 +15,7 @@ import gc
 import json
 import os
 import platform
+import random
 import subprocess
 import time
 
@@ -108,6 +111,53 @@ def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, items=None,
     if peak is not None:
         record["peak_memory_bytes"] = peak
     _records.append(record)
+
+
+def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
+                        seconds_per_case=10.0):
+    """Times several implementations of one computation ({impl: fn}) in alternating rounds,
+    each round running every fn once in a fresh random order, and records each impl as measure()
+    does. On a shared VM the machine's speed drifts by 20-40% over tens of seconds; measured one
+    after the other, two implementations can land on different sides of a drift, while
+    interleaved rounds meet it alike (bench_training.py's ratios moved between 0.98x and 1.64x
+    from run to run when measured one after the other)."""
+    def run(fn):
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            run(fn)
+    start = time.perf_counter()
+    for fn in fns.values():
+        run(fn)
+    rounds = int(min(max(seconds_per_case / (time.perf_counter() - start), 5), 100))
+    peaks = {impl: peak_memory(lambda: run(fn), device) for impl, fn in fns.items()}
+    times = {impl: [] for impl in fns}
+    order = random.Random(0)
+
+    def one_round():
+        impls = list(fns)
+        order.shuffle(impls)
+        for impl in impls:
+            t0 = time.perf_counter()
+            run(fns[impl])
+            times[impl].append(time.perf_counter() - t0)
+
+    benchmark.group = group
+    benchmark.extra_info.update(impls=list(fns), device=device, interleaved=True)
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    for impl, ts in times.items():
+        ts = sorted(ts)
+        record = {"group": group, "impl": impl, "device": device_name(device), "min_s": ts[0],
+                  "median_s": ts[len(ts) // 2], "rounds": len(ts), "bytes_moved": None,
+                  "interleaved_with": [i for i in fns if i != impl],
+                  "peak_memory_bytes": peaks[impl]}
+        if items:
+            record["items"] = items
+            record["items_per_s"] = items / ts[0]
+        _records.append(record)
 
 
 def _table():
