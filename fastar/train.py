@@ -153,12 +153,14 @@ def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
     from tqdm import tqdm
 
     model.eval()
+    model.check_input(x)  # once, on the host: the batches then skip it (a GPU sync each)
     total = torch.zeros((), dtype=torch.float64, device=device)
     mine = torch.arange(rank, len(x), world_size)
     for i in tqdm(range(0, len(mine), batch_size), desc=progress, disable=progress is None,
                   leave=False):
         index = mine[i : i + batch_size]
-        total -= model.log_prob(x[index].to(device), _cond(y, index, device)).double().sum()
+        total -= model.log_prob(x[index].to(device), _cond(y, index, device),
+                                check_values=False).double().sum()
     if world_size > 1:
         torch.distributed.all_reduce(total)
     nats = total.item() / len(x)
@@ -242,6 +244,7 @@ def train(settings: Settings) -> str:
     x, y = load_split(s.dataset, "train", s.limit, s.conditional)
     x_valid, y_valid = (load_split(s.dataset, "valid", s.limit, s.conditional) if s.validate
                         else (None, None))
+    model.check_input(x)  # once, on the host: training steps then skip it (a GPU sync each)
     os.makedirs(s.out, exist_ok=True)
     with _Lock(s.out) if rank == 0 else contextlib.nullcontext():
         return _train(s, model, x, y, x_valid, y_valid, rank, world_size, device)
@@ -284,7 +287,7 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
                 os.kill(os.getpid(), 9)
             batch = order[step * s.batch_size : (step + 1) * s.batch_size]
             mine = batch[rank::world_size]
-            nll = -trained(x[mine].to(device), _cond(y, mine, device)).sum()
+            nll = -trained(x[mine].to(device), _cond(y, mine, device), check_values=False).sum()
             # DDP averages gradients over processes: scaled so that they sum to the batch mean.
             loss = nll * (world_size / len(batch))
             opt.zero_grad()

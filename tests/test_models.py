@@ -116,6 +116,24 @@ def test_inputs_a_model_cannot_score_are_refused(name):
 
 
 @pytest.mark.parametrize("name", list(SMALL))
+def test_values_are_checked_once_per_call_or_not_at_all(name, monkeypatch):
+    # The range check is the one host sync of a GPU forward: once per call (MADE averages
+    # three masks in eval), none with check_values=False, where shape and dtype still are.
+    model = SMALL[name]((1, 3, 3)).eval()
+    x = torch.randint(0, 2, (2, 1, 3, 3))
+    calls = []
+    aminmax = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda t: calls.append(1) or aminmax(t))
+    want = model.log_prob(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(model.log_prob(x, check_values=False), want)
+    torch.testing.assert_close(model(x, check_values=False), want)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"expected x of shape \(B, 1, 3, 3\), got \(2, 1, 3, 4\)"):
+        model.log_prob(torch.zeros(2, 1, 3, 4, dtype=torch.long), check_values=False)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
 @pytest.mark.parametrize("cached", [False, True])
 def test_prefix_is_kept_and_the_rest_generated(name, cached):
     model = SMALL[name]((1, 3, 3)) if name != "MADE" else MADE(

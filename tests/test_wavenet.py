@@ -303,3 +303,15 @@ def test_reduced_precision_models_sample_through_the_step():
     model = _medium(torch.bfloat16)
     out = model.sample(2, 20, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 20) and 0 <= int(out.min()) and int(out.max()) < 32
+
+
+@pytest.mark.parametrize("output", ["softmax", "dmol"])
+def test_check_values_false_skips_only_the_range_check(output):
+    kw = {} if output == "softmax" else {"output": "dmol", "num_mixtures": 2}
+    model = _small(**kw)
+    x = torch.randint(0, model.num_values, (2, 1, 12))
+    torch.testing.assert_close(model.log_prob(x, check_values=False), model.log_prob(x))
+    with pytest.raises(ValueError, match=r"WaveNet: expected values in"):
+        model.log_prob(x + model.num_values)
+    with pytest.raises(ValueError, match=r"WaveNet: expected integer x"):
+        model.log_prob(x.double(), check_values=False)

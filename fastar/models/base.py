@@ -4,7 +4,8 @@ A model is a distribution over integer tensors x of shape (B, *event_shape), val
 [0, num_values): images (B, C, H, W), audio (B, 1, T). It factorizes over a fixed generation
 order of the event's positions (for images: raster order over (H, W), channels last). It offers
 
-- ``log_prob(x, cond=None) -> (B,)``: natural-log likelihood (``forward`` is ``log_prob``);
+- ``log_prob(x, cond=None, *, check_values=True) -> (B,)``: natural-log likelihood
+  (``forward`` is ``log_prob``); check_values=False skips the range check of x, a GPU sync;
 - logits of ``num_logits`` per position: ``num_values`` (a softmax), except for a binary model
   (num_values = 2), whose head outputs one logit l of value 1 (a Bernoulli: the same
   distribution as the softmax of [0, l], at half the output layer's cost);
@@ -153,9 +154,10 @@ class AutoregressiveModel(nn.Module):
         C, *S = event_shape
         return torch.arange(math.prod(event_shape)).view(C, -1).t().flatten()
 
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor, values: bool = True) -> None:
         """Raises ValueError naming the model, what it expects and what came, for data it
-        cannot score: non-integer x, a wrong shape, values outside [0, num_values)."""
+        cannot score: non-integer x, a wrong shape, values outside [0, num_values) (the one
+        data-dependent check, a device sync on a GPU: skipped with values=False)."""
         name = type(self).__name__
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise ValueError("%s: expected integer x (values in [0, %d)), got dtype %s"
@@ -164,19 +166,24 @@ class AutoregressiveModel(nn.Module):
         if x.dim() != 1 + len(expected) or tuple(x.shape[1:]) != tuple(expected):
             raise ValueError("%s: expected x of shape (B, %s), got %s" % (
                 name, ", ".join(map(str, expected)), tuple(x.shape)))
-        if x.numel() and not torch.compiler.is_compiling():  # a data-dependent check
+        if values and x.numel() and not torch.compiler.is_compiling():  # data-dependent
             low, high = (int(v) for v in torch.aminmax(x))  # one reduction, one sync
             if low < 0 or high >= self.num_values:
                 raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
                                  % (name, self.num_values, low, high))
 
-    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """Natural-log likelihood (B,) of integer x (B, *event_shape)."""
-        self.check_input(x)
+    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
+                 check_values: bool = True) -> Tensor:
+        """Natural-log likelihood (B,) of integer x (B, *event_shape). check_values=False skips
+        the range check of x's values, the one host sync per call on a GPU: for data already
+        checked (the training CLI checks each split once); values outside [0, num_values) then
+        give meaningless numbers or an indexing error."""
+        self.check_input(x, values=check_values)
         return value_log_prob(self.conditionals(x, cond), x).flatten(1).sum(dim=1)
 
-    def forward(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        return self.log_prob(x, cond)
+    def forward(self, x: Tensor, cond: Optional[Tensor] = None, *,
+                check_values: bool = True) -> Tensor:
+        return self.log_prob(x, cond, check_values=check_values)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

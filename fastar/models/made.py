@@ -245,18 +245,21 @@ class MADE(AutoregressiveModel):
         if cond is not None:
             raise ValueError("MADE is unconditional; got cond")
 
-    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
+                 check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, C, H, W). Training mode uses the next
-        mask in turn; evaluation averages the probabilities over all masks."""
+        mask in turn; evaluation averages the probabilities over all masks. check_values: as
+        AutoregressiveModel.log_prob (checked once, not once per mask)."""
         self._check_cond(cond)
+        self.check_input(x, values=check_values)
         if self.training or self.num_masks == 1:
             if self.training and self.num_masks > 1:
                 self._use((int(self.mask_index) + 1) % self.num_masks)
-            return super().log_prob(x)
+            return super().log_prob(x, check_values=False)
         per_mask, current = [], int(self.mask_index)
         for i in range(self.num_masks):
             self._use(i)
-            per_mask.append(super().log_prob(x))
+            per_mask.append(super().log_prob(x, check_values=False))
         self._use(current)  # evaluation leaves the training cycle where it was
         return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(self.num_masks)
 

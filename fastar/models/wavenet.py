@@ -278,17 +278,18 @@ class WaveNet(AutoregressiveModel):
         return x
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None,
-                 local: Optional[Tensor] = None) -> Tensor:
-        """Natural-log likelihood (B,) of integer audio x (B, 1, T)."""
-        self.check_input(x)
+                 local: Optional[Tensor] = None, *, check_values: bool = True) -> Tensor:
+        """Natural-log likelihood (B,) of integer audio x (B, 1, T). check_values: as
+        AutoregressiveModel.log_prob."""
+        self.check_input(x, values=check_values)
         condition = self._condition(cond, local, x.shape[0], x.shape[-1])
         if self.config.output == "softmax":
             return value_log_prob(self._outputs(x, condition), x[:, 0]).sum(dim=1)
         return ops.dmol_log_prob(x, self._outputs(x, condition), self.num_values).sum(dim=1)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None,
-                local: Optional[Tensor] = None) -> Tensor:
-        return self.log_prob(x, cond, local)
+                local: Optional[Tensor] = None, *, check_values: bool = True) -> Tensor:
+        return self.log_prob(x, cond, local, check_values=check_values)
 
     def sample(self, n: int, length: Optional[int] = None, cond: Optional[Tensor] = None,
                local: Optional[Tensor] = None, *, cached: Optional[bool] = None,
