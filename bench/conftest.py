@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import time
 
@@ -149,14 +150,13 @@ def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
     benchmark.extra_info.update(impls=list(fns), device=device, interleaved=True)
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
     for impl, ts in times.items():
-        ts = sorted(ts)
-        record = {"group": group, "impl": impl, "device": device_name(device), "min_s": ts[0],
-                  "median_s": ts[len(ts) // 2], "rounds": len(ts), "bytes_moved": None,
+        record = {"group": group, "impl": impl, "device": device_name(device), "min_s": min(ts),
+                  "median_s": statistics.median(ts), "rounds": len(ts), "bytes_moved": None,
                   "interleaved_with": [i for i in fns if i != impl],
                   "peak_memory_bytes": peaks[impl]}
         if items:
             record["items"] = items
-            record["items_per_s"] = items / ts[0]
+            record["items_per_s"] = items / min(ts)
         _records.append(record)
 
 

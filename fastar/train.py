@@ -244,7 +244,12 @@ def train(settings: Settings) -> str:
     x, y = load_split(s.dataset, "train", s.limit, s.conditional)
     x_valid, y_valid = (load_split(s.dataset, "valid", s.limit, s.conditional) if s.validate
                         else (None, None))
-    model.check_input(x)  # once, on the host: training steps then skip it (a GPU sync each)
+    for split, data in (("train", x), ("valid", x_valid)):
+        try:  # once, on the host, before any work: the steps then skip it (a GPU sync each)
+            if data is not None:
+                model.check_input(data)
+        except ValueError as e:
+            raise RunError("the %s split of %s cannot be scored: %s" % (split, s.dataset, e))
     os.makedirs(s.out, exist_ok=True)
     with _Lock(s.out) if rank == 0 else contextlib.nullcontext():
         return _train(s, model, x, y, x_valid, y_valid, rank, world_size, device)

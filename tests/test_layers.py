@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.utils.prune  # noqa: F401  (torch.nn.utils.prune)
 import torch.nn.functional as F
 
 from conftest import DEVICES
@@ -319,3 +320,17 @@ def test_the_implementation_switch_reaches_every_layer_and_restores():
     with pytest.raises(ValueError, match="expected one of"):
         with fastar.ops.implementation("cuda"):
             pass
+
+
+def test_gated_layer_honours_pruned_weights_on_the_channels_last_path():
+    # Pruning recomputes v_to_h.weight in a forward pre-hook: the fused link must not bypass it.
+    torch.manual_seed(0)
+    layer = GatedPixelCNNLayer(4, 3, "B").double()
+    torch.nn.utils.prune.random_unstructured(layer.v_to_h, "weight", amount=0.5)
+    with torch.no_grad():  # as an optimizer step would: .weight is stale until the next hook
+        layer.v_to_h.weight_orig.mul_(2)
+    v, h = (torch.randn(2, 4, 5, 4, dtype=torch.float64) for _ in range(2))
+    cl = torch.channels_last
+    out_cl = layer(v.contiguous(memory_format=cl), h.contiguous(memory_format=cl))
+    for a, b in zip(out_cl, layer(v, h)):
+        torch.testing.assert_close(a, b)

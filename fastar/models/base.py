@@ -154,10 +154,10 @@ class AutoregressiveModel(nn.Module):
         C, *S = event_shape
         return torch.arange(math.prod(event_shape)).view(C, -1).t().flatten()
 
-    def check_input(self, x: Tensor, values: bool = True) -> None:
+    def check_input(self, x: Tensor, check_values: bool = True) -> None:
         """Raises ValueError naming the model, what it expects and what came, for data it
-        cannot score: non-integer x, a wrong shape, values outside [0, num_values) (the one
-        data-dependent check, a device sync on a GPU: skipped with values=False)."""
+        cannot score: non-integer x, a wrong shape, values outside [0, num_values) (a
+        data-dependent check, a host sync on a GPU: skipped with check_values=False)."""
         name = type(self).__name__
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise ValueError("%s: expected integer x (values in [0, %d)), got dtype %s"
@@ -166,7 +166,7 @@ class AutoregressiveModel(nn.Module):
         if x.dim() != 1 + len(expected) or tuple(x.shape[1:]) != tuple(expected):
             raise ValueError("%s: expected x of shape (B, %s), got %s" % (
                 name, ", ".join(map(str, expected)), tuple(x.shape)))
-        if values and x.numel() and not torch.compiler.is_compiling():  # data-dependent
+        if check_values and x.numel() and not torch.compiler.is_compiling():
             low, high = (int(v) for v in torch.aminmax(x))  # one reduction, one sync
             if low < 0 or high >= self.num_values:
                 raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
@@ -175,10 +175,11 @@ class AutoregressiveModel(nn.Module):
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
                  check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape). check_values=False skips
-        the range check of x's values, the one host sync per call on a GPU: for data already
-        checked (the training CLI checks each split once); values outside [0, num_values) then
-        give meaningless numbers or an indexing error."""
-        self.check_input(x, values=check_values)
+        the range check of x's values (a host sync per call on a GPU) for data already checked
+        (the training CLI checks each split once); values outside [0, num_values) then give
+        meaningless numbers or an indexing error. Still syncing on a GPU: GatedPixelCNN's check
+        of class labels, MADE's mask cycling with num_masks > 1."""
+        self.check_input(x, check_values=check_values)
         return value_log_prob(self.conditionals(x, cond), x).flatten(1).sum(dim=1)
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None, *,

@@ -251,7 +251,7 @@ class MADE(AutoregressiveModel):
         mask in turn; evaluation averages the probabilities over all masks. check_values: as
         AutoregressiveModel.log_prob (checked once, not once per mask)."""
         self._check_cond(cond)
-        self.check_input(x, values=check_values)
+        self.check_input(x, check_values=check_values)
         if self.training or self.num_masks == 1:
             if self.training and self.num_masks > 1:
                 self._use((int(self.mask_index) + 1) % self.num_masks)

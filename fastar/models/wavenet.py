@@ -281,7 +281,7 @@ class WaveNet(AutoregressiveModel):
                  local: Optional[Tensor] = None, *, check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer audio x (B, 1, T). check_values: as
         AutoregressiveModel.log_prob."""
-        self.check_input(x, values=check_values)
+        self.check_input(x, check_values=check_values)
         condition = self._condition(cond, local, x.shape[0], x.shape[-1])
         if self.config.output == "softmax":
             return value_log_prob(self._outputs(x, condition), x[:, 0]).sum(dim=1)
