@@ -101,6 +101,8 @@ def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, items=None,
     benchmark.group = group
     benchmark.extra_info.update(impl=impl, device=device, bytes_moved=bytes_moved)
     benchmark.pedantic(run, rounds=rounds, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: a smoke run, nothing measured
+        return
     stats = benchmark.stats.stats
     record = {"group": group, "impl": impl, "device": device_name(device), "min_s": stats.min,
               "median_s": stats.median, "rounds": rounds, "bytes_moved": bytes_moved}
