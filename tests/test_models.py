@@ -133,6 +133,23 @@ def test_values_are_checked_once_per_call_or_not_at_all(name, monkeypatch):
         model.log_prob(torch.zeros(2, 1, 3, 4, dtype=torch.long), check_values=False)
 
 
+def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):
+    model = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2,
+                          head_channels=6, num_classes=3).eval()
+    x, labels = torch.randint(0, 2, (2, 1, 3, 3)), torch.tensor([0, 2])
+    reads = []
+    item = torch.Tensor.__int__
+    monkeypatch.setattr(torch.Tensor, "__int__", lambda t: reads.append(1) or item(t))
+    want = model.log_prob(x, labels)
+    assert len(reads) == 4  # x's min and max, the labels' min and max: once, not per logits
+    torch.testing.assert_close(model.log_prob(x, labels, check_values=False), want)
+    assert len(reads) == 4
+    model.sample(2, labels)  # naive sampling: nine logits calls, one check of the labels
+    assert len(reads) == 6
+    with pytest.raises(ValueError, match=r"expected cond: integer labels .* values in \[0, 3\]"):
+        model.sample(2, torch.tensor([0, 3]))
+
+
 @pytest.mark.parametrize("name", list(SMALL))
 @pytest.mark.parametrize("cached", [False, True])
 def test_prefix_is_kept_and_the_rest_generated(name, cached):

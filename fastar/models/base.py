@@ -177,8 +177,8 @@ class AutoregressiveModel(nn.Module):
         """Natural-log likelihood (B,) of integer x (B, *event_shape). check_values=False skips
         the range check of x's values (a host sync per call on a GPU) for data already checked
         (the training CLI checks each split once); values outside [0, num_values) then give
-        meaningless numbers or an indexing error. Still syncing on a GPU: GatedPixelCNN's check
-        of class labels, MADE's mask cycling with num_masks > 1."""
+        meaningless numbers or an indexing error (GatedPixelCNN's class labels are checked under
+        the same flag). Still syncing on a GPU: MADE's mask cycling with num_masks > 1."""
         self.check_input(x, check_values=check_values)
         return value_log_prob(self.conditionals(x, cond), x).flatten(1).sum(dim=1)
 

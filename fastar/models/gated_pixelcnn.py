@@ -57,9 +57,10 @@ class GatedPixelCNN(PixelModel):
             nn.ReLU(), PointwiseConv2d(c.hidden_channels, c.head_channels),
             nn.ReLU(), PointwiseConv2d(c.head_channels, C * head_size(c.num_values)))
 
-    def check_cond(self, cond: Optional[Tensor], batch: int) -> None:
+    def check_cond(self, cond: Optional[Tensor], batch: int, check_values: bool = True) -> None:
         """ValueError unless cond is what the model was built for: labels (B,) in
-        [0, num_classes), a vector (B, cond_channels), or None for an unconditional model."""
+        [0, num_classes) (the range read only with check_values: a host sync on a GPU), a
+        vector (B, cond_channels), or None for an unconditional model."""
         c = self.config
         if c.num_classes is None and c.cond_channels is None:
             if cond is not None:
@@ -70,7 +71,7 @@ class GatedPixelCNN(PixelModel):
             want = "integer labels of shape (%d,) in [0, %d)" % (batch, c.num_classes)
             ok = (cond is not None and cond.dtype in _LABEL_DTYPES
                   and tuple(cond.shape) == (batch,)
-                  and (cond.numel() == 0 or torch.compiler.is_compiling()
+                  and (not check_values or cond.numel() == 0 or torch.compiler.is_compiling()
                        or cond.device.type == "meta"
                        or (0 <= int(cond.min()) and int(cond.max()) < c.num_classes)))
         else:
@@ -84,8 +85,19 @@ class GatedPixelCNN(PixelModel):
                 and cond.numel() and cond.device.type != "meta" else "")
             raise ValueError("GatedPixelCNN: expected cond: %s; got %s" % (want, got))
 
+    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
+                 check_values: bool = True) -> Tensor:
+        self.check_cond(cond, x.shape[0] if x.dim() else 0, check_values)  # once, not per logits
+        return super().log_prob(x, cond, check_values=check_values)
+
+    def sample(self, n: int, cond: Optional[Tensor] = None, **kwargs) -> Tensor:
+        self.check_cond(cond, n)  # once: naive sampling calls logits once per value
+        return super().sample(n, cond, **kwargs)
+
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        self.check_cond(cond, x.shape[0])
+        # Shape and dtype; the labels' range is checked by log_prob and sample, once per call
+        # (direct callers of logits/conditionals get F.one_hot's error for a bad label).
+        self.check_cond(cond, x.shape[0], check_values=False)
         if cond is not None and self.num_classes is not None:
             cond = F.one_hot(cond.long(), self.num_classes)
         if cond is not None:
