@@ -33,7 +33,6 @@ def _add_link(h_in: Tensor, v_pre: Tensor, h_conv: nn.Conv2d, v_to_h: nn.Conv2d)
     nor the sum is written: 8-13% of a training step (bench/bench_training.py). That path uses
     the two modules' parameters directly, so modules with hooks (pruning and weight norm
     recompute .weight in one) take the unfused path."""
-    N, C, H, W = v_pre.shape if v_pre.dim() == 4 else (0, 0, 0, 0)
     out_shape = (h_in.shape[0], h_conv.out_channels, h_in.shape[-2],
                  h_in.shape[-1] - h_conv.kernel_size[1] + 1)
     hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (h_conv, v_to_h))
@@ -42,6 +41,7 @@ def _add_link(h_in: Tensor, v_pre: Tensor, h_conv: nn.Conv2d, v_to_h: nn.Conv2d)
         return h_conv(h_in) + v_to_h(zero_pad(v_pre, -2, 1, -1))
     out = F.conv2d(h_in, h_conv.weight, h_conv.bias + v_to_h.bias)
     out = out.contiguous(memory_format=torch.channels_last)  # no copy for a channels-last h_in
+    N, C, H, W = v_pre.shape
     rows = out.movedim(1, -1).view(N, H * W, C)  # pixel (i, j) of image n is row i * W + j
     above = v_pre.movedim(1, -1).view(N, H * W, C).to(out.dtype)  # autocast: out may be
     weight = v_to_h.weight.flatten(1).t().to(out.dtype)  # bfloat16 while the weight is not
