@@ -30,6 +30,14 @@ TORCH_LIBRARY(fastar, m) {
   m.def("masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor mask, "
         "int[] blocks) -> (Tensor, Tensor, Tensor)");
 
+  // relu(x) weight^T + bias for x (M, in), weight (out, in): a 1x1 convolution of channels-last
+  // pixels that begins with a ReLU (a binary model's head), without writing relu(x) to memory.
+  m.def("relu_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  // (grad_x, grad_weight, grad_bias) of relu_linear; output_mask says which to compute (the
+  // others come back undefined, None in Python).
+  m.def("relu_linear_backward(Tensor grad_out, Tensor x, Tensor weight, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+
   // WaveNet's cached generation loop: steps t = start .. T - 1 of the sequences x (B, T) in one
   // call, each step reading the ring buffers (B, sum of dilation * (k - 1), R) of the block
   // inputs it needs and pushing its own (start = 0 clears them first). Positions t < num_given

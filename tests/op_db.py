@@ -245,6 +245,47 @@ def masked_linear_backward_samples(device, dtype, full=False):
             for s in masked_linear_samples(device, dtype, full)]
 
 
+# --- relu_linear ------------------------------------------------------------------------------
+
+# (rows, in, out, bias): the CPU kernel for few outputs (1 to 8: one block of rows, several
+# blocks with a short last one, 512 rows each), and the ATen path beyond 8 outputs.
+_RELU_LINEAR_SHAPES = [(7, 5, 3, True), (3, 4, 1, False), (1300, 64, 1, True),
+                       (600, 17, 8, False), (40, 6, 9, True), (1100, 16, 64, False)]
+
+
+def relu_linear_samples(device, dtype, full=False):
+    out = []
+    for M, n_in, n_out, bias in _RELU_LINEAR_SHAPES:
+        x = _float((M, n_in), dtype, device)
+        b = _float((n_out,), dtype, device) if bias else None
+        out.append(SampleInput((x, _float((n_out, n_in), dtype, device), b),
+                               "%dx%d->%d%s" % (M, n_in, n_out, "+bias" if bias else ""),
+                               gradcheck=M * n_in < 2000))
+    # Exact zeros, where relu's gradient is 0 as torch.relu's (no gradcheck at the kink), for
+    # both paths; and empty batches of rows and of inputs.
+    for n_out in (3, 12):
+        x = _float((6, 4), dtype, device)
+        x[::2] = 0.0
+        out.append(SampleInput((x, _float((n_out, 4), dtype, device),
+                                _float((n_out,), dtype, device)), "zeros->%d" % n_out))
+    out.append(SampleInput((_float((0, 5), dtype, device), _float((2, 5), dtype, device),
+                            _float((2,), dtype, device)), "no rows"))
+    out.append(SampleInput((_float((4, 0), dtype, device), _float((2, 0), dtype, device),
+                            _float((2,), dtype, device)), "no inputs"))
+    return out
+
+
+def relu_linear_backward_reference(grad_out, x, weight, output_mask):
+    relu = torch.relu(x)
+    return ((grad_out @ weight) * (x > 0), grad_out.t() @ relu, grad_out.sum(0))
+
+
+def relu_linear_backward_samples(device, dtype, full=False):
+    return [SampleInput((_float((s.args[0].shape[0], s.args[1].shape[0]), dtype, device),
+                         s.args[0], s.args[1], [True, True, True]), s.name)
+            for s in relu_linear_samples(device, dtype, full)]
+
+
 # --- wavenet_generate -------------------------------------------------------------------------
 
 # Model variants (WaveNet keywords) and batch sizes: batch 1 runs the CPU kernel's team of
@@ -337,6 +378,10 @@ OP_DB = [
            fn=ops.masked_linear, grad_args=(0, 1, 3)),
     OpInfo("masked_linear_backward", masked_linear_backward_reference,
            masked_linear_backward_samples, batch_outputs=(0,)),
+    OpInfo("relu_linear", reference.relu_linear, relu_linear_samples, fn=ops.relu_linear,
+           grad_args=(0, 1, 2)),
+    OpInfo("relu_linear_backward", relu_linear_backward_reference,
+           relu_linear_backward_samples, batch_outputs=(0,)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1), dtypes=(torch.float32, torch.float64),

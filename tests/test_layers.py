@@ -9,6 +9,7 @@ from conftest import DEVICES
 from fastar.models import GatedPixelCNN
 from fastar.nn import (CausalConv1d, GatedPixelCNNLayer, MaskedConv2d, PointwiseConv2d,
                        WaveNetBlock, raster_mask)
+from fastar.nn.conv import channels_last
 import fastar.ops
 from fastar.testing import (GatedPixelCNNStack, PixelCNNStack, assert_autoregressive,
                             receptive_field)
@@ -334,3 +335,44 @@ def test_gated_layer_honours_pruned_weights_on_the_channels_last_path():
     out_cl = layer(v.contiguous(memory_format=cl), h.contiguous(memory_format=cl))
     for a, b in zip(out_cl, layer(v, h)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "unbatched"])
+def test_1x1_layers_add_a_residual_as_the_sum_would(layout):
+    # add_to accumulates the product into residual + bias in place (channels-last, same
+    # dtypes) or adds it afterwards; values and every gradient as conv(x) + residual.
+    torch.manual_seed(0)
+    x, r = torch.randn(2, 4, 5, 3, dtype=torch.float64), torch.randn(2, 6, 5, 3, dtype=torch.float64)
+    if layout == "channels_last":
+        x, r = channels_last(x), channels_last(r)
+    elif layout == "unbatched":
+        x, r = x[0], r[0]
+    for layer in (PointwiseConv2d(4, 6), MaskedConv2d(4, 6, 1, "B"), MaskedConv2d(4, 6, 3, "B"),
+                  PointwiseConv2d(4, 6, bias=False)):
+        layer = layer.double()
+        xs, rs = x.clone().requires_grad_(), r.clone().requires_grad_()
+        y = layer(xs, add_to=rs)
+        g = torch.randn_like(y)
+        grads = torch.autograd.grad(y, [xs, rs] + list(layer.parameters()), g)
+        xs2, rs2 = x.clone().requires_grad_(), r.clone().requires_grad_()
+        y2 = layer(xs2) + rs2
+        grads2 = torch.autograd.grad(y2, [xs2, rs2] + list(layer.parameters()), g)
+        torch.testing.assert_close(y, y2)
+        for a, b in zip(grads, grads2):
+            torch.testing.assert_close(a, b)
+    # Mixed dtypes and a broadcast residual take the unfused sum (type promotion, broadcasting).
+    layer = PointwiseConv2d(4, 6).double()
+    torch.testing.assert_close(layer(x, add_to=r.float()), layer(x) + r.float())
+    torch.testing.assert_close(layer(x, add_to=r[..., :1, :]), layer(x) + r[..., :1, :])
+
+
+def test_residual_block_forward_hooks_see_the_convolutions_own_output():
+    from fastar.models.pixelcnn import _ResidualBlock
+    torch.manual_seed(0)
+    block = _ResidualBlock(4, 1).double()
+    x = channels_last(torch.randn(2, 4, 5, 5, dtype=torch.float64))
+    want = block(x)
+    seen = []
+    block.net[-1].register_forward_hook(lambda m, args, out: seen.append(out))
+    torch.testing.assert_close(block(x), want)
+    torch.testing.assert_close(seen[0], want - x)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from fastar.models._pixel_model import PixelModel
 from fastar.models.base import head_size
 from fastar.nn import MaskedConv2d
+from fastar.nn.conv import run_fusing_last_relu
 
 
 @dataclasses.dataclass
@@ -38,7 +39,13 @@ class _ResidualBlock(nn.Module):
             nn.ReLU(), MaskedConv2d(h, channels, 1, "B", groups))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.net(x)
+        *body, last = self.net
+        h = x
+        for layer in body:
+            h = layer(h)
+        if last._forward_hooks:  # a forward hook must see the convolution's own output
+            return x + last(h)
+        return last(h, add_to=x)
 
 
 class PixelCNN(PixelModel):
@@ -58,4 +65,4 @@ class PixelCNN(PixelModel):
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         if cond is not None:
             raise ValueError("PixelCNN is unconditional; got cond")
-        return self.net(self.scale_input(x))
+        return run_fusing_last_relu(self.net, self.scale_input(x))

@@ -100,7 +100,10 @@ class GatedPixelCNNLayer(nn.Module):
                                  "cond_channels")
             v_cond, h_cond = self.v_cond(cond, 2), self.h_cond(cond, 2)
         v_out = ops.gated_activation(v_pre, v_cond)
-        h_out = self.h_out(ops.gated_activation(h_pre, h_cond))
+        h_gated = ops.gated_activation(h_pre, h_cond)
+        if self.residual and not self.h_out._forward_hooks:  # a hook sees h_out's own output
+            return v_out, self.h_out(h_gated, add_to=h)
+        h_out = self.h_out(h_gated)
         return v_out, (h + h_out if self.residual else h_out)
 
 

@@ -1,10 +1,13 @@
 """Masked and causal convolutions: the building blocks of PixelCNN and WaveNet."""
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fastar import ops
+from fastar.ops.relu_linear import FEW_OUTPUTS as RELU_LINEAR_FEW_OUTPUTS
 
 _size_2 = Union[int, Tuple[int, int]]
 
@@ -56,13 +59,38 @@ def conv2d_rows_above(x: Tensor, weight: Tensor, bias, dilation: _size_2 = 1) ->
     return F.conv2d(x, weight, bias, padding=(0, dw * (kw // 2)), dilation=(dh, dw))
 
 
-def pointwise_conv2d(x: Tensor, weight: Tensor, bias) -> Tensor:
-    """conv2d with a 1x1 kernel, x (N, C, H, W) or unbatched (C, H, W), as one matrix product
-    over each pixel's channels. On a channels-last x that product needs no copy; the result is
-    channels-last whatever x's layout. oneDNN's 1x1 convolutions took 1.5-9x longer forward and
-    up to 2x longer forward + backward on this project's CPUs."""
-    y = F.linear(x.movedim(-3, -1), weight.flatten(1), bias)
-    return y.movedim(-1, -3)
+def pointwise_conv2d(x: Tensor, weight: Tensor, bias, add_to: Optional[Tensor] = None,
+                     relu_input: bool = False) -> Tensor:
+    """conv2d with a 1x1 kernel of x (or of relu(x) with relu_input), x (N, C, H, W) or
+    unbatched (C, H, W), as one matrix product over each pixel's channels, plus add_to (a
+    residual: a tensor of the output's shape) if given. On a channels-last x that product needs
+    no copy; the result is channels-last whatever x's layout. oneDNN's 1x1 convolutions took
+    1.5-9x longer forward and up to 2x longer forward + backward on this project's CPUs.
+    With relu_input and at most RELU_LINEAR_FEW_OUTPUTS outputs, fastar.ops.relu_linear
+    computes it without writing relu(x).
+    The product accumulates into add_to + bias in place (two passes over the output fewer than
+    adding the residual after it: bench/bench_training.py) where the dtypes agree and autocast
+    is off; otherwise the sum is formed afterwards."""
+    weight = weight.flatten(1)
+    if relu_input:
+        if weight.shape[0] > RELU_LINEAR_FEW_OUTPUTS or torch.is_autocast_enabled(x.device.type):
+            x = F.relu(x)
+        else:
+            y = ops.relu_linear(x.movedim(-3, -1), weight, bias).movedim(-1, -3)
+            return y if add_to is None else y + add_to
+    pixels = x.movedim(-3, -1)
+    out_shape = x.shape[:-3] + (weight.shape[0],) + x.shape[-2:]
+    fused = (add_to is not None and add_to.shape == out_shape and add_to.device == x.device
+             and x.dtype == weight.dtype == add_to.dtype
+             and (bias is None or bias.dtype == x.dtype)
+             and not torch.is_autocast_enabled(x.device.type))
+    if not fused:
+        y = F.linear(pixels, weight, bias).movedim(-1, -3)
+        return y if add_to is None else y + add_to
+    rows = add_to.movedim(-3, -1).reshape(-1, weight.shape[0])  # a view if channels-last
+    out = rows + bias if bias is not None else rows.clone()
+    out.addmm_(pixels.reshape(-1, weight.shape[1]), weight.t())
+    return out.view(pixels.shape[:-1] + (weight.shape[0],)).movedim(-1, -3)
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -80,8 +108,9 @@ class PointwiseConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return pointwise_conv2d(x, self.weight, self.bias)
+    def forward(self, x: Tensor, add_to: Optional[Tensor] = None,
+                relu_input: bool = False) -> Tensor:
+        return pointwise_conv2d(x, self.weight, self.bias, add_to, relu_input)
 
 
 def raster_mask(out_channels: int, in_channels: int, kernel_size: _size_2, mask_type: str,
@@ -152,14 +181,33 @@ class MaskedConv2d(nn.Conv2d):
         rows = self.kernel_size[0] // 2 + 1
         return self.weight[:, :, :rows] * self.mask[:, :, :rows]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, add_to: Optional[Tensor] = None,
+                relu_input: bool = False) -> Tensor:
         if self.kernel_size == (1, 1):
-            return pointwise_conv2d(x, self.cropped_weight(), self.bias)
-        return conv2d_rows_above(x, self.cropped_weight(), self.bias, self.dilation)
+            return pointwise_conv2d(x, self.cropped_weight(), self.bias, add_to, relu_input)
+        if relu_input:
+            x = F.relu(x)
+        y = conv2d_rows_above(x, self.cropped_weight(), self.bias, self.dilation)
+        return y if add_to is None else y + add_to
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", mask_type=%s, color_groups=%d" % (
             self.mask_type, self.color_groups)
+
+
+def run_fusing_last_relu(layers: nn.Sequential, x: Tensor) -> Tensor:
+    """layers(x), where layers ends in nn.ReLU and a 1x1 MaskedConv2d or PointwiseConv2d (an
+    image model's head), the pair running as one (forward(x, relu_input=True)). Hooks on the
+    pair or the Sequential take the unfused path, as the layers are written."""
+    mods = list(layers)
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in [layers] + mods[-2:])
+    if (hooked or len(mods) < 2 or not isinstance(mods[-2], nn.ReLU)
+            or not isinstance(mods[-1], (MaskedConv2d, PointwiseConv2d))
+            or mods[-1].kernel_size != (1, 1)):
+        return layers(x)
+    for m in mods[:-2]:
+        x = m(x)
+    return mods[-1](x, relu_input=True)
 
 
 class CausalConv1d(nn.Conv1d):

@@ -5,8 +5,9 @@ module per op family.
 Every op runs on CPU (float32, float64, float16, bfloat16) and, when fastar was built with CUDA,
 on GPU (the same dtypes; reduced-precision inputs are computed in float32), except
 dmol_log_prob_with_grad, the CPU's training path, wavenet_generate (float32 and float64,
-no autograd: a generation loop) and masked_linear (ATen block products on any device, computed
-in the input dtype as F.linear is). Each has a
+no autograd: a generation loop), masked_linear (ATen block products on any device, computed
+in the input dtype as F.linear is) and relu_linear (a CPU kernel for few outputs, ATen
+products otherwise and on other devices). Each has a
 pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
 instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
 order: a double backward raises a clear error), traceable by torch.compile(fullgraph=True) and
@@ -26,10 +27,11 @@ from fastar.ops._common import current_implementation, implementation  # noqa: E
 from fastar.ops.dmol import dmol_log_prob  # noqa: E402
 from fastar.ops.gated import gated_activation  # noqa: E402
 from fastar.ops.masked_linear import masked_linear, staircase_blocks  # noqa: E402
+from fastar.ops.relu_linear import relu_linear  # noqa: E402
 from fastar.ops.wavenet import wavenet_generate  # noqa: E402
 
 __all__ = ["current_implementation", "dmol_log_prob", "gated_activation", "implementation",
-           "kernels", "masked_linear", "staircase_blocks", "wavenet_generate"]
+           "kernels", "masked_linear", "relu_linear", "staircase_blocks", "wavenet_generate"]
 
 
 def kernels() -> Dict[str, List[str]]:

@@ -1,0 +1,102 @@
+"""relu_linear: F.linear(relu(x), weight, bias) without writing relu(x) to memory (the last 1x1
+convolution of a binary image model's head). The public function, its fake kernels and its
+autograd formula; the kernels are in csrc/relu_linear.cpp."""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastar import reference
+from fastar.ops._common import (check_floating, check_same_device, dtype_name,
+                                register_no_double_backward, use_reference)
+
+# Up to this many outputs (csrc/relu_linear.cpp's kFewOutputs) the CPU kernel beats relu and
+# F.linear; with more it runs them (and its backward recomputes relu(x) for the weight's
+# gradient, one more pass than autograd's, which keeps relu(x)).
+FEW_OUTPUTS = 8
+
+
+def relu_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(F.relu(x), weight, bias)``, fused.
+
+    Args:
+        x: (*, in) floating-point tensor (a 1x1 convolution of channels-last pixels: the
+            pixels' channel vectors as rows).
+        weight: (out, in); bias: (out,) or None; x's device and dtype.
+
+    Returns:
+        (*, out), contiguous, computed in x's dtype as F.linear is.
+
+    On the CPU with out <= FEW_OUTPUTS (a binary model's head: one Bernoulli logit per colour
+    channel), relu(x) is never written: the forward reads x once, the backward reads x and
+    writes x's gradient once (unfused: relu's pass each way, and for one output an outer
+    product that MKL writes slowly). With more outputs, and on other devices, it runs relu and
+    ATen's products. Differentiable in x, weight and bias; relu's gradient at x = 0 is 0, as
+    torch.relu's.
+    """
+    if use_reference():
+        return reference.relu_linear(x, weight, bias)
+    if x.dim() == 0:
+        raise ValueError("fastar.ops.relu_linear: expected x of shape (*, in), but got a 0-dim "
+                         "tensor")
+    rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+    y = torch.ops.fastar.relu_linear(rows, weight, bias)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _check(op, x, weight):
+    check_floating(op, "x", x)
+    check_same_device(op, "x", x, weight=weight)
+    torch._check(weight.dtype == x.dtype, lambda: "fastar::%s: expected weight to have x's "
+                 "dtype (%s), but got %s" % (op, dtype_name(x.dtype), dtype_name(weight.dtype)))
+    torch._check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
+                 lambda: "fastar::%s: expected x (M, in) and weight (out, in), but got x of "
+                 "shape %s and weight of shape %s" % (op, list(x.shape), list(weight.shape)))
+
+
+@torch.library.register_fake("fastar::relu_linear")
+def _fake(x, weight, bias=None):
+    _check("relu_linear", x, weight)
+    if bias is not None:
+        check_same_device("relu_linear", "x", x, bias=bias)
+        torch._check(bias.dtype == x.dtype and tuple(bias.shape) == (weight.shape[0],),
+                     lambda: "fastar::relu_linear: expected bias of shape (%d) and dtype %s, but "
+                     "got %s %s" % (weight.shape[0], dtype_name(x.dtype), dtype_name(bias.dtype),
+                                    list(bias.shape)))
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.register_fake("fastar::relu_linear_backward")
+def _backward_fake(grad_out, x, weight, output_mask):
+    op = "relu_linear_backward"
+    _check(op, x, weight)
+    check_same_device(op, "x", x, grad_out=grad_out)
+    torch._check(grad_out.dtype == x.dtype and tuple(grad_out.shape) == (x.shape[0],
+                                                                         weight.shape[0]),
+                 lambda: "fastar::%s: expected grad_out of shape (%d, %d), but got %s"
+                 % (op, x.shape[0], weight.shape[0], list(grad_out.shape)))
+    return (torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None,
+            torch.empty_like(weight, memory_format=torch.contiguous_format)
+            if output_mask[1] else None,
+            weight.new_empty((weight.shape[0],)) if output_mask[2] else None)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            ctx.has_bias and ctx.needs_input_grad[2]]
+    if not any(mask):
+        return None, None, None
+    return torch.ops.fastar.relu_linear_backward(grad_out, x, weight, mask)
+
+
+torch.library.register_autograd("fastar::relu_linear", _backward, setup_context=_setup_context)
+register_no_double_backward("fastar::relu_linear_backward", "fastar::relu_linear")
