@@ -48,8 +48,13 @@ def test_exact_normalization(name, shape, mode):
 def _leaky(name, shape):
     model = SMALL[name](shape)
     if name == "MADE":
-        model.out.mask.fill_(1)
-        model._masks = [(o, h, torch.ones_like(out), d) for o, h, out, d in model._masks]
+        use = model._use  # every mask switch leaves the output layer fully connected
+
+        def leaky_use(index):
+            use(index)
+            model.out.mask.fill_(1)
+        model._use = leaky_use
+        leaky_use(model._mask_index)
     elif name == "PixelCNN":
         model.net[0].mask.fill_(1)  # the first layer sees the pixel it predicts
     else:
@@ -131,6 +136,38 @@ def test_values_are_checked_once_per_call_or_not_at_all(name, monkeypatch):
     assert len(calls) == 1
     with pytest.raises(ValueError, match=r"expected x of shape \(B, 1, 3, 3\), got \(2, 1, 3, 4\)"):
         model.log_prob(torch.zeros(2, 1, 3, 4, dtype=torch.long), check_values=False)
+
+
+def test_made_switches_masks_without_reading_the_device():
+    # Training cycles the masks and evaluation averages them: each switch rebuilds the masks
+    # from degree buffers where the weights are and tracks the index on the host, so neither
+    # reads a tensor back (a host sync on a GPU) once values are trusted.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountReads(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                CountReads.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    model = MADE(image_shape=(1, 3, 3), hidden_sizes=(8, 6), num_masks=3,
+                 direct_connections=True)
+    x = torch.randint(0, 2, (4, 1, 3, 3))
+    reference = MADE(image_shape=(1, 3, 3), hidden_sizes=(8, 6), num_masks=3,
+                     direct_connections=True)
+    reference.load_state_dict(model.state_dict())
+    with CountReads():
+        for _ in range(4):
+            model.train().log_prob(x, check_values=False).sum().backward()
+        lp = model.eval().log_prob(x, check_values=False)
+    assert CountReads.reads == 0
+    assert model._mask_index == int(model.mask_index) == 1  # 4 steps through 3 masks
+    # The same numbers as a model that cycled the same way.
+    for _ in range(4):
+        reference.train().log_prob(x)
+    torch.testing.assert_close(lp, reference.eval().log_prob(x))
 
 
 def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):

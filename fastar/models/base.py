@@ -178,7 +178,8 @@ class AutoregressiveModel(nn.Module):
         the range check of x's values (a host sync per call on a GPU) for data already checked
         (the training CLI checks each split once); values outside [0, num_values) then give
         meaningless numbers or an indexing error (GatedPixelCNN's class labels are checked under
-        the same flag). Still syncing on a GPU: MADE's mask cycling with num_masks > 1."""
+        the same flag). MADE's mask switches read nothing back either (masks are rebuilt on
+        the device from their degrees)."""
         self.check_input(x, check_values=check_values)
         return value_log_prob(self.conditionals(x, cond), x).flatten(1).sum(dim=1)
 

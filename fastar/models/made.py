@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import math
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -96,29 +96,42 @@ class MADE(AutoregressiveModel):
         self.direct = (_MaskedLinear(self.D, self.D * self.num_logits) if c.direct_connections
                        else None)
         self._generator = torch.Generator().manual_seed(c.seed)
-        self._masks = [self._draw_masks() for _ in range(c.num_masks)]
+        drawn = [self._draw_degrees() for _ in range(c.num_masks)]
+        masks = [self._masks_of(order, degrees) for order, degrees in drawn]  # on the host
         # Per mask, per layer (hidden..., out, direct): its blocks for masked_linear, or None
         # (small layers: a few dozen small products cost more than the half they save).
-        self._blocks = [[ops.staircase_blocks(m) if m.numel() >= _MIN_BLOCKED else None
+        self._blocks = [[ops.staircase_blocks(m.float()) if m.numel() >= _MIN_BLOCKED else None
                          for m in (*hidden, out, direct)]
-                        for _, hidden, out, direct in self._masks]
+                        for hidden, out, direct in masks]
+        # Each mask is rebuilt from its degrees where the weights are (_use): switching masks
+        # then copies nothing from the host and never waits for the device.
+        self._orders = [order for order, _ in drawn]  # host copies: generation order
+        self.register_buffer("mask_orders", torch.stack(self._orders), persistent=False)
+        self._degree_buffers = []
+        for i in range(len(self.hidden)):
+            name = "mask_degrees%d" % i
+            self.register_buffer(name, torch.stack([d[i] for _, d in drawn]), persistent=False)
+            self._degree_buffers.append(name)
         # The mask in use is state: a resumed training run must continue the cycle where the
-        # checkpoint left it.
+        # checkpoint left it. _mask_index mirrors it on the host (reading the buffer would wait
+        # for the device).
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
+        self._mask_index = 0
         # The masks travel with the weights as a fingerprint: weights trained under other masks
         # (another seed or ordering) must not load silently into this model.
-        self.register_buffer("masks_fingerprint", self._fingerprint())
+        self.register_buffer("masks_fingerprint", self._fingerprint(drawn, masks))
         self._register_load_state_dict_pre_hook(self._check_masks)
         # The layers hold the mask of mask_index: a loaded mask_index must take effect.
         self.register_load_state_dict_post_hook(
             lambda module, incompatible: module._use(int(module.mask_index)))
         self._use(0)
 
-    def _fingerprint(self) -> Tensor:
+    @staticmethod
+    def _fingerprint(drawn, masks) -> Tensor:
         h = hashlib.sha256()
-        for order, hidden, out, direct in self._masks:
+        for (order, _), (hidden, out, direct) in zip(drawn, masks):
             for t in (order, *hidden, out, direct):
-                h.update(t.to(torch.int8 if t.is_floating_point() else torch.int64).numpy()
+                h.update(t.to(torch.int8 if t.dtype == torch.bool else torch.int64).numpy()
                          .tobytes())
         return torch.tensor(int.from_bytes(h.digest()[:8], "little", signed=True))
 
@@ -138,30 +151,33 @@ class MADE(AutoregressiveModel):
                 "fastar before 2026-12-01 (unsorted hidden degrees) do not load into this "
                 "version" % (self.config,))
 
-    def _draw_masks(self):
+    def _draw_degrees(self):
         """Degrees per layer (Germain et al., sec. 4): inputs get their position in the
-        ordering (1..D); hidden units a degree in [min of the layer below, D - 1]; a unit
-        connects to units of lower layers with degree <= its own, outputs strictly below."""
+        ordering (1..D); hidden units a degree in [min of the layer below, D - 1]."""
         g = self._generator
         order = torch.arange(1, self.D + 1) if self.natural_ordering else (
             torch.randperm(self.D, generator=g) + 1)
-        degrees = [order]
+        degrees = []
         for layer in self.hidden:
-            low = int(degrees[-1].min()) if self.D > 1 else 1
+            low = int((degrees[-1] if degrees else order).min()) if self.D > 1 else 1
             # Sorted: the units are interchangeable, and in degree order every mask of a
             # natural ordering is a staircase that masked_linear computes block by block.
             degrees.append(torch.randint(min(low, self.D - 1), self.D, (layer.out_features,),
                                          generator=g).sort().values if self.D > 1
                            else torch.zeros(layer.out_features, dtype=torch.long))
-        hidden = [(d_out[:, None] >= d_in[None, :]).float()
-                  for d_in, d_out in zip(degrees[:-1], degrees[1:])]
+        return order, degrees
+
+    def _masks_of(self, order: Tensor, degrees: List[Tensor]):
+        """(hidden masks, out mask, direct mask), bool, on the degrees' device: a unit connects
+        to units of lower layers with degree <= its own, outputs strictly below."""
+        ins = [order] + degrees
+        hidden = [d_out[:, None] >= d_in[None, :] for d_in, d_out in zip(ins[:-1], ins[1:])]
         out_degrees = order.repeat_interleave(self.num_logits)  # outputs (d, logit) of dim d
-        out = (out_degrees[:, None] > degrees[-1][None, :]).float()
-        direct = (out_degrees[:, None] > order[None, :]).float()
-        return order, hidden, out, direct
+        return hidden, out_degrees[:, None] > ins[-1][None, :], out_degrees[:, None] > order
 
     def _use(self, index: int):
-        order, hidden, out, direct = self._masks[index]
+        hidden, out, direct = self._masks_of(
+            self.mask_orders[index], [getattr(self, n)[index] for n in self._degree_buffers])
         blocks = self._blocks[index]
         for layer, mask, b in zip(self.hidden, hidden, blocks):
             layer.set_mask(mask, b)
@@ -169,13 +185,14 @@ class MADE(AutoregressiveModel):
         if self.direct is not None:
             self.direct.set_mask(direct, blocks[-1])
         self.mask_index.fill_(index)
+        self._mask_index = index
 
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
         return self.image_shape
 
     def generation_order(self, event_shape) -> Tensor:
         """The dimensions in the ordering of the mask in use."""
-        return torch.argsort(self._masks[int(self.mask_index)][0])
+        return torch.argsort(self._orders[self._mask_index])
 
     def _scale(self, x: Tensor) -> Tensor:
         """Values (B, ...) as network inputs: in [0, 1] for num_values > 2, as is for binary."""
@@ -236,7 +253,7 @@ class MADE(AutoregressiveModel):
         return logits
 
     def _generation_order_cached(self) -> Tensor:
-        index = int(self.mask_index)
+        index = self._mask_index
         if getattr(self, "_order_for", None) != index:
             self._order, self._order_for = self.generation_order(None), index
         return self._order
@@ -254,9 +271,9 @@ class MADE(AutoregressiveModel):
         self.check_input(x, check_values=check_values)
         if self.training or self.num_masks == 1:
             if self.training and self.num_masks > 1:
-                self._use((int(self.mask_index) + 1) % self.num_masks)
+                self._use((self._mask_index + 1) % self.num_masks)
             return super().log_prob(x, check_values=False)
-        per_mask, current = [], int(self.mask_index)
+        per_mask, current = [], self._mask_index
         for i in range(self.num_masks):
             self._use(i)
             per_mask.append(super().log_prob(x, check_values=False))
@@ -278,7 +295,7 @@ class MADE(AutoregressiveModel):
         device = self.out.weight.device
         which = torch.randint(self.num_masks, (n,), generator=generator, device=device)
         x = torch.zeros(n, *self.image_shape, dtype=torch.long, device=device)
-        current = int(self.mask_index)
+        current = self._mask_index
         try:
             for i in range(self.num_masks):
                 rows = (which == i).nonzero().flatten()
