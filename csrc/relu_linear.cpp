@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <array>
 #include <tuple>
 #include <type_traits>
@@ -128,25 +129,211 @@ void with_few_outputs(int64_t O, const Fn& fn) {
   }
 }
 
-at::Tensor relu_linear_few_cpu(const at::Tensor& x, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias) {
+// --- CPU, outputs and inputs in whole vectors ------------------------------------------------
+// For out and in each 1, 2 or 4 vectors of 64 bytes (float: 16, 32 or 64 channels; double: 8,
+// 16 or 32), the sizes of PixelCNN's residual blocks and heads: GCC vector types, which each
+// FASTAR_CPU_MULTIVERSION clone lowers to its widest registers, several rows at a time so the
+// multiply-add chains overlap.
+
+// The helpers below take and return 64-byte vectors by value; they always inline, so the ABI
+// note GCC gives for clones without AVX-512 concerns no real call.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+template <typename T>
+struct Vec64 {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int lanes = 64 / sizeof(T);
+};
+
+template <typename V, typename T>
+FASTAR_HD V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+FASTAR_HD void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <typename V>
+FASTAR_HD V relu_vec(V v) {
+  const V zero = {};
+  return v < zero ? zero : v;  // NaN stays NaN, as torch.relu
+}
+
+// y (rows, O) = relu(x) wt + bias, wt = weight^T (K, O).
+template <typename T, int NV, int KV>
+FASTAR_CPU_MULTIVERSION void forward_wide(const T* x, const T* wt, const T* bias, int64_t rows,
+                                          T* y) {
+  using V = typename Vec64<T>::type;
+  constexpr int L = Vec64<T>::lanes, O = NV * L, K = KV * L, R = 8 / NV;  // rows at a time
+  V b[NV];
+  for (int v = 0; v < NV; ++v) b[v] = bias ? load<V>(bias + v * L) : V{};
+  int64_t r = 0;
+  auto run = [&](auto rows_at_once) {
+    constexpr int n = decltype(rows_at_once)::value;
+    V acc[n][NV];
+    for (int i = 0; i < n; ++i)
+      for (int v = 0; v < NV; ++v) acc[i][v] = b[v];
+    for (int k = 0; k < K; ++k) {
+      V w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = load<V>(wt + k * O + v * L);
+      for (int i = 0; i < n; ++i) {
+        const T xv = x[(r + i) * K + k];
+        const T xr = xv < T(0) ? T(0) : xv;
+        for (int v = 0; v < NV; ++v) acc[i][v] += w[v] * xr;
+      }
+    }
+    for (int i = 0; i < n; ++i)
+      for (int v = 0; v < NV; ++v) store(y + (r + i) * O + v * L, acc[i][v]);
+    r += n;
+  };
+  while (r + R <= rows) run(std::integral_constant<int, R>{});
+  while (r < rows) run(std::integral_constant<int, 1>{});
+}
+
+// One block of rows of the backward: grad_x (rows, K) = (g weight) where x > 0, and the
+// block's sums of grad_w (O, K) and grad_b (O), summed in T over sub-blocks of kSubRows rows
+// and added into double.
+constexpr int64_t kSubRows = 64;
+
+template <typename T, int NV, int KV>
+FASTAR_CPU_MULTIVERSION void backward_wide(const T* g, const T* x, const T* w, int64_t rows,
+                                           T* grad_x, double* grad_w, double* grad_b) {
+  using V = typename Vec64<T>::type;
+  constexpr int L = Vec64<T>::lanes, O = NV * L, K = KV * L;
+  constexpr int R = 8 / KV;  // rows at a time for grad_x
+  constexpr int P = 8 / KV;  // outputs at a time for grad_w
+  for (int64_t s0 = 0; s0 < rows; s0 += kSubRows) {
+    const int64_t n = std::min(kSubRows, rows - s0);
+    const T* gs = g + s0 * O;
+    const T* xs = x + s0 * K;
+    if (grad_x) {
+      int64_t r = 0;
+      auto run = [&](auto rows_at_once) {
+        constexpr int m = decltype(rows_at_once)::value;
+        V acc[m][KV] = {};
+        for (int o = 0; o < O; ++o) {
+          V wv[KV];
+          for (int v = 0; v < KV; ++v) wv[v] = load<V>(w + o * K + v * L);
+          for (int i = 0; i < m; ++i) {
+            const T go = gs[(r + i) * O + o];
+            for (int v = 0; v < KV; ++v) acc[i][v] += wv[v] * go;
+          }
+        }
+        const V zero = {};
+        for (int i = 0; i < m; ++i)
+          for (int v = 0; v < KV; ++v) {
+            const V xv = load<V>(xs + (r + i) * K + v * L);
+            store(grad_x + (s0 + r + i) * K + v * L, xv <= zero ? zero : acc[i][v]);
+          }
+        r += m;
+      };
+      while (r + R <= n) run(std::integral_constant<int, R>{});
+      while (r < n) run(std::integral_constant<int, 1>{});
+    }
+    if (grad_w) {
+      for (int o0 = 0; o0 < O; o0 += P) {
+        V acc[P][KV] = {};
+        for (int64_t r = 0; r < n; ++r) {
+          V xr[KV];
+          for (int v = 0; v < KV; ++v) xr[v] = relu_vec(load<V>(xs + r * K + v * L));
+          for (int p = 0; p < P; ++p) {
+            const T go = gs[r * O + o0 + p];
+            for (int v = 0; v < KV; ++v) acc[p][v] += xr[v] * go;
+          }
+        }
+        for (int p = 0; p < P; ++p)
+          for (int v = 0; v < KV; ++v)
+            for (int l = 0; l < L; ++l) grad_w[(o0 + p) * K + v * L + l] += acc[p][v][l];
+      }
+    }
+    if (grad_b) {
+      V acc[NV] = {};
+      for (int64_t r = 0; r < n; ++r)
+        for (int v = 0; v < NV; ++v) acc[v] += load<V>(gs + r * O + v * L);
+      for (int v = 0; v < NV; ++v)
+        for (int l = 0; l < L; ++l) grad_b[v * L + l] += acc[v][l];
+    }
+  }
+}
+
+// Vectors of 64 bytes in n (1, 2 or 4), or 0 where n is not such a size.
+int64_t whole_vectors(int64_t n, const at::Tensor& x) {
+  const int64_t bytes = n * x.element_size(), v = bytes / 64;
+  return bytes % 64 == 0 && (v == 1 || v == 2 || v == 4) ? v : 0;
+}
+
+// fn(std::integral_constant<int, v>{}) for v = 1, 2 or 4.
+template <typename Fn>
+void with_vectors(int64_t v, const Fn& fn) {
+  switch (v) {
+    case 1: return fn(std::integral_constant<int, 1>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    default: TORCH_INTERNAL_ASSERT(false, "relu_linear: ", v, " vectors");
+  }
+}
+
+// --- CPU launchers ------------------------------------------------------------------------------
+
+enum class Kernel { kAllRows, kFewOutputs, kWide };
+
+Kernel cpu_kernel(const at::Tensor& x, const at::Tensor& weight) {
+  if (x.dim() != 2 || weight.dim() != 2) return Kernel::kAllRows;  // for its shape error
+  const int64_t O = weight.size(0), K = x.size(1);
+  if (O >= 1 && O <= kFewOutputs) return Kernel::kFewOutputs;
+  const bool vector_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  if (vector_dtype && whole_vectors(O, x) && whole_vectors(K, x)) return Kernel::kWide;
+  return Kernel::kAllRows;
+}
+
+at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
+                           const std::optional<at::Tensor>& bias) {
+  const Kernel kernel = cpu_kernel(x_in, weight_in);
+  if (kernel == Kernel::kAllRows) return relu_linear_all_rows(x_in, weight_in, bias);
+  check_args("relu_linear", x_in, weight_in, bias);
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), O = weight.size(0);
   at::Tensor y = at::empty({M, O}, x.options());
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const at::Tensor wt = kernel == Kernel::kWide ? weight.t().contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "relu_linear", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, M, kRowsPerBlock, [&](int64_t r0, int64_t r1) {
-      forward_few(xp + r0 * K, wp, bp, r1 - r0, K, O, yp + r0 * O);
+      if (kernel == Kernel::kFewOutputs) {
+        forward_few(xp + r0 * K, wp, bp, r1 - r0, K, O, yp + r0 * O);
+        return;
+      }
+      if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+        with_vectors(whole_vectors(O, x), [&](auto nv) {
+          with_vectors(whole_vectors(K, x), [&](auto kv) {
+            forward_wide<scalar_t, decltype(nv)::value, decltype(kv)::value>(
+                xp + r0 * K, wt.const_data_ptr<scalar_t>(), bp, r1 - r0, yp + r0 * O);
+          });
+        });
+      }
     });
   });
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_few_cpu(
-    const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight, std::array<bool, 3> mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight_in,
+    std::array<bool, 3> mask) {
+  const Kernel kernel = cpu_kernel(x_in, weight_in);
+  if (kernel == Kernel::kAllRows)
+    return relu_linear_backward_all_rows(grad_out, x_in, weight_in, mask);
+  const char* op = "relu_linear_backward";
+  check_args(op, x_in, weight_in, std::nullopt);
+  check_grad(op, grad_out, x_in, weight_in);
+  const at::Tensor g = grad_out.contiguous(), x = x_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), O = weight.size(0);
   const int64_t blocks = std::max<int64_t>(1, (M + kRowsPerBlock - 1) / kRowsPerBlock);
   at::Tensor grad_x = mask[0] ? at::empty_like(x) : at::Tensor();
@@ -165,11 +352,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_few_cpu(
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, M - r0);
-        with_few_outputs(O, [&](auto outputs) {
-          backward_few<decltype(outputs)::value>(
-              gp + r0 * O, xp + r0 * K, wp, rows, K, gxp ? gxp + r0 * K : nullptr,
-              gwp ? gwp + b * O * K : nullptr, gbp ? gbp + b * O : nullptr);
-        });
+        scalar_t* gx = gxp ? gxp + r0 * K : nullptr;
+        double* gw = gwp ? gwp + b * O * K : nullptr;
+        double* gb = gbp ? gbp + b * O : nullptr;
+        if (kernel == Kernel::kFewOutputs) {
+          with_few_outputs(O, [&](auto outputs) {
+            backward_few<decltype(outputs)::value>(gp + r0 * O, xp + r0 * K, wp, rows, K, gx,
+                                                   gw, gb);
+          });
+          continue;
+        }
+        if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+          with_vectors(whole_vectors(O, x), [&](auto nv) {
+            with_vectors(whole_vectors(K, x), [&](auto kv) {
+              backward_wide<scalar_t, decltype(nv)::value, decltype(kv)::value>(
+                  gp + r0 * O, xp + r0 * K, wp, rows, gx, gw, gb);
+            });
+          });
+        }
       }
     });
   });
@@ -185,26 +385,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_few_cpu(
   };
   return {grad_x, mask[1] ? total(grad_ws, weight.sizes()) : at::Tensor(),
           mask[2] ? total(grad_bs, {O}) : at::Tensor()};
-}
-
-at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
-                           const std::optional<at::Tensor>& bias) {
-  if (weight_in.dim() != 2 || weight_in.size(0) > kFewOutputs)
-    return relu_linear_all_rows(x_in, weight_in, bias);
-  check_args("relu_linear", x_in, weight_in, bias);
-  return relu_linear_few_cpu(x_in.contiguous(), weight_in.contiguous(), bias);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    std::array<bool, 3> mask) {
-  if (weight.dim() != 2 || weight.size(0) > kFewOutputs)
-    return relu_linear_backward_all_rows(grad_out, x, weight, mask);
-  const char* op = "relu_linear_backward";
-  check_args(op, x, weight, std::nullopt);
-  check_grad(op, grad_out, x, weight);
-  return relu_linear_backward_few_cpu(grad_out.contiguous(), x.contiguous(), weight.contiguous(),
-                                      mask);
 }
 
 }  // namespace

@@ -247,12 +247,14 @@ def masked_linear_backward_samples(device, dtype, full=False):
 
 # --- relu_linear ------------------------------------------------------------------------------
 
-# (rows, in, out, bias): the CPU kernel for few outputs (1 to 8: one block of rows, several
-# blocks with a short last one, 512 rows each), and the ATen path beyond 8 outputs.
+# (rows, in, out, bias), covering each CPU kernel (csrc/relu_linear.cpp's cpu_kernel) in both
+# float32 and float64: few outputs (1 to 8: one block of 512 rows, several with a short last
+# one); inputs and outputs in whole 64-byte vectors (float32 16 -> 32, 32 -> 16, 16 -> 64;
+# float64 8 -> 16, 16 -> 32, 32 -> 16; row counts leaving remainders of the 8-row groups);
+# and the ATen path (9 outputs; 8 -> 16 and 16 -> 64 in one dtype each).
 _RELU_LINEAR_SHAPES = [(7, 5, 3, True), (3, 4, 1, False), (1300, 64, 1, True),
-                       (600, 17, 8, False), (40, 6, 9, True), (1100, 16, 64, False)]
-
-
+                       (600, 17, 8, False), (40, 6, 9, True), (1100, 16, 64, False),
+                       (1300, 32, 16, True), (517, 16, 32, False), (21, 8, 16, True)]
 def relu_linear_samples(device, dtype, full=False):
     out = []
     for M, n_in, n_out, bias in _RELU_LINEAR_SHAPES:

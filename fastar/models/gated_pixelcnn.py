@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from fastar.models._pixel_model import PixelModel
 from fastar.models.base import head_size
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
-from fastar.nn.conv import run_fusing_last_relu
+from fastar.nn.conv import run_fusing_relu
 
 
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -106,4 +106,4 @@ class GatedPixelCNN(PixelModel):
         v = h = self.scale_input(x)
         for layer in self.layers:
             v, h = layer(v, h, cond)
-        return run_fusing_last_relu(self.head, h)
+        return run_fusing_relu(self.head, h)

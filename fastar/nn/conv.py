@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops
-from fastar.ops.relu_linear import FEW_OUTPUTS as RELU_LINEAR_FEW_OUTPUTS
+from fastar.ops.relu_linear import has_cpu_kernel as relu_linear_has_cpu_kernel
 
 _size_2 = Union[int, Tuple[int, int]]
 
@@ -66,14 +66,15 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias, add_to: Optional[Tensor] =
     residual: a tensor of the output's shape) if given. On a channels-last x that product needs
     no copy; the result is channels-last whatever x's layout. oneDNN's 1x1 convolutions took
     1.5-9x longer forward and up to 2x longer forward + backward on this project's CPUs.
-    With relu_input and at most RELU_LINEAR_FEW_OUTPUTS outputs, fastar.ops.relu_linear
-    computes it without writing relu(x).
+    With relu_input, fastar.ops.relu_linear computes it without writing relu(x) where it has a
+    CPU kernel for the sizes.
     The product accumulates into add_to + bias in place (two passes over the output fewer than
     adding the residual after it: bench/bench_training.py) where the dtypes agree and autocast
     is off; otherwise the sum is formed afterwards."""
     weight = weight.flatten(1)
     if relu_input:
-        if weight.shape[0] > RELU_LINEAR_FEW_OUTPUTS or torch.is_autocast_enabled(x.device.type):
+        if (not relu_linear_has_cpu_kernel(x, *weight.shape)
+                or torch.is_autocast_enabled(x.device.type)):
             x = F.relu(x)
         else:
             y = ops.relu_linear(x.movedim(-3, -1), weight, bias).movedim(-1, -3)
@@ -195,19 +196,35 @@ class MaskedConv2d(nn.Conv2d):
             self.mask_type, self.color_groups)
 
 
-def run_fusing_last_relu(layers: nn.Sequential, x: Tensor) -> Tensor:
-    """layers(x), where layers ends in nn.ReLU and a 1x1 MaskedConv2d or PointwiseConv2d (an
-    image model's head), the pair running as one (forward(x, relu_input=True)). Hooks on the
-    pair or the Sequential take the unfused path, as the layers are written."""
+def run_fusing_relu(layers: nn.Sequential, x: Tensor, add_to: Optional[Tensor] = None) -> Tensor:
+    """layers(x) (+ add_to), where each nn.ReLU right before a 1x1 MaskedConv2d or
+    PointwiseConv2d runs with it as one (forward(x, relu_input=True): fastar.ops.relu_linear)
+    and add_to goes to the last layer's forward where it takes one. A layer with hooks runs as
+    written (a pre-hook must see relu(x), a forward hook the layer's own output), and so does a
+    hooked Sequential."""
     mods = list(layers)
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in [layers] + mods[-2:])
-    if (hooked or len(mods) < 2 or not isinstance(mods[-2], nn.ReLU)
-            or not isinstance(mods[-1], (MaskedConv2d, PointwiseConv2d))
-            or mods[-1].kernel_size != (1, 1)):
-        return layers(x)
-    for m in mods[:-2]:
-        x = m(x)
-    return mods[-1](x, relu_input=True)
+    if layers._forward_hooks or layers._forward_pre_hooks:
+        y = layers(x)
+        return y if add_to is None else y + add_to
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        fuse = (isinstance(m, nn.ReLU) and i + 1 < len(mods)
+                and isinstance(mods[i + 1], (MaskedConv2d, PointwiseConv2d))
+                and mods[i + 1].kernel_size == (1, 1)
+                and not (m._forward_hooks or m._forward_pre_hooks
+                         or mods[i + 1]._forward_hooks or mods[i + 1]._forward_pre_hooks))
+        if fuse:
+            i += 1
+            m = mods[i]
+        last = i == len(mods) - 1
+        kwargs = {"relu_input": True} if fuse else {}
+        if (last and add_to is not None and isinstance(m, (MaskedConv2d, PointwiseConv2d))
+                and not m._forward_hooks):
+            kwargs["add_to"], add_to = add_to, None
+        x = m(x, **kwargs)
+        i += 1
+    return x if add_to is None else x + add_to
 
 
 class CausalConv1d(nn.Conv1d):

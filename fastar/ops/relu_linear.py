@@ -12,10 +12,28 @@ from fastar import reference
 from fastar.ops._common import (check_floating, check_same_device, dtype_name,
                                 register_no_double_backward, use_reference)
 
-# Up to this many outputs (csrc/relu_linear.cpp's kFewOutputs) the CPU kernel beats relu and
-# F.linear; with more it runs them (and its backward recomputes relu(x) for the weight's
-# gradient, one more pass than autograd's, which keeps relu(x)).
+# Up to this many outputs (csrc/relu_linear.cpp's kFewOutputs) the CPU kernel takes any dtype
+# and number of inputs.
 FEW_OUTPUTS = 8
+
+
+def has_cpu_kernel(x: Tensor, out_features: int, in_features: int) -> bool:
+    """Whether relu_linear has a fused CPU kernel for these sizes (the rule of cpu_kernel in
+    csrc/relu_linear.cpp): few outputs, or float32/float64 with outputs and inputs each 1, 2 or
+    4 vectors of 64 bytes (float32: 16, 32 or 64). Elsewhere it runs relu and ATen's products,
+    and its backward recomputes relu(x) for the weight's gradient: one pass more than
+    F.linear(F.relu(x)), whose autograd keeps relu(x)."""
+    if x.device.type != "cpu":
+        return False
+    if 1 <= out_features <= FEW_OUTPUTS:
+        return True
+
+    def whole_vectors(n):
+        size = n * x.element_size()
+        return size % 64 == 0 and size // 64 in (1, 2, 4)
+
+    return (x.dtype in (torch.float32, torch.float64) and whole_vectors(out_features)
+            and whole_vectors(in_features))
 
 
 def relu_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -29,11 +47,11 @@ def relu_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Ten
     Returns:
         (*, out), contiguous, computed in x's dtype as F.linear is.
 
-    On the CPU with out <= FEW_OUTPUTS (a binary model's head: one Bernoulli logit per colour
-    channel), relu(x) is never written: the forward reads x once, the backward reads x and
-    writes x's gradient once (unfused: relu's pass each way, and for one output an outer
-    product that MKL writes slowly). With more outputs, and on other devices, it runs relu and
-    ATen's products. Differentiable in x, weight and bias; relu's gradient at x = 0 is 0, as
+    On the CPU, where has_cpu_kernel(x, out, in) (a binary model's head; PixelCNN's 1x1
+    layers at 16, 32 and 64 channels), relu(x) is never written: the forward reads x once, the
+    backward reads x and writes x's gradient once (unfused: relu's pass each way, and for one
+    output an outer product that MKL writes slowly). Elsewhere it runs relu and ATen's
+    products. Differentiable in x, weight and bias; relu's gradient at x = 0 is 0, as
     torch.relu's.
     """
     if use_reference():
