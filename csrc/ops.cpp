@@ -31,7 +31,7 @@ TORCH_LIBRARY(fastar, m) {
         "int[] blocks) -> (Tensor, Tensor, Tensor)");
 
   // relu(x) weight^T + bias for x (M, in), weight (out, in): a 1x1 convolution of channels-last
-  // pixels that begins with a ReLU (a binary model's head), without writing relu(x) to memory.
+  // pixels that begins with a ReLU (PixelCNN's blocks and heads), without writing relu(x).
   m.def("relu_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
   // (grad_x, grad_weight, grad_bias) of relu_linear; output_mask says which to compute (the
   // others come back undefined, None in Python).

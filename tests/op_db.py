@@ -37,6 +37,8 @@ class OpInfo:
     dtypes: Tuple[torch.dtype, ...] = FLOATS
     # gradcheck's tolerance for a second backward differing from the first (0: bit-identical).
     gradcheck_nondet_tol: float = 0.0
+    # Second derivatives: checked by gradgradcheck where True, else they must raise.
+    double_backward: bool = False
     # Arguments the op writes in place (Tensor(a!)), e.g. ring buffers: the generic tests give
     # every call fresh copies of them and compare what was written beside the outputs.
     mutated_args: Tuple[int, ...] = ()
@@ -381,7 +383,7 @@ OP_DB = [
     OpInfo("masked_linear_backward", masked_linear_backward_reference,
            masked_linear_backward_samples, batch_outputs=(0,)),
     OpInfo("relu_linear", reference.relu_linear, relu_linear_samples, fn=ops.relu_linear,
-           grad_args=(0, 1, 2)),
+           grad_args=(0, 1, 2), double_backward=True),
     OpInfo("relu_linear_backward", relu_linear_backward_reference,
            relu_linear_backward_samples, batch_outputs=(0,)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.

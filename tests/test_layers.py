@@ -342,7 +342,8 @@ def test_1x1_layers_add_a_residual_as_the_sum_would(layout):
     # add_to accumulates the product into residual + bias in place (channels-last, same
     # dtypes) or adds it afterwards; values and every gradient as conv(x) + residual.
     torch.manual_seed(0)
-    x, r = torch.randn(2, 4, 5, 3, dtype=torch.float64), torch.randn(2, 6, 5, 3, dtype=torch.float64)
+    x = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+    r = torch.randn(2, 6, 5, 3, dtype=torch.float64)
     if layout == "channels_last":
         x, r = channels_last(x), channels_last(r)
     elif layout == "unbatched":

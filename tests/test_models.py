@@ -1,3 +1,4 @@
+import copy
 import importlib.util
 import itertools
 
@@ -168,6 +169,25 @@ def test_made_switches_masks_without_reading_the_device():
     for _ in range(4):
         reference.train().log_prob(x)
     torch.testing.assert_close(lp, reference.eval().log_prob(x))
+
+
+def test_made_masks_follow_a_shared_index_and_survive_dtype_casts():
+    # A DataParallel replica shares device 0's buffers: the index it advances is the one the
+    # next step's replica continues from (simulated on the CPU as replicate() does).
+    x = torch.randint(0, 2, (4, 1, 3, 3))
+    model = MADE(image_shape=(1, 3, 3), hidden_sizes=(8, 6), num_masks=3).train()
+    seen = []
+    for _ in range(4):
+        model._replicate_for_data_parallel().log_prob(x)
+        seen.append(int(model.mask_index))
+    assert seen == [1, 2, 0, 1]
+    # Module.type() casts buffers: the degrees are not one, so bfloat16 keeps exact masks.
+    a = MADE(image_shape=(1, 28, 28), hidden_sizes=(50,), num_masks=2, natural_ordering=False)
+    b = copy.deepcopy(a).type(torch.bfloat16)
+    a._use(1)
+    b._use(1)
+    assert torch.equal(a.out.mask.bool(), b.out.mask.bool())
+    assert torch.equal(a.hidden[0].mask.bool(), b.hidden[0].mask.bool())
 
 
 def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):

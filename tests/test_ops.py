@@ -115,23 +115,29 @@ def test_reduced_precision(request, info, device, dtype):
             assert err <= bound * max(scale, 1.0), (sample.name, k, err, scale)
 
 
+def _of_grad_args(path, args, info):
+    """(f, inputs): path as a function of its differentiable arguments alone, for gradcheck."""
+    args = _with_grad(args, info)
+    index = [i for i in info.grad_args if args[i] is not None]
+
+    def f(*grad_inputs):
+        full = list(args)
+        for i, t in zip(index, grad_inputs):
+            full[i] = t
+        return path(*full)
+
+    return f, tuple(args[i] for i in index)
+
+
 @pytest.mark.parametrize("info,device", DIFFERENTIABLE)
 def test_gradcheck(info, device):
     for sample in info.sample_inputs(device, torch.float64):
         if not sample.gradcheck:
             continue
         for path in info.paths():
-            args = _with_grad(sample.args, info)
-            index = [i for i in info.grad_args if args[i] is not None]
-
-            def f(*grad_inputs):
-                full = list(args)
-                for i, t in zip(index, grad_inputs):
-                    full[i] = t
-                return path(*full)
-
-            assert torch.autograd.gradcheck(f, tuple(args[i] for i in index),
-                                            nondet_tol=info.gradcheck_nondet_tol), sample.name
+            f, inputs = _of_grad_args(path, sample.args, info)
+            assert torch.autograd.gradcheck(f, inputs, nondet_tol=info.gradcheck_nondet_tol), \
+                sample.name
 
 
 @pytest.mark.parametrize("info", OP_DB, ids=lambda i: i.name)
@@ -177,7 +183,13 @@ def test_torch_compile_fullgraph(info, device):
 
 
 @pytest.mark.parametrize("info,device", DIFFERENTIABLE)
-def test_double_backward_raises_instead_of_returning_zeros(info, device):
+def test_double_backward_is_right_or_raises_instead_of_returning_zeros(info, device):
+    if info.double_backward:
+        for sample in info.sample_inputs(device, torch.float64):
+            if sample.gradcheck:
+                for path in info.paths():
+                    assert torch.autograd.gradgradcheck(*_of_grad_args(path, sample.args, info))
+        return
     sample = info.sample_inputs(device, torch.float64)[0]
     for path in info.paths():
         args = _with_grad(sample.args, info)

@@ -30,17 +30,6 @@ def test_only_the_requested_gradients_are_computed_and_they_match(device):
     torch.testing.assert_close(gw, full[1])
 
 
-def test_blocks_and_threads_repeat_bit_for_bit():
-    # Several blocks per thread: the per-thread partial sums of grad_w are added in a fixed
-    # order, so a rerun gives the same bits.
-    x, w, g = torch.randn(20000, 32), torch.randn(16, 32), torch.randn(20000, 16)
-    a = torch.ops.fastar.relu_linear_backward(g, x, w, [True, True, True])
-    b = torch.ops.fastar.relu_linear_backward(g, x, w, [True, True, True])
-    for u, v in zip(a, b):
-        assert torch.equal(u, v)
-    torch.testing.assert_close(a[1], g.t() @ torch.relu(x), rtol=1e-5, atol=1e-4)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_leading_dims_nan_and_zero_follow_relu_then_linear(device):
     x = torch.randn(2, 3, 4, 5, device=device)
@@ -168,3 +157,81 @@ def test_hooked_heads_run_unfused():
     # Not ReLU + 1x1 at the end: the Sequential as it is.
     seq3 = nn.Sequential(nn.ReLU(), MaskedConv2d(4, 1, 3, "B")).double()
     torch.testing.assert_close(run_fusing_relu(seq3, x), seq3(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_has_cpu_kernel_says_which_path_the_cpu_op_takes(dtype):
+    # The Python mirror of csrc/cpu/relu_linear.cpp's rule: the ATen path shows up as ATen
+    # products inside the op, the kernels call none.
+    for n_in in (1, 8, 16, 24, 32, 64, 128):
+        for n_out in (0, 1, 8, 9, 16, 32, 48, 64, 128):
+            x, w = torch.randn(20, n_in, dtype=dtype), torch.randn(n_out, n_in, dtype=dtype)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                torch.ops.fastar.relu_linear(x, w)
+            aten = any(e.name in ("aten::mm", "aten::addmm") for e in p.events())
+            assert aten != has_cpu_kernel(x, n_out, n_in), (dtype, n_in, n_out)
+
+
+def test_second_derivatives_match_relu_then_linear():
+    # A backward under create_graph runs in ATen ops: gradient penalties and Hessian-vector
+    # products work, in PixelCNN too (its 16-channel blocks and binary head fuse).
+    from fastar.models import PixelCNN
+    torch.manual_seed(0)
+    x = torch.randn(70, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(32, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(32, dtype=torch.float64, requires_grad=True)
+
+    def penalty_grads(f):
+        gx, gw = torch.autograd.grad(f(x, w, b).pow(2).sum(), (x, w), create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum() + gw.pow(2).sum(), (x, w, b))
+
+    for got, want in zip(penalty_grads(ops.relu_linear),
+                         penalty_grads(lambda x, w, b: F.linear(F.relu(x), w, b))):
+        torch.testing.assert_close(got, want)
+    torch.autograd.gradgradcheck(ops.relu_linear, (x[:5], w, b))
+    model = PixelCNN(image_shape=(1, 5, 4), hidden_channels=16, num_layers=1,
+                     head_channels=16).double()
+    data = torch.randint(0, 2, (3, 1, 5, 4))
+
+    def hessian_term():
+        g = torch.autograd.grad(model.log_prob(data).sum(), list(model.parameters()),
+                                create_graph=True)
+        return torch.autograd.grad(sum(p.pow(2).sum() for p in g), list(model.parameters()))
+
+    fused = hessian_term()
+    with ops.implementation("reference"):
+        for a, r in zip(fused, hessian_term()):
+            torch.testing.assert_close(a, r)
+
+
+def test_hooks_of_every_kind_see_the_unfused_layers():
+    # Backward hooks, global hooks and in-place ReLUs keep the layers as written.
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.ReLU(), PointwiseConv2d(16, 16)).double()
+    x = torch.randn(2, 16, 3, 3, dtype=torch.float64, requires_grad=True)
+    seen = []
+    seq[1].register_full_backward_hook(lambda m, gi, go: seen.append(gi[0]))
+    run_fusing_relu(seq, x).sum().backward()
+    seq(x).sum().backward()
+    assert len(seen) == 2
+    torch.testing.assert_close(seen[0], seen[1])  # the gradient after the ReLU, not before
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: calls.append(type(m).__name__))
+    try:
+        run_fusing_relu(nn.Sequential(nn.ReLU(), PointwiseConv2d(16, 16)).double(), x)
+    finally:
+        handle.remove()
+    assert calls == ["ReLU", "PointwiseConv2d", "Sequential"]
+    inplace = nn.Sequential(nn.ReLU(inplace=True), PointwiseConv2d(16, 16)).double()
+    y = x.detach().clone()
+    run_fusing_relu(inplace, y)
+    assert (y >= 0).all()  # the in-place ReLU ran
+
+
+def test_models_run_on_the_meta_device():
+    from fastar.models import GatedPixelCNN, PixelCNN
+    for cls in (PixelCNN, GatedPixelCNN):
+        model = cls(image_shape=(1, 5, 4), hidden_channels=16, num_layers=2,
+                    head_channels=16).to("meta")
+        assert model.logits(torch.zeros(2, 1, 5, 4, device="meta")).shape == (2, 1, 5, 4)

@@ -104,19 +104,16 @@ class MADE(AutoregressiveModel):
                          for m in (*hidden, out, direct)]
                         for hidden, out, direct in masks]
         # Each mask is rebuilt from its degrees where the weights are (_use): switching masks
-        # then copies nothing from the host and never waits for the device.
-        self._orders = [order for order, _ in drawn]  # host copies: generation order
-        self.register_buffer("mask_orders", torch.stack(self._orders), persistent=False)
-        self._degree_buffers = []
-        for i in range(len(self.hidden)):
-            name = "mask_degrees%d" % i
-            self.register_buffer(name, torch.stack([d[i] for _, d in drawn]), persistent=False)
-            self._degree_buffers.append(name)
+        # then copies kilobytes (once per device), not the masks, and never waits for the
+        # device. Plain attributes, not buffers: Module.type() would cast buffers, rounding
+        # degrees above 256 in bfloat16.
+        self._degrees = [(order, degrees) for order, degrees in drawn]  # on the host
+        self._degrees_on = {}  # device -> the same tensors there
         # The mask in use is state: a resumed training run must continue the cycle where the
-        # checkpoint left it. _mask_index mirrors it on the host (reading the buffer would wait
-        # for the device).
+        # checkpoint left it. _mask_index mirrors the buffer on the host (reading it would wait
+        # for the device) while the buffer's version is the one _use wrote (_current_mask).
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
-        self._mask_index = 0
+        self._mask_index, self._mask_version = 0, None
         # The masks travel with the weights as a fingerprint: weights trained under other masks
         # (another seed or ordering) must not load silently into this model.
         self.register_buffer("masks_fingerprint", self._fingerprint(drawn, masks))
@@ -175,9 +172,14 @@ class MADE(AutoregressiveModel):
         out_degrees = order.repeat_interleave(self.num_logits)  # outputs (d, logit) of dim d
         return hidden, out_degrees[:, None] > ins[-1][None, :], out_degrees[:, None] > order
 
+    def _degrees_for(self, index: int, device: torch.device):
+        if device not in self._degrees_on:
+            self._degrees_on[device] = [(order.to(device), [d.to(device) for d in degrees])
+                                        for order, degrees in self._degrees]
+        return self._degrees_on[device][index]
+
     def _use(self, index: int):
-        hidden, out, direct = self._masks_of(
-            self.mask_orders[index], [getattr(self, n)[index] for n in self._degree_buffers])
+        hidden, out, direct = self._masks_of(*self._degrees_for(index, self.out.mask.device))
         blocks = self._blocks[index]
         for layer, mask, b in zip(self.hidden, hidden, blocks):
             layer.set_mask(mask, b)
@@ -185,14 +187,21 @@ class MADE(AutoregressiveModel):
         if self.direct is not None:
             self.direct.set_mask(direct, blocks[-1])
         self.mask_index.fill_(index)
-        self._mask_index = index
+        self._mask_index, self._mask_version = index, self.mask_index._version
+
+    def _current_mask(self) -> int:
+        """The index of the mask in use, read from the buffer only if something else wrote it
+        since _use (a DataParallel replica sharing it, a direct write)."""
+        if self.mask_index._version != self._mask_version:
+            self._mask_index, self._mask_version = int(self.mask_index), self.mask_index._version
+        return self._mask_index
 
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
         return self.image_shape
 
     def generation_order(self, event_shape) -> Tensor:
         """The dimensions in the ordering of the mask in use."""
-        return torch.argsort(self._orders[self._mask_index])
+        return torch.argsort(self._degrees[self._current_mask()][0])
 
     def _scale(self, x: Tensor) -> Tensor:
         """Values (B, ...) as network inputs: in [0, 1] for num_values > 2, as is for binary."""
@@ -253,7 +262,7 @@ class MADE(AutoregressiveModel):
         return logits
 
     def _generation_order_cached(self) -> Tensor:
-        index = self._mask_index
+        index = self._current_mask()
         if getattr(self, "_order_for", None) != index:
             self._order, self._order_for = self.generation_order(None), index
         return self._order
@@ -271,9 +280,9 @@ class MADE(AutoregressiveModel):
         self.check_input(x, check_values=check_values)
         if self.training or self.num_masks == 1:
             if self.training and self.num_masks > 1:
-                self._use((self._mask_index + 1) % self.num_masks)
+                self._use((self._current_mask() + 1) % self.num_masks)
             return super().log_prob(x, check_values=False)
-        per_mask, current = [], self._mask_index
+        per_mask, current = [], self._current_mask()
         for i in range(self.num_masks):
             self._use(i)
             per_mask.append(super().log_prob(x, check_values=False))
@@ -295,7 +304,7 @@ class MADE(AutoregressiveModel):
         device = self.out.weight.device
         which = torch.randint(self.num_masks, (n,), generator=generator, device=device)
         x = torch.zeros(n, *self.image_shape, dtype=torch.long, device=device)
-        current = self._mask_index
+        current = self._current_mask()
         try:
             for i in range(self.num_masks):
                 rows = (which == i).nonzero().flatten()

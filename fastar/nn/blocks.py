@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops
-from fastar.nn.conv import CausalConv1d, PointwiseConv2d, conv2d_rows_above, zero_pad
+from fastar.nn.conv import (CausalConv1d, PointwiseConv2d, conv2d_rows_above, has_hooks,
+                            zero_pad)
 
 
 class _Conditioning(nn.Module):
@@ -35,7 +36,7 @@ def _add_link(h_in: Tensor, v_pre: Tensor, h_conv: nn.Conv2d, v_to_h: nn.Conv2d)
     recompute .weight in one) take the unfused path."""
     out_shape = (h_in.shape[0], h_conv.out_channels, h_in.shape[-2],
                  h_in.shape[-1] - h_conv.kernel_size[1] + 1)
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (h_conv, v_to_h))
+    hooked = has_hooks(h_conv) or has_hooks(v_to_h)
     if hooked or not (v_pre.dim() == 4 and v_pre.is_contiguous(memory_format=torch.channels_last)
                       and tuple(v_pre.shape) == out_shape):
         return h_conv(h_in) + v_to_h(zero_pad(v_pre, -2, 1, -1))
@@ -101,7 +102,7 @@ class GatedPixelCNNLayer(nn.Module):
             v_cond, h_cond = self.v_cond(cond, 2), self.h_cond(cond, 2)
         v_out = ops.gated_activation(v_pre, v_cond)
         h_gated = ops.gated_activation(h_pre, h_cond)
-        if self.residual and not self.h_out._forward_hooks:  # a hook sees h_out's own output
+        if self.residual and not has_hooks(self.h_out):  # a hook sees h_out's own output
             return v_out, self.h_out(h_gated, add_to=h)
         h_out = self.h_out(h_gated)
         return v_out, (h + h_out if self.residual else h_out)

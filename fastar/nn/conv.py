@@ -21,6 +21,22 @@ def _pair(v: _size_2, name: str = "value", owner: str = "fastar.nn") -> Tuple[in
     return pair
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether module has forward or backward hooks, its own or global ones: the fused paths
+    that skip a module's call or change what its call sees (run_fusing_relu, the Gated layer's
+    link and residual) run the modules as written then, so every hook sees what it would."""
+    from torch.nn.modules import module as torch_module
+    return any(hooks for hooks in (
+        module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+        module._backward_pre_hooks, torch_module._global_forward_hooks,
+        torch_module._global_forward_pre_hooks, torch_module._global_backward_hooks,
+        torch_module._global_backward_pre_hooks))
+
+
+def _autocast_on(x: Tensor) -> bool:
+    return not x.is_meta and torch.is_autocast_enabled(x.device.type)  # meta has no autocast
+
+
 def zero_pad(x: Tensor, dim: int, before: int, after: int = 0) -> Tensor:
     """F.pad with zeros along one dim: `before` >= 0 zeros in front, `after` zeros behind
     (< 0: drop that many entries; with nothing to add, x or a view of it comes back). For a
@@ -67,14 +83,13 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias, add_to: Optional[Tensor] =
     no copy; the result is channels-last whatever x's layout. oneDNN's 1x1 convolutions took
     1.5-9x longer forward and up to 2x longer forward + backward on this project's CPUs.
     With relu_input, fastar.ops.relu_linear computes it without writing relu(x) where it has a
-    CPU kernel for the sizes.
-    The product accumulates into add_to + bias in place (two passes over the output fewer than
-    adding the residual after it: bench/bench_training.py) where the dtypes agree and autocast
-    is off; otherwise the sum is formed afterwards."""
+    CPU kernel for the sizes (and adds add_to afterwards).
+    Otherwise the product accumulates into add_to + bias in place (two passes over the output
+    fewer than adding the residual after it: bench/bench_training.py) where the dtypes agree and
+    autocast is off; else the sum is formed afterwards."""
     weight = weight.flatten(1)
     if relu_input:
-        if (not relu_linear_has_cpu_kernel(x, *weight.shape)
-                or torch.is_autocast_enabled(x.device.type)):
+        if not relu_linear_has_cpu_kernel(x, *weight.shape) or _autocast_on(x):
             x = F.relu(x)
         else:
             y = ops.relu_linear(x.movedim(-3, -1), weight, bias).movedim(-1, -3)
@@ -84,7 +99,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias, add_to: Optional[Tensor] =
     fused = (add_to is not None and add_to.shape == out_shape and add_to.device == x.device
              and x.dtype == weight.dtype == add_to.dtype
              and (bias is None or bias.dtype == x.dtype)
-             and not torch.is_autocast_enabled(x.device.type))
+             and not _autocast_on(x))
     if not fused:
         y = F.linear(pixels, weight, bias).movedim(-1, -3)
         return y if add_to is None else y + add_to
@@ -199,28 +214,25 @@ class MaskedConv2d(nn.Conv2d):
 def run_fusing_relu(layers: nn.Sequential, x: Tensor, add_to: Optional[Tensor] = None) -> Tensor:
     """layers(x) (+ add_to), where each nn.ReLU right before a 1x1 MaskedConv2d or
     PointwiseConv2d runs with it as one (forward(x, relu_input=True): fastar.ops.relu_linear)
-    and add_to goes to the last layer's forward where it takes one. A layer with hooks runs as
-    written (a pre-hook must see relu(x), a forward hook the layer's own output), and so does a
-    hooked Sequential."""
-    mods = list(layers)
-    if layers._forward_hooks or layers._forward_pre_hooks:
+    and add_to goes to the last layer's forward where it takes one. Modules with hooks
+    (has_hooks), in-place ReLUs and a hooked Sequential run as written."""
+    if has_hooks(layers):
         y = layers(x)
         return y if add_to is None else y + add_to
+    mods = list(layers)
     i = 0
     while i < len(mods):
         m = mods[i]
-        fuse = (isinstance(m, nn.ReLU) and i + 1 < len(mods)
+        fuse = (isinstance(m, nn.ReLU) and not m.inplace and i + 1 < len(mods)
                 and isinstance(mods[i + 1], (MaskedConv2d, PointwiseConv2d))
                 and mods[i + 1].kernel_size == (1, 1)
-                and not (m._forward_hooks or m._forward_pre_hooks
-                         or mods[i + 1]._forward_hooks or mods[i + 1]._forward_pre_hooks))
+                and not has_hooks(m) and not has_hooks(mods[i + 1]))
         if fuse:
             i += 1
             m = mods[i]
-        last = i == len(mods) - 1
         kwargs = {"relu_input": True} if fuse else {}
-        if (last and add_to is not None and isinstance(m, (MaskedConv2d, PointwiseConv2d))
-                and not m._forward_hooks):
+        if (i == len(mods) - 1 and add_to is not None
+                and isinstance(m, (MaskedConv2d, PointwiseConv2d)) and not has_hooks(m)):
             kwargs["add_to"], add_to = add_to, None
         x = m(x, **kwargs)
         i += 1

@@ -51,8 +51,10 @@ def relu_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Ten
     layers at 16, 32 and 64 channels), relu(x) is never written: the forward reads x once, the
     backward reads x and writes x's gradient once (unfused: relu's pass each way, and for one
     output an outer product that MKL writes slowly). Elsewhere it runs relu and ATen's
-    products. Differentiable in x, weight and bias; relu's gradient at x = 0 is 0, as
-    torch.relu's.
+    products. Differentiable in x, weight and bias, twice too (a backward under create_graph
+    runs in ATen ops); relu's gradient at x = 0 is 0, as torch.relu's. Unlike F.linear, weight
+    must be 2-D and autocast does not cast the inputs (the layers fall back to relu and
+    F.linear under autocast).
     """
     if use_reference():
         return reference.relu_linear(x, weight, bias)
@@ -109,6 +111,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: a differentiable backward, in ATen ops
+        relu = torch.relu(x)
+        return (grad_out @ weight * (x > 0) if ctx.needs_input_grad[0] else None,
+                grad_out.t() @ relu if ctx.needs_input_grad[1] else None,
+                grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None)
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             ctx.has_bias and ctx.needs_input_grad[2]]
     if not any(mask):
