@@ -249,7 +249,7 @@ def masked_linear_backward_samples(device, dtype, full=False):
 
 # --- relu_linear ------------------------------------------------------------------------------
 
-# (rows, in, out, bias), covering each CPU kernel (csrc/relu_linear.cpp's cpu_kernel) in both
+# (rows, in, out, bias), covering each CPU kernel (csrc/cpu/relu_linear.cpp's cpu_kernel) in both
 # float32 and float64: few outputs (1 to 8: one block of 512 rows, several with a short last
 # one); inputs and outputs in whole 64-byte vectors (float32 16 -> 32, 32 -> 16, 16 -> 64;
 # float64 8 -> 16, 16 -> 32, 32 -> 16; row counts leaving remainders of the 8-row groups);

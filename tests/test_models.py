@@ -172,15 +172,19 @@ def test_made_switches_masks_without_reading_the_device():
 
 
 def test_made_masks_follow_a_shared_index_and_survive_dtype_casts():
-    # A DataParallel replica shares device 0's buffers: the index it advances is the one the
-    # next step's replica continues from (simulated on the CPU as replicate() does).
+    # DataParallel replicas, made afresh each step: replica 0 shares the model's buffers,
+    # the others get copies broadcast before the step; all must train the same next mask, and
+    # the model's buffer must advance (simulated on the CPU as replicate() does).
     x = torch.randint(0, 2, (4, 1, 3, 3))
     model = MADE(image_shape=(1, 3, 3), hidden_sizes=(8, 6), num_masks=3).train()
     seen = []
     for _ in range(4):
-        model._replicate_for_data_parallel().log_prob(x)
-        seen.append(int(model.mask_index))
-    assert seen == [1, 2, 0, 1]
+        first, other = (model._replicate_for_data_parallel() for _ in range(2))
+        other.mask_index = model.mask_index.clone()
+        first.log_prob(x)
+        other.log_prob(x)
+        seen.append((first._mask_index, other._mask_index, int(model.mask_index)))
+    assert seen == [(1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)]
     # Module.type() casts buffers: the degrees are not one, so bfloat16 keeps exact masks.
     a = MADE(image_shape=(1, 28, 28), hidden_sizes=(50,), num_masks=2, natural_ordering=False)
     b = copy.deepcopy(a).type(torch.bfloat16)

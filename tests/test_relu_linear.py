@@ -189,6 +189,14 @@ def test_second_derivatives_match_relu_then_linear():
                          penalty_grads(lambda x, w, b: F.linear(F.relu(x), w, b))):
         torch.testing.assert_close(got, want)
     torch.autograd.gradgradcheck(ops.relu_linear, (x[:5], w, b))
+    # inf and NaN as torch.relu's own gradient treats them, under create_graph too.
+    xs = torch.tensor([[-1.0, 2.0], [float("nan"), 1.0]], requires_grad=True)
+    ws = torch.ones(1, 2, requires_grad=True)
+    g = torch.tensor([[float("inf")], [1.0]])
+    for create_graph in (False, True):
+        (got,) = torch.autograd.grad(ops.relu_linear(xs, ws), xs, g, create_graph=create_graph)
+        (want,) = torch.autograd.grad(F.linear(F.relu(xs), ws), xs, g)
+        torch.testing.assert_close(got, want, equal_nan=True)
     model = PixelCNN(image_shape=(1, 5, 4), hidden_channels=16, num_layers=1,
                      head_channels=16).double()
     data = torch.randint(0, 2, (3, 1, 5, 4))
@@ -230,8 +238,12 @@ def test_hooks_of_every_kind_see_the_unfused_layers():
 
 
 def test_models_run_on_the_meta_device():
-    from fastar.models import GatedPixelCNN, PixelCNN
+    from fastar.models import MADE, GatedPixelCNN, PixelCNN
+    x = torch.zeros(2, 1, 5, 4, dtype=torch.long, device="meta")
     for cls in (PixelCNN, GatedPixelCNN):
         model = cls(image_shape=(1, 5, 4), hidden_channels=16, num_layers=2,
                     head_channels=16).to("meta")
-        assert model.logits(torch.zeros(2, 1, 5, 4, device="meta")).shape == (2, 1, 5, 4)
+        assert model.logits(x.float()).shape == (2, 1, 5, 4)
+    made = MADE(image_shape=(1, 5, 4), hidden_sizes=(8,), num_masks=3).to("meta")
+    for mode in (True, False):
+        assert made.train(mode).log_prob(x, check_values=False).shape == (2,)

@@ -110,10 +110,10 @@ class MADE(AutoregressiveModel):
         self._degrees = [(order, degrees) for order, degrees in drawn]  # on the host
         self._degrees_on = {}  # device -> the same tensors there
         # The mask in use is state: a resumed training run must continue the cycle where the
-        # checkpoint left it. _mask_index mirrors the buffer on the host (reading it would wait
-        # for the device) while the buffer's version is the one _use wrote (_current_mask).
+        # checkpoint left it. The host copy _mask_index is what the model reads (the buffer
+        # would wait for the device); _use writes both, load_state_dict reads the buffer.
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
-        self._mask_index, self._mask_version = 0, None
+        self._mask_index = 0
         # The masks travel with the weights as a fingerprint: weights trained under other masks
         # (another seed or ordering) must not load silently into this model.
         self.register_buffer("masks_fingerprint", self._fingerprint(drawn, masks))
@@ -187,13 +187,15 @@ class MADE(AutoregressiveModel):
         if self.direct is not None:
             self.direct.set_mask(direct, blocks[-1])
         self.mask_index.fill_(index)
-        self._mask_index, self._mask_version = index, self.mask_index._version
+        self._mask_index = index
 
     def _current_mask(self) -> int:
-        """The index of the mask in use, read from the buffer only if something else wrote it
-        since _use (a DataParallel replica sharing it, a direct write)."""
-        if self.mask_index._version != self._mask_version:
-            self._mask_index, self._mask_version = int(self.mask_index), self.mask_index._version
+        """The index of the mask in use: the host copy. A DataParallel replica (made afresh each
+        step from the model, sharing or copying its buffer, which replica 0 advanced the step
+        before) reads the buffer instead: one sync per step there. A direct write to the buffer
+        is not seen; load_state_dict's is."""
+        if getattr(self, "_is_replica", False):
+            self._mask_index = int(self.mask_index)
         return self._mask_index
 
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:

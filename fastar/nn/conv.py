@@ -5,6 +5,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 
 from fastar import ops
 from fastar.ops.relu_linear import has_cpu_kernel as relu_linear_has_cpu_kernel
@@ -25,7 +26,6 @@ def has_hooks(module: nn.Module) -> bool:
     """Whether module has forward or backward hooks, its own or global ones: the fused paths
     that skip a module's call or change what its call sees (run_fusing_relu, the Gated layer's
     link and residual) run the modules as written then, so every hook sees what it would."""
-    from torch.nn.modules import module as torch_module
     return any(hooks for hooks in (
         module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
         module._backward_pre_hooks, torch_module._global_forward_hooks,

@@ -10,7 +10,7 @@ in the input dtype as F.linear is) and relu_linear (CPU kernels for few outputs 
 16/32/64 channels, ATen products for other sizes and devices). Each has a
 pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
 instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
-order: a double backward raises a clear error), traceable by torch.compile(fullgraph=True) and
+order: a double backward raises a clear error; relu_linear twice), traceable by torch.compile(fullgraph=True) and
 checked by torch.library.opcheck. `python -m fastar.info` lists them with their devices.
 """
 

@@ -1,6 +1,7 @@
-"""relu_linear: F.linear(relu(x), weight, bias) without writing relu(x) to memory (the last 1x1
-convolution of a binary image model's head). The public function, its fake kernels and its
-autograd formula; the kernels are in csrc/relu_linear.cpp."""
+"""relu_linear: F.linear(relu(x), weight, bias) without writing relu(x) to memory (the 1x1
+convolutions after a ReLU in PixelCNN's blocks and the image models' heads). The public
+function, its fake kernels and its autograd formula; the kernels are in csrc/cpu/relu_linear.cpp
+(CPU) and csrc/relu_linear.cpp (every device)."""
 
 import math
 from typing import Optional
@@ -12,14 +13,14 @@ from fastar import reference
 from fastar.ops._common import (check_floating, check_same_device, dtype_name,
                                 register_no_double_backward, use_reference)
 
-# Up to this many outputs (csrc/relu_linear.cpp's kFewOutputs) the CPU kernel takes any dtype
+# Up to this many outputs (csrc/cpu/relu_linear.cpp's kFewOutputs) the CPU kernel takes any dtype
 # and number of inputs.
 FEW_OUTPUTS = 8
 
 
 def has_cpu_kernel(x: Tensor, out_features: int, in_features: int) -> bool:
     """Whether relu_linear has a fused CPU kernel for these sizes (the rule of cpu_kernel in
-    csrc/relu_linear.cpp): few outputs, or float32/float64 with outputs and inputs each 1, 2 or
+    csrc/cpu/relu_linear.cpp, for GCC builds: others have no vector kernel): few outputs, or float32/float64 with outputs and inputs each 1, 2 or
     4 vectors of 64 bytes (float32: 16, 32 or 64). Elsewhere it runs relu and ATen's products,
     and its backward recomputes relu(x) for the weight's gradient: one pass more than
     F.linear(F.relu(x)), whose autograd keeps relu(x)."""
@@ -112,9 +113,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph: a differentiable backward, in ATen ops
-        relu = torch.relu(x)
-        return (grad_out @ weight * (x > 0) if ctx.needs_input_grad[0] else None,
-                grad_out.t() @ relu if ctx.needs_input_grad[1] else None,
+        # threshold_backward is torch.relu's own gradient (inf * 0 stays 0, NaN passes).
+        return (torch.ops.aten.threshold_backward(grad_out @ weight, x, 0)
+                if ctx.needs_input_grad[0] else None,
+                grad_out.t() @ torch.relu(x) if ctx.needs_input_grad[1] else None,
                 grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None)
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             ctx.has_bias and ctx.needs_input_grad[2]]
