@@ -194,6 +194,25 @@ def test_made_masks_follow_a_shared_index_and_survive_dtype_casts():
     assert torch.equal(a.hidden[0].mask.bool(), b.hidden[0].mask.bool())
 
 
+@pytest.mark.parametrize("hidden", [(8,), (8000,)])
+def test_made_builds_on_meta_and_loads_weights_after_to_empty(hidden):
+    # Deferred initialisation: masks are drawn on the host under a meta device context, the
+    # fingerprint is checked against that draw (the buffer holds garbage after to_empty), and
+    # loading rebuilds the masks of the loaded mask_index (8000 units: staircase blocks).
+    kw = dict(image_shape=(1, 28, 28), hidden_sizes=hidden, num_masks=3 if hidden == (8,) else 1,
+              natural_ordering=hidden != (8,))
+    trained = MADE(**kw).train()
+    x = torch.randint(0, 2, (2, 1, 28, 28))
+    trained.log_prob(x)
+    with torch.device("meta"):
+        model = MADE(**kw)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(trained.state_dict())
+    assert model._mask_index == trained._mask_index
+    torch.testing.assert_close(model.eval().log_prob(x), trained.eval().log_prob(x),
+                               rtol=0, atol=0)
+
+
 def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):
     model = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2,
                           head_channels=6, num_classes=3).eval()

@@ -116,7 +116,9 @@ class MADE(AutoregressiveModel):
         self._mask_index = 0
         # The masks travel with the weights as a fingerprint: weights trained under other masks
         # (another seed or ordering) must not load silently into this model.
-        self.register_buffer("masks_fingerprint", self._fingerprint(drawn, masks))
+        # Checked against the host copy: the buffer may hold anything after to_empty().
+        self._fingerprint_value = self._fingerprint(drawn, masks)
+        self.register_buffer("masks_fingerprint", torch.tensor(self._fingerprint_value))
         self._register_load_state_dict_pre_hook(self._check_masks)
         # The layers hold the mask of mask_index: a loaded mask_index must take effect.
         self.register_load_state_dict_post_hook(
@@ -124,13 +126,13 @@ class MADE(AutoregressiveModel):
         self._use(0)
 
     @staticmethod
-    def _fingerprint(drawn, masks) -> Tensor:
+    def _fingerprint(drawn, masks) -> int:
         h = hashlib.sha256()
         for (order, _), (hidden, out, direct) in zip(drawn, masks):
             for t in (order, *hidden, out, direct):
                 h.update(t.to(torch.int8 if t.dtype == torch.bool else torch.int64).numpy()
                          .tobytes())
-        return torch.tensor(int.from_bytes(h.digest()[:8], "little", signed=True))
+        return int.from_bytes(h.digest()[:8], "little", signed=True)
 
     def _check_masks(self, state_dict, prefix, local_metadata, strict, missing, unexpected,
                      errors):
@@ -139,8 +141,8 @@ class MADE(AutoregressiveModel):
             warnings.warn("MADE: the state dict has no masks_fingerprint (saved before fastar "
                           "recorded the masks): nothing shows these weights were trained under "
                           "this model's masks (seed %d)" % self.config.seed)
-            state_dict[prefix + "masks_fingerprint"] = self.masks_fingerprint.clone()
-        elif int(stored) != int(self.masks_fingerprint):
+            state_dict[prefix + "masks_fingerprint"] = torch.tensor(self._fingerprint_value)
+        elif int(stored) != self._fingerprint_value:
             raise RuntimeError(
                 "MADE: these weights were trained under other masks (another seed, ordering, "
                 "num_masks or hidden_sizes): build the model with the config they were saved "
@@ -152,16 +154,17 @@ class MADE(AutoregressiveModel):
         """Degrees per layer (Germain et al., sec. 4): inputs get their position in the
         ordering (1..D); hidden units a degree in [min of the layer below, D - 1]."""
         g = self._generator
-        order = torch.arange(1, self.D + 1) if self.natural_ordering else (
-            torch.randperm(self.D, generator=g) + 1)
+        cpu = torch.device("cpu")  # the generator's, also under a torch.device("meta") context
+        order = torch.arange(1, self.D + 1, device=cpu) if self.natural_ordering else (
+            torch.randperm(self.D, generator=g, device=cpu) + 1)
         degrees = []
         for layer in self.hidden:
             low = int((degrees[-1] if degrees else order).min()) if self.D > 1 else 1
             # Sorted: the units are interchangeable, and in degree order every mask of a
             # natural ordering is a staircase that masked_linear computes block by block.
             degrees.append(torch.randint(min(low, self.D - 1), self.D, (layer.out_features,),
-                                         generator=g).sort().values if self.D > 1
-                           else torch.zeros(layer.out_features, dtype=torch.long))
+                                         generator=g, device=cpu).sort().values if self.D > 1
+                           else torch.zeros(layer.out_features, dtype=torch.long, device=cpu))
         return order, degrees
 
     def _masks_of(self, order: Tensor, degrees: List[Tensor]):

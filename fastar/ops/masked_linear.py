@@ -29,7 +29,8 @@ def staircase_blocks(mask: Tensor, num_blocks: int = 16) -> Optional[List[int]]:
     if out == 0 or not torch.equal(mask, prefix.to(mask.dtype)) \
             or bool((counts.diff() < 0).any()):
         return None
-    bounds = torch.linspace(0, out, min(num_blocks, out) + 1).round().long().unique().tolist()
+    bounds = torch.linspace(0, out, min(num_blocks, out) + 1, device="cpu")
+    bounds = bounds.round().long().unique().tolist()  # host: not the default device's
     blocks = []
     for r0, r1 in zip(bounds[:-1], bounds[1:]):
         blocks += [r1, int(counts[r0]), int(counts[r1 - 1])]
