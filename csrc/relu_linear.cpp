@@ -1,6 +1,6 @@
 // relu_linear on every device: relu then ATen's products (common/relu_linear_args.cpp). The
 // CPU has its own kernels (cpu/relu_linear.cpp); autograd is registered from
-// fastar/ops/relu_linear.py.
+// fastar/ops/relu.py.
 
 #include <torch/library.h>
 

@@ -7,7 +7,7 @@ import fastar.ops as ops
 from conftest import DEVICES
 from fastar.nn import MaskedConv2d, PointwiseConv2d
 from fastar.nn.conv import run_fusing_relu
-from fastar.ops.relu_linear import has_cpu_kernel
+from fastar.ops.relu import has_cpu_kernel
 
 # The generic checks (reference, dtypes, gradcheck, opcheck, compile, empty batch, strides,
 # CUDA == CPU) run from tests/op_db.py; here: what the fusion must keep.

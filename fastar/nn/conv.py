@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
 from fastar import ops
-from fastar.ops.relu_linear import has_cpu_kernel as relu_linear_has_cpu_kernel
+from fastar.ops.relu import has_cpu_kernel as relu_linear_has_cpu_kernel
 
 _size_2 = Union[int, Tuple[int, int]]
 

@@ -10,8 +10,9 @@ in the input dtype as F.linear is) and relu_linear (CPU kernels for few outputs 
 16/32/64 channels, ATen products for other sizes and devices). Each has a
 pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
 instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
-order: a double backward raises a clear error; relu_linear twice), traceable by torch.compile(fullgraph=True) and
-checked by torch.library.opcheck. `python -m fastar.info` lists them with their devices.
+order: a double backward raises a clear error; relu_linear twice), traceable by
+torch.compile(fullgraph=True) and checked by torch.library.opcheck. `python -m fastar.info`
+lists them with their devices.
 """
 
 from typing import Dict, List
@@ -27,7 +28,7 @@ from fastar.ops._common import current_implementation, implementation  # noqa: E
 from fastar.ops.dmol import dmol_log_prob  # noqa: E402
 from fastar.ops.gated import gated_activation  # noqa: E402
 from fastar.ops.masked_linear import masked_linear, staircase_blocks  # noqa: E402
-from fastar.ops.relu_linear import relu_linear  # noqa: E402
+from fastar.ops.relu import relu_linear  # noqa: E402
 from fastar.ops.wavenet import wavenet_generate  # noqa: E402
 
 __all__ = ["current_implementation", "dmol_log_prob", "gated_activation", "implementation",
