@@ -266,7 +266,8 @@ def relu_linear_samples(device, dtype, full=False):
                                "%dx%d->%d%s" % (M, n_in, n_out, "+bias" if bias else ""),
                                gradcheck=M * n_in < 2000))
     # Exact zeros, where relu's gradient is 0 as torch.relu's (no gradcheck at the kink), for
-    # both paths; and empty batches of rows and of inputs.
+    # the few-outputs and ATen paths (the vector kernel's: test_relu_linear.py's extreme
+    # values); and empty batches of rows and of inputs.
     for n_out in (3, 12):
         x = _float((6, 4), dtype, device)
         x[::2] = 0.0
@@ -279,12 +280,8 @@ def relu_linear_samples(device, dtype, full=False):
     return out
 
 
-def relu_linear_backward_reference(grad_out, x, weight, output_mask):
-    relu = torch.relu(x)
-    return ((grad_out @ weight) * (x > 0), grad_out.t() @ relu, grad_out.sum(0))
-
-
 def relu_linear_backward_samples(device, dtype, full=False):
+    # Every gradient (tests/test_relu_linear.py asks for them one at a time).
     return [SampleInput((_float((s.args[0].shape[0], s.args[1].shape[0]), dtype, device),
                          s.args[0], s.args[1], [True, True, True]), s.name)
             for s in relu_linear_samples(device, dtype, full)]
@@ -384,7 +381,7 @@ OP_DB = [
            masked_linear_backward_samples, batch_outputs=(0,)),
     OpInfo("relu_linear", reference.relu_linear, relu_linear_samples, fn=ops.relu_linear,
            grad_args=(0, 1, 2), double_backward=True),
-    OpInfo("relu_linear_backward", relu_linear_backward_reference,
+    OpInfo("relu_linear_backward", reference.relu_linear_backward,
            relu_linear_backward_samples, batch_outputs=(0,)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,

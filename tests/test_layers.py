@@ -339,8 +339,9 @@ def test_gated_layer_honours_pruned_weights_on_the_channels_last_path():
 
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous", "unbatched"])
 def test_1x1_layers_add_a_residual_as_the_sum_would(layout):
-    # add_to accumulates the product into residual + bias in place (channels-last, same
-    # dtypes) or adds it afterwards; values and every gradient as conv(x) + residual.
+    # add_to accumulates the product into residual + bias in place (same dtypes) or adds it
+    # afterwards, also after a fused ReLU (relu_input, PixelCNN's blocks); values and every
+    # gradient as conv(x) + residual.
     torch.manual_seed(0)
     x = torch.randn(2, 4, 5, 3, dtype=torch.float64)
     r = torch.randn(2, 6, 5, 3, dtype=torch.float64)
@@ -361,6 +362,13 @@ def test_1x1_layers_add_a_residual_as_the_sum_would(layout):
         torch.testing.assert_close(y, y2)
         for a, b in zip(grads, grads2):
             torch.testing.assert_close(a, b)
+        y3 = layer(xs, add_to=rs, relu_input=True)
+        grads3 = torch.autograd.grad(y3, [xs, rs] + list(layer.parameters()), g)
+        y4 = layer(F.relu(xs2)) + rs2
+        grads4 = torch.autograd.grad(y4, [xs2, rs2] + list(layer.parameters()), g)
+        torch.testing.assert_close(y3, y4)
+        for a, b in zip(grads3, grads4):
+            torch.testing.assert_close(a, b)
     # Mixed dtypes and a broadcast residual take the unfused sum (type promotion, broadcasting).
     layer = PointwiseConv2d(4, 6).double()
     torch.testing.assert_close(layer(x, add_to=r.float()), layer(x) + r.float())
@@ -377,3 +385,16 @@ def test_residual_block_forward_hooks_see_the_convolutions_own_output():
     block.net[-1].register_forward_hook(lambda m, args, out: seen.append(out))
     torch.testing.assert_close(block(x), want)
     torch.testing.assert_close(seen[0], want - x)
+
+
+def test_gated_layer_hooked_h_out_sees_its_own_output():
+    # The residual goes into h_out's product only without hooks: a forward hook sees h_out(h).
+    torch.manual_seed(0)
+    layer = GatedPixelCNNLayer(4, 3, "B").double()
+    v, h = (channels_last(torch.randn(2, 4, 5, 4, dtype=torch.float64)) for _ in range(2))
+    want_v, want_h = layer(v, h)
+    seen = []
+    layer.h_out.register_forward_hook(lambda m, args, out: seen.append(out))
+    got_v, got_h = layer(v, h)
+    torch.testing.assert_close(got_h, want_h)
+    torch.testing.assert_close(seen[0], want_h - h)

@@ -141,7 +141,7 @@ def test_values_are_checked_once_per_call_or_not_at_all(name, monkeypatch):
 
 def test_made_switches_masks_without_reading_the_device():
     # Training cycles the masks and evaluation averages them: each switch rebuilds the masks
-    # from degree buffers where the weights are and tracks the index on the host, so neither
+    # from the host's degrees (cached per device) and tracks the index on the host, so neither
     # reads a tensor back (a host sync on a GPU) once values are trusted.
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -171,7 +171,7 @@ def test_made_switches_masks_without_reading_the_device():
     torch.testing.assert_close(lp, reference.eval().log_prob(x))
 
 
-def test_made_masks_follow_a_shared_index_and_survive_dtype_casts():
+def test_made_masks_follow_the_index_dataparallel_replicas_share():
     # DataParallel replicas, made afresh each step: replica 0 shares the model's buffers,
     # the others get copies broadcast before the step; all must train the same next mask, and
     # the model's buffer must advance (simulated on the CPU as replicate() does).
@@ -185,6 +185,9 @@ def test_made_masks_follow_a_shared_index_and_survive_dtype_casts():
         other.log_prob(x)
         seen.append((first._mask_index, other._mask_index, int(model.mask_index)))
     assert seen == [(1, 1, 1), (2, 2, 2), (0, 0, 0), (1, 1, 1)]
+
+
+def test_made_masks_survive_dtype_casts():
     # Module.type() casts buffers: the degrees are not one, so bfloat16 keeps exact masks.
     a = MADE(image_shape=(1, 28, 28), hidden_sizes=(50,), num_masks=2, natural_ordering=False)
     b = copy.deepcopy(a).type(torch.bfloat16)
@@ -211,6 +214,17 @@ def test_made_builds_on_meta_and_loads_weights_after_to_empty(hidden):
     assert model._mask_index == trained._mask_index
     torch.testing.assert_close(model.eval().log_prob(x), trained.eval().log_prob(x),
                                rtol=0, atol=0)
+
+
+def test_models_run_on_the_meta_device():
+    x = torch.zeros(2, 1, 5, 4, dtype=torch.long, device="meta")
+    for cls in (PixelCNN, GatedPixelCNN):
+        model = cls(image_shape=(1, 5, 4), hidden_channels=16, num_layers=2,
+                    head_channels=16).to("meta")
+        assert model.logits(x.float()).shape == (2, 1, 5, 4)
+    made = MADE(image_shape=(1, 5, 4), hidden_sizes=(8,), num_masks=3).to("meta")
+    for mode in (True, False):
+        assert made.train(mode).log_prob(x, check_values=False).shape == (2,)
 
 
 def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):

@@ -9,8 +9,9 @@
 // - float32/float64 with inputs and outputs each 1, 2 or 4 vectors of 64 bytes (PixelCNN's 16,
 //   32 and 64 channels): GCC vector types, several rows per pass;
 // - other sizes: relu then ATen's products (relu_linear_aten).
-// The backward sums weight and bias gradients per fixed block of rows in double and adds the
-// blocks in order: results do not depend on the thread count.
+// The backward sums weight and bias gradients per fixed block of 512 rows in double (the vector
+// kernel first in T over 64-row sub-blocks) and adds the blocks in order: results do not depend
+// on the thread count.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -42,7 +43,7 @@ namespace {
 // --- CPU, few outputs: hand-written rows ------------------------------------------------------
 
 constexpr int64_t kFewOutputs = 8;
-constexpr int64_t kRowsPerBlock = 512;  // the unit of parallel work and of the gradient sums
+constexpr int64_t kRowsPerBlock = 512;  // the backward's unit of work and of gradient sums
 
 template <typename T>
 FASTAR_CPU_MULTIVERSION void forward_few(const T* x, const T* w, const T* bias, int64_t rows,
@@ -140,8 +141,7 @@ FASTAR_CPU_MULTIVERSION void forward_wide(const T* x, const T* wt, const T* bias
       V w[NV];
       for (int v = 0; v < NV; ++v) w[v] = load<V>(wt + k * O + v * L);
       for (int i = 0; i < n; ++i) {
-        const T xv = x[(r + i) * K + k];
-        const T xr = xv < T(0) ? T(0) : xv;
+        const T xr = relu_linear::relu<T>(x[(r + i) * K + k]);
         for (int v = 0; v < NV; ++v) acc[i][v] += w[v] * xr;
       }
     }

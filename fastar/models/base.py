@@ -179,7 +179,7 @@ class AutoregressiveModel(nn.Module):
         (the training CLI checks each split once); values outside [0, num_values) then give
         meaningless numbers or an indexing error (GatedPixelCNN's class labels are checked under
         the same flag). MADE's mask switches read nothing back either (masks are rebuilt on
-        the device from their degrees)."""
+        the device from their degrees), except in a DataParallel replica."""
         self.check_input(x, check_values=check_values)
         return value_log_prob(self.conditionals(x, cond), x).flatten(1).sum(dim=1)
 

@@ -100,14 +100,14 @@ class MADE(AutoregressiveModel):
         masks = [self._masks_of(order, degrees) for order, degrees in drawn]  # on the host
         # Per mask, per layer (hidden..., out, direct): its blocks for masked_linear, or None
         # (small layers: a few dozen small products cost more than the half they save).
-        self._blocks = [[ops.staircase_blocks(m.float()) if m.numel() >= _MIN_BLOCKED else None
+        self._blocks = [[ops.staircase_blocks(m) if m.numel() >= _MIN_BLOCKED else None
                          for m in (*hidden, out, direct)]
                         for hidden, out, direct in masks]
         # Each mask is rebuilt from its degrees where the weights are (_use): switching masks
         # then copies kilobytes (once per device), not the masks, and never waits for the
         # device. Plain attributes, not buffers: Module.type() would cast buffers, rounding
         # degrees above 256 in bfloat16.
-        self._degrees = [(order, degrees) for order, degrees in drawn]  # on the host
+        self._degrees = drawn  # on the host
         self._degrees_on = {}  # device -> the same tensors there
         # The mask in use is state: a resumed training run must continue the cycle where the
         # checkpoint left it. The host copy _mask_index is what the model reads (the buffer

@@ -29,8 +29,8 @@ class PixelCNNConfig:
 
 class _ResidualBlock(nn.Module):
     """Table 1's residual block: 1x1 (2h -> h), 3x3 mask B (h -> h), 1x1 (h -> 2h), each after
-    a ReLU; run_fusing_relu runs the ReLU + 1x1 pairs as one op and adds the residual into the
-    last product."""
+    a ReLU; run_fusing_relu runs the ReLU + 1x1 pairs as one op (fastar.ops.relu_linear) and
+    adds the residual."""
 
     def __init__(self, channels: int, groups: int):
         super().__init__()

@@ -25,7 +25,8 @@ def _pair(v: _size_2, name: str = "value", owner: str = "fastar.nn") -> Tuple[in
 def has_hooks(module: nn.Module) -> bool:
     """Whether module has forward or backward hooks, its own or global ones: the fused paths
     that skip a module's call or change what its call sees (run_fusing_relu, the Gated layer's
-    link and residual) run the modules as written then, so every hook sees what it would."""
+    link and residual) run the modules as written then, so every hook sees what it would. The
+    global dicts are torch.nn.modules.module's private ones, which Module.__call__ reads."""
     return any(hooks for hooks in (
         module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
         module._backward_pre_hooks, torch_module._global_forward_hooks,
@@ -84,9 +85,10 @@ def pointwise_conv2d(x: Tensor, weight: Tensor, bias, add_to: Optional[Tensor] =
     1.5-9x longer forward and up to 2x longer forward + backward on this project's CPUs.
     With relu_input, fastar.ops.relu_linear computes it without writing relu(x) where it has a
     CPU kernel for the sizes (and adds add_to afterwards).
-    Otherwise the product accumulates into add_to + bias in place (two passes over the output
-    fewer than adding the residual after it: bench/bench_training.py) where the dtypes agree and
-    autocast is off; else the sum is formed afterwards."""
+    Otherwise (and under autocast, which relu_linear ignores) the product accumulates into
+    add_to + bias in place (two passes over the output fewer than adding the residual after it:
+    bench/bench_training.py) where the dtypes agree and autocast is off; else the sum is formed
+    afterwards."""
     weight = weight.flatten(1)
     if relu_input:
         if not relu_linear_has_cpu_kernel(x, *weight.shape) or _autocast_on(x):

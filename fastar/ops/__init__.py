@@ -7,7 +7,7 @@ on GPU (the same dtypes; reduced-precision inputs are computed in float32), exce
 dmol_log_prob_with_grad, the CPU's training path, wavenet_generate (float32 and float64,
 no autograd: a generation loop), masked_linear (ATen block products on any device, computed
 in the input dtype as F.linear is) and relu_linear (CPU kernels for few outputs and for
-16/32/64 channels, ATen products for other sizes and devices). Each has a
+16/32/64 float32 channels, ATen products for other sizes and devices). Each has a
 pure-PyTorch twin in `fastar.reference` with the same semantics, which the functions here run
 instead inside `with fastar.ops.implementation("reference"):`. Ops are differentiable (first
 order: a double backward raises a clear error; relu_linear twice), traceable by

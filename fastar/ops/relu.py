@@ -113,18 +113,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph: a differentiable backward, in ATen ops
-        # threshold_backward is torch.relu's own gradient (inf * 0 stays 0, NaN passes).
-        return (torch.ops.aten.threshold_backward(grad_out @ weight, x, 0)
-                if ctx.needs_input_grad[0] else None,
-                grad_out.t() @ torch.relu(x) if ctx.needs_input_grad[1] else None,
-                grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None)
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             ctx.has_bias and ctx.needs_input_grad[2]]
+    if torch.is_grad_enabled():  # create_graph: a backward autograd can differentiate again
+        return reference.relu_linear_backward(grad_out, x, weight, mask)
     if not any(mask):
         return None, None, None
     return torch.ops.fastar.relu_linear_backward(grad_out, x, weight, mask)
 
 
 torch.library.register_autograd("fastar::relu_linear", _backward, setup_context=_setup_context)
-register_no_double_backward("fastar::relu_linear_backward", "fastar::relu_linear")
+# The backward op itself is first order; relu_linear's double backward runs the reference
+# formula (above) instead.
+register_no_double_backward("fastar::relu_linear_backward", "fastar::relu_linear_backward")
