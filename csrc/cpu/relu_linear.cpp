@@ -42,7 +42,7 @@ namespace {
 
 // --- CPU, few outputs: hand-written rows ------------------------------------------------------
 
-constexpr int64_t kFewOutputs = 8;
+constexpr int64_t kFewOutputs = 8;  // the counts with_constant lists in the backward launcher
 constexpr int64_t kRowsPerBlock = 512;  // the backward's unit of work and of gradient sums
 
 template <typename T>
@@ -72,20 +72,13 @@ FASTAR_CPU_MULTIVERSION void backward_few(const T* g, const T* x, const T* w, in
   }
 }
 
-// fn(std::integral_constant<int, O>{}) for O in 1 .. kFewOutputs.
-template <typename Fn>
-void with_few_outputs(int64_t O, const Fn& fn) {
-  switch (O) {
-    case 1: return fn(std::integral_constant<int, 1>{});
-    case 2: return fn(std::integral_constant<int, 2>{});
-    case 3: return fn(std::integral_constant<int, 3>{});
-    case 4: return fn(std::integral_constant<int, 4>{});
-    case 5: return fn(std::integral_constant<int, 5>{});
-    case 6: return fn(std::integral_constant<int, 6>{});
-    case 7: return fn(std::integral_constant<int, 7>{});
-    case 8: return fn(std::integral_constant<int, 8>{});
-    default: TORCH_INTERNAL_ASSERT(false, "relu_linear: ", O, " outputs are not few");
-  }
+// fn(std::integral_constant<int, n>{}) for the one of Values that equals n: the kernels take
+// their output and vector counts as compile-time constants.
+template <int... Values, typename Fn>
+void with_constant(int64_t n, const Fn& fn) {
+  const bool found =
+      ((n == Values ? (fn(std::integral_constant<int, Values>{}), true) : false) || ...);
+  TORCH_INTERNAL_ASSERT(found, "relu_linear: no kernel for a count of ", n);
 }
 
 #if FASTAR_VECTOR_KERNEL
@@ -227,22 +220,11 @@ int64_t whole_vectors(int64_t n, const at::Tensor& x) {
   return bytes % 64 == 0 && (v == 1 || v == 2 || v == 4) ? v : 0;
 }
 
-// fn(std::integral_constant<int, v>{}) for v = 1, 2 or 4.
-template <typename Fn>
-void with_vectors(int64_t v, const Fn& fn) {
-  switch (v) {
-    case 1: return fn(std::integral_constant<int, 1>{});
-    case 2: return fn(std::integral_constant<int, 2>{});
-    case 4: return fn(std::integral_constant<int, 4>{});
-    default: TORCH_INTERNAL_ASSERT(false, "relu_linear: ", v, " vectors");
-  }
-}
-
 // fn(nv, kv): the vector counts of O outputs and K inputs as std::integral_constants.
 template <typename Fn>
 void with_vector_counts(int64_t O, int64_t K, const at::Tensor& x, const Fn& fn) {
-  with_vectors(whole_vectors(O, x), [&](auto nv) {
-    with_vectors(whole_vectors(K, x), [&](auto kv) { fn(nv, kv); });
+  with_constant<1, 2, 4>(whole_vectors(O, x), [&](auto nv) {
+    with_constant<1, 2, 4>(whole_vectors(K, x), [&](auto kv) { fn(nv, kv); });
   });
 }
 
@@ -327,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
         double* gw = gwp ? gwp + b * O * K : nullptr;
         double* gb = gbp ? gbp + b * O : nullptr;
         if (kernel == Kernel::kFewOutputs) {
-          with_few_outputs(O, [&](auto outputs) {
+          with_constant<1, 2, 3, 4, 5, 6, 7, 8>(O, [&](auto outputs) {
             backward_few<decltype(outputs)::value>(gp + r0 * O, xp + r0 * K, wp, rows, K, gx,
                                                    gw, gb);
           });
