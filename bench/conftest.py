@@ -81,22 +81,49 @@ def peak_memory(run, device):
     return peak
 
 
+def _runner(fn, device):
+    """fn() and, on CUDA, a synchronize. Outputs are freed when it returns, as a training step
+    frees them: kept alive across rounds, each round's large buffers would come fresh from the
+    OS (page faults) on the CPU."""
+    def run():
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+def _warm_rounds(runs, warmup, seconds_per_case):
+    """Warm-up runs of every run(), then the number of rounds (5 to 100) that fill about
+    seconds_per_case, from one more timed run of each."""
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    start = time.perf_counter()
+    for run in runs:
+        run()
+    return int(min(max(seconds_per_case / (time.perf_counter() - start), 5), 100))
+
+
+def _record(group, impl, device, min_s, median_s, rounds, bytes_moved, items, peak, **extra):
+    record = {"group": group, "impl": impl, "device": device_name(device), "min_s": min_s,
+              "median_s": median_s, "rounds": rounds, "bytes_moved": bytes_moved, **extra}
+    if bytes_moved:
+        record["GB_per_s"] = bytes_moved / min_s / 1e9
+    if items:  # e.g. generated samples per call
+        record["items"] = items
+        record["items_per_s"] = items / min_s
+    if peak is not None:
+        record["peak_memory_bytes"] = peak
+    _records.append(record)
+
+
 def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, items=None, warmup=2,
             seconds_per_case=1.5):
     """Times fn() (synchronizing on CUDA) after warm-up runs, and records the fastest and the
     median round and the peak memory of one run. Rounds fill about seconds_per_case (5 to 100
     of them)."""
-    def run():
-        fn()  # outputs freed here, as a training step frees them: kept alive across rounds,
-        # each round's large buffers would come fresh from the OS (page faults) on the CPU
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        run()
-    start = time.perf_counter()
-    run()
-    rounds = int(min(max(seconds_per_case / (time.perf_counter() - start), 5), 100))
+    run = _runner(fn, device)
+    rounds = _warm_rounds([run], warmup, seconds_per_case)
     peak = peak_memory(run, device)
     benchmark.group = group
     benchmark.extra_info.update(impl=impl, device=device, bytes_moved=bytes_moved)
@@ -104,16 +131,7 @@ def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, items=None,
     if benchmark.stats is None:  # --benchmark-disable: a smoke run, nothing measured
         return
     stats = benchmark.stats.stats
-    record = {"group": group, "impl": impl, "device": device_name(device), "min_s": stats.min,
-              "median_s": stats.median, "rounds": rounds, "bytes_moved": bytes_moved}
-    if bytes_moved:
-        record["GB_per_s"] = bytes_moved / stats.min / 1e9
-    if items:  # e.g. generated samples per call
-        record["items"] = items
-        record["items_per_s"] = items / stats.min
-    if peak is not None:
-        record["peak_memory_bytes"] = peak
-    _records.append(record)
+    _record(group, impl, device, stats.min, stats.median, rounds, bytes_moved, items, peak)
 
 
 def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
@@ -124,42 +142,28 @@ def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
     after the other, two implementations can land on different sides of a drift, while
     interleaved rounds meet it alike (bench_training.py's ratios moved between 0.98x and 1.64x
     from run to run when measured one after the other)."""
-    def run(fn):
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            run(fn)
-    start = time.perf_counter()
-    for fn in fns.values():
-        run(fn)
-    rounds = int(min(max(seconds_per_case / (time.perf_counter() - start), 5), 100))
-    peaks = {impl: peak_memory(lambda: run(fn), device) for impl, fn in fns.items()}
-    times = {impl: [] for impl in fns}
+    runs = {impl: _runner(fn, device) for impl, fn in fns.items()}
+    rounds = _warm_rounds(list(runs.values()), warmup, seconds_per_case)
+    peaks = {impl: peak_memory(run, device) for impl, run in runs.items()}
+    times = {impl: [] for impl in runs}
     order = random.Random(0)
 
     def one_round():
-        impls = list(fns)
+        impls = list(runs)
         order.shuffle(impls)
         for impl in impls:
             t0 = time.perf_counter()
-            run(fns[impl])
+            runs[impl]()
             times[impl].append(time.perf_counter() - t0)
 
     benchmark.group = group
-    benchmark.extra_info.update(impls=list(fns), device=device, interleaved=True)
+    benchmark.extra_info.update(impls=list(runs), device=device, interleaved=True)
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: a smoke run, nothing measured
+        return
     for impl, ts in times.items():
-        record = {"group": group, "impl": impl, "device": device_name(device), "min_s": min(ts),
-                  "median_s": statistics.median(ts), "rounds": len(ts), "bytes_moved": None,
-                  "interleaved_with": [i for i in fns if i != impl],
-                  "peak_memory_bytes": peaks[impl]}
-        if items:
-            record["items"] = items
-            record["items_per_s"] = items / min(ts)
-        _records.append(record)
+        _record(group, impl, device, min(ts), statistics.median(ts), len(ts), None, items,
+                peaks[impl], interleaved_with=[i for i in runs if i != impl])
 
 
 def _table():
