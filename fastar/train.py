@@ -146,14 +146,15 @@ def _cond(y, index, device):
 
 @torch.no_grad()
 def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
-             progress: Optional[str] = None) -> Tuple[float, float]:
+             progress: Optional[str] = None, check_values: bool = True) -> Tuple[float, float]:
     """Mean NLL in nats per example over x (given labels y for a class-conditional model), and
     bits per dimension. Under torchrun each process scores every world_size-th example and the
-    sums are all-reduced. progress: a tqdm label, or None for no bar."""
+    sums are all-reduced. progress: a tqdm label, or None for no bar. check_values=False: x was
+    checked already (train() checks the validation split once, not every epoch)."""
     from tqdm import tqdm
 
     model.eval()
-    model.check_input(x)  # once, on the host: the batches then skip it (a GPU sync each)
+    model.check_input(x, check_values)  # once, on the host: the batches then skip it
     total = torch.zeros((), dtype=torch.float64, device=device)
     mine = torch.arange(rank, len(x), world_size)
     for i in tqdm(range(0, len(mine), batch_size), desc=progress, disable=progress is None,
@@ -321,7 +322,7 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
         best = False
         if s.validate:
             valid_nats, valid_bpd = evaluate(model, x_valid, s.eval_batch_size, device, rank,
-                                             world_size, y_valid)
+                                             world_size, y_valid, check_values=False)
             history[-1]["valid_nats"] = valid_nats
             if not math.isfinite(valid_nats):
                 raise RunError("the valid split scores %s nats after epoch %d: stopped; %s"

@@ -227,6 +227,23 @@ def test_models_run_on_the_meta_device():
         assert made.train(mode).log_prob(x, check_values=False).shape == (2,)
 
 
+def test_evaluate_checks_its_split_once_or_not_at_all(monkeypatch):
+    # train() checks the validation split once and evaluates it every epoch with
+    # check_values=False; eval checks it once, not per batch.
+    from fastar import train
+    model = SMALL["PixelCNN"]((1, 3, 3))
+    x = torch.randint(0, 2, (10, 1, 3, 3))
+    calls = []
+    aminmax = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda t: calls.append(1) or aminmax(t))
+    checked = train.evaluate(model, x, 4, "cpu")
+    assert len(calls) == 1
+    assert train.evaluate(model, x, 4, "cpu", check_values=False) == checked
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="expected values in"):
+        train.evaluate(model, x * 2, 4, "cpu")
+
+
 def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):
     model = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2,
                           head_channels=6, num_classes=3).eval()
