@@ -3,6 +3,8 @@
 A CIFAR-shaped training step's loss, forward+backward: x (B, 3, 32, 32), params
 (B, 100, 32, 32) (K = 10 components), B = 16 and 64. GB/s counts the bytes that must move:
 params read by the forward and again by the backward, their gradient written, x read twice.
+Beside them, in the same group, a plain copy of params' size: the bandwidth the fused loss is
+held to (issue 12: at least 60% of it on a GPU).
 """
 
 import pytest
@@ -32,5 +34,18 @@ def test_dmol_training_step(benchmark, device, batch, impl):
         return torch.autograd.grad(-fn(x, params).sum(), params)
 
     bytes_moved = 3 * params.numel() * params.element_size() + 2 * x.numel() * x.element_size()
-    measure(benchmark, group="dmol %s cifar B=%d K=%d forward+backward" % (device, batch, K),
-            impl=impl, device=device, fn=step, bytes_moved=bytes_moved)
+    measure(benchmark, group=_group(device, batch, K), impl=impl, device=device, fn=step,
+            bytes_moved=bytes_moved)
+
+
+@pytest.mark.parametrize("batch", [16, 64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_copy_of_params_size(benchmark, device, batch):
+    src = torch.randn(batch, 100, 32, 32, device=device)
+    dst = torch.empty_like(src)
+    measure(benchmark, group=_group(device, batch, 10), impl="copy", device=device,
+            fn=lambda: dst.copy_(src), bytes_moved=2 * src.numel() * src.element_size())
+
+
+def _group(device, batch, K):
+    return "dmol %s cifar B=%d K=%d forward+backward" % (device, batch, K)

@@ -175,14 +175,19 @@ def test_sample_follows_log_prob_chi_square(device, C, num_bins):
     (torch.float64, (1e17, 1e17 - 16, 1e17 - 32)), (torch.float32, (3e4, 3e4 - 16, 3e4 - 32)),
     # Beyond any clamp: two different huge logits must not tie.
     (torch.float32, (5e30, 2e30, 0.0)), (torch.float32, (-2e30, -3e30, -5e30)),
-    (torch.float64, (1e300, 1e300 - 1e285, 0.0))])
+    (torch.float64, (1e300, 1e300 - 1e285, 0.0)),
+    # Components switched off: a -inf logit, first or later (a running log-sum-exp that starts
+    # from -inf must not compute -inf - -inf), or one so far below that logit - max is -inf.
+    (torch.float32, (-math.inf, 0.0, 1.0)), (torch.float32, (0.0, -math.inf, -math.inf)),
+    (torch.float64, (-math.inf, -math.inf, 0.0)), (torch.float32, (3e38, -3e38, 0.0))])
 def test_a_common_shift_of_the_logits_changes_nothing(device, dtype, logits):
     # log-softmax is shift-invariant; a raw logit added to the component's log P, with the
     # normalizer subtracted afterwards, cancels catastrophically.
     params = torch.tensor([*logits, .1, .2, .3, -2, -2, -2], dtype=torch.float64).view(1, 9, 1)
     x = torch.tensor([[[100]]])
     unshifted = params.clone()
-    unshifted[:, :3] -= logits[0]  # exact in float64 (or a -inf-like gap: weight 0)
+    shift = next(v for v in logits if math.isfinite(v))
+    unshifted[:, :3] -= shift  # exact in float64 (or a -inf-like gap: weight 0)
     truth = unshifted.clone().requires_grad_()
     expected = reference.dmol_log_prob(x, truth, 256)
     (g_ref,) = torch.autograd.grad(expected.sum(), truth)

@@ -162,5 +162,27 @@ FASTAR_HD SigmoidFraction<T> sigmoid_fraction(T x) {
   return sigmoid_fraction(x, exp_neg(-abs(x)));
 }
 
+// log sum exp of a set of terms, kept as (max, sum of exp(term - max)): built one term at a
+// time with one exponential each, and merged across threads in any order (the CUDA kernels
+// split a sum over lanes and combine them by shuffles). The empty set is (-inf, 0); a term of
+// -inf adds nothing, even to an empty set (exp(-inf - -inf) would be NaN); NaN propagates.
+template <typename T>
+struct LogSumExp {
+  T max = -INFINITY, sum = T(0);
+
+  // a merged with b; commutative bit for bit, so every lane of a butterfly ends equal.
+  FASTAR_HD static LogSumExp merge(LogSumExp a, LogSumExp b) {
+    if (a.max < b.max) {
+      const LogSumExp t = a;
+      a = b;
+      b = t;
+    }
+    if (b.max == -INFINITY) return a;  // also when both are -inf
+    return {a.max, a.sum + b.sum * exp(b.max - a.max)};
+  }
+  FASTAR_HD void add(T v) { *this = merge(*this, LogSumExp{v, T(1)}); }
+  FASTAR_HD T log_sum() const { return log(sum); }  // the value is max + log_sum()
+};
+
 }  // namespace math
 }  // namespace fastar

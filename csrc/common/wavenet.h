@@ -39,18 +39,11 @@ FASTAR_HD T dmol_value_log_prob(const T* params, int64_t stride, int64_t K, int6
   const T log_sum = math::log(sum);
   const auto param = [&](int64_t i) { return params[i * stride]; };
   const dmol::Pixel<T, 1> px{{T(v)}};
-  T terms_max = -INFINITY, terms_sum = 0;  // log-sum-exp over the components
-  for (int64_t k = 0; k < K; ++k) {
-    const T term = dmol::log_weight(params[k * stride], max, log_sum) +
-                   dmol::component_term<T, 1, false>(px, param, k, K, bins).log_prob;
-    if (term > terms_max) {
-      terms_sum = terms_sum * math::exp(terms_max - term) + T(1);
-      terms_max = term;
-    } else {
-      terms_sum += math::exp(term - terms_max);
-    }
-  }
-  return terms_max + math::log(terms_sum);
+  math::LogSumExp<T> terms;  // over the components
+  for (int64_t k = 0; k < K; ++k)
+    terms.add(dmol::log_weight(params[k * stride], max, log_sum) +
+              dmol::component_term<T, 1, false>(px, param, k, K, bins).log_prob);
+  return terms.max + terms.log_sum();
 }
 
 // The values' logits of a head with P outputs over V values, in `out` (V entries): the
