@@ -94,9 +94,11 @@ _GATED_EDGES = [0.0, -0.0, 0.3, -0.3, 0.29999, 0.05, 1e-6, -1e-30, 20.0, -20.0, 
 
 
 # Channels-last x (channels the innermost dim: torch.channels_last for images), which the
-# kernels read in place.
+# kernels read in place; a cond per image (or shared by all) is read per pixel from its one row.
 _GATED_CHANNELS_LAST = [((2, 6, 5, 7), None), ((2, 6, 5, 7), (2, 6, 1, 1)),
-                        ((2, 6, 5, 7), (2, 6, 5, 7)), ((3, 8, 17), (3, 8, 1))]
+                        ((2, 6, 5, 7), (2, 6, 5, 7)), ((3, 8, 17), (3, 8, 1)),
+                        ((2, 6, 5, 7), (6, 1, 1)), ((3, 16, 2, 3, 4), (3, 16, 1, 1, 1)),
+                        ((2, 6, 5, 7), (1, 6, 5, 1))]
 
 
 def channels_last(t):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -66,6 +68,33 @@ def test_a_channels_last_x_gives_channels_last_results(device, cond_shape):
     for x_in in (x1, x1.contiguous(memory_format=cl)):
         torch.testing.assert_close(ops.gated_activation(x_in, c1),
                                    reference.gated_activation(x1, c1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 128, 9, 11), (2, 2 * 20000, 1, 3), (5, 4, 1, 1)])
+def test_a_per_image_cond_is_read_in_place_beside_a_channels_last_x(device, shape):
+    # Class-conditional Gated PixelCNN: a (N, 2C, 1, 1) bias per image. The kernels read its one
+    # row per pixel instead of an x-sized copy (20000 channels: rows past the CPU's task grain,
+    # split in segments; one pixel per image: rows and images coincide).
+    cl = torch.channels_last
+    x = torch.randn(shape, dtype=torch.float64, device=device).contiguous(memory_format=cl)
+    x.requires_grad_()
+    cond = torch.randn(shape[0], shape[1], 1, 1, dtype=torch.float64, device=device,
+                       requires_grad=True)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        y = ops.gated_activation(x, cond)
+        g = torch.randn_like(y)
+        grad_x, grad_cond = torch.autograd.grad(y, (x, cond), g)
+    copies = [e.input_shapes for e in prof.events() if e.name == "aten::copy_"
+              and e.input_shapes and math.prod(e.input_shapes[0]) == x.numel()]
+    assert not copies, copies
+    z = (x + cond).detach().requires_grad_()
+    y_ref = reference.gated_activation(z)
+    (grad_z,) = torch.autograd.grad(y_ref, z, g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(grad_x, grad_z, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(grad_cond, grad_z.sum((2, 3), keepdim=True), rtol=1e-12,
+                               atol=1e-13)
 
 
 @pytest.mark.parametrize("device", DEVICES)

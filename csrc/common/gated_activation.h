@@ -23,9 +23,8 @@ template <typename T>
 FASTAR_HD void backward(T a, T b, T g, T& grad_a, T& grad_b) {
   const math::TanhFraction<T> t = math::tanh_abs_fraction(math::abs(a));  // t.den = 1 + e
   const math::SigmoidFraction<T> s = math::sigmoid_fraction(b);          // s.den = 1 + f
-  const T q = g / (t.den * t.den * s.den * s.den);
-  grad_a = T(4) * t.e * s.num * s.den * q;
-  grad_b = math::copysign(t.num * t.den * s.f, a) * q;
+  grad_a = (T(4) * t.e * s.num) * g / (t.den * t.den * s.den);
+  grad_b = math::copysign(t.num * s.f, a) * g / (t.den * s.den * s.den);
 }
 
 }  // namespace gated

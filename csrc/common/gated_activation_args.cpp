@@ -73,16 +73,25 @@ GatedActivationArgs prepare_gated_activation(const char* op, const at::Tensor& x
     TORCH_CHECK(broadcasts, "fastar::", op, ": expected cond to broadcast to x's shape ",
                 x.sizes(), ", but got cond of shape ", c.sizes());
     const at::Tensor expanded = c.expand(x.sizes());
-    if (args.channels_last) {
+    // (N, 2C): the values of a cond constant along x's trailing dims (selecting index 0 needs
+    // a non-empty x).
+    const auto per_sample = [&] {
+      at::Tensor rows = expanded;
+      while (rows.dim() > 2) rows = rows.select(2, 0);
+      return rows.contiguous();
+    };
+    if (args.channels_last && per_row && x.numel() > 0) {
+      args.cond = per_sample();
+      args.cond_is_full = true;
+      args.cond_repeat = args.N / x.size(0);  // pixels per image
+    } else if (args.channels_last) {
       args.cond = pixel_rows(expanded).contiguous();  // one value per element, like args.x
       args.cond_is_full = true;
     } else if (args.L == 1) {  // (N, 2C): per row and per element are the same layout
       args.cond = expanded.contiguous();
       args.cond_is_full = true;
-    } else if (per_row && x.numel() > 0) {  // selecting index 0 needs a non-empty x
-      at::Tensor rows = expanded;
-      while (rows.dim() > 2) rows = rows.select(2, 0);
-      args.cond = rows.contiguous();
+    } else if (per_row && x.numel() > 0) {
+      args.cond = per_sample();
     } else {
       args.cond = expanded.contiguous();
       args.cond_is_full = true;

@@ -16,8 +16,12 @@ namespace fastar {
 // (C values per pixel for a channels-last x), which the CPU kernel takes many at a time.
 struct GatedActivationArgs {
   at::Tensor x;                    // the kernels' view, contiguous
-  at::Tensor cond;                 // undefined, (N, 2C) per-row values, or laid out like x (full)
+  at::Tensor cond;                 // undefined, (N, 2C) per-row values, or full (below)
+  // A full cond has a value per element of a row: kernel row r reads cond row r / cond_repeat.
+  // cond_repeat is 1 where cond is laid out like x, and a channels-last x's pixels per image
+  // where cond is per image ((N, 2C, 1, ...): one row of 2C values, no x-sized copy).
   bool cond_is_full = false;
+  int64_t cond_repeat = 1;
   int64_t N = 0, C = 0, L = 1;
   std::vector<int64_t> out_shape;  // the kernels' output (contiguous): N * C * L values
   std::vector<int64_t> x_shape;    // the caller's x: (N, 2C, *)

@@ -40,11 +40,13 @@ __device__ __forceinline__ Site<index_t> site_of(index_t v, index_t C, index_t L
 }
 
 // Loads VEC values of each half of z = x + cond at site s into float accumulators; cond is
-// per element (full, laid out like x), one value per row, or absent.
+// per element (full: row n of x reads row n / cond_repeat of cond), one value per row, or
+// absent.
 template <typename scalar_t, typename acc_t, int VEC, typename index_t>
 __device__ __forceinline__ void load_z(const scalar_t* __restrict__ x,
                                        const scalar_t* __restrict__ cond, bool full,
-                                       const Site<index_t>& s, index_t C, acc_t* a, acc_t* b) {
+                                       index_t cond_repeat, const Site<index_t>& s, index_t C,
+                                       index_t L, acc_t* a, acc_t* b) {
   const auto pa = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.a);
   const auto pb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + s.b);
 #pragma unroll
@@ -54,8 +56,9 @@ __device__ __forceinline__ void load_z(const scalar_t* __restrict__ x,
   }
   if (cond == nullptr) return;
   if (full) {
-    const auto ca = *reinterpret_cast<const Pack<scalar_t, VEC>*>(cond + s.a);
-    const auto cb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(cond + s.b);
+    const index_t shift = (s.n / cond_repeat - s.n) * 2 * C * L;
+    const auto ca = *reinterpret_cast<const Pack<scalar_t, VEC>*>(cond + s.a + shift);
+    const auto cb = *reinterpret_cast<const Pack<scalar_t, VEC>*>(cond + s.b + shift);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       a[k] += acc_t(ca.v[k]);
@@ -75,13 +78,13 @@ __device__ __forceinline__ void load_z(const scalar_t* __restrict__ x,
 template <typename scalar_t, int VEC, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ cond,
-                   bool cond_full, scalar_t* __restrict__ y, index_t num_vecs, index_t C,
-                   index_t L) {
+                   bool cond_full, index_t cond_repeat, scalar_t* __restrict__ y,
+                   index_t num_vecs, index_t C, index_t L) {
   using acc_t = at::opmath_type<scalar_t>;
   cuda::grid_stride(num_vecs, [&](index_t v) {
     const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
     acc_t a[VEC], b[VEC];
-    load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, s, C, a, b);
+    load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, cond_repeat, s, C, L, a, b);
     Pack<scalar_t, VEC> out;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) out.v[k] = scalar_t(gated::forward<acc_t>(a[k], b[k]));
@@ -92,13 +95,13 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, int VEC, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                    const scalar_t* __restrict__ cond, bool cond_full,
+                    const scalar_t* __restrict__ cond, bool cond_full, index_t cond_repeat,
                     scalar_t* __restrict__ dz, index_t num_vecs, index_t C, index_t L) {
   using acc_t = at::opmath_type<scalar_t>;
   cuda::grid_stride(num_vecs, [&](index_t v) {
     const Site<index_t> s = site_of<index_t, VEC>(v, C, L);
     acc_t a[VEC], b[VEC];
-    load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, s, C, a, b);
+    load_z<scalar_t, acc_t, VEC>(x, cond, cond_full, cond_repeat, s, C, L, a, b);
     const auto pg = *reinterpret_cast<const Pack<scalar_t, VEC>*>(g + s.out);
     Pack<scalar_t, VEC> da, db;
 #pragma unroll
@@ -147,8 +150,8 @@ at::Tensor gated_activation_cuda(const at::Tensor& x, const std::optional<at::Te
       using index_t = decltype(index);
       const int64_t num_vecs = out.numel() / VEC;
       cuda::launch<kThreads>(forward_kernel<scalar_t, VEC, index_t>, x.device(), num_vecs, xp,
-                             cp, args.cond_is_full, yp, index_t(num_vecs), index_t(args.C),
-                             index_t(args.L));
+                             cp, args.cond_is_full, index_t(args.cond_repeat), yp,
+                             index_t(num_vecs), index_t(args.C), index_t(args.L));
     });
   });
   return args.caller_output(out);
@@ -172,8 +175,8 @@ at::Tensor gated_activation_backward_cuda(const at::Tensor& grad_out, const at::
       using index_t = decltype(index);
       const int64_t num_vecs = g.numel() / VEC;
       cuda::launch<kThreads>(backward_kernel<scalar_t, VEC, index_t>, x.device(), num_vecs, gp,
-                             xp, cp, args.cond_is_full, dp, index_t(num_vecs), index_t(args.C),
-                             index_t(args.L));
+                             xp, cp, args.cond_is_full, index_t(args.cond_repeat), dp,
+                             index_t(num_vecs), index_t(args.C), index_t(args.L));
     });
   });
   return args.caller_grad_x(grad_z);
