@@ -232,6 +232,38 @@ def test_float32_gradients_hold_where_log_probs_are_thousands_of_nats(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("C,K", [(1, 5), (1, 10), (3, 5), (3, 10)])
+@pytest.mark.parametrize("mean", [0.5, 0.9])
+def test_float32_logit_gradients_are_as_accurate_as_pytorchs_where_log_probs_are_large(
+        device, C, K, mean):
+    # d log P / d logit_k = responsibility - softmax, with responsibilities exp(total_k - log P)
+    # at |log P| ~ 300-1600 nats: float32 rounding of the totals sets a floor (~1e-4 of the
+    # logit gradients) that PyTorch's own float32 computation also meets. Flash-attention's
+    # rule on the logit rows alone (the mean rows' gradients are thousands of times larger and
+    # would hide them in a whole-tensor bound).
+    torch.manual_seed(0)
+    B, S = 4, (256,)
+    p = torch.randn(B, (10 if C == 3 else 3) * K, *S, dtype=torch.float64)
+    rest = p[:, K:].view(B, C, 3 if C == 3 else 2, K, *S)
+    rest[:, :, 0] = rest[:, :, 0] * 0.5 + mean  # means high, small scales, data in bin 0
+    rest[:, :, 1] = torch.rand_like(rest[:, :, 1]) - 6.5
+    x = torch.zeros(B, C, *S, dtype=torch.long)
+    p32 = p.float()
+
+    def logit_grads(f, params):
+        params = params.clone().requires_grad_()
+        (g,) = torch.autograd.grad(f(x.to(params.device), params, 256).sum(), params)
+        return g[:, :K].double().cpu()
+
+    truth = logit_grads(reference.dmol_log_prob, p32.double())
+    theirs_err = (logit_grads(reference.dmol_log_prob, p32) - truth).abs().max()
+    scale = truth.abs().max()
+    for f in (ops.dmol_log_prob, torch.ops.fastar.dmol_log_prob):
+        err = (logit_grads(f, p32.to(device)) - truth).abs().max()
+        assert err <= 2 * theirs_err + torch.finfo(torch.float32).eps * scale, (err, theirs_err)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("C", [1, 3])
 def test_uint8_data_is_read_as_it_is(device, C):
     # 8-bit images go to the kernels without an int64 copy, with the same results.
