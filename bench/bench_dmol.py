@@ -12,10 +12,8 @@ import torch
 
 import fastar.ops as ops
 import fastar.reference as reference
-from conftest import measure
+from conftest import DEVICES, measure
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU visible"))]
 
 _compiled = torch.compile(reference.dmol_log_prob, dynamic=False)
 IMPLS = {"fastar": ops.dmol_log_prob, "eager": reference.dmol_log_prob, "compile": _compiled}

@@ -10,11 +10,9 @@ import torch
 
 import fastar.ops as ops
 import fastar.reference as reference
-from conftest import measure
+from conftest import DEVICES, measure
 
 SHAPES = {"wavenet(16,512,8000)": (16, 512, 8000), "pixelcnn(64,256,32,32)": (64, 256, 32, 32)}
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU visible"))]
 
 _compiled = torch.compile(reference.gated_activation, dynamic=False)
 IMPLS = {"fastar": ops.gated_activation, "eager": reference.gated_activation,

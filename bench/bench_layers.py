@@ -10,12 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import measure
+from conftest import DEVICES, measure
 from fastar.nn import GatedPixelCNNLayer, MaskedConv2d, WaveNetBlock
 import fastar.ops
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU visible"))]
 
 
 def masked_weight_conv(x, weight, mask, bias, padding):

@@ -4,7 +4,8 @@ receptive field per sample), a plain PyTorch incremental sampler (one queue per 
 per operation, as a user writes it after reading fast-wavenet), fastar's cached step in Python
 (ring buffers per layer, the generation contract's `step`) and fastar's fused loop
 (`WaveNet.sample`: one wavenet_generate call for many samples). items/s is samples per second
-over the batch; the ratios compare time per sample.
+over the batch; the ratios compare time per sample. On a GPU the same table (fused: the
+persistent kernel, one block per sequence).
 """
 
 import collections
@@ -13,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import measure
+from conftest import DEVICES, measure
 from fastar.models import WaveNet
 
 BATCHES = [1, 16, 64, 256]
@@ -22,9 +23,9 @@ MODELS = {"20x64/256": {}, "8x32/128": {"residual_channels": 32, "skip_channels"
                                         "dilations": tuple(2 ** i for i in range(8))}}
 
 
-def _model(size="20x64/256"):
+def _model(size="20x64/256", device="cpu"):
     torch.manual_seed(0)
-    return WaveNet(**MODELS[size]).eval()
+    return WaveNet(**MODELS[size]).to(device).eval()
 
 
 class QueueSampler:
@@ -34,10 +35,11 @@ class QueueSampler:
     def __init__(self, model, batch):
         c = model.config
         self.model, self.k = model, c.kernel_size
-        R = c.residual_channels
-        self.queues = [collections.deque([torch.zeros(batch, R)] * (d * (c.kernel_size - 1)))
-                       for d in c.dilations]
-        self.inputs = collections.deque([torch.zeros(batch, c.num_values)] * self.k)
+        R, device = c.residual_channels, model.input.weight.device
+        self.queues = [collections.deque([torch.zeros(batch, R, device=device)] *
+                                         (d * (c.kernel_size - 1))) for d in c.dilations]
+        self.inputs = collections.deque([torch.zeros(batch, c.num_values, device=device)] *
+                                        self.k)
 
     @torch.no_grad()
     def __call__(self, x_prev):
@@ -66,13 +68,14 @@ class QueueSampler:
 @pytest.mark.parametrize("impl", ["naive", "queue-pytorch", "cached-python", "fused"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("size", list(MODELS))
-def test_wavenet_sampling(benchmark, size, batch, impl):
+@pytest.mark.parametrize("device", DEVICES)
+def test_wavenet_sampling(benchmark, device, size, batch, impl):
     if batch > SLOW.get(impl, batch) or (size != "20x64/256" and impl == "cached-python"):
         pytest.skip("too slow to time at this batch")
-    model = _model(size)
+    model = _model(size, device)
     rf = model.receptive_field
     items = batch
-    x = torch.randint(0, 256, (batch, 1, rf))
+    x = torch.randint(0, 256, (batch, 1, rf), device=device)
     if impl == "naive":
         def one_sample():
             with torch.no_grad():
@@ -97,5 +100,5 @@ def test_wavenet_sampling(benchmark, size, batch, impl):
         def one_sample():
             position[0] = (position[0] + 1) % (4 * rf)
             return model.step(cache, position[0])
-    measure(benchmark, group="WaveNet %s cpu B=%d sampling" % (size, batch), impl=impl,
-            device="cpu", fn=one_sample, items=items)
+    measure(benchmark, group="WaveNet %s %s B=%d sampling" % (size, device, batch), impl=impl,
+            device=device, fn=one_sample, items=items)

@@ -31,6 +31,8 @@ from fastar._malloc import retain_freed_memory
 MALLOC_RETAINED = retain_freed_memory()
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 BASELINES = ("eager", "compile", "naive", "queue-pytorch")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU visible"))]
 _records = []
 
 
@@ -92,16 +94,31 @@ def _runner(fn, device):
     return run
 
 
+def pytest_addoption(parser):
+    parser.addoption("--time-scale", type=float, default=1.0,
+                     help="scales the seconds each benchmark fills (still 5 rounds at least); "
+                          ".ci/gpu passes 0.3 to fit its time limit")
+
+
+def pytest_configure(config):
+    global _time_scale
+    _time_scale = config.getoption("--time-scale")
+
+
+_time_scale = 1.0
+
+
 def _warm_rounds(runs, warmup, seconds_per_case):
     """Warm-up runs of every run(), then the number of rounds (5 to 100) that fill about
-    seconds_per_case, from one more timed run of each."""
+    seconds_per_case (times --time-scale), from one more timed run of each."""
     for run in runs:
         for _ in range(warmup):
             run()
     start = time.perf_counter()
     for run in runs:
         run()
-    return int(min(max(seconds_per_case / (time.perf_counter() - start), 5), 100))
+    seconds = seconds_per_case * _time_scale
+    return int(min(max(seconds / (time.perf_counter() - start), 5), 100))
 
 
 def _record(group, impl, device, min_s, median_s, rounds, bytes_moved, items, peak, **extra):

@@ -151,7 +151,7 @@ def test_empty_trailing_dims_and_batches(device, x_shape, cond_shape):
 
 
 @requires_cuda
-def test_cond_on_another_device_raises():
+def test_a_cpu_cond_beside_a_cuda_x_raises():
     x = torch.randn(2, 6, 5, device="cuda")
     with pytest.raises(RuntimeError, match=r"expected cond on the same device as x \(cuda:0\), "
                                            r"but got cpu"):
