@@ -40,9 +40,9 @@ TORCH_LIBRARY(fastar, m) {
 
   // WaveNet's cached generation loop: steps t = start .. T - 1 of the sequences x (B, T) in one
   // call, each step reading the ring buffers (B, sum of dilation * (k - 1), R) of the block
-  // inputs it needs and pushing its own (start = 0 clears them first). Positions t < num_given
-  // keep x's value; the others are drawn by inverse CDF from u[:, t] (float64, as
-  // fastar.sampling.categorical). Returns log p(x_t | x_<t) for t >= start, (B, T - start).
+  // inputs it needs and pushing its own (times before 0 are silence, never read from them).
+  // Positions t < num_given keep x's value; the others are drawn by inverse CDF from u[:, t]
+  // (float64, as fastar.sampling.categorical). Returns log p(x_t | x_<t) for t >= start, (B, T - start).
   // Weights packed as csrc/common/wavenet.h describes; num_mixtures = 0: softmax head,
   // otherwise a one-channel discretized logistic mixture of that many components.
   m.def(

@@ -316,7 +316,7 @@ def _wavenet_args(kw, B, T, device, dtype, num_given, seed):
     x = torch.randint(0, c.num_values, (B, T), device=device)
     u = torch.rand(B, T, dtype=torch.float64, device=device)
     buffers = _float((B, sum(d * (c.kernel_size - 1) for d in c.dilations),
-                      c.residual_channels), dtype, device)  # garbage: start = 0 clears it
+                      c.residual_channels), dtype, device)  # garbage: never read from start = 0
     g = None if c.cond_channels is None else torch.stack(
         [b.cond_bias(_float((B, c.cond_channels), dtype, device)) for b in model.blocks], 1)
     local = local_w = None

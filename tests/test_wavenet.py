@@ -232,6 +232,24 @@ def test_continuing_a_call_equals_one_call():
     torch.testing.assert_close(torch.cat([logp_a, logp_b], 1), logp, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_a_generation_from_the_start_never_reads_what_the_rings_held(kernel_size):
+    # Times before 0 are silence: the taps reaching them are skipped, so NaN-filled rings (left
+    # by anything) give what zeroed ones give, short of and past the receptive field.
+    model = _medium(kernel_size=kernel_size)
+    c, n, T = model.config, 2, 40
+    args = [w.detach() for w in model.packed_weights()]
+    u = torch.rand(n, T, dtype=torch.float64)
+    width = sum(d * (c.kernel_size - 1) for d in c.dilations)
+    results = []
+    for fill in (0.0, float("nan")):
+        x = torch.zeros(n, T, dtype=torch.long)
+        buffers = torch.full((n, width, 32), fill, dtype=torch.float64)
+        results.append((x, ops.wavenet_generate(x, buffers, u, 0, 0, *args, c.dilations)))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
 def test_the_fused_loop_rejects_what_it_cannot_generate_from():
     model = _medium()
     c, n, T = model.config, 2, 8

@@ -236,7 +236,9 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
           }
         }
         for (int64_t j = 0; j + 1 < k; ++j) {  // taps into the past, from the ring
-          const int64_t slot = wavenet::ring_slot(t - g.dilations[l] * (k - 1 - j), size);
+          const int64_t past = t - g.dilations[l] * (k - 1 - j);
+          if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
+          const int64_t slot = wavenet::ring_slot(past, size);
           const Rows<const T> taps{layer_ring + slot * R, W * R};
           matmul_acc(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, cols.lo, cols.hi, z);
         }
@@ -304,7 +306,6 @@ constexpr int64_t kGroup = 64;
 
 template <typename T>
 void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
-  if (g.start == 0) g.buffers.zero_();  // nothing generated yet: the past is silence
   if (g.B == 0 || g.start == g.T) return;
   const int threads = std::max(1, at::get_num_threads());
   std::atomic<bool> failed{false};

@@ -91,7 +91,9 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
         if (n.global_bias != nullptr) v += n.global_bias[(b * n.L + l) * R2 + c];
         if (n.local != nullptr) v += dot_column(local_t, n.Cl, n.local_w + l * R2, n.L * R2, c);
         for (int64_t j = 0; j + 1 < n.k; ++j) {
-          const T* tap = layer_ring + wavenet::ring_slot(t - d * (n.k - 1 - j), size) * R;
+          const int64_t past = t - d * (n.k - 1 - j);
+          if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
+          const T* tap = layer_ring + wavenet::ring_slot(past, size) * R;
           v += dot_column(tap, R, n.conv_w + (l * n.k + j) * R * R2, R2, c);
         }
         z[c] = v + dot_column(h, R, n.conv_w + (l * n.k + n.k - 1) * R * R2, R2, c);
@@ -145,7 +147,6 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
 
 template <typename T>
 void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
-  if (g.start == 0) g.buffers.zero_();  // nothing generated yet: the past is silence
   if (g.B == 0 || g.start == g.T) return;
   const auto opts = g.x.options();
   at::Tensor host = at::empty({2 * g.L}, at::kLong);

@@ -27,8 +27,9 @@ def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, num_give
         x: int64 (B, T). Positions t < num_given keep their values (a prefix, or data to
             score); the others are drawn.
         buffers: (B, sum of dilation * (kernel_size - 1), R), the weights' dtype: per layer
-            the ring of its past inputs, as left by a call that ended at `start` (start = 0
-            clears it).
+            the ring of its past inputs, as left by a call that ended at `start`. Times before
+            0 are silence, never read from the rings: with start = 0 their contents do not
+            matter (torch.empty will do).
         u: float64 (B, T) uniforms; value t is drawn by inverse CDF from u[:, t], as
             `fastar.sampling.categorical` draws, so the naive sampler fed the same uniforms
             returns the same values.

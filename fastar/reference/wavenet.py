@@ -24,8 +24,6 @@ def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, num_give
 
     k, V, R = embed.shape
     B, T = x.shape
-    if start == 0:
-        buffers.zero_()
     offsets = [0]
     for d in dilations:
         offsets.append(offsets[-1] + d * (k - 1))
@@ -40,7 +38,9 @@ def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, num_give
         for l, d in enumerate(dilations):
             size = d * (k - 1)
             ring = buffers[:, offsets[l]:offsets[l + 1]]
-            inputs = [ring[:, (t - d * (k - 1 - j)) % size] for j in range(k - 1)] + [h]
+            # Before time 0, silence: what the ring held before is never read.
+            inputs = [ring[:, (t - d * (k - 1 - j)) % size] if t - d * (k - 1 - j) >= 0
+                      else torch.zeros_like(h) for j in range(k - 1)] + [h]
             z = conv_bias[l] + torch.cat(inputs, dim=1) @ conv_weight[l]
             if global_bias is not None:
                 z = z + global_bias[:, l]
