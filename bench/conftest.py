@@ -132,6 +132,7 @@ def _record(group, impl, device, min_s, median_s, rounds, bytes_moved, items, pe
     if peak is not None:
         record["peak_memory_bytes"] = peak
     _records.append(record)
+    _save()  # after every record: a session cut short by a time limit keeps what it measured
 
 
 def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, items=None, warmup=2,
@@ -208,23 +209,35 @@ def _table():
     return "\n".join(lines)
 
 
+_session = {}  # the results file of this session and its date, named at the first record
+
+
+def _save():
+    """Writes every record so far to this session's results file (named after the first
+    record's device and the time of that record)."""
+    if not _session:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        slug = "".join(c if c.isalnum() else "-" for c in _records[0]["device"]).strip("-")[:40]
+        _session["date"], _session["commit"] = now.isoformat(), _commit()
+        _session["path"] = os.path.join(RESULTS_DIR, "%s-%s.json" % (
+            slug, now.strftime("%Y%m%dT%H%M%S")))
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(_session["path"], "w") as f:
+        json.dump({"date": _session["date"], "commit": _session["commit"], "torch": torch.__version__,
+                   "devices": sorted({r["device"] for r in _records}),
+                   "python": platform.python_version(),
+                   "malloc_retains_freed_memory": MALLOC_RETAINED,
+                   "records": _records}, f, indent=1)
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _records:
         return
-    table = _table()
+    table = _table()  # also adds each record's speedup_vs
     terminalreporter.write_sep("=", "fastar comparison (ratio > 1: faster than the baseline)")
     terminalreporter.write_line(table)
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    devices = sorted({r["device"] for r in _records})
-    slug = "".join(c if c.isalnum() else "-" for c in devices[-1]).strip("-")[:40]
-    path = os.path.join(RESULTS_DIR, "%s-%s.json" % (slug, now.strftime("%Y%m%dT%H%M%S")))
-    with open(path, "w") as f:
-        json.dump({"date": now.isoformat(), "commit": _commit(), "torch": torch.__version__,
-                   "devices": devices, "python": platform.python_version(),
-                   "malloc_retains_freed_memory": MALLOC_RETAINED,
-                   "records": _records}, f, indent=1)
-    terminalreporter.write_line("results saved to %s" % os.path.relpath(path))
+    _save()
+    terminalreporter.write_line("results saved to %s" % os.path.relpath(_session["path"]))
 
 
 @pytest.fixture(autouse=True)

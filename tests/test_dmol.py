@@ -300,6 +300,28 @@ def test_cuda_marks_out_of_range_values_nan_without_synchronizing():
 
 
 @requires_cuda
+@pytest.mark.parametrize("C,K", [(3, 10), (1, 5)])
+def test_cuda_equals_cpu_whichever_number_of_lanes_a_position_gets(C, K):
+    # csrc/cuda/dmol.cu splits a position's components over 1, 2, 4 or 8 lanes, the fewest with
+    # which the positions fill the GPU's resident threads: sizes around that bound reach each.
+    # float64: the lanes' merge order changes only the last bits (float32 could flip the tail
+    # formula's threshold at one of millions of terms, on either device).
+    props = torch.cuda.get_device_properties(0)
+    resident = props.multi_processor_count * props.max_threads_per_multi_processor
+    for n in (resident + 3, resident // 2 + 5, resident // 4 + 7, 1000):
+        x = torch.randint(0, 256, (1, C, n))
+        params = torch.randn(1, (10 if C == 3 else 3) * K, n, dtype=torch.float64)
+        grads = []
+        for device in ("cpu", "cuda"):
+            p = params.to(device).requires_grad_()
+            lp = torch.ops.fastar.dmol_log_prob(x.to(device), p, 256)
+            (g,) = torch.autograd.grad(lp.sum(), p)
+            grads.append((lp.cpu(), g.cpu()))
+        torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-10, atol=1e-10)
+
+
+@requires_cuda
 def test_a_training_step_can_be_captured_in_a_cuda_graph():
     # No host synchronization in forward or backward: capture and replay agree with eager.
     params = torch.randn(4, 30, 64, device="cuda", requires_grad=True)

@@ -106,6 +106,17 @@ def test_nan_propagates_and_saturation_is_finite(device):
     torch.testing.assert_close(y[0, 0, 2:], torch.tensor([1.0, -0.0], device=device))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_near_the_largest_float_do_not_overflow(device):
+    x = torch.tensor([0.0, 0.5, -0.5, 3.0], device=device).view(1, 2, 2)  # a = (0, .5), b = ...
+    g = torch.full((1, 1, 2), 1e38, device=device)
+    grad = torch.ops.fastar.gated_activation_backward(g, x, None)
+    z = x.double().requires_grad_()
+    (expected,) = torch.autograd.grad(reference.gated_activation(z), z, g.double())
+    assert grad.isfinite().all()
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-6, atol=0)
+
+
 # "meta": the fake kernel (what torch.compile traces with) checks what the real one checks.
 @pytest.mark.parametrize("device", DEVICES + ["meta"])
 def test_bad_inputs_raise_clear_errors(device):

@@ -300,6 +300,18 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
             call(weights=bad)
 
 
+@pytest.mark.parametrize("component", [0, 1])
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_nan_mixture_mean_is_refused_whichever_component_holds_it(component, cached):
+    # A NaN term first in the mixture's running log-sum-exp once vanished there (the fused
+    # sampler drew values where the naive one refused).
+    model = _medium(output="dmol", num_mixtures=3).eval()
+    with torch.no_grad():
+        model.head[-1].bias[3 + component] = float("nan")  # logits, then the means
+    with pytest.raises((RuntimeError, ValueError), match="define.? no distribution"):
+        model.sample(2, 6, cached=cached, generator=torch.Generator().manual_seed(0))
+
+
 def test_sampling_reads_the_weights_of_the_call():
     # Packed afresh on every call: an in-place weight edit between two calls takes effect.
     model = _medium()

@@ -165,7 +165,8 @@ FASTAR_HD SigmoidFraction<T> sigmoid_fraction(T x) {
 // log sum exp of a set of terms, kept as (max, sum of exp(term - max)): built one term at a
 // time with one exponential each, and merged across threads in any order (the CUDA kernels
 // split a sum over lanes and combine them by shuffles). The empty set is (-inf, 0); a term of
-// -inf adds nothing, even to an empty set (exp(-inf - -inf) would be NaN); NaN propagates.
+// -inf adds nothing, even to an empty set (exp(-inf - -inf) would be NaN); a NaN term makes
+// the sum NaN wherever it comes (first, in the set with the smaller max, in any lane).
 template <typename T>
 struct LogSumExp {
   T max = -INFINITY, sum = T(0);
@@ -177,8 +178,10 @@ struct LogSumExp {
       a = b;
       b = t;
     }
-    if (b.max == -INFINITY) return a;  // also when both are -inf
-    return {a.max, a.sum + b.sum * exp(b.max - a.max)};
+    // b's share, 0 for a b of max -inf (also when both are): its sum is 0, or NaN if a NaN
+    // term came first (a NaN max never compares greater), which the product keeps.
+    const T scale = b.max == -INFINITY ? T(0) : exp(b.max - a.max);
+    return {a.max, a.sum + b.sum * scale};
   }
   FASTAR_HD void add(T v) { *this = merge(*this, LogSumExp{v, T(1)}); }
   FASTAR_HD T log_sum() const { return log(sum); }  // the value is max + log_sum()

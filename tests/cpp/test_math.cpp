@@ -98,12 +98,22 @@ void test_edges() {
   after_minus_inf.add(T(2));
   check(after_minus_inf.max == T(2) && after_minus_inf.sum == T(1), "-inf then 2",
         double(after_minus_inf.max + after_minus_inf.log_sum()), 2.0);
-  LogSumExp<T> with_nan;
-  with_nan.add(T(1));
-  with_nan.add(T(NAN));
-  with_nan.add(T(3));
-  const T nan_result = with_nan.max + with_nan.log_sum();
-  check(nan_result != nan_result, "NaN propagates", double(nan_result), NAN);
+  // NaN anywhere: after a finite term, first of all, or alone in one lane of a split.
+  for (int where = 0; where < 3; ++where) {
+    LogSumExp<T> with_nan;
+    for (int i = 0; i < 3; ++i) with_nan.add(i == where ? T(NAN) : T(i + 1));
+    const T nan_result = with_nan.max + with_nan.log_sum();
+    check(nan_result != nan_result, "NaN propagates", double(nan_result), NAN);
+  }
+  for (int G : {2, 4, 8}) {
+    for (int where = 0; where < 10; ++where) {
+      std::vector<T> terms(10);
+      for (int k = 0; k < 10; ++k) terms[k] = k == where ? T(NAN) : T(-k);
+      const LogSumExp<T> lane0 = warp_butterfly(terms, G)[0];
+      const T nan_result = lane0.max + lane0.log_sum();
+      check(nan_result != nan_result, "NaN in one lane propagates", double(nan_result), NAN);
+    }
+  }
   // Huge terms: max + log_sum would round, the parts stay exact.
   LogSumExp<T> huge;
   huge.add(T(1e30));
