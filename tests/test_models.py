@@ -195,6 +195,38 @@ def test_made_masks_survive_dtype_casts():
     b._use(1)
     assert torch.equal(a.out.mask.bool(), b.out.mask.bool())
     assert torch.equal(a.hidden[0].mask.bool(), b.hidden[0].mask.bool())
+    # The integer state stays exact: a cast model's weights load into a model of its masks.
+    c = copy.deepcopy(a).type(torch.float64)
+    assert c.mask_index.dtype == c.masks_fingerprint.dtype == torch.int64
+    assert c.out.weight.dtype == torch.float64
+    fresh = MADE(image_shape=(1, 28, 28), hidden_sizes=(50,), num_masks=2,
+                 natural_ordering=False).double()
+    fresh.load_state_dict(c.state_dict())
+    assert fresh._current_mask() == 1
+
+
+def test_made_with_several_masks_is_differentiable_wherever_it_switches_them():
+    # Evaluation averages over masks and two training forwards use two masks: a graph must
+    # keep the masks it used (they were once overwritten in place: "modified by an inplace
+    # operation" in backward, and torch.compile failed on evaluation).
+    torch.manual_seed(0)
+    model = MADE(image_shape=(1, 3, 3), hidden_sizes=(16,), num_masks=3,
+                 direct_connections=True).double().eval()
+    x = torch.randint(0, 2, (4, 1, 3, 3))
+    w = model.out.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda w: torch.func.functional_call(model, {"out.weight": w}, (x,)), (w,))
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x, check_values=False),
+                               model(x), rtol=1e-12, atol=1e-12)
+    model.train()
+    first = model(x)
+    expected = torch.autograd.grad(first.sum(), model.out.weight, retain_graph=True)[0]
+    second = model(x)  # the next mask
+    expected = expected + torch.autograd.grad(second.sum(), model.out.weight,
+                                              retain_graph=True)[0]
+    (both,) = torch.autograd.grad(first.sum() + second.sum(), model.out.weight)
+    torch.testing.assert_close(both, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("hidden", [(8,), (8000,)])

@@ -31,8 +31,10 @@ class _MaskedLinear(nn.Linear):
         self.blocks = None
 
     def set_mask(self, mask: Tensor, blocks: Optional[list]) -> None:
-        """blocks: ops.staircase_blocks(mask), computed once per mask by the caller."""
-        self.mask.copy_(mask)
+        """blocks: ops.staircase_blocks(mask), computed once per mask by the caller. A new
+        tensor, not a write into the old one: a graph that used the old mask (evaluation's
+        average over masks, two training forwards before one backward) still holds it."""
+        self.mask = mask.to(self.mask.dtype)
         self.blocks = blocks
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,6 +193,12 @@ class MADE(AutoregressiveModel):
             self.direct.set_mask(direct, blocks[-1])
         self.mask_index.fill_(index)
         self._mask_index = index
+
+    def type(self, dst_type):
+        """Casts the floating-point parameters and buffers only (nn.Module.type casts every
+        tensor): the mask index and the masks' fingerprint are integers that must stay exact,
+        or the state dict would no longer load into a model with the same masks."""
+        return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
 
     def _current_mask(self) -> int:
         """The index of the mask in use: the host copy. A DataParallel replica (made afresh each
