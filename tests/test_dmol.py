@@ -201,6 +201,34 @@ def test_a_common_shift_of_the_logits_changes_nothing(device, dtype, logits):
         torch.testing.assert_close(g.double().cpu(), g_ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_gradients_under_torch_compile(device, dtype):
+    # Compiled, the loss takes the plain backward (the with-gradient forward is an eager-only
+    # path): it must recompute log P in float32, not scale every responsibility by exp(the
+    # rounding of the bfloat16 log P) (once 4.5% of the largest gradient). Flash-attention's
+    # rule against PyTorch computing the reference in the same dtype.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 4, 6), device=device)
+    params = _params(2, 3, 5, (4, 6), "normal", device, dtype)
+    compiled = torch.compile(lambda p: ops.dmol_log_prob(x, p, 256), fullgraph=True)
+
+    def grad(f, p):
+        p = p.detach().requires_grad_()
+        (g,) = torch.autograd.grad(f(p).sum(), p)
+        return g.double().cpu()
+
+    truth = grad(lambda p: reference.dmol_log_prob(x, p, 256), params.double())
+    theirs = (grad(lambda p: reference.dmol_log_prob(x, p, 256), params) - truth).abs().max()
+    if theirs != theirs:  # PyTorch's float16 computation overflowed: the op's bound alone
+        theirs = math.inf
+    ours = (grad(compiled, params) - truth).abs().max()
+    scale = truth.abs().max()
+    assert ours <= 2 * theirs + torch.finfo(dtype).eps * scale, (ours, theirs)
+    assert ours <= {torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype] * scale, (ours, scale)
+
+
 def test_torch_compile_fails_at_trace_time_on_bad_arguments():
     torch._dynamo.reset()
     x = torch.randint(0, 256, (2, 3, 4, 4))
