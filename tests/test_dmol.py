@@ -226,7 +226,10 @@ def test_reduced_precision_gradients_under_torch_compile(device, dtype):
     ours = (grad(compiled, params) - truth).abs().max()
     scale = truth.abs().max()
     assert ours <= 2 * theirs + torch.finfo(dtype).eps * scale, (ours, theirs)
-    assert ours <= {torch.bfloat16: 5e-2, torch.float16: 1e-2}[dtype] * scale, (ours, scale)
+    # PyTorch's own error is large here (bfloat16: ~15% of the scale) and so is the rule's
+    # bound: the old bug (every gradient of a position scaled by exp(log P's rounding), ~5%
+    # in bfloat16, 0.4% in float16) must fail this one. Measured now: 0.13% and 0.03%.
+    assert ours <= {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype] * scale, (ours, scale)
 
 
 def test_torch_compile_fails_at_trace_time_on_bad_arguments():

@@ -195,8 +195,9 @@ def test_made_masks_survive_dtype_casts():
     b._use(1)
     assert torch.equal(a.out.mask.bool(), b.out.mask.bool())
     assert torch.equal(a.hidden[0].mask.bool(), b.hidden[0].mask.bool())
-    # The integer state stays exact: a cast model's weights load into a model of its masks.
-    c = copy.deepcopy(a).type(torch.float64)
+    # The integer state stays exact, also when a parent module casts: a cast model's weights
+    # load into a model of its masks.
+    c = torch.nn.Sequential(copy.deepcopy(a)).type(torch.float64)[0]
     assert c.mask_index.dtype == c.masks_fingerprint.dtype == torch.int64
     assert c.out.weight.dtype == torch.float64
     fresh = MADE(image_shape=(1, 28, 28), hidden_sizes=(50,), num_masks=2,
@@ -213,9 +214,10 @@ def test_made_with_several_masks_is_differentiable_wherever_it_switches_them():
     model = MADE(image_shape=(1, 3, 3), hidden_sizes=(16,), num_masks=3,
                  direct_connections=True).double().eval()
     x = torch.randint(0, 2, (4, 1, 3, 3))
-    w = model.out.weight.detach().clone().requires_grad_()
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
     assert torch.autograd.gradcheck(
-        lambda w: torch.func.functional_call(model, {"out.weight": w}, (x,)), (w,))
+        lambda *p: torch.func.functional_call(model, dict(zip(names, p)), (x,)), params)
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(x, check_values=False),
                                model(x), rtol=1e-12, atol=1e-12)
@@ -227,6 +229,12 @@ def test_made_with_several_masks_is_differentiable_wherever_it_switches_them():
                                               retain_graph=True)[0]
     (both,) = torch.autograd.grad(first.sum() + second.sum(), model.out.weight)
     torch.testing.assert_close(both, expected, rtol=1e-12, atol=1e-12)
+    # Masks set while sampling under inference_mode are no inference tensors: the next
+    # training step (which, with one mask, sets none) can save them for backward.
+    single = MADE(image_shape=(1, 3, 3), hidden_sizes=(16,), direct_connections=True)
+    with torch.inference_mode():
+        single.eval().sample(2)
+    single.train()(x).sum().backward()
 
 
 @pytest.mark.parametrize("hidden", [(8,), (8000,)])

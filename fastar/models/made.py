@@ -33,8 +33,9 @@ class _MaskedLinear(nn.Linear):
     def set_mask(self, mask: Tensor, blocks: Optional[list]) -> None:
         """blocks: ops.staircase_blocks(mask), computed once per mask by the caller. A new
         tensor, not a write into the old one: a graph that used the old mask (evaluation's
-        average over masks, two training forwards before one backward) still holds it."""
-        self.mask = mask.to(self.mask.dtype)
+        average over masks, two training forwards before one backward) still holds it. On the
+        weight's device (a model split over devices, weights loaded with assign=True)."""
+        self.mask = mask.to(device=self.weight.device, dtype=self.mask.dtype)
         self.blocks = blocks
 
     def forward(self, x: Tensor) -> Tensor:
@@ -184,21 +185,29 @@ class MADE(AutoregressiveModel):
         return self._degrees_on[device][index]
 
     def _use(self, index: int):
-        hidden, out, direct = self._masks_of(*self._degrees_for(index, self.out.mask.device))
-        blocks = self._blocks[index]
-        for layer, mask, b in zip(self.hidden, hidden, blocks):
-            layer.set_mask(mask, b)
-        self.out.set_mask(out, blocks[-2])
-        if self.direct is not None:
-            self.direct.set_mask(direct, blocks[-1])
-        self.mask_index.fill_(index)
+        # Masks are model state, never inference tensors (made in a sampler's inference_mode,
+        # they would stay in the layers and fail the next training step's backward).
+        with torch.inference_mode(False):
+            hidden, out, direct = self._masks_of(*self._degrees_for(index,
+                                                                   self.out.weight.device))
+            blocks = self._blocks[index]
+            for layer, mask, b in zip(self.hidden, hidden, blocks):
+                layer.set_mask(mask, b)
+            self.out.set_mask(out, blocks[-2])
+            if self.direct is not None:
+                self.direct.set_mask(direct, blocks[-1])
+            self.mask_index.fill_(index)
         self._mask_index = index
 
-    def type(self, dst_type):
-        """Casts the floating-point parameters and buffers only (nn.Module.type casts every
-        tensor): the mask index and the masks' fingerprint are integers that must stay exact,
-        or the state dict would no longer load into a model with the same masks."""
-        return self._apply(lambda t: t.type(dst_type) if t.is_floating_point() else t)
+    def _apply(self, fn, recurse=True):
+        """Conversions (also a parent module's: they reach MADE through _apply, not .type())
+        change the floating-point tensors' dtype only: nn.Module.type would cast the integer
+        mask index and masks' fingerprint too, and the state dict would then no longer load
+        into a model with the same masks. Devices change for all."""
+        def keep_integers(t):
+            out = fn(t)
+            return out if t.is_floating_point() or out.dtype == t.dtype else t.to(out.device)
+        return super()._apply(keep_integers, recurse)
 
     def _current_mask(self) -> int:
         """The index of the mask in use: the host copy. A DataParallel replica (made afresh each
@@ -296,10 +305,12 @@ class MADE(AutoregressiveModel):
                 self._use((self._current_mask() + 1) % self.num_masks)
             return super().log_prob(x, check_values=False)
         per_mask, current = [], self._current_mask()
-        for i in range(self.num_masks):
-            self._use(i)
-            per_mask.append(super().log_prob(x, check_values=False))
-        self._use(current)  # evaluation leaves the training cycle where it was
+        try:
+            for i in range(self.num_masks):
+                self._use(i)
+                per_mask.append(super().log_prob(x, check_values=False))
+        finally:
+            self._use(current)  # evaluation leaves the training cycle where it was
         return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(self.num_masks)
 
     @torch.no_grad()
