@@ -189,22 +189,28 @@ def _table():
     groups = {}
     for r in _records:
         groups.setdefault(r["group"], []).append(r)
-    header = "%-52s %-13s %10s %9s %11s %9s %9s %7s %9s %9s" % (
+    header = "%-52s %-13s %10s %9s %11s %9s %9s %7s %7s %9s %9s" % (
         "group", "impl", "min ms", "vs eager", "vs compile", "vs naive", "vs queue", "GB/s",
-        "items/s", "peak MB")
+        "% copy", "items/s", "peak MB")
     lines += [header, "-" * len(header)]
     for group, rows in groups.items():
         # Time per item where rows time different numbers of items per call (samplers).
         base = {r["impl"]: r["min_s"] / r.get("items", 1) for r in rows}
+        # A "copy" row (a plain copy measured beside the op): the bandwidth the op is held to.
+        copy_gbs = next((r["GB_per_s"] for r in rows if r["impl"] == "copy"), None)
         for r in rows:
             per_item = r["min_s"] / r.get("items", 1)
             ratios = ["%.2fx" % (base[b] / per_item) if b in base else "-" for b in BASELINES]
             gbs = "%.1f" % r["GB_per_s"] if "GB_per_s" in r else "-"
+            of_copy = "-"
+            if copy_gbs and "GB_per_s" in r and r["impl"] != "copy":
+                r["GB_per_s_of_copy"] = r["GB_per_s"] / copy_gbs
+                of_copy = "%.0f%%" % (100 * r["GB_per_s_of_copy"])
             rate = "%.0f" % r["items_per_s"] if "items_per_s" in r else "-"
             peak = ("%.0f" % (r["peak_memory_bytes"] / 2**20)
                     if "peak_memory_bytes" in r else "-")
-            lines.append("%-52s %-13s %10.2f %9s %11s %9s %9s %7s %9s %9s" % (
-                group, r["impl"], r["min_s"] * 1e3, *ratios, gbs, rate, peak))
+            lines.append("%-52s %-13s %10.2f %9s %11s %9s %9s %7s %7s %9s %9s" % (
+                group, r["impl"], r["min_s"] * 1e3, *ratios, gbs, of_copy, rate, peak))
             r["speedup_vs"] = {b: base[b] / per_item for b in BASELINES if b in base}
     return "\n".join(lines)
 
