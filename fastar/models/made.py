@@ -108,8 +108,8 @@ class MADE(AutoregressiveModel):
                         for hidden, out, direct in masks]
         # Each mask is rebuilt from its degrees where the weights are (_use): switching masks
         # then copies kilobytes (once per device), not the masks, and never waits for the
-        # device. Plain attributes, not buffers: Module.type() would cast buffers, rounding
-        # degrees above 256 in bfloat16.
+        # device. Plain attributes, not buffers: drawn from the seed, they are not state to
+        # save (masks_fingerprint stands for them in the state dict).
         self._degrees = drawn  # on the host
         self._degrees_on = {}  # device -> the same tensors there
         # The mask in use is state: a resumed training run must continue the cycle where the
