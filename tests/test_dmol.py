@@ -11,6 +11,26 @@ from fastar import sampling
 from fastar.nn import DiscretizedMixLogisticLoss, bits_per_dim
 from op_db import dmol_data as _data, dmol_params as _params
 
+
+def _log_prob_and_grad(f, x, params, num_bins=256):
+    """f(x, params, num_bins) on params' device and the gradient of its sum over params, both
+    as float64 on the CPU."""
+    params = params.detach().requires_grad_()
+    log_prob = f(x.to(params.device), params, num_bins)
+    (grad,) = torch.autograd.grad(log_prob.sum(), params)
+    return log_prob.detach().double().cpu(), grad.double().cpu()
+
+
+def _params_far_from_bin_0(B, C, K, S, mean, jitter_scales):
+    """float64 params whose components sit near the top bin (means around `mean`) with small
+    log-scales (-6.5, plus U[0, 1) with jitter_scales): data in bin 0 then has log P of
+    hundreds to thousands of nats."""
+    p = torch.randn(B, (10 if C == 3 else 3) * K, *S, dtype=torch.float64)
+    rest = p[:, K:].view(B, C, 3 if C == 3 else 2, K, *S)
+    rest[:, :, 0] = rest[:, :, 0] * 0.5 + mean
+    rest[:, :, 1] = -6.5 + (torch.rand_like(rest[:, :, 1]) if jitter_scales else 0)
+    return p
+
 # The generic checks (reference agreement over the edge-case matrix, dtypes, gradcheck, opcheck,
 # compile, empty batch, strides, CUDA == CPU) run from tests/op_db.py; here: what the
 # likelihood and its sampler mean.
@@ -212,18 +232,12 @@ def test_reduced_precision_gradients_under_torch_compile(device, dtype):
     torch.manual_seed(0)
     x = torch.randint(0, 256, (2, 3, 4, 6), device=device)
     params = _params(2, 3, 5, (4, 6), "normal", device, dtype)
-    compiled = torch.compile(lambda p: ops.dmol_log_prob(x, p, 256), fullgraph=True)
-
-    def grad(f, p):
-        p = p.detach().requires_grad_()
-        (g,) = torch.autograd.grad(f(p).sum(), p)
-        return g.double().cpu()
-
-    truth = grad(lambda p: reference.dmol_log_prob(x, p, 256), params.double())
-    theirs = (grad(lambda p: reference.dmol_log_prob(x, p, 256), params) - truth).abs().max()
+    compiled = torch.compile(ops.dmol_log_prob, fullgraph=True)
+    truth = _log_prob_and_grad(reference.dmol_log_prob, x, params.double())[1]
+    theirs = (_log_prob_and_grad(reference.dmol_log_prob, x, params)[1] - truth).abs().max()
     if theirs != theirs:  # PyTorch's float16 computation overflowed: the op's bound alone
         theirs = math.inf
-    ours = (grad(compiled, params) - truth).abs().max()
+    ours = (_log_prob_and_grad(compiled, x, params)[1] - truth).abs().max()
     scale = truth.abs().max()
     assert ours <= 2 * theirs + torch.finfo(dtype).eps * scale, (ours, theirs)
     # PyTorch's own error is large here (bfloat16: ~15% of the scale) and so is the rule's
@@ -246,20 +260,13 @@ def test_float32_gradients_hold_where_log_probs_are_thousands_of_nats(device):
     # gradient is off by exp(the difference of roundings at |log P| ~ 4e3), ~4e-4 here.
     torch.manual_seed(0)
     B, K, S = 4, 5, (64,)
-    p = torch.randn(B, 10 * K, *S, dtype=torch.float64)
-    rest = p[:, K:].view(B, 3, 3, K, *S)
-    rest[:, :, 0] = rest[:, :, 0] * 0.5 + 0.9  # means near the top bin ...
-    rest[:, :, 1] = -6.5  # ... with small scales
-    x = torch.zeros(B, 3, *S, dtype=torch.long)  # ... and data in the bottom one
+    p32 = _params_far_from_bin_0(B, 3, K, S, mean=0.9, jitter_scales=False).float()
+    x = torch.zeros(B, 3, *S, dtype=torch.long)
+    lp_truth, g_truth = _log_prob_and_grad(reference.dmol_log_prob, x, p32.double())
+    assert lp_truth.max() < -1000
     for f in (ops.dmol_log_prob, torch.ops.fastar.dmol_log_prob):
-        p32 = p.float().to(device).requires_grad_()
-        lp = f(x.to(device), p32, 256)
-        (g,) = torch.autograd.grad(lp.sum(), p32)
-        truth = p32.detach().double().cpu().requires_grad_()
-        lp_truth = reference.dmol_log_prob(x, truth, 256)
-        assert lp_truth.max() < -1000
-        (g_truth,) = torch.autograd.grad(lp_truth.sum(), truth)
-        assert (g.double().cpu() - g_truth).abs().max() <= 1e-4 * g_truth.abs().max()
+        g = _log_prob_and_grad(f, x, p32.to(device))[1]
+        assert (g - g_truth).abs().max() <= 1e-4 * g_truth.abs().max()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -274,17 +281,11 @@ def test_float32_logit_gradients_are_as_accurate_as_pytorchs_where_log_probs_are
     # would hide them in a whole-tensor bound).
     torch.manual_seed(0)
     B, S = 4, (256,)
-    p = torch.randn(B, (10 if C == 3 else 3) * K, *S, dtype=torch.float64)
-    rest = p[:, K:].view(B, C, 3 if C == 3 else 2, K, *S)
-    rest[:, :, 0] = rest[:, :, 0] * 0.5 + mean  # means high, small scales, data in bin 0
-    rest[:, :, 1] = torch.rand_like(rest[:, :, 1]) - 6.5
+    p32 = _params_far_from_bin_0(B, C, K, S, mean, jitter_scales=True).float()
     x = torch.zeros(B, C, *S, dtype=torch.long)
-    p32 = p.float()
 
     def logit_grads(f, params):
-        params = params.clone().requires_grad_()
-        (g,) = torch.autograd.grad(f(x.to(params.device), params, 256).sum(), params)
-        return g[:, :K].double().cpu()
+        return _log_prob_and_grad(f, x, params)[1][:, :K]
 
     truth = logit_grads(reference.dmol_log_prob, p32.double())
     theirs_err = (logit_grads(reference.dmol_log_prob, p32) - truth).abs().max()
@@ -342,14 +343,9 @@ def test_cuda_equals_cpu_whichever_number_of_lanes_a_position_gets(C, K):
     for n in (resident + 3, resident // 2 + 5, resident // 4 + 7, 1000):
         x = torch.randint(0, 256, (1, C, n))
         params = torch.randn(1, (10 if C == 3 else 3) * K, n, dtype=torch.float64)
-        grads = []
-        for device in ("cpu", "cuda"):
-            p = params.to(device).requires_grad_()
-            lp = torch.ops.fastar.dmol_log_prob(x.to(device), p, 256)
-            (g,) = torch.autograd.grad(lp.sum(), p)
-            grads.append((lp.cpu(), g.cpu()))
-        torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-10, atol=1e-10)
+        op = torch.ops.fastar.dmol_log_prob
+        cpu, cuda = (_log_prob_and_grad(op, x, params.to(d)) for d in ("cpu", "cuda"))
+        torch.testing.assert_close(cuda, cpu, rtol=1e-10, atol=1e-10)
 
 
 @requires_cuda
