@@ -17,6 +17,15 @@ from conftest import DEVICES, measure
 
 _compiled = torch.compile(reference.dmol_log_prob, dynamic=False)
 IMPLS = {"fastar": ops.dmol_log_prob, "eager": reference.dmol_log_prob, "compile": _compiled}
+K = 10  # components
+
+
+def _params_shape(batch):
+    return (batch, 10 * K, 32, 32)
+
+
+def _group(device, batch):
+    return "dmol %s cifar B=%d K=%d forward+backward" % (device, batch, K)
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -24,26 +33,22 @@ IMPLS = {"fastar": ops.dmol_log_prob, "eager": reference.dmol_log_prob, "compile
 @pytest.mark.parametrize("device", DEVICES)
 def test_dmol_training_step(benchmark, device, batch, impl):
     fn = IMPLS[impl]
-    K = 10
     x = torch.randint(0, 256, (batch, 3, 32, 32), device=device)
-    params = torch.randn(batch, 10 * K, 32, 32, device=device, requires_grad=True)
+    params = torch.randn(_params_shape(batch), device=device, requires_grad=True)
 
     def step():
         return torch.autograd.grad(-fn(x, params).sum(), params)
 
     bytes_moved = 3 * params.numel() * params.element_size() + 2 * x.numel() * x.element_size()
-    measure(benchmark, group=_group(device, batch, K), impl=impl, device=device, fn=step,
+    measure(benchmark, group=_group(device, batch), impl=impl, device=device, fn=step,
             bytes_moved=bytes_moved)
 
 
 @pytest.mark.parametrize("batch", [16, 64])
 @pytest.mark.parametrize("device", DEVICES)
 def test_copy_of_params_size(benchmark, device, batch):
-    src = torch.randn(batch, 100, 32, 32, device=device)
+    src = torch.randn(_params_shape(batch), device=device)
     dst = torch.empty_like(src)
-    measure(benchmark, group=_group(device, batch, 10), impl="copy", device=device,
+    measure(benchmark, group=_group(device, batch), impl="copy", device=device,
             fn=lambda: dst.copy_(src), bytes_moved=2 * src.numel() * src.element_size())
 
-
-def _group(device, batch, K):
-    return "dmol %s cifar B=%d K=%d forward+backward" % (device, batch, K)

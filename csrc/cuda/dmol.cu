@@ -51,8 +51,8 @@ __device__ __forceinline__ Position<acc_t, C> position(const dmol::BinIndices x,
 }
 
 // One lane's part of a position: which position of the flat (B, S) range and which
-// components (first, first + lanes, ...). The lanes of a position are lane_stride apart in
-// the warp; a warp covers positions_per_warp consecutive positions per step.
+// components (first, first + lanes, ...). The lanes of a position are positions_per_warp
+// apart in the warp, which covers positions_per_warp consecutive positions per step.
 struct LaneSplit {
   int lanes, positions_per_warp, first_component;
   int64_t position_in_warp;
