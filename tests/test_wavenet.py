@@ -184,6 +184,33 @@ def test_the_fused_loop_draws_what_the_python_step_loop_draws(name, n):
             assert torch.equal(fused[:, :, :prefix_len], prefix[:, :, :prefix_len])
 
 
+def _conditions_of_rows(model, n, T, cond=None, local=None):
+    """The conditions as wavenet_generate takes them for n rows of length T: (each block's
+    global gate bias (n, L, 2R) or None, the upsampled local condition or None, its
+    projection's weight or None)."""
+    cache = model.init_cache(n, model._condition(cond, local, n, T), (1, T))
+    global_bias = None if cache.global_bias[0] is None else torch.stack(cache.global_bias, 1)
+    local_weight = None
+    if local is not None:
+        local_weight = torch.cat([b.local_cond.proj.weight for b in model.blocks]).t().detach()
+    return global_bias, cache.local, local_weight
+
+
+def _fused(model, x, u, num_given, conditions=(None, None, None), threads=None):
+    """wavenet_generate on x (n, T) (written in place) and uniforms u (n, T) with the model's
+    packed weights, on `threads` threads; returns the log-probabilities."""
+    c = model.config
+    buffers = torch.empty(x.shape[0], sum(d * (c.kernel_size - 1) for d in c.dilations),
+                          c.residual_channels, dtype=model.head[-1].weight.dtype)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)
+    try:
+        return ops.wavenet_generate(x, buffers, u, 0, num_given, *model.packed_weights(),
+                                    c.dilations, 0, *conditions)
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_fused_loop_scores_data_as_the_forward_pass_does_in_float32(threads):
     # num_given = T: the loop draws nothing and returns log p(x_t | x_<t) of given data, which
@@ -192,24 +219,34 @@ def test_the_fused_loop_scores_data_as_the_forward_pass_does_in_float32(threads)
     n, T = 5, 40
     cond, local = _medium_conditions(model, n, T)
     x = torch.randint(0, model.num_values, (n, 1, T))
-    cache = model.init_cache(n, model._condition(cond, local, n, T), (1, T))
-    c = model.config
-    buffers = torch.empty(n, sum(d * (c.kernel_size - 1) for d in c.dilations),
-                          c.residual_channels)
-    local_weight = torch.cat([b.local_cond.proj.weight for b in model.blocks]).t()
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        logp = ops.wavenet_generate(x[:, 0].clone(), buffers, torch.rand(n, T, dtype=torch.float64),
-                                    0, T, *model.packed_weights(), c.dilations, 0,
-                                    torch.stack(cache.global_bias, 1), cache.local,
-                                    local_weight.detach())
-    finally:
-        torch.set_num_threads(saved)
+    logp = _fused(model, x[:, 0].clone(), torch.rand(n, T, dtype=torch.float64), T,
+                  _conditions_of_rows(model, n, T, cond, local), threads)
     with torch.no_grad():
         expected = torch.log_softmax(model.conditionals(x, Condition(cond, local)), dim=1)
     expected = expected.gather(1, x.unsqueeze(1))[:, 0, 0]
     torch.testing.assert_close(logp, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("residual_channels", [32, 40, 64])
+def test_float32_draws_do_not_depend_on_the_threads_or_the_batch(residual_channels):
+    # The loop sums every product in the same order alone, in a team of two threads (batch 1
+    # and 2) and in a thread's own rows (batch 4 on two threads): the same uniforms give the
+    # same values and log-probabilities, bit for bit. In float32 a last-bit difference moves a
+    # draw that lies near a CDF step, and the sequences part from there.
+    model = _medium(torch.float32, residual_channels=residual_channels, num_values=256,
+                    cond_channels=3, local_channels=2, upsample=4)
+    T = 400
+    global_bias, local, local_weight = _conditions_of_rows(model, 4, T,
+                                                           *_medium_conditions(model, 4, T))
+    u = torch.rand(4, T, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    runs = []
+    for n, threads in [(1, 1), (1, 2), (2, 2), (4, 2), (4, 1)]:
+        x = torch.zeros(n, T, dtype=torch.long)
+        logp = _fused(model, x, u[:n].contiguous(), 0, (global_bias[:n], local[:n], local_weight),
+                      threads)
+        runs.append((x[0], logp[0]))
+    for x, logp in runs[1:]:
+        assert torch.equal(x, runs[0][0]) and torch.equal(logp, runs[0][1])
 
 
 def test_continuing_a_call_equals_one_call():

@@ -28,6 +28,7 @@
 #include "common/relu_linear.h"
 #include "common/relu_linear_args.h"
 #include "cpu/multiversion.h"
+#include "cpu/vec.h"
 
 // GCC's vector extensions (vector types, ?: on vectors); other compilers take the ATen path
 // for the sizes the vector kernel would take.
@@ -88,27 +89,8 @@ void with_constant(int64_t n, const Fn& fn) {
 // FASTAR_CPU_MULTIVERSION clone lowers to its widest registers, several rows at a time so the
 // multiply-add chains overlap.
 
-// The helpers below take and return 64-byte vectors by value; they always inline, so the ABI
-// note GCC gives for clones without AVX-512 concerns no real call.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-template <typename T>
-struct Vec64 {
-  typedef T type __attribute__((vector_size(64)));
-  static constexpr int lanes = 64 / sizeof(T);
-};
-
-template <typename V, typename T>
-FASTAR_HD V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V, typename T>
-FASTAR_HD void store(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
+using cpu::load;
+using cpu::store;
 
 template <typename V>
 FASTAR_HD V relu_vec(const V& v) {
@@ -120,8 +102,8 @@ FASTAR_HD V relu_vec(const V& v) {
 template <typename T, int NV, int KV>
 FASTAR_CPU_MULTIVERSION void forward_wide(const T* x, const T* wt, const T* bias, int64_t rows,
                                           T* y) {
-  using V = typename Vec64<T>::type;
-  constexpr int L = Vec64<T>::lanes, O = NV * L, K = KV * L, R = 8 / NV;  // rows at a time
+  using V = typename cpu::Vec<T, 64>::type;
+  constexpr int L = cpu::Vec<T, 64>::lanes, O = NV * L, K = KV * L, R = 8 / NV;  // rows at a time
   V b[NV];
   for (int v = 0; v < NV; ++v) b[v] = bias ? load<V>(bias + v * L) : V{};
   int64_t r = 0;
@@ -154,8 +136,8 @@ constexpr int64_t kSubRows = 64;
 template <typename T, int NV, int KV>
 FASTAR_CPU_MULTIVERSION void backward_wide(const T* g, const T* x, const T* w, int64_t rows,
                                            T* grad_x, double* grad_w, double* grad_b) {
-  using V = typename Vec64<T>::type;
-  constexpr int L = Vec64<T>::lanes, O = NV * L, K = KV * L;
+  using V = typename cpu::Vec<T, 64>::type;
+  constexpr int L = cpu::Vec<T, 64>::lanes, O = NV * L, K = KV * L;
   constexpr int R = 8 / KV;  // rows at a time for grad_x
   constexpr int P = 8 / KV;  // outputs at a time for grad_w
   for (int64_t s0 = 0; s0 < rows; s0 += kSubRows) {

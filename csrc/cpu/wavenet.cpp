@@ -21,38 +21,16 @@
 #include "common/wavenet_args.h"
 #include "cpu/launch.h"
 #include "cpu/multiversion.h"
+#include "cpu/vec.h"
 
 namespace fastar {
 namespace {
 
-// 32-byte vectors (GCC/Clang vector extensions): AVX in the x86-64-v3 clone, two SSE
-// registers in the baseline one.
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-  typedef float type __attribute__((vector_size(32)));
-  static constexpr int64_t width = 8;
-};
-template <>
-struct Vec<double> {
-  typedef double type __attribute__((vector_size(32)));
-  static constexpr int64_t width = 4;
-};
-
 #define FASTAR_INLINE inline __attribute__((always_inline))
 
-template <typename T>
-FASTAR_INLINE typename Vec<T>::type load(const T* p) {
-  typename Vec<T>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-FASTAR_INLINE void store(T* p, typename Vec<T>::type v) {
-  std::memcpy(p, &v, sizeof(v));
-}
+using cpu::load;
+using cpu::store;
+using cpu::Vec;
 
 // A matrix of nb rows (sequences) at a fixed stride: the rows of a product's input or output.
 template <typename T>
@@ -62,45 +40,53 @@ struct Rows {
   T* operator[](int64_t b) const { return data + b * stride; }
 };
 
-// out[b][c] += sum_i in[b][i] w[i * ldw + c] for b < NB and NV vectors of columns.
-template <typename T, int NB, int NV>
-FASTAR_INLINE void tile(Rows<const T> in, int64_t K, const T* w, int64_t ldw, Rows<T> out) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t n = Vec<T>::width;
+// out[b][c] += sum_i in[b][i] w[i * ldw + c] for b < NB and NV vectors of columns: the first
+// NV / 2 vectors from column a on, the others from column b on (b = a + NV / 2 vectors: one run).
+// Each column is summed in the same order (out, then i = 0, 1, ...) whatever the tile, so the
+// result does not depend on the batch size, the team or the vector width.
+template <typename T, int Bytes, int NB, int NV>
+FASTAR_INLINE void tile(Rows<const T> in, int64_t K, const T* w, int64_t ldw, int64_t a,
+                        int64_t b, Rows<T> out) {
+  using V = typename Vec<T, Bytes>::type;
+  constexpr int64_t n = Vec<T, Bytes>::lanes;
+  int64_t col[NV];
+  FASTAR_UNROLL
+  for (int v = 0; v < NV; ++v) col[v] = (2 * v < NV ? a + v * n : b + (v - NV / 2) * n);
   V acc[NB][NV];
   FASTAR_UNROLL
-  for (int b = 0; b < NB; ++b) {
+  for (int r = 0; r < NB; ++r) {
     FASTAR_UNROLL
-    for (int v = 0; v < NV; ++v) acc[b][v] = load(out[b] + v * n);
+    for (int v = 0; v < NV; ++v) acc[r][v] = load<V>(out[r] + col[v]);
   }
   for (int64_t i = 0; i < K; ++i) {
     V wv[NV];
     FASTAR_UNROLL
-    for (int v = 0; v < NV; ++v) wv[v] = load(w + i * ldw + v * n);
+    for (int v = 0; v < NV; ++v) wv[v] = load<V>(w + i * ldw + col[v]);
     FASTAR_UNROLL
-    for (int b = 0; b < NB; ++b) {
-      const T s = in.data[b * in.stride + i];
+    for (int r = 0; r < NB; ++r) {
+      const T s = in.data[r * in.stride + i];
       FASTAR_UNROLL
-      for (int v = 0; v < NV; ++v) acc[b][v] += s * wv[v];
+      for (int v = 0; v < NV; ++v) acc[r][v] += s * wv[v];
     }
   }
   FASTAR_UNROLL
-  for (int b = 0; b < NB; ++b) {
+  for (int r = 0; r < NB; ++r) {
     FASTAR_UNROLL
-    for (int v = 0; v < NV; ++v) store(out[b] + v * n, acc[b][v]);
+    for (int v = 0; v < NV; ++v) store(out[r] + col[v], acc[r][v]);
   }
 }
 
-// Columns [c0, c1) of NV vectors each, for all nb rows: tiles of 4 rows, then single rows.
-template <typename T, int NV>
+// Columns [c, c1) in blocks of NV vectors, for all nb rows: tiles of 4 rows, then single
+// rows. Returns where it stopped (fewer than a block's columns left).
+template <typename T, int Bytes, int NV>
 FASTAR_INLINE int64_t column_blocks(Rows<const T> in, int64_t nb, int64_t K, const T* w,
                                     int64_t ldw, int64_t c, int64_t c1, Rows<T> out) {
-  constexpr int64_t cols = NV * Vec<T>::width;
+  constexpr int64_t half = NV / 2 * Vec<T, Bytes>::lanes, cols = NV * Vec<T, Bytes>::lanes;
   for (; c + cols <= c1; c += cols) {
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4)
-      tile<T, 4, NV>({in[b], in.stride}, K, w + c, ldw, {out[b] + c, out.stride});
-    for (; b < nb; ++b) tile<T, 1, NV>({in[b], in.stride}, K, w + c, ldw, {out[b] + c, 0});
+      tile<T, Bytes, 4, NV>({in[b], in.stride}, K, w, ldw, c, c + half, {out[b], out.stride});
+    for (; b < nb; ++b) tile<T, Bytes, 1, NV>({in[b], in.stride}, K, w, ldw, c, c + half, {out[b], 0});
   }
   return c;
 }
@@ -108,15 +94,16 @@ FASTAR_INLINE int64_t column_blocks(Rows<const T> in, int64_t nb, int64_t K, con
 // Columns [c0, c1) of out[b] += in[b] (nb rows of K values) times w (K rows of ldw): blocks of
 // columns outermost, so a block of w (K x 24 values) is read from memory once and reused from
 // L1 by every tile of rows. 4 x 3 tiles keep 12 accumulators, 3 weight vectors and a broadcast
-// in the 16 AVX registers.
+// in the 16 AVX registers. A single row (batch 1) has no reuse to win: its tiles are 64 columns
+// wide (4 AVX-512 or 8 AVX accumulators), 1.4-1.8x the rate of 32 (measured here, L2-resident).
 template <typename T>
 FASTAR_INLINE void matmul_acc(Rows<const T> in, int64_t nb, int64_t K, const T* w, int64_t ldw,
                               int64_t c0, int64_t c1, Rows<T> out) {
   int64_t c = c0;
-  if (nb == 1) c = column_blocks<T, 4>(in, nb, K, w, ldw, c, c1, out);
-  c = column_blocks<T, 3>(in, nb, K, w, ldw, c, c1, out);
-  c = column_blocks<T, 2>(in, nb, K, w, ldw, c, c1, out);
-  c = column_blocks<T, 1>(in, nb, K, w, ldw, c, c1, out);
+  if (nb == 1) c = column_blocks<T, 64, 4>(in, nb, K, w, ldw, c, c1, out);
+  c = column_blocks<T, 32, 3>(in, nb, K, w, ldw, c, c1, out);
+  c = column_blocks<T, 32, 2>(in, nb, K, w, ldw, c, c1, out);
+  c = column_blocks<T, 32, 1>(in, nb, K, w, ldw, c, c1, out);
   for (; c < c1; ++c) {  // fewer columns than one vector
     for (int64_t b = 0; b < nb; ++b) {
       T s = out[b][c];
@@ -124,6 +111,20 @@ FASTAR_INLINE void matmul_acc(Rows<const T> in, int64_t nb, int64_t K, const T* 
       out[b][c] = s;
     }
   }
+}
+
+// matmul_acc over two ranges of columns of the same width (a thread's tanh and sigmoid
+// channels), a single row's in lockstep: one 64-column tile over two 32-column runs.
+template <typename T>
+FASTAR_INLINE void matmul_acc_pair(Rows<const T> in, int64_t nb, int64_t K, const T* w,
+                                   int64_t ldw, int64_t a, int64_t b, int64_t width,
+                                   Rows<T> out) {
+  constexpr int64_t half = 2 * Vec<T, 64>::lanes;
+  int64_t c = 0;
+  if (nb == 1)
+    for (; c + half <= width; c += half) tile<T, 64, 1, 4>(in, K, w, ldw, a + c, b + c, out);
+  matmul_acc(in, nb, K, w, ldw, a + c, a + width, out);
+  matmul_acc(in, nb, K, w, ldw, b + c, b + width, out);
 }
 
 // [lo, hi) of `rank`'s share of n columns, cut at multiples of 16 where n allows.
@@ -136,15 +137,27 @@ inline Range share(int64_t n, int rank, int size) {
   return {std::min(n, units * rank / size * unit), std::min(n, units * (rank + 1) / size * unit)};
 }
 
-// Scratch of one group of sequences (rows), shared by its team.
+// A product's input rows are cut into kParts fixed parts, each summed on its own and the parts
+// added after: a team of two threads each sums one part (its own gate channels or head rows)
+// over all the product's columns and they meet once, where splitting the columns would need a
+// second meeting to share the gates. One thread alone sums both parts: the numbers do not
+// depend on the team.
+constexpr int kParts = 2;
+
+// The partial sums of one group of sequences (rows), written by each part's thread and read by
+// all of its team: the layers' outputs (two sets: layer l writes set l % 2 while its team may
+// still read set (l - 1) % 2), the head's hidden layer and its outputs.
 template <typename T>
-struct Scratch {
+struct Partials {
   int64_t nb;
-  std::vector<T> h0, h1, z, a, o, skip, head, logits, local_bias;
-  Scratch(const WaveNetGenerateArgs& g, int64_t nb)
-      : nb(nb), h0(nb * g.R), h1(nb * g.R), z(nb * 2 * g.R), a(nb * g.R), o(nb * (g.R + g.S)),
-        skip(nb * g.S), head(nb * g.S), logits(nb * g.P),
-        local_bias(nb * g.L * 2 * g.R) {}
+  std::vector<T> out[2][kParts], head[kParts], logits[kParts];
+  Partials(const WaveNetGenerateArgs& g, int64_t nb) : nb(nb) {
+    for (int p = 0; p < kParts; ++p) {
+      for (auto& set : out) set[p].resize(nb * (g.R + g.S));
+      head[p].resize(nb * g.S);
+      logits[p].resize(nb * g.P);
+    }
+  }
 };
 
 template <typename T>
@@ -157,13 +170,34 @@ Rows<const T> in(Rows<T> r) {
   return {r.data, r.stride};
 }
 
-// Generates the sequences [b0, b0 + s.nb) as thread `rank` of a team of `size`. Returns
+// parts[p][b][c] (c in [c0, c1)) = (p == 0 ? bias[c] : 0) + sum over in's rows i of part p of
+// in[b][i] w[i * ldw + c], for the parts this thread sums (p % size == rank).
+template <typename T>
+FASTAR_INLINE void partial_products(Rows<const T> in, int64_t nb, int64_t K, const T* w,
+                                    int64_t ldw, const T* bias, int64_t c0, int64_t c1,
+                                    std::vector<T> (&parts)[kParts], int64_t stride, int rank,
+                                    int size) {
+  for (int p = rank; p < kParts; p += size) {
+    const Range rows_of_part = share(K, p, kParts);
+    Rows<T> out = rows(parts[p], stride);
+    for (int64_t b = 0; b < nb; ++b) {
+      if (p == 0) std::copy(bias + c0, bias + c1, out[b] + c0);
+      else std::fill(out[b] + c0, out[b] + c1, T(0));
+    }
+    matmul_acc<T>({in.data + rows_of_part.lo, in.stride}, nb, rows_of_part.hi - rows_of_part.lo,
+                  w + rows_of_part.lo * ldw, ldw, c0, c1, out);
+  }
+}
+
+// Generates the sequences [b0, b0 + nb) as thread `rank` of a team of `size` (1 or 2) that
+// shares `parts`. Each thread keeps its own copy of the residual stream, the skip sums, the
+// logits and the values drawn; the team meets once per layer and twice in the head. Returns
 // false (every thread alike) where the model's output at some step defines no distribution.
 template <typename T>
 FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
-                                           Scratch<T>& s, int rank, int size,
+                                           Partials<T>& parts, int rank, int size,
                                            cpu::SpinBarrier& barrier, T* logp) {
-  const int64_t nb = s.nb, R = g.R, S = g.S, P = g.P, V = g.V, L = g.L, k = g.k;
+  const int64_t nb = parts.nb, R = g.R, S = g.S, P = g.P, V = g.V, L = g.L, k = g.k;
   const int64_t R2 = 2 * R, RS = R + S, W = g.width;
   int64_t* x = g.x.data_ptr<int64_t>() + b0 * g.T;
   T* ring = g.buffers.data_ptr<T>() + b0 * W * R;
@@ -183,106 +217,123 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
   const T* local = g.local.defined() ? g.local.const_data_ptr<T>() + b0 * g.Cl * g.T : nullptr;
   const T* local_w = g.local.defined() ? g.local_weight.const_data_ptr<T>() : nullptr;
 
-  // This thread's channels of the residual stream (and gate), of the skip stream (and the
-  // head's hidden layer), of the residual+skip outputs, of the head's outputs and of the
-  // local-conditioning biases.
-  const Range resid = share(R, rank, size), skip_cols = share(S, rank, size);
-  const Range outs = share(RS, rank, size), logit_cols = share(P, rank, size);
-  const Range local_cols = share(L * R2, rank, size);
+  // This thread's gate channels (tanh c and sigmoid R + c for c in gates): with two threads,
+  // the rows of the output product's part `rank`.
+  const Range gates = share(R, rank, size);
+  const int64_t width = gates.hi - gates.lo;
 
-  Rows<T> h = rows(s.h0, R), h_next = rows(s.h1, R), z = rows(s.z, R2), act = rows(s.a, R);
-  Rows<T> o = rows(s.o, RS), skip = rows(s.skip, S);
-  std::vector<T> relu_values(nb * S);  // each thread its own: every thread reads all of it
-  Rows<T> relu_skip = rows(relu_values, S);
-  Rows<T> head = rows(s.head, S), logits = rows(s.logits, P), lbias = rows(s.local_bias, L * R2);
-  std::vector<T> local_values(nb * std::max<int64_t>(g.Cl, 1)), dist(V);
+  std::vector<T> h0(nb * R), h1(nb * R), z(nb * R2), a(nb * R), skip_values(nb * S),
+      relu_values(nb * S), head_values(nb * S), logit_values(nb * P), cond(nb * R2),
+      local_values(nb * std::max<int64_t>(g.Cl, 1)), dist(V);
+  Rows<T> h = rows(h0, R), h_next = rows(h1, R), zs = rows(z, R2), act = rows(a, R);
+  Rows<T> skip = rows(skip_values, S), relu_skip = rows(relu_values, S);
+  Rows<T> head = rows(head_values, S), logits = rows(logit_values, P), lbias = rows(cond, R2);
   Rows<T> local_t = rows(local_values, g.Cl);
+  std::vector<int64_t> recent(nb * k);  // the values at the last k times, slot t % k
   std::vector<double> expo(V);
   const dmol::Bins<T> bins = dmol::make_bins<T>(V);
+  // The value at time tj < t: given before this call, or drawn (or kept) by this thread.
+  const auto value_at = [&](int64_t b, int64_t tj) {
+    return tj < g.start ? x[b * g.T + tj] : recent[b * k + tj % k];
+  };
+  // The block input at t of layer l into its ring, this thread's channels. Called once the team
+  // has met after layer l: every read of the slot it overwrites is done.
+  const auto push = [&](int64_t l, int64_t t, Rows<const T> input) {
+    const int64_t ring_size = g.dilations[l] * (k - 1);
+    if (ring_size == 0) return;
+    for (int64_t b = 0; b < nb; ++b) {
+      T* slot = ring + g.ring_offset[l] * R + (b * W + wavenet::ring_slot(t, ring_size)) * R;
+      std::copy(input[b] + gates.lo, input[b] + gates.hi, slot + gates.lo);
+    }
+  };
 
   for (int64_t t = g.start; t < g.T; ++t) {
-    // The input convolution of the one-hot samples before t, this thread's channels.
+    // The input convolution of the one-hot samples before t.
     for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t c = resid.lo; c < resid.hi; ++c) h[b][c] = embed_bias[c];
+      std::copy(embed_bias, embed_bias + R, h[b]);
       for (int64_t j = 0; j < k; ++j) {
         const int64_t tj = t - 1 - (k - 1 - j);
         if (tj < 0) continue;
-        const T* row = embed + (j * V + x[b * g.T + tj]) * R;
-        for (int64_t c = resid.lo; c < resid.hi; ++c) h[b][c] += row[c];
+        const T* row = embed + (j * V + value_at(b, tj)) * R;
+        for (int64_t c = 0; c < R; ++c) h[b][c] += row[c];
       }
-      for (int64_t c = skip_cols.lo; c < skip_cols.hi; ++c) skip[b][c] = 0;
-    }
-    if (local != nullptr) {  // this step's local-conditioning bias of every layer
-      for (int64_t b = 0; b < nb; ++b) {
+      std::fill(skip[b], skip[b] + S, T(0));
+      if (local != nullptr)
         for (int64_t i = 0; i < g.Cl; ++i) local_t[b][i] = local[(b * g.Cl + i) * g.T + t];
-        std::fill(lbias[b] + local_cols.lo, lbias[b] + local_cols.hi, T(0));
-      }
-      matmul_acc(in(local_t), nb, g.Cl, local_w, L * R2, local_cols.lo, local_cols.hi, lbias);
     }
-    barrier.wait();
 
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t size = g.dilations[l] * (k - 1);
+      const int64_t ring_size = g.dilations[l] * (k - 1);
       T* layer_ring = ring + g.ring_offset[l] * R;
       // z = conv_bias + conditions + the dilated convolution, this thread's tanh and sigmoid
       // channels, then the gate.
-      for (const Range cols : {resid, Range{R + resid.lo, R + resid.hi}}) {
-        for (int64_t b = 0; b < nb; ++b) {
-          for (int64_t c = cols.lo; c < cols.hi; ++c) {
+      if (local != nullptr) {
+        for (int64_t b = 0; b < nb; ++b)
+          for (const int64_t c0 : {gates.lo, R + gates.lo}) std::fill(lbias[b] + c0, lbias[b] + c0 + width, T(0));
+        matmul_acc_pair(in(local_t), nb, g.Cl, local_w + l * R2, L * R2, gates.lo, R + gates.lo,
+                        width, lbias);
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        for (const int64_t c0 : {gates.lo, R + gates.lo}) {
+          for (int64_t c = c0; c < c0 + width; ++c) {
             T v = conv_b[l * R2 + c];
             if (gbias != nullptr) v += gbias[(b * L + l) * R2 + c];
-            if (local != nullptr) v += lbias[b][l * R2 + c];
-            z[b][c] = v;
+            if (local != nullptr) v += lbias[b][c];
+            zs[b][c] = v;
           }
         }
-        for (int64_t j = 0; j + 1 < k; ++j) {  // taps into the past, from the ring
-          const int64_t past = t - g.dilations[l] * (k - 1 - j);
-          if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
-          const int64_t slot = wavenet::ring_slot(past, size);
-          const Rows<const T> taps{layer_ring + slot * R, W * R};
-          matmul_acc(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, cols.lo, cols.hi, z);
-        }
-        matmul_acc(in(h), nb, R, conv_w + (l * k + k - 1) * R * R2, R2, cols.lo, cols.hi, z);
       }
+      for (int64_t j = 0; j + 1 < k; ++j) {  // taps into the past, from the ring
+        const int64_t past = t - g.dilations[l] * (k - 1 - j);
+        if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
+        const int64_t slot = wavenet::ring_slot(past, ring_size);
+        const Rows<const T> taps{layer_ring + slot * R, W * R};
+        matmul_acc_pair(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, gates.lo, R + gates.lo,
+                        width, zs);
+      }
+      matmul_acc_pair(in(h), nb, R, conv_w + (l * k + k - 1) * R * R2, R2, gates.lo,
+                      R + gates.lo, width, zs);
       for (int64_t b = 0; b < nb; ++b)
-        for (int64_t c = resid.lo; c < resid.hi; ++c) act[b][c] = gated::forward(z[b][c], z[b][R + c]);
-      barrier.wait();  // every gate is written; every read of the ring and of h is done
+        for (int64_t c = gates.lo; c < gates.hi; ++c) act[b][c] = gated::forward(zs[b][c], zs[b][R + c]);
 
-      // Residual and skip outputs (the last layer's residual output is never read).
-      const Range cols = l + 1 < L ? outs : Range{R + skip_cols.lo, R + skip_cols.hi};
-      for (int64_t b = 0; b < nb; ++b)
-        std::copy(out_b + l * RS + cols.lo, out_b + l * RS + cols.hi, o[b] + cols.lo);
-      matmul_acc(in(act), nb, R, out_w + l * R * RS, RS, cols.lo, cols.hi, o);
-      for (int64_t b = 0; b < nb; ++b) {
-        for (int64_t c = cols.lo; c < std::min(cols.hi, R); ++c) h_next[b][c] = h[b][c] + o[b][c];
-        for (int64_t c = std::max(cols.lo, R); c < cols.hi; ++c) skip[b][c - R] += o[b][c];
-        if (size > 0) {  // push the block's input at t, this thread's channels
-          T* slot = layer_ring + (b * W + wavenet::ring_slot(t, size)) * R;
-          std::copy(h[b] + resid.lo, h[b] + resid.hi, slot + resid.lo);
-        }
-      }
+      // This thread's parts of the residual and skip outputs (the last layer's residual output
+      // is never read), then the team meets: every part is written, every read of the ring
+      // at t is done.
+      const int64_t c0 = l + 1 < L ? 0 : R;
+      auto& out = parts.out[l % 2];
+      partial_products<T>(in(act), nb, R, out_w + l * R * RS, RS, out_b + l * RS, c0, RS, out, RS,
+                          rank, size);
       barrier.wait();
+      push(l, t, in(h));
+      for (int64_t b = 0; b < nb; ++b) {
+        const T* p0 = out[0].data() + b * RS;
+        const T* p1 = out[1].data() + b * RS;
+        if (l + 1 < L)
+          for (int64_t c = 0; c < R; ++c) h_next[b][c] = h[b][c] + (p0[c] + p1[c]);
+        for (int64_t c = 0; c < S; ++c) skip[b][c] += p0[R + c] + p1[R + c];
+      }
       std::swap(h, h_next);
     }
 
-    // The head: relu, 1x1 (S -> S), relu, 1x1 (S -> P).
-    for (int64_t b = 0; b < nb; ++b) {
+    // The head: relu, 1x1 (S -> S), relu, 1x1 (S -> P), each product in parts.
+    for (int64_t b = 0; b < nb; ++b)
       for (int64_t c = 0; c < S; ++c) relu_skip[b][c] = skip[b][c] < T(0) ? T(0) : skip[b][c];
-      std::copy(head_b1 + skip_cols.lo, head_b1 + skip_cols.hi, head[b] + skip_cols.lo);
-    }
-    matmul_acc(in(relu_skip), nb, S, head_w1, S, skip_cols.lo, skip_cols.hi, head);
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t c = skip_cols.lo; c < skip_cols.hi; ++c)
-        head[b][c] = head[b][c] < T(0) ? T(0) : head[b][c];  // NaN stays NaN
+    partial_products<T>(in(relu_skip), nb, S, head_w1, S, head_b1, 0, S, parts.head, S, rank, size);
     barrier.wait();
-    for (int64_t b = 0; b < nb; ++b)
-      std::copy(head_b2 + logit_cols.lo, head_b2 + logit_cols.hi, logits[b] + logit_cols.lo);
-    matmul_acc(in(head), nb, S, head_w2, P, logit_cols.lo, logit_cols.hi, logits);
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t c = 0; c < S; ++c) {
+        const T v = parts.head[0][b * S + c] + parts.head[1][b * S + c];
+        head[b][c] = v < T(0) ? T(0) : v;  // NaN stays NaN
+      }
+    }
+    partial_products<T>(in(head), nb, S, head_w2, P, head_b2, 0, P, parts.logits, P, rank, size);
     barrier.wait();
 
     // Every thread draws the same values from the same logits; rank 0 writes them.
     bool ok = true;
     for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t c = 0; c < P; ++c)
+        logits[b][c] = parts.logits[0][b * P + c] + parts.logits[1][b * P + c];
       const T* values = wavenet::value_logits(logits[b], P, V, g.K, bins, 0, 1, dist.data());
       const bool draw = t >= g.num_given;
       double log_prob = 0;
@@ -290,12 +341,12 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
                                                  draw ? 0 : x[b * g.T + t], expo.data(),
                                                  &log_prob);
       ok = ok && value >= 0;
+      recent[b * k + t % k] = value;
       if (rank == 0 && value >= 0) {
         if (draw) x[b * g.T + t] = value;
         logp[(b0 + b) * (g.T - g.start) + t - g.start] = T(log_prob);
       }
     }
-    barrier.wait();  // the values are in x before the next step reads them
     if (!ok) return false;
   }
   return true;
@@ -315,15 +366,15 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
       const int64_t lo = g.B * rank / size, hi = g.B * (rank + 1) / size;
       cpu::SpinBarrier alone(1);
       for (int64_t b0 = lo; b0 < hi; b0 += kGroup) {
-        Scratch<T> s(g, std::min<int64_t>(kGroup, hi - b0));
-        if (!generate_rows<T>(g, b0, s, 0, 1, alone, out)) failed = true;
+        Partials<T> parts(g, std::min<int64_t>(kGroup, hi - b0));
+        if (!generate_rows<T>(g, b0, parts, 0, 1, alone, out)) failed = true;
       }
     });
-  } else {  // one team over the whole batch, splitting every product's columns
-    // (worth its 2 barriers per layer only where a layer's products are large)
-    Scratch<T> s(g, g.B);
-    cpu::parallel_team(g.R >= 32 ? std::min(threads, 2) : 1, [&](int rank, int size, cpu::SpinBarrier& barrier) {
-      if (!generate_rows<T>(g, 0, s, rank, size, barrier, out)) failed = true;
+  } else {  // one team over the whole batch, each thread summing a part of every product
+    // (worth a meeting per layer only where a layer's products are large)
+    Partials<T> parts(g, g.B);
+    cpu::parallel_team(g.R >= 32 ? std::min(threads, kParts) : 1, [&](int rank, int size, cpu::SpinBarrier& barrier) {
+      if (!generate_rows<T>(g, 0, parts, rank, size, barrier, out)) failed = true;
     });
   }
   TORCH_CHECK(!failed, "fastar::wavenet_generate: the model's output defines no distribution ",
