@@ -291,10 +291,11 @@ def relu_linear_backward_samples(device, dtype, full=False):
 
 # --- wavenet_generate -------------------------------------------------------------------------
 
-# Model variants (WaveNet keywords) and batch sizes: batch 1 runs the CPU kernel's team of
-# threads splitting columns, batch 5 its one-thread-per-sequences path.
+# Model variants (WaveNet keywords) and batch sizes: batch 1 with residual_channels >= 32 runs
+# the CPU kernel's team of two threads (odd channel counts: unequal parts), batch 5 its
+# one-thread-per-sequences path.
 _WAVENET_CASES = [
-    ("k2", {}, 1), ("k3-global", {"kernel_size": 3, "cond_channels": 3}, 5),
+    ("k2", {}, 1), ("team", {"residual_channels": 33, "skip_channels": 24}, 1), ("k3-global", {"kernel_size": 3, "cond_channels": 3}, 5),
     ("local", {"local_channels": 2, "upsample": 3}, 3), ("k1", {"kernel_size": 1}, 2),
     ("dmol", {"output": "dmol", "num_mixtures": 3}, 2),
     ("odd-widths", {"residual_channels": 5, "skip_channels": 7, "num_values": 9}, 5),

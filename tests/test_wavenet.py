@@ -310,6 +310,11 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
         ops.wavenet_generate(torch.zeros(1, T, dtype=torch.long).expand(n, T),  # aliased
                              torch.empty(n, width, 32, dtype=torch.float64), u, 0, 0, *w,
                              c.dilations)
+    # A condition that is a view of the buffers would change under the kernel's writes.
+    buffers = torch.empty(n, width, 32, dtype=torch.float64)
+    global_bias = buffers.view(-1)[:n * 5 * 64].view(n, 5, 64)
+    with pytest.raises(RuntimeError, match="unsupported operation"):
+        call(buffers=buffers, global_bias=global_bias)
     with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\]"):
         call(dilations=(2 ** 62,) * 5)
     with pytest.raises(RuntimeError, match="expected buffers of shape"):

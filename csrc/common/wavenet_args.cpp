@@ -161,8 +161,11 @@ WaveNetGenerateArgs prepare_wavenet_generate(
   at::assert_no_internal_overlap(x);
   at::assert_no_internal_overlap(buffers);
   at::assert_no_overlap(x, buffers);
-  for (const at::Tensor& t : {u, embed, embed_bias, conv_weight, conv_bias, out_weight, out_bias,
-                              head_weight1, head_bias1, head_weight2, head_bias2}) {
+  std::vector<at::Tensor> inputs{u, embed, embed_bias, conv_weight, conv_bias, out_weight,
+                                 out_bias, head_weight1, head_bias1, head_weight2, head_bias2};
+  for (const auto* t : {&global_bias, &local, &local_weight})
+    if (t->has_value() && (*t)->defined()) inputs.push_back(**t);
+  for (const at::Tensor& t : inputs) {
     at::assert_no_overlap(x, t);
     at::assert_no_overlap(buffers, t);
   }

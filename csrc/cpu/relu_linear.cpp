@@ -28,12 +28,12 @@
 #include "common/relu_linear.h"
 #include "common/relu_linear_args.h"
 #include "cpu/multiversion.h"
-#include "cpu/vec.h"
 
 // GCC's vector extensions (vector types, ?: on vectors); other compilers take the ATen path
 // for the sizes the vector kernel would take.
 #if defined(__GNUC__) && !defined(__clang__)
 #define FASTAR_VECTOR_KERNEL 1
+#include "cpu/vec.h"
 #else
 #define FASTAR_VECTOR_KERNEL 0
 #endif

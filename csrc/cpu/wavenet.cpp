@@ -1,12 +1,14 @@
 // CPU kernel of wavenet_generate: the whole generation loop in C++, one call for `length`
 // samples of the batch. Each step runs the layers' matrix products on the packed, transposed
-// weights (csrc/common/wavenet.h) with register tiles of up to 4 sequences x 32 columns.
+// weights (csrc/common/wavenet.h) with register tiles of up to 4 sequences x 32 columns (one
+// sequence: 64 columns).
 //
 // Threads: with at least two sequences per thread, each thread generates its own sequences
-// with no synchronisation. With fewer (batch 1 above all), the threads form a team that splits
-// every product's output columns, meeting at a spin barrier between phases (2 per layer): each
-// thread then streams only its share of the weights (3.4 MB in all for the paper's 20x64/256
-// model), which stays in its own L2 cache from step to step.
+// with no synchronisation. With fewer (batch 1 above all), two threads form a team: each sums
+// one part of every product's input rows (its own gate channels, half of the head's rows) and
+// they meet at a spin barrier once per layer and twice in the head (see kParts). Each thread
+// then streams only its share of the weights (3.4 MB in all for the paper's 20x64/256 model),
+// which mostly stays in its own L2 cache from step to step.
 
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -40,18 +42,19 @@ struct Rows {
   T* operator[](int64_t b) const { return data + b * stride; }
 };
 
-// out[b][c] += sum_i in[b][i] w[i * ldw + c] for b < NB and NV vectors of columns: the first
-// NV / 2 vectors from column a on, the others from column b on (b = a + NV / 2 vectors: one run).
-// Each column is summed in the same order (out, then i = 0, 1, ...) whatever the tile, so the
-// result does not depend on the batch size, the team or the vector width.
+// out[r][c] += sum_i in[r][i] w[i * ldw + c] for rows r < NB and NV vectors of columns: the
+// first NV / 2 vectors from column `first` on, the others from column `second` on (second =
+// first + NV / 2 vectors: one run). Each column is summed in the same order (out, then i = 0,
+// 1, ...) whatever the tile, so the result does not depend on the batch size, the team or the
+// vector width.
 template <typename T, int Bytes, int NB, int NV>
-FASTAR_INLINE void tile(Rows<const T> in, int64_t K, const T* w, int64_t ldw, int64_t a,
-                        int64_t b, Rows<T> out) {
+FASTAR_INLINE void tile(Rows<const T> in, int64_t K, const T* w, int64_t ldw, int64_t first,
+                        int64_t second, Rows<T> out) {
   using V = typename Vec<T, Bytes>::type;
   constexpr int64_t n = Vec<T, Bytes>::lanes;
   int64_t col[NV];
   FASTAR_UNROLL
-  for (int v = 0; v < NV; ++v) col[v] = (2 * v < NV ? a + v * n : b + (v - NV / 2) * n);
+  for (int v = 0; v < NV; ++v) col[v] = v < NV / 2 ? first + v * n : second + (v - NV / 2) * n;
   V acc[NB][NV];
   FASTAR_UNROLL
   for (int r = 0; r < NB; ++r) {
@@ -94,8 +97,10 @@ FASTAR_INLINE int64_t column_blocks(Rows<const T> in, int64_t nb, int64_t K, con
 // Columns [c0, c1) of out[b] += in[b] (nb rows of K values) times w (K rows of ldw): blocks of
 // columns outermost, so a block of w (K x 24 values) is read from memory once and reused from
 // L1 by every tile of rows. 4 x 3 tiles keep 12 accumulators, 3 weight vectors and a broadcast
-// in the 16 AVX registers. A single row (batch 1) has no reuse to win: its tiles are 64 columns
-// wide (4 AVX-512 or 8 AVX accumulators), 1.4-1.8x the rate of 32 (measured here, L2-resident).
+// in the 16 AVX registers. A single row (batch 1) has no reuse to win: its tiles are 4 vectors
+// of 64 bytes (64 float or 32 double columns: 4 AVX-512 or 8 AVX accumulators; the baseline
+// clone spills), 1.4-1.8x the rate of 32-byte ones in an L2-resident micro-benchmark on this
+// project's AVX-512 machines.
 template <typename T>
 FASTAR_INLINE void matmul_acc(Rows<const T> in, int64_t nb, int64_t K, const T* w, int64_t ldw,
                               int64_t c0, int64_t c1, Rows<T> out) {
@@ -113,47 +118,58 @@ FASTAR_INLINE void matmul_acc(Rows<const T> in, int64_t nb, int64_t K, const T* 
   }
 }
 
-// matmul_acc over two ranges of columns of the same width (a thread's tanh and sigmoid
-// channels), a single row's in lockstep: one 64-column tile over two 32-column runs.
+// matmul_acc over the columns [first, first + width) and [second, second + width) (a thread's
+// tanh and sigmoid channels), a single row's in lockstep: one 4-vector tile over two runs of 2.
 template <typename T>
 FASTAR_INLINE void matmul_acc_pair(Rows<const T> in, int64_t nb, int64_t K, const T* w,
-                                   int64_t ldw, int64_t a, int64_t b, int64_t width,
+                                   int64_t ldw, int64_t first, int64_t second, int64_t width,
                                    Rows<T> out) {
-  constexpr int64_t half = 2 * Vec<T, 64>::lanes;
+  constexpr int64_t run = 2 * Vec<T, 64>::lanes;
   int64_t c = 0;
   if (nb == 1)
-    for (; c + half <= width; c += half) tile<T, 64, 1, 4>(in, K, w, ldw, a + c, b + c, out);
-  matmul_acc(in, nb, K, w, ldw, a + c, a + width, out);
-  matmul_acc(in, nb, K, w, ldw, b + c, b + width, out);
+    for (; c + run <= width; c += run)
+      tile<T, 64, 1, 4>(in, K, w, ldw, first + c, second + c, out);
+  matmul_acc(in, nb, K, w, ldw, first + c, first + width, out);
+  matmul_acc(in, nb, K, w, ldw, second + c, second + width, out);
 }
 
-// [lo, hi) of `rank`'s share of n columns, cut at multiples of 16 where n allows.
+// [lo, hi) of `rank`'s share of n channels, cut at multiples of 8 (a 32-byte vector of floats)
+// where n allows.
 struct Range {
   int64_t lo, hi;
 };
 inline Range share(int64_t n, int rank, int size) {
-  const int64_t unit = n >= 16 * size ? 16 : 1;
+  const int64_t unit = n >= 8 * size ? 8 : 1;
   const int64_t units = (n + unit - 1) / unit;
   return {std::min(n, units * rank / size * unit), std::min(n, units * (rank + 1) / size * unit)};
 }
 
-// A product's input rows are cut into kParts fixed parts, each summed on its own and the parts
-// added after: a team of two threads each sums one part (its own gate channels or head rows)
-// over all the product's columns and they meet once, where splitting the columns would need a
-// second meeting to share the gates. One thread alone sums both parts: the numbers do not
-// depend on the team.
+// The products whose inputs are split between a team's threads anyway (a layer's residual and
+// skip 1x1 convolutions take the gates, of which each thread computes its own channels; the
+// head's two 1x1 layers) sum their input rows in kParts fixed parts, the parts added after:
+// each thread of a team of two sums one part over all the product's columns and the team meets
+// once per layer, where splitting the columns would need a second meeting to share the gates.
+// One thread alone sums both parts, so the numbers do not depend on the team. (The dilated
+// convolution, whose input every thread has, splits its output columns: the gates.) The
+// sums of parts below add exactly two.
 constexpr int kParts = 2;
 
+template <typename T>
+FASTAR_INLINE T sum_of_parts(const std::vector<T> (&parts)[kParts], int64_t i) {
+  static_assert(kParts == 2, "sum_of_parts adds two parts");
+  return parts[0][i] + parts[1][i];
+}
+
 // The partial sums of one group of sequences (rows), written by each part's thread and read by
-// all of its team: the layers' outputs (two sets: layer l writes set l % 2 while its team may
-// still read set (l - 1) % 2), the head's hidden layer and its outputs.
+// all of its team: the layers' outputs (indexed [l % 2][part]: layer l writes one set while its
+// team may still read the other, layer l - 1's), the head's hidden layer and its outputs.
 template <typename T>
 struct Partials {
   int64_t nb;
-  std::vector<T> out[2][kParts], head[kParts], logits[kParts];
+  std::vector<T> layer_out[2][kParts], head[kParts], logits[kParts];
   Partials(const WaveNetGenerateArgs& g, int64_t nb) : nb(nb) {
     for (int p = 0; p < kParts; ++p) {
-      for (auto& set : out) set[p].resize(nb * (g.R + g.S));
+      for (auto& set : layer_out) set[p].resize(nb * (g.R + g.S));
       head[p].resize(nb * g.S);
       logits[p].resize(nb * g.P);
     }
@@ -218,17 +234,18 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
   const T* local_w = g.local.defined() ? g.local_weight.const_data_ptr<T>() : nullptr;
 
   // This thread's gate channels (tanh c and sigmoid R + c for c in gates): with two threads,
-  // the rows of the output product's part `rank`.
+  // the input rows of its part of the residual and skip outputs.
+  TORCH_INTERNAL_ASSERT(size == 1 || size == kParts, "wavenet_generate: a team of ", size);
   const Range gates = share(R, rank, size);
   const int64_t width = gates.hi - gates.lo;
 
-  std::vector<T> h0(nb * R), h1(nb * R), z(nb * R2), a(nb * R), skip_values(nb * S),
-      relu_values(nb * S), head_values(nb * S), logit_values(nb * P), cond(nb * R2),
-      local_values(nb * std::max<int64_t>(g.Cl, 1)), dist(V);
-  Rows<T> h = rows(h0, R), h_next = rows(h1, R), zs = rows(z, R2), act = rows(a, R);
-  Rows<T> skip = rows(skip_values, S), relu_skip = rows(relu_values, S);
-  Rows<T> head = rows(head_values, S), logits = rows(logit_values, P), lbias = rows(cond, R2);
-  Rows<T> local_t = rows(local_values, g.Cl);
+  std::vector<T> h_values(nb * R), h_next_values(nb * R), z_values(nb * R2), act_values(nb * R),
+      skip_values(nb * S), relu_values(nb * S), head_values(nb * S), logit_values(nb * P),
+      lbias_values(nb * R2), local_values(nb * std::max<int64_t>(g.Cl, 1)), dist(V);
+  Rows<T> h = rows(h_values, R), h_next = rows(h_next_values, R), z = rows(z_values, R2);
+  Rows<T> act = rows(act_values, R), skip = rows(skip_values, S), relu_skip = rows(relu_values, S);
+  Rows<T> head = rows(head_values, S), logits = rows(logit_values, P);
+  Rows<T> lbias = rows(lbias_values, R2), local_t = rows(local_values, g.Cl);
   std::vector<int64_t> recent(nb * k);  // the values at the last k times, slot t % k
   std::vector<double> expo(V);
   const dmol::Bins<T> bins = dmol::make_bins<T>(V);
@@ -279,7 +296,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
             T v = conv_b[l * R2 + c];
             if (gbias != nullptr) v += gbias[(b * L + l) * R2 + c];
             if (local != nullptr) v += lbias[b][c];
-            zs[b][c] = v;
+            z[b][c] = v;
           }
         }
       }
@@ -289,28 +306,26 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
         const int64_t slot = wavenet::ring_slot(past, ring_size);
         const Rows<const T> taps{layer_ring + slot * R, W * R};
         matmul_acc_pair(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, gates.lo, R + gates.lo,
-                        width, zs);
+                        width, z);
       }
       matmul_acc_pair(in(h), nb, R, conv_w + (l * k + k - 1) * R * R2, R2, gates.lo,
-                      R + gates.lo, width, zs);
+                      R + gates.lo, width, z);
       for (int64_t b = 0; b < nb; ++b)
-        for (int64_t c = gates.lo; c < gates.hi; ++c) act[b][c] = gated::forward(zs[b][c], zs[b][R + c]);
+        for (int64_t c = gates.lo; c < gates.hi; ++c) act[b][c] = gated::forward(z[b][c], z[b][R + c]);
 
       // This thread's parts of the residual and skip outputs (the last layer's residual output
       // is never read), then the team meets: every part is written, every read of the ring
       // at t is done.
       const int64_t c0 = l + 1 < L ? 0 : R;
-      auto& out = parts.out[l % 2];
+      auto& out = parts.layer_out[l % 2];
       partial_products<T>(in(act), nb, R, out_w + l * R * RS, RS, out_b + l * RS, c0, RS, out, RS,
                           rank, size);
       barrier.wait();
       push(l, t, in(h));
       for (int64_t b = 0; b < nb; ++b) {
-        const T* p0 = out[0].data() + b * RS;
-        const T* p1 = out[1].data() + b * RS;
         if (l + 1 < L)
-          for (int64_t c = 0; c < R; ++c) h_next[b][c] = h[b][c] + (p0[c] + p1[c]);
-        for (int64_t c = 0; c < S; ++c) skip[b][c] += p0[R + c] + p1[R + c];
+          for (int64_t c = 0; c < R; ++c) h_next[b][c] = h[b][c] + sum_of_parts(out, b * RS + c);
+        for (int64_t c = 0; c < S; ++c) skip[b][c] += sum_of_parts(out, b * RS + R + c);
       }
       std::swap(h, h_next);
     }
@@ -322,7 +337,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
     barrier.wait();
     for (int64_t b = 0; b < nb; ++b) {
       for (int64_t c = 0; c < S; ++c) {
-        const T v = parts.head[0][b * S + c] + parts.head[1][b * S + c];
+        const T v = sum_of_parts(parts.head, b * S + c);
         head[b][c] = v < T(0) ? T(0) : v;  // NaN stays NaN
       }
     }
@@ -332,8 +347,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
     // Every thread draws the same values from the same logits; rank 0 writes them.
     bool ok = true;
     for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t c = 0; c < P; ++c)
-        logits[b][c] = parts.logits[0][b * P + c] + parts.logits[1][b * P + c];
+      for (int64_t c = 0; c < P; ++c) logits[b][c] = sum_of_parts(parts.logits, b * P + c);
       const T* values = wavenet::value_logits(logits[b], P, V, g.K, bins, 0, 1, dist.data());
       const bool draw = t >= g.num_given;
       double log_prob = 0;
