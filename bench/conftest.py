@@ -153,15 +153,17 @@ def measure(benchmark, *, group, impl, device, fn, bytes_moved=None, items=None,
 
 
 def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
-                        seconds_per_case=10.0):
+                        seconds_per_case=10.0, rerun=False):
     """Times several implementations of one computation ({impl: fn}) in alternating rounds,
     each round running every fn once in a fresh random order, and records each impl as measure()
-    does. On a shared VM the machine's speed drifts by 20-40% over tens of seconds; measured one
+    does (items: per call, one number or {impl: number}). rerun: each fn runs twice in a row
+    and the second run is timed, for fns of a few milliseconds that would otherwise always start
+    from caches the others filled (a 2.5 ms sampler step timed 35% slower after a 0.2 s one). On a shared VM the machine's speed drifts by 20-40% over tens of seconds; measured one
     after the other, two implementations can land on different sides of a drift, while
     interleaved rounds meet it alike (bench_training.py's ratios moved between 0.98x and 1.64x
     from run to run when measured one after the other)."""
     runs = {impl: _runner(fn, device) for impl, fn in fns.items()}
-    rounds = _warm_rounds(list(runs.values()), warmup, seconds_per_case)
+    rounds = _warm_rounds(list(runs.values()), warmup, seconds_per_case / (2 if rerun else 1))
     peaks = {impl: peak_memory(run, device) for impl, run in runs.items()}
     times = {impl: [] for impl in runs}
     order = random.Random(0)
@@ -170,6 +172,8 @@ def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
         impls = list(runs)
         order.shuffle(impls)
         for impl in impls:
+            if rerun:
+                runs[impl]()
             t0 = time.perf_counter()
             runs[impl]()
             times[impl].append(time.perf_counter() - t0)
@@ -180,8 +184,9 @@ def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
     if benchmark.stats is None:  # --benchmark-disable: a smoke run, nothing measured
         return
     for impl, ts in times.items():
-        _record(group, impl, device, min(ts), statistics.median(ts), len(ts), None, items,
-                peaks[impl], interleaved_with=[i for i in runs if i != impl])
+        _record(group, impl, device, min(ts), statistics.median(ts), len(ts), None,
+                items.get(impl) if isinstance(items, dict) else items, peaks[impl],
+                interleaved_with=[i for i in runs if i != impl])
 
 
 def _table():
