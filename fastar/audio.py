@@ -14,10 +14,20 @@ import torch
 from torch import Tensor
 
 
+def _mu(fn: str, num_values: int) -> int:
+    if isinstance(num_values, bool) or not isinstance(num_values, int) or num_values < 2:
+        raise ValueError("fastar.audio.%s: expected an int num_values >= 2, got %r"
+                         % (fn, num_values))
+    return num_values - 1
+
+
 def mu_law_encode(x: Tensor, num_values: int = 256) -> Tensor:
     """int64 values in [0, num_values) of samples x in [-1, 1] (clipped):
-    round((sign(x) log(1 + mu |x|) / log(1 + mu) + 1) / 2 * mu), mu = num_values - 1."""
-    mu = num_values - 1
+    round((sign(x) log(1 + mu |x|) / log(1 + mu) + 1) / 2 * mu), mu = num_values - 1. NaN
+    samples are refused (ValueError): no value stands for them."""
+    mu = _mu("mu_law_encode", num_values)
+    if torch.isnan(x).any():
+        raise ValueError("fastar.audio.mu_law_encode: expected samples in [-1, 1], got NaN")
     x = x.double().clamp(-1.0, 1.0)
     companded = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
     return torch.round((companded + 1) / 2 * mu).to(torch.int64)
@@ -26,7 +36,13 @@ def mu_law_encode(x: Tensor, num_values: int = 256) -> Tensor:
 def mu_law_decode(q: Tensor, num_values: int = 256) -> Tensor:
     """float32 samples in [-1, 1] of mu-law values q: the inverse of mu_law_encode's curve at
     the value's centre (encode(decode(q)) == q for every q)."""
-    mu = num_values - 1
+    mu = _mu("mu_law_decode", num_values)
+    if q.numel() and (q.is_floating_point() or q.is_complex() or int(q.min()) < 0
+                      or int(q.max()) > mu):
+        raise ValueError("fastar.audio.mu_law_decode: expected integer values in [0, %d), got "
+                         "%s" % (num_values, "dtype %s" % q.dtype if q.is_floating_point()
+                                 or q.is_complex() else "values in [%d, %d]"
+                                 % (int(q.min()), int(q.max()))))
     companded = q.double() * (2.0 / mu) - 1
     x = torch.sign(companded) * torch.expm1(companded.abs() * math.log1p(mu)) / mu
     return x.float()
@@ -49,8 +65,14 @@ def read_wav(path: str) -> Tuple[Tensor, int]:
 
 
 def write_wav(path: str, samples: Tensor, rate: int = 8000) -> None:
-    """Writes samples (T,) or (channels, T) in [-1, 1] (clipped) as 16-bit PCM."""
+    """Writes samples (T,) or (channels, T) in [-1, 1] (clipped) as 16-bit PCM at `rate`
+    samples per second (a positive int). NaN samples are refused."""
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+        raise ValueError("fastar.audio.write_wav: expected an int rate >= 1 (samples per "
+                         "second), got %r" % (rate,))
     x = samples.detach().float().cpu()
+    if torch.isnan(x).any():
+        raise ValueError("fastar.audio.write_wav: expected samples in [-1, 1], got NaN")
     x = x.unsqueeze(0) if x.dim() == 1 else x
     if x.dim() != 2:
         raise ValueError("fastar.audio.write_wav: expected samples (T,) or (channels, T), got "

@@ -117,7 +117,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         _run(args)
-    except (FileNotFoundError, ImportError) as e:  # a data set whose package is missing
+    except (FileNotFoundError, ImportError, data.DataError) as e:  # missing or unusable data
         raise SystemExit("python -m fastar %s: %s" % (args.command, e))
 
 

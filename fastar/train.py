@@ -88,6 +88,9 @@ def model_config(name: str, dataset: str, model_args: Dict[str, Any],
     if model_args.get("cond_channels") is not None:
         raise SettingsError("%s: cond_channels needs a condition vector per example, which the "
                             "data sets do not have (class labels: --conditional)" % name)
+    if model_args.get("local_channels") is not None:
+        raise SettingsError("%s: local_channels needs a condition series per example (e.g. mel "
+                            "frames), which the data sets do not have" % name)
     kwargs = dict(model_args)
     if "image_shape" in fields:
         kwargs["image_shape"] = entry.shape

@@ -57,3 +57,39 @@ def test_audio_sets_split_by_file_into_mu_law_clips(tmp_path, monkeypatch, name,
     monkeypatch.setenv(env, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="apt-get install asterisk-"):
         data.load(name, "train")
+
+
+def test_mu_law_and_wav_refuse_what_has_no_value():
+    with pytest.raises(ValueError, match=r"mu_law_encode: expected samples in \[-1, 1\], got NaN"):
+        audio.mu_law_encode(torch.tensor([0.5, float("nan")]))
+    with pytest.raises(ValueError, match=r"expected integer values in \[0, 256\), got values in "
+                                         r"\[-1, 256\]"):
+        audio.mu_law_decode(torch.tensor([-1, 3, 256]))
+    with pytest.raises(ValueError, match="got dtype torch.float32"):
+        audio.mu_law_decode(torch.tensor([0.5]))
+    for fn in (audio.mu_law_encode, audio.mu_law_decode):
+        with pytest.raises(ValueError, match="expected an int num_values >= 2, got 1"):
+            fn(torch.zeros(2, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match=r"write_wav: expected samples in \[-1, 1\], got NaN"):
+        audio.write_wav("unused.wav", torch.tensor([0.0, float("nan")]))
+    for rate in (0, 8000.7, True):
+        with pytest.raises(ValueError, match="expected an int rate >= 1"):
+            audio.write_wav("unused.wav", torch.zeros(3), rate)
+
+
+@pytest.mark.parametrize("name,env", [("speech", "FASTAR_SPEECH_DIR")])
+def test_unusable_audio_files_and_empty_splits_are_named(tmp_path, monkeypatch, name, env):
+    L = data.CLIP_LENGTH
+    monkeypatch.setenv(env, str(tmp_path))
+    _fake_package(tmp_path, [L * 2])  # one file: train and valid get none
+    assert len(data.load(name, "test")[0]) == 2
+    with pytest.raises(data.DataError, match=r"the valid split of the 1 WAV files under .* has "
+                                             r"no clip of 4096 samples"):
+        data.load(name, "valid")
+    _fake_package(tmp_path, [L * 2] * 3)
+    (tmp_path / "digits" / "01.wav").write_bytes(b"RIFF")  # damaged: the train split's file
+    with pytest.raises(data.DataError, match=r"cannot read .*01\.wav as a PCM WAV file"):
+        data.load(name, "train")
+    from fastar import cli
+    with pytest.raises(SystemExit, match=r"python -m fastar train: fastar.data: cannot read"):
+        cli.main(["train", "wavenet", "--dataset", name, "--out", str(tmp_path / "run")])

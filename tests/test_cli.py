@@ -129,6 +129,13 @@ def test_bad_model_args_fail_in_one_line_before_any_work(tmp_path):
     out = _fastar("train", "gated_pixelcnn", "--dataset", "binarized_mnist", "--model-args",
                   '{"cond_channels": 4}', "--out", str(out_dir))
     assert out.returncode != 0 and "cond_channels needs a condition vector" in out.stderr
+    for model_args, message in (('{"local_channels": 2}', "local_channels needs a condition "
+                                                          "series per example"),
+                                ('{"dilations": []}', "dilations must name at least one layer")):
+        out = _fastar("train", "wavenet", "--dataset", "speech", "--model-args", model_args,
+                      "--out", str(out_dir), env={"FASTAR_SPEECH_DIR": str(tmp_path / "none")})
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
     out = _fastar("train", "made", "--dataset", "fashion_mnist", "--out", str(out_dir),
                   env={"FASTAR_FASHION_MNIST_DIR": str(tmp_path / "nowhere")})
     assert out.returncode != 0 and "apt-get install dataset-fashion-mnist" in out.stderr

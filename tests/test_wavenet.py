@@ -378,6 +378,51 @@ def test_reduced_precision_models_sample_through_the_step():
 
 
 @pytest.mark.parametrize("output", ["softmax", "dmol"])
+def test_reduced_precision_log_probs_are_summed_in_float32(output):
+    # 16,000 terms of about -5.5 overflow a float16 sum (-inf); bfloat16 keeps 3 digits.
+    model = _medium(torch.float32, output=output, num_mixtures=3, num_values=256)
+    x = torch.randint(0, 256, (2, 1, 16000), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = model.double().log_prob(x)
+        for dtype in (torch.float16, torch.bfloat16):
+            total = model.to(dtype).log_prob(x)
+            assert total.dtype == torch.float32
+            # each term is rounded in dtype: 16,000 terms of relative error ~eps/2 at most
+            torch.testing.assert_close(total.double(), exact, rtol=4 * torch.finfo(dtype).eps,
+                                       atol=0)
+
+
+def test_sizes_lengths_prefixes_and_positions_are_checked():
+    for kw, message in (({"dilations": ()}, "dilations must name at least one layer"),
+                        ({"residual_channels": 0}, "got residual_channels=0"),
+                        ({"skip_channels": -1}, "got skip_channels=-1"),
+                        ({"cond_channels": 0}, "got cond_channels=0"),
+                        ({"local_channels": 0}, "got local_channels=0"),
+                        ({"output": "dmol", "num_mixtures": 0}, "got num_mixtures=0")):
+        with pytest.raises(ValueError, match=message):
+            WaveNet(**kw)
+    model = _small()
+    for length in (None, 0, 2.5, True, torch.zeros(2, 3)):
+        with pytest.raises(ValueError, match=r"expected the number of samples to generate, an "
+                                             r"int length >= 1"):
+            model.sample(2, length)
+    assert model.sample(2, np_int(5)).shape == (2, 1, 5)
+    prefix = torch.ones(2, 1, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"num_given \(7\) counts given samples, more than the "
+                                         r"prefix holds \(5\)"):
+        model.sample(2, 8, prefix=prefix, num_given=7)
+    cache = model.init_cache(2, None, (1, 8))
+    for i in (-1, 8):
+        with pytest.raises(IndexError, match=r"position %d outside the cache's \[0, 8\)" % i):
+            model.step(cache, i)
+
+
+def np_int(v):
+    import numpy as np
+    return np.int64(v)
+
+
+@pytest.mark.parametrize("output", ["softmax", "dmol"])
 def test_check_values_false_skips_only_the_range_check(output):
     kw = {} if output == "softmax" else {"output": "dmol", "num_mixtures": 2}
     model = _small(**kw)

@@ -13,8 +13,9 @@ the registry: name -> `Dataset` (its loader, modality, shape, values per dimensi
   /usr/share/asterisk/sounds/en_US_f_Allison, or $FASTAR_SPEECH_DIR) and
   asterisk-moh-opsound-wav (about 18 minutes of music, /usr/share/asterisk/moh, or
   $FASTAR_MUSIC_DIR). Split by file: of the WAV files sorted by path and counted from the last,
-  the 1st of every 10 is test, the 2nd valid, the rest train (so even a few files give each
-  split one); each file is cut into whole clips (the remainder dropped). No labels.
+  the 1st of every 10 is test, the 2nd valid, the rest train (so three files or more give each
+  split one); each file is cut into whole clips (the remainder dropped); a split without a clip
+  is an error (DataError). No labels.
 - ``fashion_mnist``: 8-bit Fashion-MNIST from the Debian package dataset-fashion-mnist
   (``apt-get install dataset-fashion-mnist``; files under /usr/share/datasets/fashion-mnist, or
   $FASTAR_FASHION_MNIST_DIR). Its 60,000 training images are split into train (the first
@@ -28,6 +29,7 @@ import importlib.util
 import os
 import pickle
 import warnings
+import wave
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -88,6 +90,11 @@ def _binarized_mnist(split: str) -> Tuple[Tensor, Tensor]:
     return x, y
 
 
+class DataError(ValueError):
+    """Data that is there but cannot be used: an unreadable file, a wrong sample rate, an
+    empty split."""
+
+
 _SPEECH_DIR = "/usr/share/asterisk/sounds/en_US_f_Allison"
 _MUSIC_DIR = "/usr/share/asterisk/moh"
 CLIP_LENGTH = 4096  # samples per audio clip: 0.512 s at 8 kHz
@@ -113,16 +120,24 @@ def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]
     for i, path in enumerate(files):
         if _audio_split(i, len(files)) != split:
             continue
-        samples, rate = read_wav(path)
+        try:
+            samples, rate = read_wav(path)
+        except (wave.Error, EOFError, ValueError) as e:  # wave's own messages omit the file
+            raise DataError("fastar.data: cannot read %s as a PCM WAV file: %s"
+                            % (path, e or type(e).__name__)) from None
         if rate != AUDIO_RATE:
-            raise ValueError("fastar.data: %s is sampled at %d Hz; expected %d Hz"
-                             % (path, rate, AUDIO_RATE))
+            raise DataError("fastar.data: %s is sampled at %d Hz; expected %d Hz"
+                            % (path, rate, AUDIO_RATE))
         mono = samples.mean(dim=0)
         n = len(mono) // CLIP_LENGTH
         if n:
             clips.append(mu_law_encode(mono[: n * CLIP_LENGTH]).view(n, 1, CLIP_LENGTH))
-    x = torch.cat(clips) if clips else torch.zeros(0, 1, CLIP_LENGTH, dtype=torch.int64)
-    return x.to(torch.uint8), None
+    if not clips:
+        raise DataError("fastar.data: the %s split of the %d WAV files under %s has no clip of "
+                        "%d samples (of the files sorted by path, counted from the last, the 1st "
+                        "of every 10 is test, the 2nd valid, the rest train)"
+                        % (split, len(files), root, CLIP_LENGTH))
+    return torch.cat(clips).to(torch.uint8), None
 
 
 def _speech(split: str):

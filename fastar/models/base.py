@@ -64,6 +64,14 @@ def value_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     return torch.log_softmax(logits, dim=1).gather(1, x.long().unsqueeze(1))[:, 0]
 
 
+def total_log_prob(per_position: Tensor) -> Tensor:
+    """(B,) sums of per-position log-probabilities (B, ...), in float32 at least: the terms of
+    two seconds of 8 kHz audio overflow a float16 sum (-inf), and a bfloat16 one keeps about 3
+    significant digits."""
+    return per_position.flatten(1).sum(
+        dim=1, dtype=torch.promote_types(per_position.dtype, torch.float32))
+
+
 def categorical_logits(logits: Tensor, dim: int = 1) -> Tensor:
     """Logits over every value along dim: a Bernoulli logit l (size 1) becomes [0, l], the same
     distribution; other logits pass through. Samplers and tests that enumerate values use it."""
@@ -181,7 +189,7 @@ class AutoregressiveModel(nn.Module):
         the same flag). MADE's mask switches read nothing back either (masks are rebuilt on
         the device from their degrees), except in a DataParallel replica."""
         self.check_input(x, check_values=check_values)
-        return value_log_prob(self.conditionals(x, cond), x).flatten(1).sum(dim=1)
+        return total_log_prob(value_log_prob(self.conditionals(x, cond), x))
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None, *,
                 check_values: bool = True) -> Tensor:

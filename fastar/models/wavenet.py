@@ -17,6 +17,7 @@ a device without the op's kernel, sample through `step`.
 """
 
 import dataclasses
+import operator
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops, sampling
-from fastar.models.base import AutoregressiveModel, Cache, head_size, value_log_prob
+from fastar.models.base import (AutoregressiveModel, Cache, head_size, total_log_prob,
+                                value_log_prob)
 from fastar.nn import CausalConv1d, WaveNetBlock
 
 
@@ -47,6 +49,17 @@ class WaveNetConfig:
             raise ValueError("WaveNet: output must be 'softmax' or 'dmol', got %r" % (self.output,))
         if self.kernel_size < 1 or any(d < 1 for d in self.dilations) or self.upsample < 1:
             raise ValueError("WaveNet: kernel_size, dilations and upsample must be >= 1")
+        if not self.dilations:
+            raise ValueError("WaveNet: dilations must name at least one layer, got ()")
+        sizes = {"residual_channels": self.residual_channels,
+                 "skip_channels": self.skip_channels, "cond_channels": self.cond_channels,
+                 "local_channels": self.local_channels}
+        if self.output == "dmol":
+            sizes["num_mixtures"] = self.num_mixtures
+        bad = ["%s=%s" % kv for kv in sizes.items() if kv[1] is not None and kv[1] < 1]
+        if bad:
+            raise ValueError("WaveNet: expected %s >= 1 (None for no condition), got %s"
+                             % (", ".join(sizes), ", ".join(bad)))
 
 
 class Condition(NamedTuple):
@@ -197,6 +210,9 @@ class WaveNet(AutoregressiveModel):
         samples before it in cache.x; pushes each block's input at i into its ring buffer."""
         c = self.config
         k, x = c.kernel_size, cache.x[:, 0]
+        if not 0 <= i < x.shape[-1]:
+            raise IndexError("WaveNet.step: position %d outside the cache's [0, %d)"
+                             % (i, x.shape[-1]))
         w = self.input.weight  # (R, V, k): tap j reads the sample at i - 1 - (k - 1 - j)
         h = self.input.bias.expand(x.shape[0], -1)
         for j in range(k):
@@ -284,8 +300,8 @@ class WaveNet(AutoregressiveModel):
         self.check_input(x, check_values=check_values)
         condition = self._condition(cond, local, x.shape[0], x.shape[-1])
         if self.config.output == "softmax":
-            return value_log_prob(self._outputs(x, condition), x[:, 0]).sum(dim=1)
-        return ops.dmol_log_prob(x, self._outputs(x, condition), self.num_values).sum(dim=1)
+            return total_log_prob(value_log_prob(self._outputs(x, condition), x[:, 0]))
+        return total_log_prob(ops.dmol_log_prob(x, self._outputs(x, condition), self.num_values))
 
     def forward(self, x: Tensor, cond: Optional[Tensor] = None,
                 local: Optional[Tensor] = None, *, check_values: bool = True) -> Tensor:
@@ -297,10 +313,22 @@ class WaveNet(AutoregressiveModel):
                num_given: Optional[int] = None) -> Tensor:
         """(n, 1, length) int64 audio; prefix (n, 1, P) continues given audio (its P samples
         are kept, num_given defaults to P)."""
+        given = length
+        try:
+            length = None if isinstance(length, bool) else operator.index(length)
+        except TypeError:
+            length = None
+        if length is None or length < 1:
+            raise ValueError("WaveNet.sample: expected the number of samples to generate, an "
+                             "int length >= 1 (sample(n, length, cond, local)), got %r"
+                             % (given,))
         if prefix is not None:
             if prefix.dim() != 3 or prefix.shape[:2] != (n, 1) or prefix.shape[2] > length:
                 raise ValueError("WaveNet.sample: expected prefix of shape (%d, 1, <= %d), got %s"
                                  % (n, length, tuple(prefix.shape)))
+            if num_given is not None and num_given > prefix.shape[2]:
+                raise ValueError("WaveNet.sample: num_given (%d) counts given samples, more than "
+                                 "the prefix holds (%d)" % (num_given, prefix.shape[2]))
             num_given = prefix.shape[2] if num_given is None else num_given
             prefix = F.pad(prefix, (0, length - prefix.shape[2]))
         condition = self._condition(cond, local, n, length)
