@@ -83,10 +83,16 @@ def test_unusable_audio_files_and_empty_splits_are_named(tmp_path, monkeypatch, 
     monkeypatch.setenv(env, str(tmp_path))
     _fake_package(tmp_path, [L * 2])  # one file: train and valid get none
     assert len(data.load(name, "test")[0]) == 2
+    (tmp_path / "letters" / "00.wav").rename(tmp_path / "letters" / "00.WAV")
+    assert len(data.load(name, "test")[0]) == 2  # .WAV counts too
+    (tmp_path / "letters" / "00.WAV").rename(tmp_path / "letters" / "00.wav")
     with pytest.raises(data.DataError, match=r"the valid split of the 1 WAV files under .* has "
                                              r"no clip of 4096 samples"):
         data.load(name, "valid")
     _fake_package(tmp_path, [L * 2] * 3)
+    audio.write_wav(str(tmp_path / "digits" / "01.wav"), torch.zeros(L), 16000)  # test's
+    with pytest.raises(data.DataError, match=r"01\.wav is sampled at 16000 Hz; expected 8000"):
+        data.load(name, "test")  # every file's rate is checked, not only the split's
     (tmp_path / "digits" / "01.wav").write_bytes(b"RIFF")  # damaged: the train split's file
     with pytest.raises(data.DataError, match=r"cannot read .*01\.wav as a PCM WAV file"):
         data.load(name, "train")

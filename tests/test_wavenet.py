@@ -89,8 +89,12 @@ def test_conditions_are_checked():
     with pytest.raises(ValueError, match=r"WaveNet: expected a float cond of shape \(2, 3\), got "
                                          r"none"):
         model.log_prob(x, None, local)
+    with pytest.raises(ValueError, match=r"expected a float cond of shape \(2, 3\), got "
+                                         r"torch.int64 of shape \(2, 3\)"):
+        model.log_prob(x, torch.zeros(2, 3, dtype=torch.long), local)
     with pytest.raises(ValueError, match=r"expected local of shape \(2, 2, >= 3\) for 9 samples "
-                                         r"at 3 samples per frame, got shape \(2, 2, 2\)"):
+                                         r"at 3 samples per frame, got torch.float64 of shape "
+                                         r"\(2, 2, 2\)"):
         model.log_prob(x, torch.zeros(2, 3, dtype=torch.float64), local[:, :, :2])
     with pytest.raises(ValueError, match="built without cond_channels"):
         _small().log_prob(x, torch.zeros(2, 3))

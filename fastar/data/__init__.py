@@ -110,24 +110,35 @@ def _audio_split(index: int, count: int) -> str:
 def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]:
     from fastar.audio import mu_law_encode, read_wav
 
-    files = sorted(glob.glob(os.path.join(root, "**", "*.wav"), recursive=True))
+    files = sorted(path for path in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+                   if path.lower().endswith(".wav") and os.path.isfile(path))
     if not files:
         raise FileNotFoundError("fastar.data: this audio comes from the Debian package %s; "
                                 "install it with `apt-get install %s` (looked for WAV files "
                                 "under %s; set %s to look elsewhere)" % (package, package, root,
                                                                          env))
+    def read(path, header_only=False):
+        try:
+            if header_only:
+                with wave.open(path, "rb") as f:
+                    return None, f.getframerate()
+            return read_wav(path)
+        except (wave.Error, EOFError, ValueError) as e:  # wave's own messages omit the file
+            raise DataError("fastar.data: cannot read %s as a PCM WAV file: %s"
+                            % (path, e or type(e).__name__)) from None
+
+    # Every file's rate, whichever split it is in: a wrong one found at the first evaluation
+    # would come after a whole training run.
+    for path in files:
+        rate = read(path, header_only=True)[1]
+        if rate != AUDIO_RATE:
+            raise DataError("fastar.data: %s is sampled at %d Hz; expected %d Hz"
+                            % (path, rate, AUDIO_RATE))
     clips = []
     for i, path in enumerate(files):
         if _audio_split(i, len(files)) != split:
             continue
-        try:
-            samples, rate = read_wav(path)
-        except (wave.Error, EOFError, ValueError) as e:  # wave's own messages omit the file
-            raise DataError("fastar.data: cannot read %s as a PCM WAV file: %s"
-                            % (path, e or type(e).__name__)) from None
-        if rate != AUDIO_RATE:
-            raise DataError("fastar.data: %s is sampled at %d Hz; expected %d Hz"
-                            % (path, rate, AUDIO_RATE))
+        samples, _ = read(path)
         mono = samples.mean(dim=0)
         n = len(mono) // CLIP_LENGTH
         if n:

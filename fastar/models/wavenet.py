@@ -126,7 +126,7 @@ class WaveNet(AutoregressiveModel):
             cond, local = cond
 
         def shape(t):
-            return "none" if t is None else "shape %s" % (tuple(t.shape),)
+            return "none" if t is None else "%s of shape %s" % (t.dtype, tuple(t.shape))
 
         if c.cond_channels is None and cond is not None:
             raise ValueError("WaveNet: built without cond_channels, so it takes no cond; got %s"
