@@ -215,6 +215,22 @@ def _fused(model, x, u, num_given, conditions=(None, None, None), threads=None):
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("name,n", [("both-k3", 3), ("dmol", 3), ("both-k3", 1)])
+def test_sampling_in_many_calls_equals_one_call(name, n):
+    # sample() runs the fused op in calls of samples_per_call samples (Ctrl-C is seen between
+    # them): a few steps per call must draw what one call draws, prefix and conditions included.
+    model = _medium(**FUSED_VARIANTS[name])
+    T = 40
+    cond, local = _medium_conditions(model, n, T)
+    prefix = torch.randint(0, model.num_values, (n, 1, 11))
+    one = model.sample(n, T, cond, local, prefix=prefix, num_given=9,
+                       generator=torch.Generator().manual_seed(3))
+    model.samples_per_call = 7  # 7 steps of 1 sequence, or 2 (then more) of 3, per call
+    many = model.sample(n, T, cond, local, prefix=prefix, num_given=9,
+                        generator=torch.Generator().manual_seed(3))
+    assert torch.equal(one, many) and torch.equal(one[:, :, :9], prefix[:, :, :9])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_fused_loop_scores_data_as_the_forward_pass_does_in_float32(threads):
     # num_given = T: the loop draws nothing and returns log p(x_t | x_<t) of given data, which
