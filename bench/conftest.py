@@ -158,7 +158,8 @@ def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
     each round running every fn once in a fresh random order, and records each impl as measure()
     does (items: per call, one number or {impl: number}). rerun: each fn runs twice in a row
     and the second run is timed, for fns of a few milliseconds that would otherwise always start
-    from caches the others filled (a 2.5 ms sampler step timed 35% slower after a 0.2 s one). On a shared VM the machine's speed drifts by 20-40% over tens of seconds; measured one
+    from caches the others filled (a 1.85 ms sampler step timed at 2.57 ms right after a 0.2 s
+    one). On a shared VM the machine's speed drifts by 20-40% over tens of seconds; measured one
     after the other, two implementations can land on different sides of a drift, while
     interleaved rounds meet it alike (bench_training.py's ratios moved between 0.98x and 1.64x
     from run to run when measured one after the other)."""

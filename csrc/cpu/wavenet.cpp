@@ -4,9 +4,10 @@
 // sequence: 64 columns).
 //
 // Threads: with at least two sequences per thread, each thread generates its own sequences
-// with no synchronisation. With fewer (batch 1 above all), two threads form a team: each sums
-// one part of every product's input rows (its own gate channels, half of the head's rows) and
-// they meet at a spin barrier once per layer and twice in the head (see kParts). Each thread
+// with no synchronisation. With fewer (batch 1 above all), two threads form a team: each
+// computes its own gate channels of the dilated convolution and sums one part of the 1x1
+// products' input rows (those gates, half of the head's rows), and they meet at a spin barrier
+// once per layer and twice in the head (see kParts). Each thread
 // then streams only its share of the weights (3.4 MB in all for the paper's 20x64/256 model),
 // which mostly stays in its own L2 cache from step to step.
 

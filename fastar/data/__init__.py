@@ -117,7 +117,8 @@ def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]
                                 "install it with `apt-get install %s` (looked for WAV files "
                                 "under %s; set %s to look elsewhere)" % (package, package, root,
                                                                          env))
-    def read(path, header_only=False):
+
+    def read(path, header_only):
         try:
             if header_only:
                 with wave.open(path, "rb") as f:
@@ -127,18 +128,17 @@ def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]
             raise DataError("fastar.data: cannot read %s as a PCM WAV file: %s"
                             % (path, e or type(e).__name__)) from None
 
-    # Every file's rate, whichever split it is in: a wrong one found at the first evaluation
-    # would come after a whole training run.
-    for path in files:
-        rate = read(path, header_only=True)[1]
+    clips = []
+    for i, path in enumerate(files):
+        # Every file's rate is checked, whichever split it is in: a wrong one found at the
+        # first evaluation would come after a whole training run.
+        in_split = _audio_split(i, len(files)) == split
+        samples, rate = read(path, header_only=not in_split)
         if rate != AUDIO_RATE:
             raise DataError("fastar.data: %s is sampled at %d Hz; expected %d Hz"
                             % (path, rate, AUDIO_RATE))
-    clips = []
-    for i, path in enumerate(files):
-        if _audio_split(i, len(files)) != split:
+        if not in_split:
             continue
-        samples, _ = read(path)
         mono = samples.mean(dim=0)
         n = len(mono) // CLIP_LENGTH
         if n:

@@ -103,9 +103,14 @@ class WaveNet(AutoregressiveModel):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(S, S, 1), nn.ReLU(), nn.Conv1d(S, out, 1))
 
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
-        if length is None or length < 1:
-            raise ValueError("WaveNet: audio needs a length >= 1, got %r" % (length,))
-        return (1, length)
+        try:  # any integer (numpy's too) but a bool
+            n = None if isinstance(length, bool) else operator.index(length)
+        except TypeError:
+            n = None
+        if n is None or n < 1:
+            raise ValueError("WaveNet: expected the number of samples to generate, an int length "
+                             ">= 1 (sample(n, length, cond, local)), got %r" % (length,))
+        return (1, n)
 
     @property
     def num_logits(self) -> int:
@@ -295,9 +300,8 @@ class WaveNet(AutoregressiveModel):
         # Ctrl-C between calls, where one call for a long clip held it for minutes. A call
         # takes x[:, :end] (a copy where n > 1), so past 8 calls' worth a call generates at
         # least an eighth of what came before: the copies stay a fraction of the work.
-        start = 0
+        start, steps = 0, max(1, self.samples_per_call // max(n, 1))
         while start < length:
-            steps = max(1, self.samples_per_call // max(n, 1))
             end = min(length, start + (steps if n == 1 else max(steps, start // 8)))
             part = x[:, 0, :end].contiguous()  # a view where n = 1 or end = length
             ops.wavenet_generate(part, buffers, u[:, :end].contiguous(), start,
@@ -328,15 +332,7 @@ class WaveNet(AutoregressiveModel):
                num_given: Optional[int] = None) -> Tensor:
         """(n, 1, length) int64 audio; prefix (n, 1, P) continues given audio (its P samples
         are kept, num_given defaults to P)."""
-        given = length
-        try:
-            length = None if isinstance(length, bool) else operator.index(length)
-        except TypeError:
-            length = None
-        if length is None or length < 1:
-            raise ValueError("WaveNet.sample: expected the number of samples to generate, an "
-                             "int length >= 1 (sample(n, length, cond, local)), got %r"
-                             % (given,))
+        length = self.event_shape(length)[-1]  # checked before the prefix and conditions use it
         if prefix is not None:
             if prefix.dim() != 3 or prefix.shape[:2] != (n, 1) or prefix.shape[2] > length:
                 raise ValueError("WaveNet.sample: expected prefix of shape (%d, 1, <= %d), got %s"
