@@ -1,9 +1,58 @@
-// The Python module fastar._C: importing it runs the static TORCH_LIBRARY registrations.
-// Built only for the Python package; C++ (libtorch) users link the library without it.
+// The Python module fastar._C: importing it runs the static TORCH_LIBRARY registrations. It
+// also reads and sets the CPU kernels' level (fastar.ops.cpu_capability and friends wrap it).
+// Built only for the Python package; C++ (libtorch) users link the library without it and
+// call fastar::cpu::set_capability (csrc/cpu/isa.h).
 #ifdef WITH_PYTHON
 #include <Python.h>
 
-static struct PyModuleDef fastar_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+#include <c10/util/Exception.h>
+
+#include "cpu/isa.h"
+
+namespace {
+
+using fastar::cpu::Capability;
+
+// () -> (in use, best this CPU runs): names as FASTAR_CPU_CAPABILITY spells them.
+PyObject* cpu_capability(PyObject*, PyObject*) {
+  try {
+    return Py_BuildValue("(ss)", fastar::cpu::capability_name(fastar::cpu::capability()),
+                         fastar::cpu::capability_name(fastar::cpu::best_capability()));
+  } catch (const c10::Error& e) {  // a warning turned into an error (-W error)
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
+}
+
+// (name) -> None: the level the CPU kernels use from their next call on.
+PyObject* set_cpu_capability(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "s", &name)) return nullptr;
+  Capability c;
+  if (!fastar::cpu::parse_capability(name, &c)) {
+    PyErr_Format(PyExc_ValueError,
+                 "fastar: unknown CPU capability '%s' (expected default, avx2 or avx512)", name);
+    return nullptr;
+  }
+  try {
+    fastar::cpu::set_capability(c);
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"_cpu_capability", cpu_capability, METH_NOARGS,
+     "(level in use, best level this CPU runs) of the CPU kernels"},
+    {"_set_cpu_capability", set_cpu_capability, METH_VARARGS,
+     "sets the level of the CPU kernels: default, avx2 or avx512"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef fastar_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
 
 PyMODINIT_FUNC PyInit__C(void) {
   return PyModule_Create(&fastar_c_module);

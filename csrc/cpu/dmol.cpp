@@ -14,7 +14,7 @@
 #include "common/dmol_args.h"
 #include "cpu/allocate.h"
 #include "cpu/launch.h"
-#include "cpu/multiversion.h"
+#include "cpu/isa.h"
 
 namespace fastar {
 namespace {
@@ -55,7 +55,7 @@ void load_block(const DmolArgs& args, const scalar_t* params, const dmol::BinInd
 // total[j] += log P(channel c | component k) for the block's positions. One loop per channel
 // keeps the loop body small enough for the vector registers (a whole component spills).
 template <typename scalar_t, typename acc_t, int C, int c>
-FASTAR_CPU_MULTIVERSION void add_channel(const Block<scalar_t, acc_t, C>& blk, int64_t k,
+FASTAR_INLINE void add_channel(const Block<scalar_t, acc_t, C>& blk, int64_t k,
                                          int64_t K, const dmol::Bins<acc_t> bins,
                                          acc_t* __restrict__ total) {
   const scalar_t* __restrict__ pp = blk.params;
@@ -74,7 +74,7 @@ FASTAR_CPU_MULTIVERSION void add_channel(const Block<scalar_t, acc_t, C>& blk, i
 // the normalized logits (see load_log_weights). Summed as log_weight + ((p0 + p1) + p2), the
 // rounding of dmol::component_term, which the backward's responsibilities divide by log P.
 template <typename scalar_t, typename acc_t, int C>
-void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k, int64_t K,
+FASTAR_INLINE void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k, int64_t K,
                       const dmol::Bins<acc_t> bins, const acc_t* log_weights, acc_t* total) {
   std::fill(total, total + blk.len, acc_t(0));
   add_channel<scalar_t, acc_t, C, 0>(blk, k, K, bins, total);
@@ -88,7 +88,7 @@ void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k, int64_t K
 // log sum_k exp(rows[k][j]) = max[j] + log_sum[j] for rows given by row(k) (pointers to len
 // values), kept in two parts: for huge rows max + log_sum rounds to max.
 template <typename acc_t, typename Row>
-FASTAR_CPU_MULTIVERSION void logsumexp_rows(int64_t K, int64_t len, const Row& row,
+FASTAR_INLINE void logsumexp_rows(int64_t K, int64_t len, const Row& row,
                                             acc_t* __restrict__ max,
                                             acc_t* __restrict__ log_sum) {
   for (int64_t j = 0; j < len; ++j) max[j] = row(0)[j];
@@ -110,7 +110,7 @@ FASTAR_CPU_MULTIVERSION void logsumexp_rows(int64_t K, int64_t len, const Row& r
 // log-softmax is (added raw and normalized afterwards, a logit of 1e8 would swallow the
 // component's log P in float32). Scratch: two rows of kBlock values.
 template <typename scalar_t, typename acc_t, int C>
-void load_log_weights(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* log_weights,
+FASTAR_INLINE void load_log_weights(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* log_weights,
                       acc_t* max, acc_t* log_sum) {
   for (int64_t k = 0; k < K; ++k)
     for (int64_t j = 0; j < blk.len; ++j)
@@ -133,7 +133,7 @@ struct Scratch {
         d(grad_rows * kBlock), log_prob(kBlock), max(kBlock), log_sum(kBlock) {}
 
   // log_prob[j] = max[j] + log_sum[j] of the rows of totals.
-  void log_prob_of_totals(int64_t K) {
+  FASTAR_INLINE void log_prob_of_totals(int64_t K) {
     logsumexp_rows<acc_t>(K, blk.len, [&](int64_t k) { return totals.data() + k * kBlock; },
                           max.data(), log_sum.data());
     for (int64_t j = 0; j < blk.len; ++j) log_prob[j] = max[j] + log_sum[j];
@@ -143,7 +143,7 @@ struct Scratch {
 // t.log_prob[j] = log P(x) at each position of the loaded block, with t.log_weights and each
 // component's total (t.totals) on the way.
 template <typename scalar_t, typename acc_t, int C>
-void block_log_prob(int64_t K, const dmol::Bins<acc_t> bins, Scratch<scalar_t, acc_t, C>& t) {
+FASTAR_INLINE void block_log_prob(int64_t K, const dmol::Bins<acc_t> bins, Scratch<scalar_t, acc_t, C>& t) {
   load_log_weights(t.blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());
   for (int64_t k = 0; k < K; ++k)
     component_totals(t.blk, k, K, bins, t.log_weights.data() + k * kBlock,
@@ -152,17 +152,19 @@ void block_log_prob(int64_t K, const dmol::Bins<acc_t> bins, Scratch<scalar_t, a
 }
 
 // The loop of all three kernels: fn(t) for every block of positions, in parallel, with t's
-// block loaded; grad_rows sizes the per-component derivative buffer (0: none).
+// block loaded; grad_rows sizes the per-component derivative buffer (0: none). fn and what it
+// calls are FASTAR_INLINE: compiled once per CPU level (csrc/cpu/isa.h).
 template <typename scalar_t, int C, typename Fn>
 void for_each_block(const DmolArgs& args, int64_t grad_rows, const Fn& fn) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* params = args.params.const_data_ptr<scalar_t>();
   const dmol::BinIndices x = bin_indices(args);
+  const cpu::Capability level = cpu::capability();
   cpu::parallel_for_row_blocks(
       args.B, args.S, kBlock, [&] { return Scratch<scalar_t, acc_t, C>(args.K, grad_rows); },
       [&](Scratch<scalar_t, acc_t, C>& t, int64_t b, int64_t s0, int64_t len) {
         load_block(args, params, x, b, s0, len, t.blk);
-        fn(t);
+        cpu::dispatch(level, [&](auto) FASTAR_INLINE_LAMBDA { fn(t); });
       });
 }
 
@@ -171,14 +173,14 @@ void forward_cpu(const DmolArgs& args, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto bins = dmol::make_bins<acc_t>(args.num_bins);
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
-  for_each_block<scalar_t, C>(args, 0, [&](Scratch<scalar_t, acc_t, C>& t) {
+  for_each_block<scalar_t, C>(args, 0, [&](Scratch<scalar_t, acc_t, C>& t) FASTAR_INLINE_LAMBDA {
     block_log_prob(args.K, bins, t);
     for (int64_t j = 0; j < t.blk.len; ++j) y[t.blk.pos + j] = scalar_t(t.log_prob[j]);
   });
 }
 
 template <typename scalar_t, typename acc_t, int C>
-FASTAR_CPU_MULTIVERSION void component_grads(const Block<scalar_t, acc_t, C>& blk, int64_t k,
+FASTAR_INLINE void component_grads(const Block<scalar_t, acc_t, C>& blk, int64_t k,
                                              int64_t K, const dmol::Bins<acc_t> bins,
                                              const acc_t* __restrict__ log_weights,
                                              const acc_t* __restrict__ log_prob,
@@ -208,7 +210,7 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, at::Tensor& 
   const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  for_each_block<scalar_t, C>(args, 0, [&](Scratch<scalar_t, acc_t, C>& t) {
+  for_each_block<scalar_t, C>(args, 0, [&](Scratch<scalar_t, acc_t, C>& t) FASTAR_INLINE_LAMBDA {
     block_log_prob(K, bins, t);
     for (int64_t k = 0; k < K; ++k)
       component_grads(t.blk, k, K, bins, t.log_weights.data() + k * kBlock, t.log_prob.data(),
@@ -220,7 +222,7 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, at::Tensor& 
 // of it with respect to k's means, log-scales and coefficients, unscaled, in
 // d[i * kBlock + j] (i the parameter index): scaled once the responsibilities are known.
 template <typename scalar_t, typename acc_t, int C>
-FASTAR_CPU_MULTIVERSION void component_terms_with_grad(const Block<scalar_t, acc_t, C>& blk,
+FASTAR_INLINE void component_terms_with_grad(const Block<scalar_t, acc_t, C>& blk,
                                                        int64_t k, int64_t K,
                                                        const dmol::Bins<acc_t> bins,
                                                        acc_t* __restrict__ comp,
@@ -246,7 +248,7 @@ FASTAR_CPU_MULTIVERSION void component_terms_with_grad(const Block<scalar_t, acc
 // Writes component k's rows of the gradient: d log_prob / d logit_k, and the unscaled
 // derivatives times the responsibility.
 template <typename scalar_t, typename acc_t, int C>
-FASTAR_CPU_MULTIVERSION void write_component_grad(int64_t len, int64_t S, int64_t k, int64_t K,
+FASTAR_INLINE void write_component_grad(int64_t len, int64_t S, int64_t k, int64_t K,
                                                   const acc_t* __restrict__ log_weights,
                                                   const acc_t* __restrict__ comp,
                                                   const acc_t* __restrict__ log_prob,
@@ -277,7 +279,7 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  for_each_block<scalar_t, C>(args, args.P, [&](Scratch<scalar_t, acc_t, C>& t) {
+  for_each_block<scalar_t, C>(args, args.P, [&](Scratch<scalar_t, acc_t, C>& t) FASTAR_INLINE_LAMBDA {
     const auto& blk = t.blk;
     const int64_t len = blk.len;
     load_log_weights(blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());

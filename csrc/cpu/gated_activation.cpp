@@ -10,8 +10,8 @@
 #include "common/gated_activation.h"
 #include "common/gated_activation_args.h"
 #include "cpu/allocate.h"
+#include "cpu/isa.h"
 #include "cpu/launch.h"
-#include "cpu/multiversion.h"
 
 namespace fastar {
 namespace {
@@ -23,7 +23,7 @@ constexpr int64_t kGrain = 16384;  // elements per task: amortizes thread hand-o
 // share one cond row) or one value per row (ca0, cb0; rows == 1). Rows after the first start
 // 2 * len further in x and len further in y: whole rows of the (N, 2, 1, L) view.
 template <typename scalar_t, typename acc_t>
-FASTAR_CPU_MULTIVERSION void forward_rows(const scalar_t* __restrict__ a,
+FASTAR_INLINE void forward_rows(const scalar_t* __restrict__ a,
                                           const scalar_t* __restrict__ b,
                                           const scalar_t* __restrict__ ca,
                                           const scalar_t* __restrict__ cb, int64_t cond_stride,
@@ -44,7 +44,7 @@ FASTAR_CPU_MULTIVERSION void forward_rows(const scalar_t* __restrict__ a,
 
 // The backward pass over the same rows: writes the gradient of z = x + cond for both halves.
 template <typename scalar_t, typename acc_t>
-FASTAR_CPU_MULTIVERSION void backward_rows(const scalar_t* __restrict__ a,
+FASTAR_INLINE void backward_rows(const scalar_t* __restrict__ a,
                                            const scalar_t* __restrict__ b,
                                            const scalar_t* __restrict__ ca,
                                            const scalar_t* __restrict__ cb, int64_t cond_stride,
@@ -127,11 +127,14 @@ void forward_kernel(const GatedActivationArgs& args, at::Tensor& out) {
   const scalar_t* x = args.x.const_data_ptr<scalar_t>();
   const scalar_t* cond = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
+  const cpu::Capability level = cpu::capability();
   parallel_for_pieces(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
                                       const scalar_t* cb, int64_t cond_stride, acc_t ca0,
                                       acc_t cb0, int64_t len, int64_t rows) {
-    forward_rows<scalar_t, acc_t>(x + a, x + b, ca, cb, cond_stride, ca0, cb0, y + o, len,
-                                  rows);
+    cpu::dispatch(level, [&](auto) FASTAR_INLINE_LAMBDA {
+      forward_rows<scalar_t, acc_t>(x + a, x + b, ca, cb, cond_stride, ca0, cb0, y + o, len,
+                                    rows);
+    });
   });
 }
 
@@ -143,11 +146,14 @@ void backward_kernel(const GatedActivationArgs& args, const at::Tensor& grad_out
   const scalar_t* cond = args.cond.defined() ? args.cond.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
   scalar_t* dz = grad_z.mutable_data_ptr<scalar_t>();
+  const cpu::Capability level = cpu::capability();
   parallel_for_pieces(args, cond, [&](int64_t a, int64_t b, int64_t o, const scalar_t* ca,
                                       const scalar_t* cb, int64_t cond_stride, acc_t ca0,
                                       acc_t cb0, int64_t len, int64_t rows) {
-    backward_rows<scalar_t, acc_t>(x + a, x + b, ca, cb, cond_stride, ca0, cb0, g + o, dz + a,
-                                   dz + b, len, rows);
+    cpu::dispatch(level, [&](auto) FASTAR_INLINE_LAMBDA {
+      backward_rows<scalar_t, acc_t>(x + a, x + b, ca, cb, cond_stride, ca0, cb0, g + o,
+                                     dz + a, dz + b, len, rows);
+    });
   });
 }
 

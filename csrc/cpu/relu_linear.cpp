@@ -6,8 +6,8 @@
 // (bench/bench_training.py). Here x is read once forward and once backward:
 // - few outputs (out <= kFewOutputs, a binary model's head): the per-row math of
 //   common/relu_linear.h, any floating dtype;
-// - float32/float64 with inputs and outputs each 1, 2 or 4 vectors of 64 bytes (PixelCNN's 16,
-//   32 and 64 channels): GCC vector types, several rows per pass;
+// - float32/float64 with inputs and outputs each 1, 2 or 4 units of 64 bytes (PixelCNN's 16,
+//   32 and 64 channels): GCC vector types of the CPU level's width, several rows per pass;
 // - other sizes: relu then ATen's products (relu_linear_aten).
 // The backward sums weight and bias gradients per fixed block of 512 rows in double (the vector
 // kernel first in T over 64-row sub-blocks) and adds the blocks in order: results do not depend
@@ -27,7 +27,7 @@
 
 #include "common/relu_linear.h"
 #include "common/relu_linear_args.h"
-#include "cpu/multiversion.h"
+#include "cpu/isa.h"
 
 // GCC's vector extensions (vector types, ?: on vectors); other compilers take the ATen path
 // for the sizes the vector kernel would take.
@@ -42,13 +42,15 @@ namespace fastar {
 namespace {
 
 // --- CPU, few outputs: hand-written rows ------------------------------------------------------
+// Every kernel below is compiled once per CPU level I (cpu::dispatch): loops vectorize with
+// the level's registers.
 
 constexpr int64_t kFewOutputs = 8;  // the counts with_constant lists in the backward launcher
 constexpr int64_t kRowsPerBlock = 512;  // the backward's unit of work and of gradient sums
 
-template <typename T>
-FASTAR_CPU_MULTIVERSION void forward_few(const T* x, const T* w, const T* bias, int64_t rows,
-                                         int64_t K, int64_t O, T* y) {
+template <typename I, typename T>
+FASTAR_INLINE void forward_few(const T* x, const T* w, const T* bias, int64_t rows, int64_t K,
+                               int64_t O, T* y) {
   using Acc = at::opmath_type<T>;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t o = 0; o < O; ++o) {
@@ -59,9 +61,9 @@ FASTAR_CPU_MULTIVERSION void forward_few(const T* x, const T* w, const T* bias, 
 
 // One block of rows: grad_x (if asked) and the block's sums of grad_w (O, K) and grad_b (O),
 // in double (float sums of 512 rows were 10x further from the truth than ATen's).
-template <int O, typename T>
-FASTAR_CPU_MULTIVERSION void backward_few(const T* g, const T* x, const T* w, int64_t rows,
-                                          int64_t K, T* grad_x, double* grad_w, double* grad_b) {
+template <typename I, int O, typename T>
+FASTAR_INLINE void backward_few(const T* g, const T* x, const T* w, int64_t rows, int64_t K,
+                                T* grad_x, double* grad_w, double* grad_b) {
   using Acc = at::opmath_type<T>;
   Acc go[O];
   for (int64_t r = 0; r < rows; ++r) {
@@ -83,14 +85,30 @@ void with_constant(int64_t n, const Fn& fn) {
 }
 
 #if FASTAR_VECTOR_KERNEL
-// --- CPU, outputs and inputs in whole vectors ------------------------------------------------
-// For out and in each 1, 2 or 4 vectors of 64 bytes (float: 16, 32 or 64 channels; double: 8,
-// 16 or 32), the sizes of PixelCNN's residual blocks and heads: GCC vector types, which each
-// FASTAR_CPU_MULTIVERSION clone lowers to its widest registers, several rows at a time so the
+// --- CPU, outputs and inputs in whole units of 64 bytes ----------------------------------------
+// For out and in each 1, 2 or 4 units of 64 bytes (float: 16, 32 or 64 channels; double: 8,
+// 16 or 32), the sizes of PixelCNN's residual blocks and heads: GCC vector types of the level's
+// width (a unit is 4 SSE, 2 AVX or 1 AVX-512 register), several rows at a time so the
 // multiply-add chains overlap.
 
 using cpu::load;
 using cpu::store;
+
+constexpr int kUnitBytes = 64;
+// Accumulators per loop: 8 registers, of 16 at AVX2 and the baseline (room for the operands),
+// enough independent chains for two FMA pipes of latency 4.
+constexpr int kAccumulators = 8;
+
+// The vectors of level I in a row of n elements of T, and in one block of them: at most
+// kAccumulators vectors, with kAccumulators / block rows (or outputs) at a time.
+template <typename I, typename T, int N>
+struct Split {
+  static constexpr int lanes = cpu::Vec<I, T>::lanes;
+  static constexpr int vectors = N / lanes;
+  static constexpr int block = vectors < kAccumulators ? vectors : kAccumulators;
+  static constexpr int at_once = kAccumulators / block;
+  static_assert(N % lanes == 0 && vectors % block == 0, "whole vectors in whole blocks");
+};
 
 template <typename V>
 FASTAR_HD V relu_vec(const V& v) {
@@ -98,34 +116,39 @@ FASTAR_HD V relu_vec(const V& v) {
   return v < zero ? zero : v;  // NaN stays NaN, as torch.relu
 }
 
-// y (rows, O) = relu(x) wt + bias, wt = weight^T (K, O).
-template <typename T, int NV, int KV>
-FASTAR_CPU_MULTIVERSION void forward_wide(const T* x, const T* wt, const T* bias, int64_t rows,
-                                          T* y) {
-  using V = typename cpu::Vec<T, 64>::type;
-  constexpr int L = cpu::Vec<T, 64>::lanes, O = NV * L, K = KV * L, R = 8 / NV;  // rows at a time
-  V b[NV];
-  for (int v = 0; v < NV; ++v) b[v] = bias ? load<V>(bias + v * L) : V{};
+// fn(n) for the rows [0, rows) in runs of `at_once` rows, then one at a time (n: a
+// std::integral_constant).
+template <int AtOnce, typename Fn>
+FASTAR_INLINE void in_runs(int64_t rows, const Fn& fn) {
   int64_t r = 0;
-  auto run = [&](auto rows_at_once) {
+  for (; r + AtOnce <= rows; r += AtOnce) fn(r, std::integral_constant<int, AtOnce>{});
+  for (; r < rows; ++r) fn(r, std::integral_constant<int, 1>{});
+}
+
+// y (rows, O) = relu(x) wt + bias, wt = weight^T (K, O).
+template <typename I, typename T, int O, int K>
+FASTAR_INLINE void forward_wide(const T* x, const T* wt, const T* bias, int64_t rows, T* y) {
+  using V = typename cpu::Vec<I, T>::type;
+  using Out = Split<I, T, O>;
+  constexpr int L = Out::lanes, NB = Out::block;
+  in_runs<Out::at_once>(rows, [&](int64_t r, auto rows_at_once) FASTAR_INLINE_LAMBDA {
     constexpr int n = decltype(rows_at_once)::value;
-    V acc[n][NV];
-    for (int i = 0; i < n; ++i)
-      for (int v = 0; v < NV; ++v) acc[i][v] = b[v];
-    for (int k = 0; k < K; ++k) {
-      V w[NV];
-      for (int v = 0; v < NV; ++v) w[v] = load<V>(wt + k * O + v * L);
-      for (int i = 0; i < n; ++i) {
-        const T xr = relu_linear::relu<T>(x[(r + i) * K + k]);
-        for (int v = 0; v < NV; ++v) acc[i][v] += w[v] * xr;
+    for (int c = 0; c < O; c += NB * L) {  // a block of output columns
+      V acc[n][NB];
+      for (int i = 0; i < n; ++i)
+        for (int v = 0; v < NB; ++v) acc[i][v] = bias ? load<V>(bias + c + v * L) : V{};
+      for (int k = 0; k < K; ++k) {
+        V w[NB];
+        for (int v = 0; v < NB; ++v) w[v] = load<V>(wt + k * O + c + v * L);
+        for (int i = 0; i < n; ++i) {
+          const T xr = relu_linear::relu<T>(x[(r + i) * K + k]);
+          for (int v = 0; v < NB; ++v) acc[i][v] += w[v] * xr;
+        }
       }
+      for (int i = 0; i < n; ++i)
+        for (int v = 0; v < NB; ++v) store(y + (r + i) * O + c + v * L, acc[i][v]);
     }
-    for (int i = 0; i < n; ++i)
-      for (int v = 0; v < NV; ++v) store(y + (r + i) * O + v * L, acc[i][v]);
-    r += n;
-  };
-  while (r + R <= rows) run(std::integral_constant<int, R>{});
-  while (r < rows) run(std::integral_constant<int, 1>{});
+  });
 }
 
 // One block of rows of the backward: grad_x (rows, K) = (g weight) where x > 0, and the
@@ -133,80 +156,87 @@ FASTAR_CPU_MULTIVERSION void forward_wide(const T* x, const T* wt, const T* bias
 // and added into double.
 constexpr int64_t kSubRows = 64;
 
-template <typename T, int NV, int KV>
-FASTAR_CPU_MULTIVERSION void backward_wide(const T* g, const T* x, const T* w, int64_t rows,
-                                           T* grad_x, double* grad_w, double* grad_b) {
-  using V = typename cpu::Vec<T, 64>::type;
-  constexpr int L = cpu::Vec<T, 64>::lanes, O = NV * L, K = KV * L;
-  constexpr int R = 8 / KV;  // rows at a time for grad_x
-  constexpr int P = 8 / KV;  // outputs at a time for grad_w
+template <typename I, typename T, int O, int K>
+FASTAR_INLINE void backward_wide(const T* g, const T* x, const T* w, int64_t rows, T* grad_x,
+                                 double* grad_w, double* grad_b) {
+  using V = typename cpu::Vec<I, T>::type;
+  using In = Split<I, T, K>;
+  using Out = Split<I, T, O>;
+  constexpr int L = In::lanes, KB = In::block, NB = Out::block;
+  const V zero = {};
   for (int64_t s0 = 0; s0 < rows; s0 += kSubRows) {
     const int64_t n = std::min(kSubRows, rows - s0);
     const T* gs = g + s0 * O;
     const T* xs = x + s0 * K;
     if (grad_x) {
-      int64_t r = 0;
-      auto run = [&](auto rows_at_once) {
+      in_runs<In::at_once>(n, [&](int64_t r, auto rows_at_once) FASTAR_INLINE_LAMBDA {
         constexpr int m = decltype(rows_at_once)::value;
-        V acc[m][KV] = {};
-        for (int o = 0; o < O; ++o) {
-          V wv[KV];
-          for (int v = 0; v < KV; ++v) wv[v] = load<V>(w + o * K + v * L);
-          for (int i = 0; i < m; ++i) {
-            const T go = gs[(r + i) * O + o];
-            for (int v = 0; v < KV; ++v) acc[i][v] += wv[v] * go;
+        for (int c = 0; c < K; c += KB * L) {  // a block of input columns
+          V acc[m][KB] = {};
+          for (int o = 0; o < O; ++o) {
+            V wv[KB];
+            for (int v = 0; v < KB; ++v) wv[v] = load<V>(w + o * K + c + v * L);
+            for (int i = 0; i < m; ++i) {
+              const T go = gs[(r + i) * O + o];
+              for (int v = 0; v < KB; ++v) acc[i][v] += wv[v] * go;
+            }
           }
+          for (int i = 0; i < m; ++i)
+            for (int v = 0; v < KB; ++v) {
+              const V xv = load<V>(xs + (r + i) * K + c + v * L);
+              store(grad_x + (s0 + r + i) * K + c + v * L, xv <= zero ? zero : acc[i][v]);
+            }
         }
-        const V zero = {};
-        for (int i = 0; i < m; ++i)
-          for (int v = 0; v < KV; ++v) {
-            const V xv = load<V>(xs + (r + i) * K + v * L);
-            store(grad_x + (s0 + r + i) * K + v * L, xv <= zero ? zero : acc[i][v]);
-          }
-        r += m;
-      };
-      while (r + R <= n) run(std::integral_constant<int, R>{});
-      while (r < n) run(std::integral_constant<int, 1>{});
+      });
     }
     if (grad_w) {
-      for (int o0 = 0; o0 < O; o0 += P) {
-        V acc[P][KV] = {};
-        for (int64_t r = 0; r < n; ++r) {
-          V xr[KV];
-          for (int v = 0; v < KV; ++v) xr[v] = relu_vec(load<V>(xs + r * K + v * L));
-          for (int p = 0; p < P; ++p) {
-            const T go = gs[r * O + o0 + p];
-            for (int v = 0; v < KV; ++v) acc[p][v] += xr[v] * go;
+      constexpr int P = In::at_once;  // outputs at a time
+      for (int c = 0; c < K; c += KB * L) {
+        for (int o0 = 0; o0 < O; o0 += P) {
+          V acc[P][KB] = {};
+          for (int64_t r = 0; r < n; ++r) {
+            V xr[KB];
+            for (int v = 0; v < KB; ++v) xr[v] = relu_vec(load<V>(xs + r * K + c + v * L));
+            for (int p = 0; p < P; ++p) {
+              const T go = gs[r * O + o0 + p];
+              for (int v = 0; v < KB; ++v) acc[p][v] += xr[v] * go;
+            }
           }
+          for (int p = 0; p < P; ++p)
+            for (int v = 0; v < KB; ++v)
+              for (int l = 0; l < L; ++l) grad_w[(o0 + p) * K + c + v * L + l] += acc[p][v][l];
         }
-        for (int p = 0; p < P; ++p)
-          for (int v = 0; v < KV; ++v)
-            for (int l = 0; l < L; ++l) grad_w[(o0 + p) * K + v * L + l] += acc[p][v][l];
       }
     }
     if (grad_b) {
-      V acc[NV] = {};
-      for (int64_t r = 0; r < n; ++r)
-        for (int v = 0; v < NV; ++v) acc[v] += load<V>(gs + r * O + v * L);
-      for (int v = 0; v < NV; ++v)
-        for (int l = 0; l < L; ++l) grad_b[v * L + l] += acc[v][l];
+      for (int c = 0; c < O; c += NB * L) {
+        V acc[NB] = {};
+        for (int64_t r = 0; r < n; ++r)
+          for (int v = 0; v < NB; ++v) acc[v] += load<V>(gs + r * O + c + v * L);
+        for (int v = 0; v < NB; ++v)
+          for (int l = 0; l < L; ++l) grad_b[c + v * L + l] += acc[v][l];
+      }
     }
   }
 }
 
 #endif  // FASTAR_VECTOR_KERNEL
 
-// Vectors of 64 bytes in n (1, 2 or 4), or 0 where n is not such a size.
-int64_t whole_vectors(int64_t n, const at::Tensor& x) {
-  const int64_t bytes = n * x.element_size(), v = bytes / 64;
-  return bytes % 64 == 0 && (v == 1 || v == 2 || v == 4) ? v : 0;
+// Units of 64 bytes in n (1, 2 or 4), or 0 where n is not such a size.
+int64_t whole_units(int64_t n, const at::Tensor& x) {
+  const int64_t bytes = n * x.element_size(), units = bytes / 64;
+  return bytes % 64 == 0 && (units == 1 || units == 2 || units == 4) ? units : 0;
 }
 
-// fn(nv, kv): the vector counts of O outputs and K inputs as std::integral_constants.
-template <typename Fn>
-void with_vector_counts(int64_t O, int64_t K, const at::Tensor& x, const Fn& fn) {
-  with_constant<1, 2, 4>(whole_vectors(O, x), [&](auto nv) {
-    with_constant<1, 2, 4>(whole_vectors(K, x), [&](auto kv) { fn(nv, kv); });
+// fn(O, K): the output and input counts as std::integral_constants of elements of T.
+template <typename T, typename Fn>
+void with_unit_counts(int64_t O, int64_t K, const at::Tensor& x, const Fn& fn) {
+  constexpr int per_unit = 64 / sizeof(T);
+  with_constant<1, 2, 4>(whole_units(O, x), [&](auto ou) {
+    with_constant<1, 2, 4>(whole_units(K, x), [&](auto ku) {
+      fn(std::integral_constant<int, decltype(ou)::value * per_unit>{},
+         std::integral_constant<int, decltype(ku)::value * per_unit>{});
+    });
   });
 }
 
@@ -219,7 +249,7 @@ Kernel cpu_kernel(const at::Tensor& x, const at::Tensor& weight) {
   const int64_t O = weight.size(0), K = x.size(1);
   if (O >= 1 && O <= kFewOutputs) return Kernel::kFewOutputs;
   const bool vector_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  if (FASTAR_VECTOR_KERNEL && vector_dtype && whole_vectors(O, x) && whole_vectors(K, x))
+  if (FASTAR_VECTOR_KERNEL && vector_dtype && whole_units(O, x) && whole_units(K, x))
     return Kernel::kWide;
   return Kernel::kAten;
 }
@@ -239,16 +269,21 @@ at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const cpu::Capability level = cpu::capability();
     at::parallel_for(0, M, kRowsPerBlock, [&](int64_t r0, int64_t r1) {
       if (kernel == Kernel::kFewOutputs) {
-        forward_few(xp + r0 * K, wp, bp, r1 - r0, K, O, yp + r0 * O);
+        cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+          forward_few<decltype(isa)>(xp + r0 * K, wp, bp, r1 - r0, K, O, yp + r0 * O);
+        });
         return;
       }
 #if FASTAR_VECTOR_KERNEL
       if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-        with_vector_counts(O, K, x, [&](auto nv, auto kv) {
-          forward_wide<scalar_t, decltype(nv)::value, decltype(kv)::value>(
-              xp + r0 * K, wt.const_data_ptr<scalar_t>(), bp, r1 - r0, yp + r0 * O);
+        with_unit_counts<scalar_t>(O, K, x, [&](auto o, auto k) {
+          cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+            forward_wide<decltype(isa), scalar_t, decltype(o)::value, decltype(k)::value>(
+                xp + r0 * K, wt.const_data_ptr<scalar_t>(), bp, r1 - r0, yp + r0 * O);
+          });
         });
       }
 #endif
@@ -284,6 +319,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
     scalar_t* gxp = mask[0] ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
     double* gwp = mask[1] ? grad_ws.mutable_data_ptr<double>() : nullptr;
     double* gbp = mask[2] ? grad_bs.mutable_data_ptr<double>() : nullptr;
+    const cpu::Capability level = cpu::capability();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, M - r0);
@@ -292,16 +328,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
         double* gb = gbp ? gbp + b * O : nullptr;
         if (kernel == Kernel::kFewOutputs) {
           with_constant<1, 2, 3, 4, 5, 6, 7, 8>(O, [&](auto outputs) {
-            backward_few<decltype(outputs)::value>(gp + r0 * O, xp + r0 * K, wp, rows, K, gx,
-                                                   gw, gb);
+            cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+              backward_few<decltype(isa), decltype(outputs)::value>(gp + r0 * O, xp + r0 * K, wp,
+                                                                    rows, K, gx, gw, gb);
+            });
           });
           continue;
         }
 #if FASTAR_VECTOR_KERNEL
         if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-          with_vector_counts(O, K, x, [&](auto nv, auto kv) {
-            backward_wide<scalar_t, decltype(nv)::value, decltype(kv)::value>(
-                gp + r0 * O, xp + r0 * K, wp, rows, gx, gw, gb);
+          with_unit_counts<scalar_t>(O, K, x, [&](auto o, auto k) {
+            cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+              backward_wide<decltype(isa), scalar_t, decltype(o)::value, decltype(k)::value>(
+                  gp + r0 * O, xp + r0 * K, wp, rows, gx, gw, gb);
+            });
           });
         }
 #endif

@@ -1,7 +1,8 @@
 // CPU kernel of wavenet_generate: the whole generation loop in C++, one call for `length`
-// samples of the batch. Each step runs the layers' matrix products on the packed, transposed
-// weights (csrc/common/wavenet.h) with register tiles of up to 4 sequences x 32 columns (one
-// sequence: 64 columns).
+// samples of the batch, compiled once per CPU level (csrc/cpu/isa.h). Each step runs the
+// layers' matrix products on the packed, transposed weights (csrc/common/wavenet.h) with
+// register tiles of up to 4 sequences x 24 columns (one sequence: 64 columns at AVX2 and
+// AVX-512).
 //
 // Threads: with at least two sequences per thread, each thread generates its own sequences
 // with no synchronisation. With fewer (batch 1 above all), two threads form a team: each
@@ -22,14 +23,12 @@
 #include "common/gated_activation.h"
 #include "common/wavenet.h"
 #include "common/wavenet_args.h"
+#include "cpu/isa.h"
 #include "cpu/launch.h"
-#include "cpu/multiversion.h"
 #include "cpu/vec.h"
 
 namespace fastar {
 namespace {
-
-#define FASTAR_INLINE inline __attribute__((always_inline))
 
 using cpu::load;
 using cpu::store;
@@ -48,11 +47,11 @@ struct Rows {
 // first + NV / 2 vectors: one run). Each column is summed in the same order (out, then i = 0,
 // 1, ...) whatever the tile, so the result does not depend on the batch size, the team or the
 // vector width.
-template <typename T, int Bytes, int NB, int NV>
+template <typename I, typename T, int Bytes, int NB, int NV>
 FASTAR_INLINE void tile(Rows<const T> in, int64_t K, const T* w, int64_t ldw, int64_t first,
                         int64_t second, Rows<T> out) {
-  using V = typename Vec<T, Bytes>::type;
-  constexpr int64_t n = Vec<T, Bytes>::lanes;
+  using V = typename Vec<I, T, Bytes>::type;
+  constexpr int64_t n = Vec<I, T, Bytes>::lanes;
   int64_t col[NV];
   FASTAR_UNROLL
   for (int v = 0; v < NV; ++v) col[v] = v < NV / 2 ? first + v * n : second + (v - NV / 2) * n;
@@ -82,34 +81,43 @@ FASTAR_INLINE void tile(Rows<const T> in, int64_t K, const T* w, int64_t ldw, in
 
 // Columns [c, c1) in blocks of NV vectors, for all nb rows: tiles of 4 rows, then single
 // rows. Returns where it stopped (fewer than a block's columns left).
-template <typename T, int Bytes, int NV>
+template <typename I, typename T, int Bytes, int NV>
 FASTAR_INLINE int64_t column_blocks(Rows<const T> in, int64_t nb, int64_t K, const T* w,
                                     int64_t ldw, int64_t c, int64_t c1, Rows<T> out) {
-  constexpr int64_t half = NV / 2 * Vec<T, Bytes>::lanes, cols = NV * Vec<T, Bytes>::lanes;
+  constexpr int64_t half = NV / 2 * Vec<I, T, Bytes>::lanes, cols = NV * Vec<I, T, Bytes>::lanes;
   for (; c + cols <= c1; c += cols) {
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4)
-      tile<T, Bytes, 4, NV>({in[b], in.stride}, K, w, ldw, c, c + half, {out[b], out.stride});
-    for (; b < nb; ++b) tile<T, Bytes, 1, NV>({in[b], in.stride}, K, w, ldw, c, c + half, {out[b], 0});
+      tile<I, T, Bytes, 4, NV>({in[b], in.stride}, K, w, ldw, c, c + half, {out[b], out.stride});
+    for (; b < nb; ++b)
+      tile<I, T, Bytes, 1, NV>({in[b], in.stride}, K, w, ldw, c, c + half, {out[b], 0});
   }
   return c;
 }
 
+// The vectors of a single row's tiles: 8 registers of accumulators (4 on AVX-512, whose
+// registers hold 64 bytes), for 64 float columns at AVX2 and AVX-512. A single row (batch 1)
+// has no reuse to win: its tiles are as wide as the level's registers allow.
+template <typename I>
+constexpr int kRowVectors = I::vector_bytes == 64 ? 4 : 8;
+// Several rows' tiles use vectors of at most 32 bytes: 4 x 3 tiles keep 12 accumulators, 3
+// weight vectors and a broadcast in 16 registers (also on AVX-512, where this shape was
+// measured and kept).
+template <typename I>
+constexpr int kRowsBytes = I::vector_bytes < 32 ? I::vector_bytes : 32;
+
 // Columns [c0, c1) of out[b] += in[b] (nb rows of K values) times w (K rows of ldw): blocks of
 // columns outermost, so a block of w (K x 24 values) is read from memory once and reused from
-// L1 by every tile of rows. 4 x 3 tiles keep 12 accumulators, 3 weight vectors and a broadcast
-// in the 16 AVX registers. A single row (batch 1) has no reuse to win: its tiles are 4 vectors
-// of 64 bytes (64 float or 32 double columns: 4 AVX-512 or 8 AVX accumulators; the baseline
-// clone spills), 1.4-1.8x the rate of 32-byte ones in an L2-resident micro-benchmark on this
-// project's AVX-512 machines.
-template <typename T>
+// L1 by every tile of rows.
+template <typename I, typename T>
 FASTAR_INLINE void matmul_acc(Rows<const T> in, int64_t nb, int64_t K, const T* w, int64_t ldw,
                               int64_t c0, int64_t c1, Rows<T> out) {
+  constexpr int wide = I::vector_bytes, narrow = kRowsBytes<I>;
   int64_t c = c0;
-  if (nb == 1) c = column_blocks<T, 64, 4>(in, nb, K, w, ldw, c, c1, out);
-  c = column_blocks<T, 32, 3>(in, nb, K, w, ldw, c, c1, out);
-  c = column_blocks<T, 32, 2>(in, nb, K, w, ldw, c, c1, out);
-  c = column_blocks<T, 32, 1>(in, nb, K, w, ldw, c, c1, out);
+  if (nb == 1) c = column_blocks<I, T, wide, kRowVectors<I>>(in, nb, K, w, ldw, c, c1, out);
+  c = column_blocks<I, T, narrow, 3>(in, nb, K, w, ldw, c, c1, out);
+  c = column_blocks<I, T, narrow, 2>(in, nb, K, w, ldw, c, c1, out);
+  c = column_blocks<I, T, narrow, 1>(in, nb, K, w, ldw, c, c1, out);
   for (; c < c1; ++c) {  // fewer columns than one vector
     for (int64_t b = 0; b < nb; ++b) {
       T s = out[b][c];
@@ -120,18 +128,20 @@ FASTAR_INLINE void matmul_acc(Rows<const T> in, int64_t nb, int64_t K, const T* 
 }
 
 // matmul_acc over the columns [first, first + width) and [second, second + width) (a thread's
-// tanh and sigmoid channels), a single row's in lockstep: one 4-vector tile over two runs of 2.
-template <typename T>
+// tanh and sigmoid channels), a single row's in lockstep: one tile over two runs of half its
+// vectors.
+template <typename I, typename T>
 FASTAR_INLINE void matmul_acc_pair(Rows<const T> in, int64_t nb, int64_t K, const T* w,
                                    int64_t ldw, int64_t first, int64_t second, int64_t width,
                                    Rows<T> out) {
-  constexpr int64_t run = 2 * Vec<T, 64>::lanes;
+  constexpr int wide = I::vector_bytes, nv = kRowVectors<I>;
+  constexpr int64_t run = nv / 2 * Vec<I, T, wide>::lanes;
   int64_t c = 0;
   if (nb == 1)
     for (; c + run <= width; c += run)
-      tile<T, 64, 1, 4>(in, K, w, ldw, first + c, second + c, out);
-  matmul_acc(in, nb, K, w, ldw, first + c, first + width, out);
-  matmul_acc(in, nb, K, w, ldw, second + c, second + width, out);
+      tile<I, T, wide, 1, nv>(in, K, w, ldw, first + c, second + c, out);
+  matmul_acc<I>(in, nb, K, w, ldw, first + c, first + width, out);
+  matmul_acc<I>(in, nb, K, w, ldw, second + c, second + width, out);
 }
 
 // [lo, hi) of `rank`'s share of n channels, cut at multiples of 8 (a 32-byte vector of floats)
@@ -189,7 +199,7 @@ Rows<const T> in(Rows<T> r) {
 
 // parts[p][b][c] (c in [c0, c1)) = (p == 0 ? bias[c] : 0) + sum over in's rows i of part p of
 // in[b][i] w[i * ldw + c], for the parts this thread sums (p % size == rank).
-template <typename T>
+template <typename I, typename T>
 FASTAR_INLINE void partial_products(Rows<const T> in, int64_t nb, int64_t K, const T* w,
                                     int64_t ldw, const T* bias, int64_t c0, int64_t c1,
                                     std::vector<T> (&parts)[kParts], int64_t stride, int rank,
@@ -201,7 +211,7 @@ FASTAR_INLINE void partial_products(Rows<const T> in, int64_t nb, int64_t K, con
       if (p == 0) std::copy(bias + c0, bias + c1, out[b] + c0);
       else std::fill(out[b] + c0, out[b] + c1, T(0));
     }
-    matmul_acc<T>({in.data + rows_of_part.lo, in.stride}, nb, rows_of_part.hi - rows_of_part.lo,
+    matmul_acc<I>({in.data + rows_of_part.lo, in.stride}, nb, rows_of_part.hi - rows_of_part.lo,
                   w + rows_of_part.lo * ldw, ldw, c0, c1, out);
   }
 }
@@ -210,8 +220,9 @@ FASTAR_INLINE void partial_products(Rows<const T> in, int64_t nb, int64_t K, con
 // shares `parts`. Each thread keeps its own copy of the residual stream, the skip sums, the
 // logits and the values drawn; the team meets once per layer and twice in the head. Returns
 // false (every thread alike) where the model's output at some step defines no distribution.
-template <typename T>
-FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
+// Compiled once per CPU level I (cpu::dispatch).
+template <typename I, typename T>
+FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
                                            Partials<T>& parts, int rank, int size,
                                            cpu::SpinBarrier& barrier, T* logp) {
   const int64_t nb = parts.nb, R = g.R, S = g.S, P = g.P, V = g.V, L = g.L, k = g.k;
@@ -288,7 +299,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
       if (local != nullptr) {
         for (int64_t b = 0; b < nb; ++b)
           for (const int64_t c0 : {gates.lo, R + gates.lo}) std::fill(lbias[b] + c0, lbias[b] + c0 + width, T(0));
-        matmul_acc_pair(in(local_t), nb, g.Cl, local_w + l * R2, L * R2, gates.lo, R + gates.lo,
+        matmul_acc_pair<I>(in(local_t), nb, g.Cl, local_w + l * R2, L * R2, gates.lo, R + gates.lo,
                         width, lbias);
       }
       for (int64_t b = 0; b < nb; ++b) {
@@ -306,10 +317,10 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
         if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
         const int64_t slot = wavenet::ring_slot(past, ring_size);
         const Rows<const T> taps{layer_ring + slot * R, W * R};
-        matmul_acc_pair(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, gates.lo, R + gates.lo,
+        matmul_acc_pair<I>(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, gates.lo, R + gates.lo,
                         width, z);
       }
-      matmul_acc_pair(in(h), nb, R, conv_w + (l * k + k - 1) * R * R2, R2, gates.lo,
+      matmul_acc_pair<I>(in(h), nb, R, conv_w + (l * k + k - 1) * R * R2, R2, gates.lo,
                       R + gates.lo, width, z);
       for (int64_t b = 0; b < nb; ++b)
         for (int64_t c = gates.lo; c < gates.hi; ++c) act[b][c] = gated::forward(z[b][c], z[b][R + c]);
@@ -319,7 +330,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
       // at t is done.
       const int64_t c0 = l + 1 < L ? 0 : R;
       auto& out = parts.layer_out[l % 2];
-      partial_products<T>(in(act), nb, R, out_w + l * R * RS, RS, out_b + l * RS, c0, RS, out, RS,
+      partial_products<I, T>(in(act), nb, R, out_w + l * R * RS, RS, out_b + l * RS, c0, RS, out, RS,
                           rank, size);
       barrier.wait();
       push(l, t, in(h));
@@ -334,7 +345,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
     // The head: relu, 1x1 (S -> S), relu, 1x1 (S -> P), each product in parts.
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t c = 0; c < S; ++c) relu_skip[b][c] = skip[b][c] < T(0) ? T(0) : skip[b][c];
-    partial_products<T>(in(relu_skip), nb, S, head_w1, S, head_b1, 0, S, parts.head, S, rank, size);
+    partial_products<I, T>(in(relu_skip), nb, S, head_w1, S, head_b1, 0, S, parts.head, S, rank, size);
     barrier.wait();
     for (int64_t b = 0; b < nb; ++b) {
       for (int64_t c = 0; c < S; ++c) {
@@ -342,7 +353,7 @@ FASTAR_CPU_MULTIVERSION bool generate_rows(const WaveNetGenerateArgs& g, int64_t
         head[b][c] = v < T(0) ? T(0) : v;  // NaN stays NaN
       }
     }
-    partial_products<T>(in(head), nb, S, head_w2, P, head_b2, 0, P, parts.logits, P, rank, size);
+    partial_products<I, T>(in(head), nb, S, head_w2, P, head_b2, 0, P, parts.logits, P, rank, size);
     barrier.wait();
 
     // Every thread draws the same values from the same logits; rank 0 writes them.
@@ -374,23 +385,32 @@ template <typename T>
 void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
   if (g.B == 0 || g.start == g.T) return;
   const int threads = std::max(1, at::get_num_threads());
+  const cpu::Capability level = cpu::capability();  // one level for the whole team
   std::atomic<bool> failed{false};
   T* out = logp.data_ptr<T>();
+  const auto generate_at_level = [&](int64_t b0, Partials<T>& parts, int rank, int size,
+                                     cpu::SpinBarrier& barrier) {
+    const bool ok = cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+      return generate_rows<decltype(isa), T>(g, b0, parts, rank, size, barrier, out);
+    });
+    if (!ok) failed = true;
+  };
   if (g.B >= 2 * threads) {  // each thread its own sequences, in groups of kGroup rows
     cpu::parallel_team(threads, [&](int rank, int size, cpu::SpinBarrier&) {
       const int64_t lo = g.B * rank / size, hi = g.B * (rank + 1) / size;
       cpu::SpinBarrier alone(1);
       for (int64_t b0 = lo; b0 < hi; b0 += kGroup) {
         Partials<T> parts(g, std::min<int64_t>(kGroup, hi - b0));
-        if (!generate_rows<T>(g, b0, parts, 0, 1, alone, out)) failed = true;
+        generate_at_level(b0, parts, 0, 1, alone);
       }
     });
   } else {  // one team over the whole batch, each thread summing a part of every product
     // (worth a meeting per layer only where a layer's products are large)
     Partials<T> parts(g, g.B);
-    cpu::parallel_team(g.R >= 32 ? std::min(threads, kParts) : 1, [&](int rank, int size, cpu::SpinBarrier& barrier) {
-      if (!generate_rows<T>(g, 0, parts, rank, size, barrier, out)) failed = true;
-    });
+    cpu::parallel_team(g.R >= 32 ? std::min(threads, kParts) : 1,
+                       [&](int rank, int size, cpu::SpinBarrier& barrier) {
+                         generate_at_level(0, parts, rank, size, barrier);
+                       });
   }
   TORCH_CHECK(!failed, "fastar::wavenet_generate: the model's output defines no distribution ",
               "(NaN or infinite logits) at some step: are the weights and conditions finite?");

@@ -13,6 +13,10 @@ instead inside `with fastar.ops.implementation("reference"):`. Ops are different
 order: a double backward raises a clear error; relu_linear twice), traceable by
 torch.compile(fullgraph=True) and checked by torch.library.opcheck. `python -m fastar.info`
 lists them with their devices.
+
+The CPU kernels are compiled for three x86-64 levels (baseline, AVX2, AVX-512) and run the
+best the CPU has; `FASTAR_CPU_CAPABILITY=default|avx2|avx512` or `force_cpu_capability(name)`
+picks a lower one (`cpu_capability()`, `cpu_capabilities()` say which).
 """
 
 from typing import Dict, List
@@ -24,15 +28,17 @@ from fastar import _extension
 _extension.load()
 
 # After load: the registrations below need the op schemas.
-from fastar.ops._common import current_implementation, implementation  # noqa: E402
+from fastar.ops._common import (cpu_capabilities, cpu_capability,  # noqa: E402
+                                current_implementation, force_cpu_capability, implementation)
 from fastar.ops.dmol import dmol_log_prob  # noqa: E402
 from fastar.ops.gated import gated_activation  # noqa: E402
 from fastar.ops.masked_linear import masked_linear, staircase_blocks  # noqa: E402
 from fastar.ops.relu import relu_linear  # noqa: E402
 from fastar.ops.wavenet import wavenet_generate  # noqa: E402
 
-__all__ = ["current_implementation", "dmol_log_prob", "gated_activation", "implementation",
-           "kernels", "masked_linear", "relu_linear", "staircase_blocks", "wavenet_generate"]
+__all__ = ["cpu_capabilities", "cpu_capability", "current_implementation", "dmol_log_prob",
+           "force_cpu_capability", "gated_activation", "implementation", "kernels",
+           "masked_linear", "relu_linear", "staircase_blocks", "wavenet_generate"]
 
 
 def kernels() -> Dict[str, List[str]]:

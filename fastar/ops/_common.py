@@ -1,9 +1,12 @@
-"""What every op module shares: the fused-or-reference switch and the double-backward guard."""
+"""What every op module shares: the fused-or-reference switch, the CPU kernels' level and the
+double-backward guard."""
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, List
 
 import torch
+
+from fastar import _C
 
 IMPLEMENTATIONS = ("fused", "reference")
 
@@ -38,6 +41,39 @@ def implementation(name: str) -> Iterator[None]:
 
 def current_implementation() -> str:
     return _State.implementation
+
+
+# The CPU kernels' instruction-set levels, lowest first, named as PyTorch names them for
+# ATEN_CPU_CAPABILITY (csrc/cpu/isa.h).
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+
+
+def cpu_capability() -> str:
+    """The level the CPU kernels run at: "default" (x86-64 baseline, 16-byte vectors), "avx2"
+    (AVX2 + FMA, 32 bytes) or "avx512" (64 bytes). The best this CPU runs unless the
+    environment variable FASTAR_CPU_CAPABILITY (read at the first kernel call) or
+    `force_cpu_capability` says lower."""
+    return _C._cpu_capability()[0]
+
+
+def cpu_capabilities() -> List[str]:
+    """The levels this CPU runs, lowest first (["default", "avx2"] on an AVX2-only CPU)."""
+    best = _C._cpu_capability()[1]
+    return list(CPU_CAPABILITIES[:CPU_CAPABILITIES.index(best) + 1])
+
+
+@contextlib.contextmanager
+def force_cpu_capability(name: str) -> Iterator[None]:
+    """Runs the CPU kernels at level `name` inside the block, as FASTAR_CPU_CAPABILITY does for
+    a whole process: to test or time a lower level on a machine that has a higher one. Raises
+    ValueError for an unknown name or a level above what the CPU runs. Process-wide, like
+    `implementation`."""
+    saved = cpu_capability()
+    _C._set_cpu_capability(name)
+    try:
+        yield
+    finally:
+        _C._set_cpu_capability(saved)
 
 
 def register_no_double_backward(backward_op: str, forward_op: str) -> None:
