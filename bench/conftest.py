@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from fastar._malloc import retain_freed_memory
+from fastar.info import cpu
 
 # As `python -m fastar train` does: without it glibc hands freed memory back to the OS and a
 # training step faults its activations back in, which added 0-27k page faults (up to 100 MB,
@@ -37,14 +38,12 @@ _records = []
 
 
 def device_name(device):
+    """The GPU's name, or the CPU's model, threads and the level of fastar's CPU kernels in use
+    (a forced level is part of what was measured)."""
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return "%s (%d threads)" % (model, torch.get_num_threads())
+    c = cpu()
+    return "%s (%d threads, %s)" % (c["model"], c["threads"], c["capability"])
 
 
 def _commit():
@@ -103,6 +102,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     global _time_scale
     _time_scale = config.getoption("--time-scale")
+    # Before any bench forces a level: the CPU and the level the session runs at (a record's
+    # device names the level it was measured at).
+    _session["cpu"] = cpu()
 
 
 _time_scale = 1.0
@@ -221,13 +223,13 @@ def _table():
     return "\n".join(lines)
 
 
-_session = {}  # the results file of this session and its date, named at the first record
+_session = {}  # the CPU; the results file of this session and its date, named at the first record
 
 
 def _save():
     """Writes every record so far to this session's results file (named after the first
     record's device and the time of that record)."""
-    if not _session:
+    if "path" not in _session:
         now = datetime.datetime.now(datetime.timezone.utc)
         slug = "".join(c if c.isalnum() else "-" for c in _records[0]["device"]).strip("-")[:40]
         _session["date"], _session["commit"] = now.isoformat(), _commit()
@@ -236,6 +238,7 @@ def _save():
         os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(_session["path"], "w") as f:
         json.dump({"date": _session["date"], "commit": _session["commit"], "torch": torch.__version__,
+                   "cpu": _session["cpu"],
                    "devices": sorted({r["device"] for r in _records}),
                    "python": platform.python_version(),
                    "malloc_retains_freed_memory": MALLOC_RETAINED,

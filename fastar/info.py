@@ -1,6 +1,9 @@
 """`python -m fastar.info`: what this fastar install was built with and can run on."""
 
+import glob
+import os
 import platform
+from typing import Dict, Optional
 
 import torch
 
@@ -25,6 +28,48 @@ def kernel_for(capability, archs) -> str:
     if any(ptx and (m, n) <= (major, minor) for m, n, ptx in built):
         return "runs the PTX, compiled by the driver at first use"
     return "NO matching kernel (rebuild with TORCH_CUDA_ARCH_LIST=%d.%d)" % (major, minor)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _cache_kib(level: int) -> Optional[int]:
+    """Size in KiB of CPU 0's unified cache of that level (Linux sysfs), None if unknown."""
+    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(index, "size")) as f:
+                size = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1, "M": 1024}.get(size[-1:], None)
+        return int(size[:-1]) * scale if scale else int(size) // 1024
+    return None
+
+
+def cpu() -> Dict[str, object]:
+    """The CPU as benchmark results and this report name it: its model, the level fastar's CPU
+    kernels run at and the levels it runs (fastar.ops.cpu_capability), logical cores, the
+    threads torch uses, and the L2 (per core) and L3 cache sizes in KiB. A figure measured on
+    one CPU says little about another: the same kernel ran 5x apart on two of them."""
+    description = {"model": _cpu_model(), "cores": os.cpu_count(),
+                   "threads": torch.get_num_threads(), "l2_kib": _cache_kib(2),
+                   "l3_kib": _cache_kib(3), "capability": None, "capabilities": []}
+    try:
+        from fastar import ops
+
+        description["capability"] = ops.cpu_capability()
+        description["capabilities"] = ops.cpu_capabilities()
+    except ImportError:
+        pass  # no extension: reported elsewhere
+    return description
 
 
 def report() -> str:
@@ -58,7 +103,15 @@ def report() -> str:
                 torch.cuda.get_device_name(i), *cap, kernel_for(cap, archs)))
     else:
         lines.append("GPU visible: no")
-    lines.append("CPU threads: %d" % torch.get_num_threads())
+    c = cpu()
+    lines.append("CPU: %s, %s logical cores, torch uses %d threads; L2 cache per core %s, L3 %s"
+                 % (c["model"], c["cores"], c["threads"],
+                    "%d KiB" % c["l2_kib"] if c["l2_kib"] else "unknown",
+                    "%d KiB" % c["l3_kib"] if c["l3_kib"] else "unknown"))
+    if c["capability"]:
+        lines.append("CPU capability: %s in use; this CPU runs %s (FASTAR_CPU_CAPABILITY="
+                     "default|avx2|avx512 picks a lower one)"
+                     % (c["capability"], ", ".join(c["capabilities"])))
     try:
         from fastar import ops
 

@@ -6,6 +6,8 @@ import tempfile
 import pytest
 import torch
 
+from fastar.ops import cpu_capabilities, force_cpu_capability
+
 # torch.compile's on-disk caches outlive a fastar rebuild and can replay a graph traced against
 # an older op schema or autograd formula ("expected at most 4 argument(s)"): each test session
 # compiles into its own directory.
@@ -17,6 +19,17 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU visible")
 
 # Every op test runs on each device; CUDA cases are reported as skipped without a GPU.
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+
+# The levels of the CPU kernels this machine runs, lowest first (csrc/cpu/isa.h): a test that
+# takes the cpu_level fixture, or a CPU case of LEVEL_CASES in test_ops.py, runs at each, so
+# a machine with AVX-512 also tests the AVX2 and baseline kernels.
+CPU_LEVELS = cpu_capabilities()
+
+
+@pytest.fixture(params=CPU_LEVELS)
+def cpu_level(request):
+    with force_cpu_capability(request.param):
+        yield request.param
 
 
 @pytest.fixture(autouse=True)

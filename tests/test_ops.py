@@ -1,10 +1,13 @@
 """The generic checks, run on every op of tests/op_db.py. What an op means (normalization,
 tails, sampler statistics, error messages) is tested in its own file."""
 
+import contextlib
+
 import pytest
 import torch
 
-from conftest import CUDA
+from conftest import CPU_LEVELS, CUDA
+from fastar.ops import force_cpu_capability
 from op_db import OP_DB, OpInfo
 
 # Parametrized over op x device; CUDA cases are reported as skipped without a GPU.
@@ -13,6 +16,13 @@ CASES = [pytest.param(info, device, id="%s-%s" % (info.name, device),
                                                 reason="no CUDA GPU visible")])
          for info in OP_DB for device in info.devices]
 DIFFERENTIABLE = [c for c in CASES if c.values[0].differentiable]
+# The CPU cases once per CPU level this machine runs (level None: CUDA, or the level in use).
+LEVEL_CASES = [pytest.param(*c.values, level, id="%s-%s" % (c.id, level), marks=c.marks)
+               for c in CASES for level in (CPU_LEVELS if c.values[1] == "cpu" else [None])]
+
+
+def _at_level(level):
+    return force_cpu_capability(level) if level else contextlib.nullcontext()
 
 
 def _known_failure(request, info, *detail):
@@ -66,11 +76,13 @@ def _check_against(info, path, args, ref_fn, tol, grad_tol):
             torch.testing.assert_close(a, b, rtol=grad_tol[0], atol=grad_tol[1])
 
 
-@pytest.mark.parametrize("info,device", CASES)
-def test_matches_reference_float64(info, device):
-    for sample in info.sample_inputs(device, torch.float64, full=True):
-        for path in info.paths():
-            _check_against(info, path, sample.args, info.reference, info.tol64, info.grad_tol64)
+@pytest.mark.parametrize("info,device,level", LEVEL_CASES)
+def test_matches_reference_float64(info, device, level):
+    with _at_level(level):
+        for sample in info.sample_inputs(device, torch.float64, full=True):
+            for path in info.paths():
+                _check_against(info, path, sample.args, info.reference, info.tol64,
+                               info.grad_tol64)
 
 
 def _max_err(a, truth):
@@ -89,15 +101,20 @@ def _outputs_and_grads(fn, args, info, grad_seed, grad_dtype=None):
     return out + tuple(_grads(out[0], args, info, g))
 
 
-@pytest.mark.parametrize("info,device", CASES)
+@pytest.mark.parametrize("info,device,level", LEVEL_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_reduced_precision(request, info, device, dtype):
+def test_reduced_precision(request, info, device, level, dtype):
     """Flash-attention's rule: the kernel's error against the float64 truth of the same
     (rounded) inputs is at most about twice the error of PyTorch computing the reference in
     that dtype, and within the op's relative bound for the dtype."""
     _known_failure(request, info, str(dtype).replace("torch.", ""))
     if dtype not in info.dtypes:
         pytest.skip("%s does not take %s" % (info.name, dtype))
+    with _at_level(level):
+        _check_reduced_precision(info, device, dtype)
+
+
+def _check_reduced_precision(info, device, dtype):
     for sample in info.sample_inputs(device, dtype):
         upcast = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point()
                        else a for a in sample.args)

@@ -70,7 +70,7 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 @pytest.mark.parametrize("n_out", [1, 3, 9, 16, 64])
-def test_cpu_kernels_sum_by_block_and_repeat_bit_for_bit(n_out):
+def test_cpu_kernels_sum_by_block_and_repeat_bit_for_bit(n_out, cpu_level):
     # Many blocks of 512 rows with a short last one; the block sums of grad_w and grad_b are
     # added in block order, so reruns and other thread counts give the same bits (9 outputs:
     # ATen's products, whose sums may depend on the thread count).
@@ -95,7 +95,7 @@ def test_cpu_kernels_sum_by_block_and_repeat_bit_for_bit(n_out):
 
 
 @pytest.mark.parametrize("n_out", [1, 16])
-def test_extreme_values_follow_relu_then_linear(n_out):
+def test_extreme_values_follow_relu_then_linear(n_out, cpu_level):
     # Huge and tiny values, infinities (relu(-inf) = 0), NaN (kept by relu, its gradient
     # passed), all-negative rows; for few outputs and for the vector kernel (16 x 16).
     rows = torch.tensor([[3e38, -3e38, 1e-40, -1e-40], [float("inf"), 1.0, 2.0, 3.0],

@@ -164,7 +164,7 @@ FUSED_VARIANTS = {**VARIANTS, "k1": {"kernel_size": 1}, "dmol-k3": {
 
 @pytest.mark.parametrize("name", list(FUSED_VARIANTS))
 @pytest.mark.parametrize("n", [1, 2, 5])
-def test_the_fused_loop_draws_what_the_python_step_loop_draws(name, n):
+def test_the_fused_loop_draws_what_the_python_step_loop_draws(name, n, cpu_level):
     # The ladder: one wavenet_generate call == the contract's loop over model.step (float64:
     # the same values, draw by draw), with and without a prefix. n = 1 and 2 run the kernel's
     # team of threads, 5 its thread-per-sequences path.
@@ -248,7 +248,7 @@ def test_the_fused_loop_scores_data_as_the_forward_pass_does_in_float32(threads)
 
 
 @pytest.mark.parametrize("residual_channels", [32, 40, 64])
-def test_float32_draws_do_not_depend_on_the_threads_or_the_batch(residual_channels):
+def test_float32_draws_do_not_depend_on_the_threads_or_the_batch(residual_channels, cpu_level):
     # The loop sums every product in the same order alone, in a team of two threads (batch 1
     # and 2) and in a thread's own rows (batch 4 on two threads): the same uniforms give the
     # same values and log-probabilities, bit for bit. In float32 a last-bit difference moves a

@@ -190,20 +190,22 @@ FASTAR_INLINE void backward_wide(const T* g, const T* x, const T* w, int64_t row
       });
     }
     if (grad_w) {
-      constexpr int P = In::at_once;  // outputs at a time
-      for (int c = 0; c < K; c += KB * L) {
+      // Blocks of at most 4 input vectors, P outputs at a time: 8 accumulators and the 4
+      // vectors of relu(x) they share fit 16 registers (8 and 8 spilled at AVX2).
+      constexpr int WB = KB < 4 ? KB : 4, P = kAccumulators / WB;
+      for (int c = 0; c < K; c += WB * L) {
         for (int o0 = 0; o0 < O; o0 += P) {
-          V acc[P][KB] = {};
+          V acc[P][WB] = {};
           for (int64_t r = 0; r < n; ++r) {
-            V xr[KB];
-            for (int v = 0; v < KB; ++v) xr[v] = relu_vec(load<V>(xs + r * K + c + v * L));
+            V xr[WB];
+            for (int v = 0; v < WB; ++v) xr[v] = relu_vec(load<V>(xs + r * K + c + v * L));
             for (int p = 0; p < P; ++p) {
               const T go = gs[r * O + o0 + p];
-              for (int v = 0; v < KB; ++v) acc[p][v] += xr[v] * go;
+              for (int v = 0; v < WB; ++v) acc[p][v] += xr[v] * go;
             }
           }
           for (int p = 0; p < P; ++p)
-            for (int v = 0; v < KB; ++v)
+            for (int v = 0; v < WB; ++v)
               for (int l = 0; l < L; ++l) grad_w[(o0 + p) * K + c + v * L + l] += acc[p][v][l];
         }
       }

@@ -21,7 +21,7 @@ FEW_OUTPUTS = 8
 def has_cpu_kernel(x: Tensor, out_features: int, in_features: int) -> bool:
     """Whether relu_linear has a fused CPU kernel for these sizes (the rule of cpu_kernel in
     csrc/cpu/relu_linear.cpp, for GCC builds: others have no vector kernel): few outputs, or
-    float32/float64 with outputs and inputs each 1, 2 or 4 vectors of 64 bytes (float32: 16,
+    float32/float64 with outputs and inputs each 1, 2 or 4 units of 64 bytes (float32: 16,
     32 or 64). Elsewhere it runs relu and ATen's products, and its backward recomputes relu(x)
     for the weight's gradient: one pass more than F.linear(F.relu(x)), whose autograd keeps
     relu(x)."""

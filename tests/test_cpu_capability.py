@@ -1,0 +1,174 @@
+"""The CPU kernels' instruction-set levels (csrc/cpu/isa.h): chosen, forced and reported as
+PyTorch does for ATEN_CPU_CAPABILITY, and each level's machine code using that level's
+registers and nothing wider. The ops' results at each level are tested where the ops are
+(the cpu_level fixture, test_ops.py's LEVEL_CASES)."""
+
+import glob
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastar
+from conftest import CPU_LEVELS
+from fastar import ops
+from fastar.ops._common import CPU_CAPABILITIES
+
+
+def test_levels_are_listed_lowest_first_and_the_best_is_in_use():
+    assert CPU_LEVELS == list(CPU_CAPABILITIES[:len(CPU_LEVELS)])
+    assert ops.cpu_capability() == CPU_LEVELS[-1]
+    if platform.machine() in ("x86_64", "AMD64") and "avx2" in _cpu_flags():
+        assert "avx2" in CPU_LEVELS
+
+
+@pytest.mark.parametrize("level", CPU_LEVELS)
+def test_a_forced_level_holds_inside_the_block_only(level):
+    best = ops.cpu_capability()
+    with ops.force_cpu_capability(level):
+        assert ops.cpu_capability() == level
+    assert ops.cpu_capability() == best
+
+
+def test_unknown_and_unsupported_levels_are_refused():
+    with pytest.raises(ValueError, match="unknown CPU capability 'avx3'"):
+        with ops.force_cpu_capability("avx3"):
+            pass
+    above = CPU_CAPABILITIES[len(CPU_LEVELS):]
+    for level in above:
+        with pytest.raises(ValueError, match="cannot use the CPU capability %s: this CPU runs "
+                                             "at most %s" % (level, CPU_LEVELS[-1])):
+            with ops.force_cpu_capability(level):
+                pass
+    assert ops.cpu_capability() == CPU_LEVELS[-1]
+
+
+def _level_in_a_fresh_process(value):
+    """(level in use, stderr) of a new Python process with FASTAR_CPU_CAPABILITY=value, after
+    one kernel call (the variable is read at the first)."""
+    code = ("import warnings, torch, fastar.ops as o; warnings.simplefilter('always');"
+            "o.relu_linear(torch.randn(4, 16), torch.randn(16, 16)); print(o.cpu_capability())")
+    env = dict(os.environ, FASTAR_CPU_CAPABILITY=value)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip(), run.stderr
+
+
+def test_the_environment_variable_forces_a_level_and_ignores_what_it_cannot_run():
+    level, err = _level_in_a_fresh_process("default")
+    assert level == "default" and "FASTAR_CPU_CAPABILITY" not in err
+    level, err = _level_in_a_fresh_process("sse9")
+    assert level == CPU_LEVELS[-1]
+    assert "ignoring FASTAR_CPU_CAPABILITY=sse9 (expected default, avx2 or avx512)" in err
+    if CPU_LEVELS[-1] != "avx512":
+        level, err = _level_in_a_fresh_process("avx512")
+        assert level == CPU_LEVELS[-1]
+        assert "this CPU runs at most %s" % CPU_LEVELS[-1] in err
+
+
+def test_info_reports_the_cpu_and_its_levels():
+    from fastar.info import report
+    text = report()
+    assert "CPU capability: %s in use; this CPU runs %s" % (
+        CPU_LEVELS[-1], ", ".join(CPU_LEVELS)) in text
+    assert "CPU: " in text and "L2 cache per core" in text
+
+
+# --- the machine code of each level ------------------------------------------------------------
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return []
+
+
+def _functions():
+    """{demangled name: [instruction text]} of fastar._C, from objdump."""
+    library = glob.glob(os.path.join(os.path.dirname(fastar.__file__), "_C*.so"))[0]
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", library],
+                          capture_output=True, text=True, check=True).stdout
+    functions, name = {}, None
+    for line in text.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if head:
+            name = head.group(1)
+            functions[name] = []
+        elif name is not None and "\t" in line:
+            address, instruction = line.split("\t", 1)
+            functions[name].append((int(address.strip().rstrip(":"), 16), instruction.strip()))
+    return functions
+
+
+def _level_of(name):
+    """The level whose entry (cpu::run_<level>, csrc/cpu/isa.h) a function is, or None."""
+    entry = re.search(r"fastar::cpu::run_(avx512|avx2|default)<", name)
+    return entry.group(1) if entry else None
+
+
+def _innermost_loops(instructions):
+    """The bodies of the innermost loops: runs from a backward branch's target to the branch
+    that hold no other backward branch."""
+    branches = []
+    for address, text in instructions:
+        jump = re.match(r"j\w+\s+([0-9a-f]+) <", text)
+        if jump and int(jump.group(1), 16) < address:
+            branches.append((int(jump.group(1), 16), address))
+    for start, end in branches:
+        if not any(start <= s and e <= end and (s, e) != (start, end) for s, e in branches):
+            yield [text for address, text in instructions if start <= address <= end]
+
+
+machine_code = pytest.mark.skipif(
+    platform.machine() != "x86_64" or shutil.which("objdump") is None,
+    reason="reads x86-64 machine code with objdump")
+# The hand-vectorized kernels (GCC vector types): WaveNet's generation loop, relu_linear's
+# vector kernels (the entries inside with_unit_counts' two-count lambda). The others are
+# written for the auto-vectorizer.
+HAND_VECTORIZED = re.compile(r"generate<(float|double)>|"
+                             r"relu_linear(_backward)?_cpu.*lambda\(auto:1, auto:2\)")
+WIDER_THAN = {"default": re.compile(r"%[yz]mm"), "avx2": re.compile(r"%zmm"),
+              None: re.compile(r"%[yz]mm")}
+PACKED_FMA = re.compile(r"vf(n)?m(add|sub)\w*p[sd]\s")
+VECTOR_TO_STACK = re.compile(r"v?mov\w*\s+%[xyz]mm\d+,.*\(%r[bs]p\)")
+
+
+@machine_code
+def test_no_code_uses_registers_wider_than_its_level():
+    # Code outside a level's entry runs on any x86-64 CPU: an AVX register there would be an
+    # illegal instruction on a CPU without it (and a forced lower level would not be one).
+    wrong = [(name[:160], _level_of(name), text)
+             for name, instructions in _functions().items()
+             if _level_of(name) != "avx512"
+             for _, text in instructions if WIDER_THAN[_level_of(name)].search(text)]
+    assert not wrong, wrong[:5]
+
+
+@machine_code
+def test_hand_vectorized_kernels_are_compiled_into_each_level_without_stack_round_trips():
+    # A vector type wider than the level's registers is emulated through the stack (a 64-byte
+    # one in the AVX2 code ran at a tenth of the speed): its multiply-add loop stores vectors to
+    # the stack every iteration. And a kernel that is not inlined into the level's entry runs
+    # the baseline's code whatever level is asked: the entry then has no packed multiply-add.
+    entries = {name: ins for name, ins in _functions().items()
+               if _level_of(name) in ("avx2", "avx512") and HAND_VECTORIZED.search(name)
+               and "clone .cold" not in name}
+    assert len(entries) >= 2 * 3 * 2, "expected both ops' entries at avx2 and avx512"
+    for name, instructions in entries.items():
+        register = "%ymm" if _level_of(name) == "avx2" else "%[yz]mm"
+        fma = [t for _, t in instructions if PACKED_FMA.match(t) and re.search(register, t)]
+        assert fma, "no %s multiply-add in %s" % (_level_of(name), name[:200])
+        for body in _innermost_loops(instructions):
+            # The products' loops: packed multiply-adds and no exp's float-to-int conversion
+            # (the gates' exp polynomial may spill a constant, as any auto-vectorized math may).
+            if any(PACKED_FMA.match(t) for t in body) and not any(
+                    t.startswith("vcvtt") for t in body):
+                spills = [t for t in body if VECTOR_TO_STACK.match(t)]
+                assert not spills, (name[:200], spills[:4])
