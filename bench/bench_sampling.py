@@ -6,6 +6,13 @@ per operation, as a user writes it after reading fast-wavenet), fastar's cached 
 (`WaveNet.sample`: one wavenet_generate call for many samples). items/s is samples per second
 over the batch; the ratios compare time per sample. On a GPU the same table (fused: the
 persistent kernel, one block per sequence).
+
+On the CPU, at batches 1 and 16 the fused loop also runs at each lower CPU level this machine
+has ("fused-avx2", "fused-default": csrc/cpu/isa.h), and at batch 1 "read-weights" sums the
+packed weights 64 times in one torch call on torch's threads (an item: one pass): the rate at
+which this CPU streams them from where they live (its L3 where a core's L2 cannot hold its
+share: 3.6 MB for the paper's model), which bounds a batch-1 step, since it reads every weight
+once.
 """
 
 import collections
@@ -15,10 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DEVICES, measure_interleaved
+from fastar import ops
 from fastar.models import WaveNet
 
 BATCHES = [1, 16, 64, 256]
 SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
+LEVELS_UP_TO = 16  # the largest batch the fused loop is timed at at each CPU level
 MODELS = {"20x64/256": {}, "8x32/128": {"residual_channels": 32, "skip_channels": 128,
                                         "dilations": tuple(2 ** i for i in range(8))}}
 
@@ -92,6 +101,16 @@ def _samplers(model, size, batch):
             steps = max(16, 4096 // batch)
             # one call generates `steps` samples of the batch
             samplers[impl] = (lambda: model.sample(batch, steps)), steps * batch
+            if device.type == "cpu" and batch <= LEVELS_UP_TO:
+                for level in ops.cpu_capabilities()[:-1]:
+                    def at_level(level=level):
+                        with ops.force_cpu_capability(level):
+                            return model.sample(batch, steps)
+                    samplers["fused-" + level] = at_level, steps * batch
+            if device.type == "cpu" and batch == 1:
+                weights = torch.cat([w.detach().flatten() for w in model.packed_weights()])
+                passes = weights.as_strided((64, weights.numel()), (0, 1))  # one call, 64 reads
+                samplers["read-weights"] = passes.sum, 64
         else:
             cache = model.init_cache(batch, None, (1, 4 * rf))
             cache.x[:, :, :rf] = x

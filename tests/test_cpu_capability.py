@@ -108,9 +108,11 @@ def _functions():
 
 
 def _level_of(name):
-    """The level whose entry (cpu::run_<level>, csrc/cpu/isa.h) a function is, or None."""
-    entry = re.search(r"fastar::cpu::run_(avx512|avx2|default)<", name)
-    return entry.group(1) if entry else None
+    """The level whose entry (cpu::run_<level>, csrc/cpu/isa.h) a function is, or None. Names
+    too long for objdump's demangler stay mangled (_ZN6fastar3cpu8run_avx2I...)."""
+    entry = re.search(r"fastar::cpu::run_(avx512|avx2|default)<|^_ZN6fastar3cpu\d+run_"
+                      r"(avx512|avx2|default)I", name)
+    return entry and (entry.group(1) or entry.group(2))
 
 
 def _innermost_loops(instructions):
@@ -130,10 +132,8 @@ machine_code = pytest.mark.skipif(
     platform.machine() != "x86_64" or shutil.which("objdump") is None,
     reason="reads x86-64 machine code with objdump")
 # The hand-vectorized kernels (GCC vector types): WaveNet's generation loop, relu_linear's
-# vector kernels (the entries inside with_unit_counts' two-count lambda). The others are
-# written for the auto-vectorizer.
-HAND_VECTORIZED = re.compile(r"generate<(float|double)>|"
-                             r"relu_linear(_backward)?_cpu.*lambda\(auto:1, auto:2\)")
+# vector kernels (dispatch_wide's entries). The others are written for the auto-vectorizer.
+HAND_VECTORIZED = re.compile(r"generate<(float|double)>|dispatch_wide")
 WIDER_THAN = {"default": re.compile(r"%[yz]mm"), "avx2": re.compile(r"%zmm"),
               None: re.compile(r"%[yz]mm")}
 PACKED_FMA = re.compile(r"vf(n)?m(add|sub)\w*p[sd]\s")

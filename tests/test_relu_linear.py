@@ -158,7 +158,7 @@ def test_hooked_heads_run_unfused():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_has_cpu_kernel_says_which_path_the_cpu_op_takes(dtype):
+def test_has_cpu_kernel_says_which_path_the_cpu_op_takes(dtype, cpu_level):
     # The Python mirror of csrc/cpu/relu_linear.cpp's rule: the ATen path shows up as ATen
     # products inside the op, the kernels call none.
     for n_in in (1, 8, 16, 24, 32, 64, 128):

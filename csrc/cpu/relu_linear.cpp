@@ -133,6 +133,11 @@ FASTAR_INLINE void forward_wide(const T* x, const T* wt, const T* bias, int64_t 
   constexpr int L = Out::lanes, NB = Out::block;
   in_runs<Out::at_once>(rows, [&](int64_t r, auto rows_at_once) FASTAR_INLINE_LAMBDA {
     constexpr int n = decltype(rows_at_once)::value;
+    // relu of the rows, in vectors, once: a scalar relu per multiply-add broadcast went through
+    // the integer registers (compare, select) and held 16 -> 16 channels at 0.9x ATen.
+    alignas(64) T xr[n][K];
+    for (int i = 0; i < n; ++i)
+      for (int v = 0; v < K; v += L) store(xr[i] + v, relu_vec(load<V>(x + (r + i) * K + v)));
     for (int c = 0; c < O; c += NB * L) {  // a block of output columns
       V acc[n][NB];
       for (int i = 0; i < n; ++i)
@@ -141,8 +146,8 @@ FASTAR_INLINE void forward_wide(const T* x, const T* wt, const T* bias, int64_t 
         V w[NB];
         for (int v = 0; v < NB; ++v) w[v] = load<V>(wt + k * O + c + v * L);
         for (int i = 0; i < n; ++i) {
-          const T xr = relu_linear::relu<T>(x[(r + i) * K + k]);
-          for (int v = 0; v < NB; ++v) acc[i][v] += w[v] * xr;
+          const T xk = xr[i][k];
+          for (int v = 0; v < NB; ++v) acc[i][v] += w[v] * xk;
         }
       }
       for (int i = 0; i < n; ++i)
@@ -246,19 +251,32 @@ void with_unit_counts(int64_t O, int64_t K, const at::Tensor& x, const Fn& fn) {
 
 enum class Kernel { kAten, kFewOutputs, kWide };
 
-Kernel cpu_kernel(const at::Tensor& x, const at::Tensor& weight) {
+// The vector kernels at the baseline level (SSE, no FMA) ran at 0.44-0.78x of ATen's products
+// (whose BLAS picks its own instruction set) forward and backward at most sizes; relu and
+// ATen's products are faster there.
+Kernel cpu_kernel(const at::Tensor& x, const at::Tensor& weight, cpu::Capability level) {
   if (x.dim() != 2 || weight.dim() != 2) return Kernel::kAten;  // for its shape error
   const int64_t O = weight.size(0), K = x.size(1);
   if (O >= 1 && O <= kFewOutputs) return Kernel::kFewOutputs;
   const bool vector_dtype = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  if (FASTAR_VECTOR_KERNEL && vector_dtype && whole_units(O, x) && whole_units(K, x))
+  if (FASTAR_VECTOR_KERNEL && vector_dtype && level != cpu::Capability::kDefault &&
+      whole_units(O, x) && whole_units(K, x))
     return Kernel::kWide;
   return Kernel::kAten;
 }
 
+// fn(isa) for the vector kernels' levels (never the baseline: see cpu_kernel).
+template <typename Fn>
+void dispatch_wide(cpu::Capability level, const Fn& fn) {
+  cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+    if constexpr (decltype(isa)::capability != cpu::Capability::kDefault) fn(isa);
+  });
+}
+
 at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                            const std::optional<at::Tensor>& bias) {
-  const Kernel kernel = cpu_kernel(x_in, weight_in);
+  const cpu::Capability level = cpu::capability();
+  const Kernel kernel = cpu_kernel(x_in, weight_in, level);
   if (kernel == Kernel::kAten) return relu_linear_aten(x_in, weight_in, bias);
   check_relu_linear_args("relu_linear", x_in, weight_in, bias);
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
@@ -271,7 +289,6 @@ at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const cpu::Capability level = cpu::capability();
     at::parallel_for(0, M, kRowsPerBlock, [&](int64_t r0, int64_t r1) {
       if (kernel == Kernel::kFewOutputs) {
         cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
@@ -282,7 +299,7 @@ at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
 #if FASTAR_VECTOR_KERNEL
       if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
         with_unit_counts<scalar_t>(O, K, x, [&](auto o, auto k) {
-          cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+          dispatch_wide(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
             forward_wide<decltype(isa), scalar_t, decltype(o)::value, decltype(k)::value>(
                 xp + r0 * K, wt.const_data_ptr<scalar_t>(), bp, r1 - r0, yp + r0 * O);
           });
@@ -297,7 +314,8 @@ at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight_in,
     std::array<bool, 3> mask) {
-  const Kernel kernel = cpu_kernel(x_in, weight_in);
+  const cpu::Capability level = cpu::capability();
+  const Kernel kernel = cpu_kernel(x_in, weight_in, level);
   if (kernel == Kernel::kAten)
     return relu_linear_backward_aten(grad_out, x_in, weight_in, mask);
   const char* op = "relu_linear_backward";
@@ -321,7 +339,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
     scalar_t* gxp = mask[0] ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
     double* gwp = mask[1] ? grad_ws.mutable_data_ptr<double>() : nullptr;
     double* gbp = mask[2] ? grad_bs.mutable_data_ptr<double>() : nullptr;
-    const cpu::Capability level = cpu::capability();
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, M - r0);
@@ -340,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
 #if FASTAR_VECTOR_KERNEL
         if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
           with_unit_counts<scalar_t>(O, K, x, [&](auto o, auto k) {
-            cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
+            dispatch_wide(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
               backward_wide<decltype(isa), scalar_t, decltype(o)::value, decltype(k)::value>(
                   gp + r0 * O, xp + r0 * K, wp, rows, gx, gw, gb);
             });

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fastar import reference
-from fastar.ops._common import (check_floating, check_same_device, dtype_name,
+from fastar.ops._common import (check_floating, check_same_device, cpu_capability, dtype_name,
                                 register_no_double_backward, use_reference)
 
 # Up to this many outputs (csrc/cpu/relu_linear.cpp's kFewOutputs) the CPU kernel takes any dtype
@@ -22,13 +22,16 @@ def has_cpu_kernel(x: Tensor, out_features: int, in_features: int) -> bool:
     """Whether relu_linear has a fused CPU kernel for these sizes (the rule of cpu_kernel in
     csrc/cpu/relu_linear.cpp, for GCC builds: others have no vector kernel): few outputs, or
     float32/float64 with outputs and inputs each 1, 2 or 4 units of 64 bytes (float32: 16,
-    32 or 64). Elsewhere it runs relu and ATen's products, and its backward recomputes relu(x)
+    32 or 64) at the AVX2 and AVX-512 levels (fastar.ops.cpu_capability; at the baseline
+    ATen's products are faster). Elsewhere it runs relu and ATen's products, and its backward recomputes relu(x)
     for the weight's gradient: one pass more than F.linear(F.relu(x)), whose autograd keeps
     relu(x)."""
     if x.device.type != "cpu":
         return False
     if 1 <= out_features <= FEW_OUTPUTS:
         return True
+    if cpu_capability() == "default":  # the vector kernels run at AVX2 and AVX-512 only
+        return False
 
     def whole_vectors(n):
         size = n * x.element_size()
