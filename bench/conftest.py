@@ -39,7 +39,7 @@ _records = []
 
 def device_name(device):
     """The GPU's name, or the CPU's model, threads and the level of fastar's CPU kernels in use
-    (a forced level is part of what was measured)."""
+    when the record is made (a bench that times several levels names each in its impl)."""
     if device == "cuda":
         return torch.cuda.get_device_name()
     c = cpu()
@@ -237,8 +237,8 @@ def _save():
             slug, now.strftime("%Y%m%dT%H%M%S")))
         os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(_session["path"], "w") as f:
-        json.dump({"date": _session["date"], "commit": _session["commit"], "torch": torch.__version__,
-                   "cpu": _session["cpu"],
+        json.dump({"date": _session["date"], "commit": _session["commit"],
+                   "torch": torch.__version__, "cpu": _session["cpu"],
                    "devices": sorted({r["device"] for r in _records}),
                    "python": platform.python_version(),
                    "malloc_retains_freed_memory": MALLOC_RETAINED,

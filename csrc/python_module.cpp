@@ -15,13 +15,8 @@ using fastar::cpu::Capability;
 
 // () -> (in use, best this CPU runs): names as FASTAR_CPU_CAPABILITY spells them.
 PyObject* cpu_capability(PyObject*, PyObject*) {
-  try {
-    return Py_BuildValue("(ss)", fastar::cpu::capability_name(fastar::cpu::capability()),
-                         fastar::cpu::capability_name(fastar::cpu::best_capability()));
-  } catch (const c10::Error& e) {  // a warning turned into an error (-W error)
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-    return nullptr;
-  }
+  return Py_BuildValue("(ss)", fastar::cpu::capability_name(fastar::cpu::capability()),
+                       fastar::cpu::capability_name(fastar::cpu::best_capability()));
 }
 
 // (name) -> None: the level the CPU kernels use from their next call on.

@@ -39,18 +39,22 @@ def _cpu_model() -> str:
 
 
 def _cache_kib(level: int) -> Optional[int]:
-    """Size in KiB of CPU 0's unified cache of that level (Linux sysfs), None if unknown."""
+    """Size in KiB of CPU 0's data or unified cache of that level (Linux sysfs), None if
+    unknown."""
     for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
         try:
             with open(os.path.join(index, "level")) as f:
                 if int(f.read()) != level:
                     continue
+            with open(os.path.join(index, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
             with open(os.path.join(index, "size")) as f:
                 size = f.read().strip()
+            scale = {"K": 1, "M": 1024}.get(size[-1:])
+            return int(size[:-1]) * scale if scale else int(size) // 1024
         except (OSError, ValueError):
             continue
-        scale = {"K": 1, "M": 1024}.get(size[-1:], None)
-        return int(size[:-1]) * scale if scale else int(size) // 1024
     return None
 
 
@@ -109,9 +113,10 @@ def report() -> str:
                     "%d KiB" % c["l2_kib"] if c["l2_kib"] else "unknown",
                     "%d KiB" % c["l3_kib"] if c["l3_kib"] else "unknown"))
     if c["capability"]:
-        lines.append("CPU capability: %s in use; this CPU runs %s (FASTAR_CPU_CAPABILITY="
-                     "default|avx2|avx512 picks a lower one)"
-                     % (c["capability"], ", ".join(c["capabilities"])))
+        lines.append("CPU capability: %s in use; this CPU runs %s%s" % (
+            c["capability"], ", ".join(c["capabilities"]),
+            " (FASTAR_CPU_CAPABILITY=default|avx2|avx512 picks a lower one)"
+            if platform.machine() in ("x86_64", "AMD64") else ""))
     try:
         from fastar import ops
 

@@ -96,9 +96,14 @@ def test_config_rebuilds_the_model(name):
 
 
 @pytest.mark.parametrize("name", ["PixelCNN", "GatedPixelCNN"])
-def test_log_prob_compiles_fullgraph(name):
+@pytest.mark.parametrize("channels", [None, 16])
+def test_log_prob_compiles_fullgraph(name, channels, cpu_level):
+    # 16 channels: PixelCNN's fused ReLU + 1x1 layers take relu_linear's vector kernels, which
+    # the layers ask for at the CPU level in use (fastar.ops.relu.has_cpu_kernel) while traced.
     torch._dynamo.reset()
-    model = SMALL[name]((1, 4, 4)).eval()
+    model = (SMALL[name]((1, 4, 4)) if channels is None else {"PixelCNN": PixelCNN,
+             "GatedPixelCNN": GatedPixelCNN}[name](image_shape=(1, 4, 4),
+                                                   hidden_channels=channels, num_layers=2)).eval()
     x = torch.randint(0, 2, (3, 1, 4, 4))
     compiled = torch.compile(model.log_prob, fullgraph=True)
     torch.testing.assert_close(compiled(x), model.log_prob(x))

@@ -56,8 +56,8 @@ void load_block(const DmolArgs& args, const scalar_t* params, const dmol::BinInd
 // keeps the loop body small enough for the vector registers (a whole component spills).
 template <typename scalar_t, typename acc_t, int C, int c>
 FASTAR_INLINE void add_channel(const Block<scalar_t, acc_t, C>& blk, int64_t k,
-                                         int64_t K, const dmol::Bins<acc_t> bins,
-                                         acc_t* __restrict__ total) {
+                               int64_t K, const dmol::Bins<acc_t> bins,
+                               acc_t* __restrict__ total) {
   const scalar_t* __restrict__ pp = blk.params;
   const int64_t S = blk.S;
   // The loop reads several parameter rows: more than GCC's runtime alias checks cover, so say
@@ -75,7 +75,8 @@ FASTAR_INLINE void add_channel(const Block<scalar_t, acc_t, C>& blk, int64_t k,
 // rounding of dmol::component_term, which the backward's responsibilities divide by log P.
 template <typename scalar_t, typename acc_t, int C>
 FASTAR_INLINE void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_t k, int64_t K,
-                      const dmol::Bins<acc_t> bins, const acc_t* log_weights, acc_t* total) {
+                                    const dmol::Bins<acc_t> bins, const acc_t* log_weights,
+                                    acc_t* total) {
   std::fill(total, total + blk.len, acc_t(0));
   add_channel<scalar_t, acc_t, C, 0>(blk, k, K, bins, total);
   if constexpr (C == 3) {
@@ -89,8 +90,8 @@ FASTAR_INLINE void component_totals(const Block<scalar_t, acc_t, C>& blk, int64_
 // values), kept in two parts: for huge rows max + log_sum rounds to max.
 template <typename acc_t, typename Row>
 FASTAR_INLINE void logsumexp_rows(int64_t K, int64_t len, const Row& row,
-                                            acc_t* __restrict__ max,
-                                            acc_t* __restrict__ log_sum) {
+                                  acc_t* __restrict__ max,
+                                  acc_t* __restrict__ log_sum) {
   for (int64_t j = 0; j < len; ++j) max[j] = row(0)[j];
   for (int64_t k = 1; k < K; ++k) {
     const auto* __restrict__ r = row(k);
@@ -110,8 +111,8 @@ FASTAR_INLINE void logsumexp_rows(int64_t K, int64_t len, const Row& row,
 // log-softmax is (added raw and normalized afterwards, a logit of 1e8 would swallow the
 // component's log P in float32). Scratch: two rows of kBlock values.
 template <typename scalar_t, typename acc_t, int C>
-FASTAR_INLINE void load_log_weights(const Block<scalar_t, acc_t, C>& blk, int64_t K, acc_t* log_weights,
-                      acc_t* max, acc_t* log_sum) {
+FASTAR_INLINE void load_log_weights(const Block<scalar_t, acc_t, C>& blk, int64_t K,
+                                    acc_t* log_weights, acc_t* max, acc_t* log_sum) {
   for (int64_t k = 0; k < K; ++k)
     for (int64_t j = 0; j < blk.len; ++j)
       log_weights[k * kBlock + j] = acc_t(blk.params[k * blk.S + j]);
@@ -143,7 +144,8 @@ struct Scratch {
 // t.log_prob[j] = log P(x) at each position of the loaded block, with t.log_weights and each
 // component's total (t.totals) on the way.
 template <typename scalar_t, typename acc_t, int C>
-FASTAR_INLINE void block_log_prob(int64_t K, const dmol::Bins<acc_t> bins, Scratch<scalar_t, acc_t, C>& t) {
+FASTAR_INLINE void block_log_prob(int64_t K, const dmol::Bins<acc_t> bins,
+                                  Scratch<scalar_t, acc_t, C>& t) {
   load_log_weights(t.blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());
   for (int64_t k = 0; k < K; ++k)
     component_totals(t.blk, k, K, bins, t.log_weights.data() + k * kBlock,
@@ -181,11 +183,11 @@ void forward_cpu(const DmolArgs& args, at::Tensor& out) {
 
 template <typename scalar_t, typename acc_t, int C>
 FASTAR_INLINE void component_grads(const Block<scalar_t, acc_t, C>& blk, int64_t k,
-                                             int64_t K, const dmol::Bins<acc_t> bins,
-                                             const acc_t* __restrict__ log_weights,
-                                             const acc_t* __restrict__ log_prob,
-                                             const scalar_t* __restrict__ grad_out,
-                                             scalar_t* __restrict__ grad) {
+                                   int64_t K, const dmol::Bins<acc_t> bins,
+                                   const acc_t* __restrict__ log_weights,
+                                   const acc_t* __restrict__ log_prob,
+                                   const scalar_t* __restrict__ grad_out,
+                                   scalar_t* __restrict__ grad) {
   const scalar_t* __restrict__ pp = blk.params;
   const int64_t S = blk.S;
   // Positions are independent (see add_channel). No split per channel as in the forward: the
@@ -223,10 +225,10 @@ void backward_cpu(const DmolArgs& args, const at::Tensor& grad_out, at::Tensor& 
 // d[i * kBlock + j] (i the parameter index): scaled once the responsibilities are known.
 template <typename scalar_t, typename acc_t, int C>
 FASTAR_INLINE void component_terms_with_grad(const Block<scalar_t, acc_t, C>& blk,
-                                                       int64_t k, int64_t K,
-                                                       const dmol::Bins<acc_t> bins,
-                                                       acc_t* __restrict__ comp,
-                                                       acc_t* __restrict__ d) {
+                                             int64_t k, int64_t K,
+                                             const dmol::Bins<acc_t> bins,
+                                             acc_t* __restrict__ comp,
+                                             acc_t* __restrict__ d) {
   const scalar_t* __restrict__ pp = blk.params;
   const int64_t S = blk.S;
 #pragma omp simd
@@ -249,11 +251,11 @@ FASTAR_INLINE void component_terms_with_grad(const Block<scalar_t, acc_t, C>& bl
 // derivatives times the responsibility.
 template <typename scalar_t, typename acc_t, int C>
 FASTAR_INLINE void write_component_grad(int64_t len, int64_t S, int64_t k, int64_t K,
-                                                  const acc_t* __restrict__ log_weights,
-                                                  const acc_t* __restrict__ comp,
-                                                  const acc_t* __restrict__ log_prob,
-                                                  const acc_t* __restrict__ d,
-                                                  scalar_t* __restrict__ grad) {
+                                        const acc_t* __restrict__ log_weights,
+                                        const acc_t* __restrict__ comp,
+                                        const acc_t* __restrict__ log_prob,
+                                        const acc_t* __restrict__ d,
+                                        scalar_t* __restrict__ grad) {
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
     const dmol::Responsibility<acc_t> r =
@@ -279,7 +281,8 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
   const int64_t K = args.K;
-  for_each_block<scalar_t, C>(args, args.P, [&](Scratch<scalar_t, acc_t, C>& t) FASTAR_INLINE_LAMBDA {
+  for_each_block<scalar_t, C>(args, args.P, [&](Scratch<scalar_t, acc_t, C>& t)
+                                                 FASTAR_INLINE_LAMBDA {
     const auto& blk = t.blk;
     const int64_t len = blk.len;
     load_log_weights(blk, K, t.log_weights.data(), t.max.data(), t.log_sum.data());

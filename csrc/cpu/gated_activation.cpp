@@ -24,11 +24,11 @@ constexpr int64_t kGrain = 16384;  // elements per task: amortizes thread hand-o
 // 2 * len further in x and len further in y: whole rows of the (N, 2, 1, L) view.
 template <typename scalar_t, typename acc_t>
 FASTAR_INLINE void forward_rows(const scalar_t* __restrict__ a,
-                                          const scalar_t* __restrict__ b,
-                                          const scalar_t* __restrict__ ca,
-                                          const scalar_t* __restrict__ cb, int64_t cond_stride,
-                                          acc_t ca0, acc_t cb0, scalar_t* __restrict__ y,
-                                          int64_t len, int64_t rows) {
+                                const scalar_t* __restrict__ b,
+                                const scalar_t* __restrict__ ca,
+                                const scalar_t* __restrict__ cb, int64_t cond_stride,
+                                acc_t ca0, acc_t cb0, scalar_t* __restrict__ y,
+                                int64_t len, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t in = r * 2 * len, out = r * len, ci = r * cond_stride;
     if (ca != nullptr) {
@@ -45,12 +45,12 @@ FASTAR_INLINE void forward_rows(const scalar_t* __restrict__ a,
 // The backward pass over the same rows: writes the gradient of z = x + cond for both halves.
 template <typename scalar_t, typename acc_t>
 FASTAR_INLINE void backward_rows(const scalar_t* __restrict__ a,
-                                           const scalar_t* __restrict__ b,
-                                           const scalar_t* __restrict__ ca,
-                                           const scalar_t* __restrict__ cb, int64_t cond_stride,
-                                           acc_t ca0, acc_t cb0, const scalar_t* __restrict__ g,
-                                           scalar_t* __restrict__ ga, scalar_t* __restrict__ gb,
-                                           int64_t len, int64_t rows) {
+                                 const scalar_t* __restrict__ b,
+                                 const scalar_t* __restrict__ ca,
+                                 const scalar_t* __restrict__ cb, int64_t cond_stride,
+                                 acc_t ca0, acc_t cb0, const scalar_t* __restrict__ g,
+                                 scalar_t* __restrict__ ga, scalar_t* __restrict__ gb,
+                                 int64_t len, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t in = r * 2 * len, out = r * len, ci = r * cond_stride;
     if (ca != nullptr) {

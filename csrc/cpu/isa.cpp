@@ -37,14 +37,20 @@ bool parse_capability(const char* name, Capability* out) {
 Capability best_capability() {
 #if FASTAR_CPU_DISPATCH
   // libgcc checks that the OS saves the AVX and AVX-512 registers (XGETBV) before it reports
-  // those features. The features of x86-64-v3 and v4 that every such CPU has (F16C, LZCNT,
-  // MOVBE) are not asked one by one.
+  // those features. GCC 12 names the levels the entries are compiled for exactly; elsewhere
+  // the features that set them apart are asked (F16C, LZCNT and MOVBE come with them in every
+  // such CPU).
   __builtin_cpu_init();
+#if defined(__clang__) || __GNUC__ < 12
   const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                   __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
   const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
                   __builtin_cpu_supports("avx512vl");
+#else
+  const bool v3 = __builtin_cpu_supports("x86-64-v3");
+  const bool v4 = __builtin_cpu_supports("x86-64-v4");
+#endif
   if (v4) return Capability::kAvx512;
   if (v3) return Capability::kAvx2;
 #endif

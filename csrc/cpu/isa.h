@@ -4,9 +4,10 @@
 //
 // Levels, named as PyTorch names them for ATEN_CPU_CAPABILITY: "default" (the x86-64 baseline:
 // SSE2, 16-byte vectors), "avx2" (x86-64-v3: AVX2 and FMA, 32 bytes) and "avx512" (x86-64-v4:
-// AVX-512 F/BW/CD/DQ/VL, 64 bytes). The level in use is the best the CPU runs, or the one
-// FASTAR_CPU_CAPABILITY names (read at the first kernel call; never above what the CPU runs),
-// or the one set_capability() last set (fastar.ops.force_cpu_capability in Python).
+// AVX-512 F/BW/CD/DQ/VL, 64 bytes); other architectures have "default" only. The level in use
+// is the best the CPU runs, or the one FASTAR_CPU_CAPABILITY names (read once, at first use;
+// never above what the CPU runs), or the one set_capability() last set
+// (fastar.ops.force_cpu_capability in Python).
 //
 // Why not GCC's target_clones, which this replaced: its clones compile one source, so a vector
 // type has one width in all of them, and GCC emulates a vector wider than the clone's
@@ -42,7 +43,6 @@ struct Isa {
   // The width of the level's vector registers, the widest vector a kernel may use.
   static constexpr int vector_bytes = C == Capability::kAvx512 ? 64
                                       : C == Capability::kAvx2 ? 32 : 16;
-  static constexpr int vector_registers = C == Capability::kAvx512 ? 32 : 16;
 };
 
 // Always inlined, functions and lambdas: what a level's entry calls must be compiled inside
@@ -72,10 +72,10 @@ __attribute__((noinline)) decltype(auto) run_default(const Fn& fn) {
 }
 
 // fn(Isa<C>{}) for level C, fn's body compiled for that level. fn is a lambda marked
-// FASTAR_INLINE_LAMBDA (`[&](auto isa) FASTAR_INLINE_LAMBDA { ... }`) whose kernels are FASTAR_INLINE
-// templates taking decltype(isa): a function that is not inlined into a level's entry is
-// compiled once, for the baseline, whatever vectors it uses (tests/test_cpu_capability.py
-// reads the library's machine code for that).
+// FASTAR_INLINE_LAMBDA (`[&](auto isa) FASTAR_INLINE_LAMBDA { ... }`) whose kernels are
+// FASTAR_INLINE (templates taking decltype(isa) where their vectors depend on it): a function
+// that is not inlined into a level's entry is compiled once, for the baseline, whatever
+// vectors it uses (tests/test_cpu_capability.py reads the library's machine code for that).
 template <typename Fn>
 decltype(auto) dispatch(Capability c, const Fn& fn) {
 #if FASTAR_CPU_DISPATCH

@@ -47,8 +47,9 @@ namespace {
 
 constexpr int64_t kFewOutputs = 8;  // the counts with_constant lists in the backward launcher
 constexpr int64_t kRowsPerBlock = 512;  // the backward's unit of work and of gradient sums
+constexpr int kUnitBytes = 64;  // the vector kernels' sizes: 1, 2 or 4 units of channels
 
-template <typename I, typename T>
+template <typename T>
 FASTAR_INLINE void forward_few(const T* x, const T* w, const T* bias, int64_t rows, int64_t K,
                                int64_t O, T* y) {
   using Acc = at::opmath_type<T>;
@@ -61,7 +62,7 @@ FASTAR_INLINE void forward_few(const T* x, const T* w, const T* bias, int64_t ro
 
 // One block of rows: grad_x (if asked) and the block's sums of grad_w (O, K) and grad_b (O),
 // in double (float sums of 512 rows were 10x further from the truth than ATen's).
-template <typename I, int O, typename T>
+template <int O, typename T>
 FASTAR_INLINE void backward_few(const T* g, const T* x, const T* w, int64_t rows, int64_t K,
                                 T* grad_x, double* grad_w, double* grad_b) {
   using Acc = at::opmath_type<T>;
@@ -94,7 +95,6 @@ void with_constant(int64_t n, const Fn& fn) {
 using cpu::load;
 using cpu::store;
 
-constexpr int kUnitBytes = 64;
 // Accumulators per loop: 8 registers, of 16 at AVX2 and the baseline (room for the operands),
 // enough independent chains for two FMA pipes of latency 4.
 constexpr int kAccumulators = 8;
@@ -111,7 +111,7 @@ struct Split {
 };
 
 template <typename V>
-FASTAR_HD V relu_vec(const V& v) {
+FASTAR_INLINE V relu_vec(const V& v) {
   const V zero = {};
   return v < zero ? zero : v;  // NaN stays NaN, as torch.relu
 }
@@ -229,16 +229,16 @@ FASTAR_INLINE void backward_wide(const T* g, const T* x, const T* w, int64_t row
 
 #endif  // FASTAR_VECTOR_KERNEL
 
-// Units of 64 bytes in n (1, 2 or 4), or 0 where n is not such a size.
+// Units of kUnitBytes in n (1, 2 or 4), or 0 where n is not such a size.
 int64_t whole_units(int64_t n, const at::Tensor& x) {
-  const int64_t bytes = n * x.element_size(), units = bytes / 64;
-  return bytes % 64 == 0 && (units == 1 || units == 2 || units == 4) ? units : 0;
+  const int64_t bytes = n * x.element_size(), units = bytes / kUnitBytes;
+  return bytes % kUnitBytes == 0 && (units == 1 || units == 2 || units == 4) ? units : 0;
 }
 
 // fn(O, K): the output and input counts as std::integral_constants of elements of T.
 template <typename T, typename Fn>
 void with_unit_counts(int64_t O, int64_t K, const at::Tensor& x, const Fn& fn) {
-  constexpr int per_unit = 64 / sizeof(T);
+  constexpr int per_unit = kUnitBytes / sizeof(T);
   with_constant<1, 2, 4>(whole_units(O, x), [&](auto ou) {
     with_constant<1, 2, 4>(whole_units(K, x), [&](auto ku) {
       fn(std::integral_constant<int, decltype(ou)::value * per_unit>{},
@@ -251,9 +251,9 @@ void with_unit_counts(int64_t O, int64_t K, const at::Tensor& x, const Fn& fn) {
 
 enum class Kernel { kAten, kFewOutputs, kWide };
 
-// The vector kernels at the baseline level (SSE, no FMA) ran at 0.44-0.78x of ATen's products
-// (whose BLAS picks its own instruction set) forward and backward at most sizes; relu and
-// ATen's products are faster there.
+// The vector kernels at the baseline level (SSE, no FMA; every non-x86 build) ran at 0.44-0.78x
+// of ATen's products forward and 0.59-0.84x backward at most sizes (bench_relu_linear.py, AMD
+// EPYC, 2026-12-07; ATen's BLAS picks its own instruction set): relu and ATen's products there.
 Kernel cpu_kernel(const at::Tensor& x, const at::Tensor& weight, cpu::Capability level) {
   if (x.dim() != 2 || weight.dim() != 2) return Kernel::kAten;  // for its shape error
   const int64_t O = weight.size(0), K = x.size(1);
@@ -269,7 +269,10 @@ Kernel cpu_kernel(const at::Tensor& x, const at::Tensor& weight, cpu::Capability
 template <typename Fn>
 void dispatch_wide(cpu::Capability level, const Fn& fn) {
   cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
-    if constexpr (decltype(isa)::capability != cpu::Capability::kDefault) fn(isa);
+    if constexpr (decltype(isa)::capability != cpu::Capability::kDefault)
+      fn(isa);
+    else
+      TORCH_INTERNAL_ASSERT(false, "relu_linear: no vector kernel at the baseline level");
   });
 }
 
@@ -291,8 +294,8 @@ at::Tensor relu_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, M, kRowsPerBlock, [&](int64_t r0, int64_t r1) {
       if (kernel == Kernel::kFewOutputs) {
-        cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
-          forward_few<decltype(isa)>(xp + r0 * K, wp, bp, r1 - r0, K, O, yp + r0 * O);
+        cpu::dispatch(level, [&](auto) FASTAR_INLINE_LAMBDA {
+          forward_few(xp + r0 * K, wp, bp, r1 - r0, K, O, yp + r0 * O);
         });
         return;
       }
@@ -347,9 +350,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_linear_backward_cpu(
         double* gb = gbp ? gbp + b * O : nullptr;
         if (kernel == Kernel::kFewOutputs) {
           with_constant<1, 2, 3, 4, 5, 6, 7, 8>(O, [&](auto outputs) {
-            cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
-              backward_few<decltype(isa), decltype(outputs)::value>(gp + r0 * O, xp + r0 * K, wp,
-                                                                    rows, K, gx, gw, gb);
+            cpu::dispatch(level, [&](auto) FASTAR_INLINE_LAMBDA {
+              backward_few<decltype(outputs)::value>(gp + r0 * O, xp + r0 * K, wp, rows, K, gx,
+                                                     gw, gb);
             });
           });
           continue;

@@ -1,8 +1,8 @@
 // CPU kernel of wavenet_generate: the whole generation loop in C++, one call for `length`
 // samples of the batch, compiled once per CPU level (csrc/cpu/isa.h). Each step runs the
 // layers' matrix products on the packed, transposed weights (csrc/common/wavenet.h) with
-// register tiles of up to 4 sequences x 24 columns (one sequence: 64 columns at AVX2 and
-// AVX-512).
+// register tiles of up to 4 sequences x 3 vectors of at most 32 bytes (one sequence: 8
+// registers, 4 at AVX-512: 64 float columns at AVX2 and AVX-512).
 //
 // Threads: with at least two sequences per thread, each thread generates its own sequences
 // with no synchronisation. With fewer (batch 1 above all), two threads form a team: each
@@ -107,8 +107,8 @@ template <typename I>
 constexpr int kRowsBytes = I::vector_bytes < 32 ? I::vector_bytes : 32;
 
 // Columns [c0, c1) of out[b] += in[b] (nb rows of K values) times w (K rows of ldw): blocks of
-// columns outermost, so a block of w (K x 24 values) is read from memory once and reused from
-// L1 by every tile of rows.
+// columns outermost, so a block of w (K x 3 vectors: 24 floats at AVX2) is read from memory
+// once and reused from L1 by every tile of rows.
 template <typename I, typename T>
 FASTAR_INLINE void matmul_acc(Rows<const T> in, int64_t nb, int64_t K, const T* w, int64_t ldw,
                               int64_t c0, int64_t c1, Rows<T> out) {
@@ -223,8 +223,8 @@ FASTAR_INLINE void partial_products(Rows<const T> in, int64_t nb, int64_t K, con
 // Compiled once per CPU level I (cpu::dispatch).
 template <typename I, typename T>
 FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
-                                           Partials<T>& parts, int rank, int size,
-                                           cpu::SpinBarrier& barrier, T* logp) {
+                                 Partials<T>& parts, int rank, int size,
+                                 cpu::SpinBarrier& barrier, T* logp) {
   const int64_t nb = parts.nb, R = g.R, S = g.S, P = g.P, V = g.V, L = g.L, k = g.k;
   const int64_t R2 = 2 * R, RS = R + S, W = g.width;
   int64_t* x = g.x.data_ptr<int64_t>() + b0 * g.T;
@@ -298,9 +298,10 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
       // channels, then the gate.
       if (local != nullptr) {
         for (int64_t b = 0; b < nb; ++b)
-          for (const int64_t c0 : {gates.lo, R + gates.lo}) std::fill(lbias[b] + c0, lbias[b] + c0 + width, T(0));
-        matmul_acc_pair<I>(in(local_t), nb, g.Cl, local_w + l * R2, L * R2, gates.lo, R + gates.lo,
-                        width, lbias);
+          for (const int64_t c0 : {gates.lo, R + gates.lo})
+            std::fill(lbias[b] + c0, lbias[b] + c0 + width, T(0));
+        matmul_acc_pair<I>(in(local_t), nb, g.Cl, local_w + l * R2, L * R2, gates.lo,
+                           R + gates.lo, width, lbias);
       }
       for (int64_t b = 0; b < nb; ++b) {
         for (const int64_t c0 : {gates.lo, R + gates.lo}) {
@@ -317,21 +318,22 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
         if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
         const int64_t slot = wavenet::ring_slot(past, ring_size);
         const Rows<const T> taps{layer_ring + slot * R, W * R};
-        matmul_acc_pair<I>(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, gates.lo, R + gates.lo,
-                        width, z);
+        matmul_acc_pair<I>(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, gates.lo,
+                           R + gates.lo, width, z);
       }
       matmul_acc_pair<I>(in(h), nb, R, conv_w + (l * k + k - 1) * R * R2, R2, gates.lo,
-                      R + gates.lo, width, z);
+                         R + gates.lo, width, z);
       for (int64_t b = 0; b < nb; ++b)
-        for (int64_t c = gates.lo; c < gates.hi; ++c) act[b][c] = gated::forward(z[b][c], z[b][R + c]);
+        for (int64_t c = gates.lo; c < gates.hi; ++c)
+          act[b][c] = gated::forward(z[b][c], z[b][R + c]);
 
       // This thread's parts of the residual and skip outputs (the last layer's residual output
       // is never read), then the team meets: every part is written, every read of the ring
       // at t is done.
       const int64_t c0 = l + 1 < L ? 0 : R;
       auto& out = parts.layer_out[l % 2];
-      partial_products<I, T>(in(act), nb, R, out_w + l * R * RS, RS, out_b + l * RS, c0, RS, out, RS,
-                          rank, size);
+      partial_products<I, T>(in(act), nb, R, out_w + l * R * RS, RS, out_b + l * RS, c0, RS,
+                             out, RS, rank, size);
       barrier.wait();
       push(l, t, in(h));
       for (int64_t b = 0; b < nb; ++b) {
@@ -345,7 +347,8 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
     // The head: relu, 1x1 (S -> S), relu, 1x1 (S -> P), each product in parts.
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t c = 0; c < S; ++c) relu_skip[b][c] = skip[b][c] < T(0) ? T(0) : skip[b][c];
-    partial_products<I, T>(in(relu_skip), nb, S, head_w1, S, head_b1, 0, S, parts.head, S, rank, size);
+    partial_products<I, T>(in(relu_skip), nb, S, head_w1, S, head_b1, 0, S, parts.head, S,
+                           rank, size);
     barrier.wait();
     for (int64_t b = 0; b < nb; ++b) {
       for (int64_t c = 0; c < S; ++c) {
@@ -353,7 +356,8 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
         head[b][c] = v < T(0) ? T(0) : v;  // NaN stays NaN
       }
     }
-    partial_products<I, T>(in(head), nb, S, head_w2, P, head_b2, 0, P, parts.logits, P, rank, size);
+    partial_products<I, T>(in(head), nb, S, head_w2, P, head_b2, 0, P, parts.logits, P, rank,
+                           size);
     barrier.wait();
 
     // Every thread draws the same values from the same logits; rank 0 writes them.

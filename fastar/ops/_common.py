@@ -12,9 +12,13 @@ IMPLEMENTATIONS = ("fused", "reference")
 
 
 class _State:
-    # A plain attribute, not a ContextVar: torch.compile guards on it and recompiles when it
-    # changes, where it would break the graph on a ContextVar.get().
+    # Plain attributes, not a ContextVar or a call into the extension: torch.compile guards on
+    # them and recompiles when they change, where it would break the graph on a ContextVar.get()
+    # or an untraceable C function.
     implementation = "fused"
+    # The CPU kernels' level (csrc/cpu/isa.h), mirrored here by force_cpu_capability; reading it
+    # from the extension applies FASTAR_CPU_CAPABILITY.
+    cpu_capability, best_cpu_capability = _C._cpu_capability()
 
 
 def use_reference() -> bool:
@@ -49,16 +53,16 @@ CPU_CAPABILITIES = ("default", "avx2", "avx512")
 
 
 def cpu_capability() -> str:
-    """The level the CPU kernels run at: "default" (x86-64 baseline, 16-byte vectors), "avx2"
-    (AVX2 + FMA, 32 bytes) or "avx512" (64 bytes). The best this CPU runs unless the
-    environment variable FASTAR_CPU_CAPABILITY (read at the first kernel call) or
-    `force_cpu_capability` says lower."""
-    return _C._cpu_capability()[0]
+    """The level the CPU kernels run at: "default" (x86-64 baseline, 16-byte vectors; every
+    non-x86 build), "avx2" (AVX2 + FMA, 32 bytes) or "avx512" (64 bytes). The best this CPU runs
+    unless the environment variable FASTAR_CPU_CAPABILITY (read once, when fastar.ops is
+    imported) or `force_cpu_capability` says lower."""
+    return _State.cpu_capability
 
 
 def cpu_capabilities() -> List[str]:
     """The levels this CPU runs, lowest first (["default", "avx2"] on an AVX2-only CPU)."""
-    best = _C._cpu_capability()[1]
+    best = _State.best_cpu_capability
     return list(CPU_CAPABILITIES[:CPU_CAPABILITIES.index(best) + 1])
 
 
@@ -67,13 +71,15 @@ def force_cpu_capability(name: str) -> Iterator[None]:
     """Runs the CPU kernels at level `name` inside the block, as FASTAR_CPU_CAPABILITY does for
     a whole process: to test or time a lower level on a machine that has a higher one. Raises
     ValueError for an unknown name or a level above what the CPU runs. Process-wide, like
-    `implementation`."""
-    saved = cpu_capability()
+    `implementation`; use it around a compiled function, not inside one (it is not traced)."""
+    saved = _State.cpu_capability
     _C._set_cpu_capability(name)
+    _State.cpu_capability = name
     try:
         yield
     finally:
         _C._set_cpu_capability(saved)
+        _State.cpu_capability = saved
 
 
 def register_no_double_backward(backward_op: str, forward_op: str) -> None:

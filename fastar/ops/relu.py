@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from fastar import reference
-from fastar.ops._common import (check_floating, check_same_device, cpu_capability, dtype_name,
-                                register_no_double_backward, use_reference)
+from fastar.ops._common import (check_floating, check_same_device, cpu_capability,
+                                dtype_name, register_no_double_backward, use_reference)
 
 # Up to this many outputs (csrc/cpu/relu_linear.cpp's kFewOutputs) the CPU kernel takes any dtype
 # and number of inputs.
@@ -33,12 +33,12 @@ def has_cpu_kernel(x: Tensor, out_features: int, in_features: int) -> bool:
     if cpu_capability() == "default":  # the vector kernels run at AVX2 and AVX-512 only
         return False
 
-    def whole_vectors(n):
+    def whole_units(n):
         size = n * x.element_size()
         return size % 64 == 0 and size // 64 in (1, 2, 4)
 
-    return (x.dtype in (torch.float32, torch.float64) and whole_vectors(out_features)
-            and whole_vectors(in_features))
+    return (x.dtype in (torch.float32, torch.float64) and whole_units(out_features)
+            and whole_units(in_features))
 
 
 def relu_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
