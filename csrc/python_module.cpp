@@ -1,5 +1,6 @@
 // The Python module fastar._C: importing it runs the static TORCH_LIBRARY registrations. It
-// also reads and sets the CPU kernels' level (fastar.ops.cpu_capability and friends wrap it).
+// also reads and sets the CPU kernels' level (fastar.ops.force_cpu_capability sets it and
+// keeps a Python copy that torch.compile can guard on).
 // Built only for the Python package; C++ (libtorch) users link the library without it and
 // call fastar::cpu::set_capability (csrc/cpu/isa.h).
 #ifdef WITH_PYTHON

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import CPU_LEVELS
 from fastar import _C, ops
@@ -27,19 +28,39 @@ def test_levels_are_listed_lowest_first():
     assert IN_USE in CPU_LEVELS
     if "FASTAR_CPU_CAPABILITY" not in os.environ:
         assert IN_USE == CPU_LEVELS[-1]
-    flags = _cpu_flags()
-    if platform.machine() == "x86_64" and "avx2" in flags and "fma" in flags:
+    flags = set(_cpu_flags())
+    v3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "abm", "movbe"}  # abm: lzcnt
+    if platform.machine() == "x86_64" and v3 <= flags:
         assert "avx2" in CPU_LEVELS
-    if "avx512f" in flags and "avx512vl" in flags:
+    if v3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
         assert "avx512" in CPU_LEVELS
 
 
 @pytest.mark.parametrize("level", CPU_LEVELS)
 def test_a_forced_level_holds_inside_the_block_only(level):
     with ops.force_cpu_capability(level):
-        assert ops.cpu_capability() == level
+        assert ops.cpu_capability() == _C._cpu_capability()[0] == level  # Python copy, extension
         assert torch.ops.fastar.relu_linear(torch.ones(2, 16), torch.ones(16, 16))[0, 0] == 16
-    assert ops.cpu_capability() == IN_USE
+    assert ops.cpu_capability() == _C._cpu_capability()[0] == IN_USE
+
+
+def test_a_compiled_layer_follows_the_level():
+    # torch.compile guards on the level's Python copy: a compiled PixelCNN layer picks the fused
+    # or unfused path again when the level changes (relu_linear's vector kernels are not used
+    # at the baseline level).
+    from fastar.nn import PointwiseConv2d
+    layer = PointwiseConv2d(16, 16)
+    x = torch.randn(2, 16, 3, 3).contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: layer(x, relu_input=True), fullgraph=True,
+                             backend="eager")
+    for level in CPU_LEVELS + CPU_LEVELS[::-1]:
+        with ops.force_cpu_capability(level):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                out = compiled(x)
+            fused = any(e.name == "fastar::relu_linear" for e in p.events())
+            assert fused == (level != "default"), level
+            torch.testing.assert_close(out, layer(F.relu(x)))
 
 
 def test_unknown_and_unsupported_levels_are_refused():
@@ -146,7 +167,7 @@ HAND_VECTORIZED = {"wavenet_generate": re.compile(r"generate<(float|double)>|8ge
 # registers too), the AVX-512 mask registers, and BMI/BMI2/LZCNT/MOVBE (x86-64-v3; tzcnt is
 # left out: GCC's generic code writes rep bsf, which older CPUs run as bsf).
 BASELINE_ONLY = re.compile(r"^(v\w+|andn|bextr|blsi|blsmsk|blsr|bzhi|mulx|pdep|pext|rorx|sarx|"
-                           r"shlx|shrx|lzcnt|movbe)\s|%k\d")
+                           r"shlx|shrx|lzcnt|movbe)(?=\s|$)|%k\d")
 ABOVE = {"default": BASELINE_ONLY,
          "avx2": re.compile(r"%zmm|%k\d|%[xy]mm(1[6-9]|2\d|3[01])\b"),
          None: BASELINE_ONLY}
@@ -187,7 +208,8 @@ def test_hand_vectorized_kernels_are_compiled_into_each_level_without_stack_roun
                        if _level_of(name) == level and pattern.search(name)
                        and "clone .cold" not in name}
             assert entries, "no %s entry of %s" % (level, op)
-            register = "%ymm" if level == "avx2" else "%[yz]mm"
+            register = "%ymm" if level == "avx2" else "%zmm"
+            checked = 0
             for name, instructions in entries.items():
                 fma = [t for _, t in instructions if PACKED_FMA.match(t) and re.search(register, t)]
                 assert fma, "no %s multiply-add in %s" % (level, name[:200])
@@ -199,3 +221,5 @@ def test_hand_vectorized_kernels_are_compiled_into_each_level_without_stack_roun
                             t.startswith("vcvtt") for t in body):
                         spills = [t for t in body if VECTOR_TO_STACK.match(t)]
                         assert not spills, (name[:200], spills[:4])
+                        checked += 1
+            assert checked, "no multiply-add loop found in the %s entries of %s" % (level, op)

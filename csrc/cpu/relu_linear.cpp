@@ -251,9 +251,9 @@ void with_unit_counts(int64_t O, int64_t K, const at::Tensor& x, const Fn& fn) {
 
 enum class Kernel { kAten, kFewOutputs, kWide };
 
-// The vector kernels at the baseline level (SSE, no FMA; every non-x86 build) ran at 0.44-0.78x
-// of ATen's products forward and 0.59-0.84x backward at most sizes (bench_relu_linear.py, AMD
-// EPYC, 2026-12-07; ATen's BLAS picks its own instruction set): relu and ATen's products there.
+// The vector kernels at the baseline level (SSE, no FMA; every non-x86 build) ran at 0.4-1.0x
+// of ATen's products, most sizes well below 1 (bench_relu_linear.py on an AMD EPYC, 2026-12-07,
+// before this rule; ATen's BLAS picks its own instruction set): relu and ATen's products there.
 Kernel cpu_kernel(const at::Tensor& x, const at::Tensor& weight, cpu::Capability level) {
   if (x.dim() != 2 || weight.dim() != 2) return Kernel::kAten;  // for its shape error
   const int64_t O = weight.size(0), K = x.size(1);

@@ -2,6 +2,7 @@
 double-backward guard."""
 
 import contextlib
+import threading
 from typing import Iterator, List
 
 import torch
@@ -73,13 +74,22 @@ def force_cpu_capability(name: str) -> Iterator[None]:
     ValueError for an unknown name or a level above what the CPU runs. Process-wide, like
     `implementation`; use it around a compiled function, not inside one (it is not traced)."""
     saved = _State.cpu_capability
-    _C._set_cpu_capability(name)
-    _State.cpu_capability = name
     try:
+        _set_cpu_capability(name)
         yield
     finally:
-        _C._set_cpu_capability(saved)
-        _State.cpu_capability = saved
+        _set_cpu_capability(saved)
+
+
+_cpu_capability_lock = threading.Lock()
+
+
+def _set_cpu_capability(name: str) -> None:
+    """The extension's level and its Python copy together (the extension refuses a bad name
+    before either changes)."""
+    with _cpu_capability_lock:
+        _C._set_cpu_capability(name)
+        _State.cpu_capability = name
 
 
 def register_no_double_backward(backward_op: str, forward_op: str) -> None:
