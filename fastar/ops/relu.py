@@ -24,8 +24,8 @@ def has_cpu_kernel(x: Tensor, out_features: int, in_features: int) -> bool:
     float32/float64 with outputs and inputs each 1, 2 or 4 units of 64 bytes (float32: 16,
     32 or 64) at the AVX2 and AVX-512 levels (fastar.ops.cpu_capability; at the baseline
     ATen's products are faster). Elsewhere it runs relu and ATen's products, and its backward
-    recomputes relu(x) for the weight's gradient: one pass more than F.linear(F.relu(x)), whose autograd keeps
-    relu(x)."""
+    recomputes relu(x) for the weight's gradient: one pass more than F.linear(F.relu(x)),
+    whose autograd keeps relu(x)."""
     if x.device.type != "cpu":
         return False
     if 1 <= out_features <= FEW_OUTPUTS:
