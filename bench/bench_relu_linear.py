@@ -9,19 +9,12 @@ pixels (PixelCNN's training step on MNIST), float32.
 import pytest
 import torch
 
-from conftest import measure_interleaved
+from conftest import at_cpu_level, measure_interleaved
 from fastar import ops, reference
 
 ROWS = 64 * 28 * 28
 WIDE = [16, 32, 64]  # float32 channels of the vector kernels (1, 2 or 4 units of 64 bytes)
 SIZES = [(k, o) for k in WIDE for o in WIDE] + [(32, 1), (64, 1)]  # (in, out); out = 1: a head
-
-
-def _at_level(level, fn):
-    def run():
-        with ops.force_cpu_capability(level):
-            return fn()
-    return run
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
@@ -36,7 +29,7 @@ def test_relu_linear_at_every_level(benchmark, n_in, n_out, direction):
         mask = [True, True, True]
         fused = lambda: torch.ops.fastar.relu_linear_backward(g, x, w, mask)  # noqa: E731
         eager = lambda: reference.relu_linear_backward(g, x, w, mask)  # noqa: E731
-    fns = {"eager": eager, **{level: _at_level(level, fused) for level in ops.cpu_capabilities()}}
+    fns = {"eager": eager, **{level: at_cpu_level(level, fused) for level in ops.cpu_capabilities()}}
     measure_interleaved(benchmark, group="relu_linear cpu %d->%d %s M=%d float32"
                         % (n_in, n_out, direction, ROWS), device="cpu", fns=fns,
                         seconds_per_case=3.0)

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICES, measure_interleaved
+from conftest import DEVICES, at_cpu_level, measure_interleaved
 from fastar import ops
 from fastar.models import WaveNet
 
@@ -103,10 +103,8 @@ def _samplers(model, size, batch):
             samplers[impl] = (lambda: model.sample(batch, steps)), steps * batch
             if device.type == "cpu" and batch <= LEVELS_UP_TO:
                 for level in ops.cpu_capabilities()[:-1]:
-                    def at_level(level=level):
-                        with ops.force_cpu_capability(level):
-                            return model.sample(batch, steps)
-                    samplers["fused-" + level] = at_level, steps * batch
+                    samplers["fused-" + level] = (
+                        at_cpu_level(level, lambda: model.sample(batch, steps)), steps * batch)
             if device.type == "cpu" and batch == 1:
                 weights = torch.cat([w.detach().flatten() for w in model.packed_weights()])
                 passes = weights.as_strided((64, weights.numel()), (0, 1))  # one call, 64 reads

@@ -23,6 +23,7 @@ import time
 import pytest
 import torch
 
+from fastar import ops
 from fastar._malloc import retain_freed_memory
 from fastar.info import cpu
 
@@ -58,6 +59,14 @@ def _commit():
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def at_cpu_level(level, fn):
+    """fn run at CPU level `level` (fastar.ops.force_cpu_capability): a bench's rows per level."""
+    def run():
+        with ops.force_cpu_capability(level):
+            return fn()
+    return run
 
 
 def peak_memory(run, device):
