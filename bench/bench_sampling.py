@@ -100,11 +100,11 @@ def _samplers(model, size, batch):
         elif impl == "fused":
             steps = max(16, 4096 // batch)
             # one call generates `steps` samples of the batch
-            samplers[impl] = (lambda: model.sample(batch, steps)), steps * batch
+            samplers[impl] = (lambda: model.sample(batch, length=steps)), steps * batch
             if device.type == "cpu" and batch <= LEVELS_UP_TO:
                 for level in ops.cpu_capabilities()[:-1]:
                     samplers["fused-" + level] = (
-                        at_cpu_level(level, lambda: model.sample(batch, steps)), steps * batch)
+                        at_cpu_level(level, lambda: model.sample(batch, length=steps)), steps * batch)
             if device.type == "cpu" and batch == 1:
                 weights = torch.cat([w.detach().flatten() for w in model.packed_weights()])
                 passes = weights.as_strided((64, weights.numel()), (0, 1))  # one call, 64 reads

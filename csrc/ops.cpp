@@ -38,17 +38,16 @@ TORCH_LIBRARY(fastar, m) {
   m.def("relu_linear_backward(Tensor grad_out, Tensor x, Tensor weight, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
 
-  // WaveNet's cached generation loop: steps t = start .. T - 1 of the sequences x (B, T) in one
+  // WaveNet's cached generation loop: steps t = start .. end - 1 of the sequences x (B, T) in one
   // call, each step reading the ring buffers (B, sum of dilation * (k - 1), R) of the block
-  // inputs it needs and pushing its own (times before 0 are silence, never read from them).
-  // Positions t < num_given keep x's value; the others are drawn by inverse CDF from u[:, t]
-  // (float64, as fastar.sampling.categorical). Returns log p(x_t | x_<t) for t >= start, (B, T - start).
-  // Weights packed as csrc/common/wavenet.h describes; num_mixtures = 0: softmax head,
-  // otherwise a one-channel discretized logistic mixture of that many components.
+  // inputs it needs and pushing its own (times before 0 are silence, never read from them), so a
+  // call continues where the last one stopped. Positions t < num_given keep x's value; the
+  // others are drawn by inverse CDF from u[:, t] (float64, as fastar.sampling.categorical).
+  // Returns log p(x_t | x_<t) for start <= t < end, (B, end - start). weights: the packed
+  // weights in the order and layout of csrc/common/wavenet.h (enum Weight); num_mixtures = 0:
+  // softmax head, otherwise a one-channel discretized logistic mixture of that many components.
   m.def(
-      "wavenet_generate(Tensor(a!) x, Tensor(b!) buffers, Tensor u, int start, int num_given, "
-      "Tensor embed, Tensor embed_bias, Tensor conv_weight, Tensor conv_bias, Tensor out_weight, "
-      "Tensor out_bias, Tensor head_weight1, Tensor head_bias1, Tensor head_weight2, "
-      "Tensor head_bias2, int[] dilations, int num_mixtures=0, Tensor? global_bias=None, "
-      "Tensor? local=None, Tensor? local_weight=None) -> Tensor");
+      "wavenet_generate(Tensor(a!) x, Tensor(b!) buffers, Tensor u, int start, int end, "
+      "int num_given, Tensor[] weights, int[] dilations, int num_mixtures=0, "
+      "Tensor? global_bias=None, Tensor? local=None, Tensor? local_weight=None) -> Tensor");
 }

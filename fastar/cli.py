@@ -5,7 +5,8 @@
     torchrun --nproc_per_node N -m fastar train MODEL ...      (DistributedDataParallel)
     python -m fastar eval CHECKPOINT [--split test] [--samples grid.png]
 
-This module only parses arguments; the work is in fastar.train and fastar.demo.
+This module only parses arguments; the work is in fastar.train, fastar.evaluate,
+fastar.checkpoint and fastar.demo.
 """
 
 import argparse
@@ -94,7 +95,9 @@ def _parser():
                    help="use the first N examples of each split only (0: all)")
     t.add_argument("--model-args", type=_model_args, default={},
                    help="JSON object of config keywords (see the model's config class)")
-    t.add_argument("--out", default="runs/default")
+    t.add_argument("--out", default=os.path.join("runs", "default"),
+                   help="where checkpoints go (default: runs/default, relative to the working "
+                        "directory; ignored by git in a checkout)")
     t.add_argument("--device", type=_device, default=_default_device())
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--conditional", action="store_true",
@@ -122,7 +125,7 @@ def main(argv=None):
 
 
 def _run(args):
-    from fastar import train
+    from fastar import checkpoint, evaluate, train
     from fastar._malloc import retain_freed_memory
 
     retain_freed_memory()  # this process trains or samples: keep freed memory for the next step
@@ -131,14 +134,14 @@ def _run(args):
         try:
             demo.run(out=args.out, steps=args.steps, test_limit=args.test_limit,
                      device=args.device)
-        except (train.SettingsError, train.RunError) as e:
+        except (checkpoint.SettingsError, checkpoint.RunError) as e:
             raise SystemExit("python -m fastar demo: %s" % e)
     elif args.command == "train":
         settings = train.Settings(**{f.name: getattr(args, f.name) for f in
                                      dataclasses.fields(train.Settings) if hasattr(args, f.name)})
         try:
-            path = train.train(settings)
-        except (train.SettingsError, train.RunError) as e:  # one line, no traceback
+            train.train(settings)
+        except (checkpoint.SettingsError, checkpoint.RunError) as e:  # one line, no traceback
             raise SystemExit("python -m fastar train: %s" % e)
         if int(os.environ.get("RANK", "0")) == 0:
             for name in ("checkpoint.pt", "best.pt"):  # only files that exist
@@ -148,19 +151,17 @@ def _run(args):
         if not os.path.isfile(args.checkpoint):
             raise SystemExit("python -m fastar eval: no checkpoint at %s" % args.checkpoint)
         try:
-            model, state = train.load_model(args.checkpoint, args.device)
-        except train.RunError as e:
+            model, state = checkpoint.load_model(args.checkpoint, args.device)
+        except checkpoint.RunError as e:
             raise SystemExit("python -m fastar eval: %s" % e)
         num_classes = state["config"].get("num_classes")
-        x, y = train.load_split(state["dataset"], args.split, args.limit, bool(num_classes))
-        nats, bpd = train.evaluate(model, x, args.batch_size, args.device, y=y)
+        x, y = evaluate.load_split(state["dataset"], args.split, args.limit, bool(num_classes))
+        nats, bpd = evaluate.evaluate(model, x, args.batch_size, args.device, y=y)
         print("%s %s (%d examples): %.2f nats, %.4f bits/dim" % (
             state["dataset"], args.split, len(x), nats, bpd))
         if args.samples:
-            if data.get(state["dataset"]).modality == "audio":
-                train.save_audio_samples(model, args.samples, length=args.sample_length)
-            else:
-                train.save_samples(model, args.samples, num_classes=num_classes)
+            evaluate.save_samples(model, args.samples, num_classes=num_classes,
+                                  length=args.sample_length)
             print("samples: %s" % args.samples)
 
 

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Optional
 
-from fastar import train
+from fastar import checkpoint, evaluate, papers, train
 
 MODEL = "gated_pixelcnn"
 DATASET = "binarized_mnist"
@@ -18,11 +18,8 @@ BATCH_SIZE = 32
 LR = 2e-3
 SEED = 0
 DEFAULT_STEPS = 800
-# Test NLL on binarized MNIST reported by the papers (nats), for full-size models trained to
-# convergence.
-PAPERS = (("MADE, 1 hidden layer, 1 mask (Germain et al. 2015, Table 6)", 88.40),
-          ("PixelCNN (van den Oord et al. 2016a, Table 4)", 81.30),
-          ("PixelRNN, Diagonal BiLSTM (van den Oord et al. 2016a, Table 4)", 79.20))
+# The papers' rows printed beside the demo's figure (fastar.papers).
+PAPER_ROWS = ("made-1h-1mask", "pixelcnn", "diagonal-bilstm")
 
 
 def settings(out: str, steps: int, device: str) -> train.Settings:
@@ -45,18 +42,18 @@ def run(out: str = "fastar-demo", steps: Optional[int] = None, test_limit: int =
         print("training a Gated PixelCNN (%s) on binarized MNIST for %d steps of %d images"
               % (", ".join("%s=%s" % kv for kv in MODEL_ARGS.items()), steps, BATCH_SIZE))
     train.train(settings(out, steps, device))
-    model, _ = train.load_model(ckpt_path, device)
-    x, _ = train.load_split(DATASET, "test", test_limit)
-    nats, bpd = train.evaluate(model, x, 256, device, progress="scoring the test split")
+    model, _ = checkpoint.load_model(ckpt_path, device)
+    x, _ = evaluate.load_split(DATASET, "test", test_limit)
+    nats, bpd = evaluate.evaluate(model, x, 256, device, progress="scoring the test split")
     print("\ntest NLL on binarized MNIST (%d images): %.2f nats (%.4f bits/dim)"
           % (len(x), nats, bpd))
     print("  %-66s %.2f" % ("this demo: Gated PixelCNN after %d steps (%d images seen)"
                              % (steps, steps * BATCH_SIZE), nats))
-    for name, value in PAPERS:
-        print("  %-66s %.2f" % (name, value))
+    for row in (papers.BINARIZED_MNIST[name] for name in PAPER_ROWS):
+        print("  %-66s %.2f" % (row.title, row.paper_nats))
     print("  (the papers' models are larger and were trained to convergence)")
     samples_path = os.path.join(out, "samples.png")
-    train.save_samples(model, samples_path, n=16)
+    evaluate.save_samples(model, samples_path, n=16)
     print("\nwrote:\n  %s  (the trained model; `python -m fastar eval %s` scores it again)\n"
           "  %s  (16 samples)\ndone in %.0f s" % (ckpt_path, ckpt_path, samples_path,
                                                  time.perf_counter() - started))

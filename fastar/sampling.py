@@ -11,51 +11,38 @@ import torch
 from torch import Tensor
 
 from fastar import reference
+from fastar.reference.categorical import categorical
 
 
 def uniforms(shape, generator: Optional[torch.Generator] = None,
              device=None) -> Tensor:
-    """float64 uniforms in [0, 1): the one random stream of a generation loop."""
-    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    """float64 uniforms in [0, 1) on `device`: the one random stream of a generation loop.
+    Drawn on the generator's device and moved, so a seeded CPU generator gives the same
+    stream to a model on any device."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where, dtype=torch.float64).to(device)
 
 
-def categorical(logits: Tensor, u: Tensor) -> Tensor:
-    """Inverse-CDF draw from softmax(logits) along the last dim: the smallest value v with
-    u < P(value <= v). logits (..., V), u (...) in [0, 1); returns int64 (...). The CDF is
-    computed in float64 whatever the logits' dtype, and divided by its last entry, so it ends
-    at exactly 1 and a value of probability 0 is never drawn. Raises ValueError for logits
-    that define no distribution (NaN, +inf, or all -inf in a row)."""
-    if tuple(u.shape) != tuple(logits.shape[:-1]):
-        raise ValueError("categorical: expected u of shape %s (logits' without the last dim), "
-                         "got %s" % (tuple(logits.shape[:-1]), tuple(u.shape)))
-    logits = logits.double()
-    top = logits.amax(dim=-1, keepdim=True)
-    if not torch.isfinite(top).all() or logits.isnan().any():
-        raise ValueError("categorical: logits define no distribution (NaN, +inf, or every "
-                         "logit -inf in a row)")
-    cdf = torch.exp(logits - top).cumsum(dim=-1)
-    cdf = cdf / cdf[..., -1:]
-    return (cdf <= u.unsqueeze(-1)).sum(dim=-1)
-
-
-def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256,
+def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256, *,
+                u: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> Tensor:
     """Draws integer samples (B, C, *S) from the distribution that
     `fastar.ops.dmol_log_prob` scores.
 
-    Per position: picks a component (Gumbel-max over the logits), draws a logistic per
-    channel, rounds it to the nearest bin centre and clamps to [0, num_bins). The channel
-    coupling uses the bin centres of the channels already drawn, so the samples follow
-    exactly the distribution of dmol_log_prob. (PixelCNN++'s own sampler coupled the
-    unrounded values and clipped the uniform noise to [1e-5, 1 - 1e-5], which draws from a
-    slightly different distribution than its loss scores.)
+    Per position: picks a component by inverse CDF of the mixture weights from u[:, 0], draws
+    channel c's logistic by inverse CDF from u[:, 1 + c], rounds it to the nearest bin centre
+    and clamps to [0, num_bins). The channel coupling uses the bin centres of the channels
+    already drawn, so the samples follow exactly the distribution of dmol_log_prob.
+    (PixelCNN++'s own sampler coupled the unrounded values and clipped the uniform noise to
+    [1e-5, 1 - 1e-5], which draws from a slightly different distribution than its loss scores.)
 
     Args:
         params: (B, P, *S) in dmol_log_prob's layout; P = 3K (num_channels 1) or 10K (3).
         num_channels: C, 1 or 3.
         num_bins: values per channel.
-        generator: torch.Generator on params' device; a fixed generator state gives the
-            same samples.
+        u: float64 uniforms in [0, 1) of shape (B, 1 + C, *S), the caller's random stream;
+            None draws them with `uniforms` from generator (same generator state, same
+            samples).
     """
     if num_channels not in (1, 3):
         raise ValueError("dmol_sample: expected num_channels 1 or 3, got %r" % (num_channels,))
@@ -70,16 +57,16 @@ def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256,
     if not torch.isfinite(params).all():
         raise ValueError("dmol_sample: expected finite params, got %s" % (
             "NaN" if params.isnan().any() else "infinite values"))
-    # At least float32: uniforms of float16 or bfloat16 are too coarse to reach the tails.
+    B, _, *S = params.shape
+    if u is None:
+        u = uniforms((B, 1 + num_channels, *S), generator, params.device)
+    elif tuple(u.shape) != (B, 1 + num_channels, *S) or u.dtype != torch.float64:
+        raise ValueError("dmol_sample: expected u float64 of shape %s, got %s of shape %s"
+                         % ((B, 1 + num_channels, *S), u.dtype, tuple(u.shape)))
+    # At least float32: float16 or bfloat16 means and scales are too coarse for the tails.
     params = params.to(torch.promote_types(params.dtype, torch.float32))
     logits, means, log_scales, coeffs = reference.dmol_components(params, num_channels)
-
-    def uniform(shape):
-        return torch.rand(shape, generator=generator, device=params.device, dtype=params.dtype)
-
-    # Gumbel-max: argmax(logits + g) with g = -log(-log(u)) picks component k w.p. softmax.
-    gumbel = -torch.log(-torch.log(uniform(logits.shape)))
-    k = (logits + gumbel).argmax(dim=1, keepdim=True)  # (B, 1, *S)
+    k = categorical(logits.movedim(1, -1), u[:, 0]).unsqueeze(1)  # (B, 1, *S)
 
     def pick(t):  # (B, K, *S) -> (B, *S)
         return t.gather(1, k).squeeze(1)
@@ -93,9 +80,9 @@ def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256,
         if num_channels == 3 and c == 2:
             mean = mean + pick(coeffs[:, 1]) * centres[0] + pick(coeffs[:, 2]) * centres[1]
         scale = torch.exp(pick(log_scales[:, c]).clamp(min=-7.0))
-        u = uniform(mean.shape)
-        value = mean + scale * (torch.log(u) - torch.log1p(-u))  # logistic draw
+        uc = u[:, 1 + c]
+        value = mean + scale * (torch.log(uc) - torch.log1p(-uc))  # logistic inverse CDF
         bins = torch.round((value + 1) / (2 * h)).clamp(0, num_bins - 1)
         out.append(bins.to(torch.int64))
-        centres.append(-1 + 2 * h * bins)
+        centres.append((-1 + 2 * h * bins).to(params.dtype))
     return torch.stack(out, dim=1)

@@ -8,20 +8,22 @@ it scores the valid split and keeps the best epoch's weights in OUT/best.pt. The
 global: under torchrun each process takes its share of every batch, so N processes follow the
 single-process run up to rounding.
 
-A checkpoint holds the model's name and config (``dataclasses.asdict(model.config)``), so
-`load_model` rebuilds it without any other argument.
+Checkpoints (the model's name and config beside the weights) are `fastar.checkpoint`'s;
+scoring and samples are `fastar.evaluate`'s.
 """
 
 import contextlib
 import dataclasses
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import torch
 
-from fastar import data, models
+from fastar import checkpoint
 from fastar._io import CorruptFileError, atomic_save, checked_load
+from fastar.checkpoint import RunError, SettingsError, build_model  # noqa: F401 (re-exported)
+from fastar.evaluate import evaluate, load_split
 from fastar.nn import bits_per_dim
 
 _CRASH_ENV = "FASTAR_TEST_KILL_AT_STEP"  # test hook: SIGKILL itself at this global step
@@ -29,16 +31,6 @@ _CRASH_ENV = "FASTAR_TEST_KILL_AT_STEP"  # test hook: SIGKILL itself at this glo
 # arguments are compared as the config they resolve to).
 _RUN_DEFINING = ("model", "dataset", "conditional", "batch_size", "lr", "seed", "limit",
                  "validate")
-# Config fields the data set decides.
-_FROM_DATASET = ("image_shape", "num_values")
-
-
-class SettingsError(ValueError):
-    """Settings that cannot make a run: raised before any data is read or file written."""
-
-
-class RunError(RuntimeError):
-    """A run that must stop: the loss is no longer finite, OUT is in use, a file is damaged."""
 
 
 @dataclasses.dataclass
@@ -59,116 +51,8 @@ class Settings:
     validate: bool = True  # score the valid split after every epoch and keep OUT/best.pt
 
 
-def model_config(name: str, dataset: str, model_args: Dict[str, Any],
-                 conditional: bool = False):
-    """The config of a registered model sized for a registered data set (its shape, values
-    and, when conditional, classes), model_args overriding the other defaults. Raises
-    SettingsError naming the problem (unknown model or keyword, with the accepted ones)."""
-    if name not in models.MODELS:
-        raise SettingsError("unknown model %r; available: %s" % (name, ", ".join(sorted(
-            models.MODELS))))
-    try:
-        cls, entry = models.MODELS[name], data.get(dataset)
-    except ValueError as e:
-        raise SettingsError(str(e)) from None
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    accepted = ", ".join(sorted(fields - set(_FROM_DATASET)))
-    unknown = sorted(set(model_args) - fields)
-    if unknown:
-        raise SettingsError("%s: unknown keyword%s %s in the model arguments; accepted: %s" % (
-            name, "s" if len(unknown) > 1 else "", ", ".join(unknown), accepted))
-    decided = sorted(set(model_args) & set(_FROM_DATASET))
-    if decided:
-        raise SettingsError("%s: %s come%s from the data set (%s), not the model arguments"
-                            % (name, " and ".join(decided), "" if len(decided) > 1 else "s",
-                               dataset))
-    if "num_classes" in model_args and not conditional:
-        raise SettingsError("%s: num_classes in the model arguments trains a class-conditional "
-                            "model: pass --conditional (which sets it from the data set)" % name)
-    if model_args.get("cond_channels") is not None:
-        raise SettingsError("%s: cond_channels needs a condition vector per example, which the "
-                            "data sets do not have (class labels: --conditional)" % name)
-    if model_args.get("local_channels") is not None:
-        raise SettingsError("%s: local_channels needs a condition series per example (e.g. mel "
-                            "frames), which the data sets do not have" % name)
-    kwargs = dict(model_args)
-    if "image_shape" in fields:
-        kwargs["image_shape"] = entry.shape
-    kwargs["num_values"] = entry.num_values
-    if conditional:
-        if "num_classes" not in fields:
-            raise SettingsError("%s is not class-conditional" % name)
-        if entry.num_classes is None:
-            raise SettingsError("%s has no labels to condition on" % dataset)
-        kwargs.setdefault("num_classes", entry.num_classes)
-    try:
-        return cls.config_class(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise SettingsError("%s: bad model arguments (%s); accepted: %s" % (name, e, accepted))
-
-
-def build_model(name: str, dataset: str, model_args: Dict[str, Any],
-                conditional: bool = False) -> models.AutoregressiveModel:
-    """A registered model built from `model_config`; SettingsError for arguments it rejects."""
-    config = model_config(name, dataset, model_args, conditional)
-    try:
-        return models.MODELS[name](config)
-    except Exception as e:  # whatever a constructor raises on values it cannot use
-        raise SettingsError("%s: bad model arguments %s (%s: %s)"
-                            % (name, model_args, type(e).__name__, e)) from None
-
-
-def load_model(path: str, device="cpu") -> Tuple[models.AutoregressiveModel, Dict[str, Any]]:
-    """(model with the checkpoint's weights, the checkpoint) from a checkpoint or best.pt;
-    RunError naming the file if it is damaged."""
-    try:
-        state = checked_load(path, "restore a good copy or train again", map_location=device)
-        if "config" not in state:  # written before configs were saved: rebuild one
-            state["config"] = dataclasses.asdict(model_config(
-                state["model_name"], state["dataset"], state["model_args"],
-                conditional="num_classes" in state["model_args"]))
-        model = models.MODELS[state["model_name"]](**state["config"]).to(device)
-        model.load_state_dict(state["model"])
-    except (CorruptFileError, KeyError, RuntimeError, SettingsError) as e:
-        raise RunError("%s cannot be loaded: %s" % (path, e)) from None
-    return model, state
-
-
-def load_split(dataset: str, split: str, limit: int = 0, labels: bool = False):
-    """(x, y) of a split, the first `limit` examples if limit; y only when labels are wanted."""
-    x, y = data.load(dataset, split)
-    y = y if labels else None
-    if limit:
-        x, y = x[:limit], (None if y is None else y[:limit])
-    return x, y
-
-
 def _cond(y, index, device):
     return None if y is None else y[index].to(device)
-
-
-@torch.no_grad()
-def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
-             progress: Optional[str] = None, check_values: bool = True) -> Tuple[float, float]:
-    """Mean NLL in nats per example over x (given labels y for a class-conditional model), and
-    bits per dimension. Under torchrun each process scores every world_size-th example and the
-    sums are all-reduced. progress: a tqdm label, or None for no bar. check_values=False: x was
-    checked already (train() checks the validation split once, not every epoch)."""
-    from tqdm import tqdm
-
-    model.eval()
-    model.check_input(x, check_values)  # once, on the host: the batches then skip it
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    mine = torch.arange(rank, len(x), world_size)
-    for i in tqdm(range(0, len(mine), batch_size), desc=progress, disable=progress is None,
-                  leave=False):
-        index = mine[i : i + batch_size]
-        total -= model.log_prob(x[index].to(device), _cond(y, index, device),
-                                check_values=False).double().sum()
-    if world_size > 1:
-        torch.distributed.all_reduce(total)
-    nats = total.item() / len(x)
-    return nats, bits_per_dim(nats, x[0].numel())
 
 
 def _init_distributed(device_name):
@@ -263,8 +147,8 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
     from tqdm import tqdm
 
     ckpt_path, best_path = (os.path.join(s.out, f) for f in ("checkpoint.pt", "best.pt"))
-    meta = {"model_name": s.model, "config": dataclasses.asdict(model.config),
-            "dataset": s.dataset, "settings": dataclasses.asdict(s)}
+    meta = {**checkpoint.describe(model, s.model), "dataset": s.dataset,
+            "settings": dataclasses.asdict(s)}
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     start, history = 0, []
     if os.path.exists(ckpt_path):
@@ -347,35 +231,3 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return ckpt_path
-
-
-def save_audio_samples(model, path: str, n: int = 1, length: int = 8000, seed: int = 0,
-                       rate: int = 8000) -> torch.Tensor:
-    """Samples n mu-law clips of `length` samples and writes them one after another, with a
-    quarter second of silence between, as a 16-bit WAV; returns the samples (n, 1, length)."""
-    from fastar import audio
-
-    device = next(model.parameters()).device
-    samples = model.sample(n, length, generator=torch.Generator(device).manual_seed(seed)).cpu()
-    gap = torch.zeros(rate // 4)
-    waves = [audio.mu_law_decode(s[0], model.num_values) for s in samples]
-    audio.write_wav(path, torch.cat([w for clip in waves for w in (clip, gap)][:-1]), rate)
-    return samples
-
-
-def save_samples(model, path: str, n: int = 16, seed: int = 0,
-                 num_classes: Optional[int] = None, **sample_args) -> torch.Tensor:
-    """Samples n images (one column per class for a class-conditional model) and writes them
-    as a PNG grid; returns the samples."""
-    from fastar import plot
-
-    device = next(model.parameters()).device
-    cond, columns = None, int(math.ceil(math.sqrt(n)))
-    if num_classes:
-        columns = num_classes
-        cond = torch.arange(num_classes, device=device).repeat(max(1, n // num_classes))
-        n = len(cond)
-    samples = model.sample(n, cond, generator=torch.Generator(device).manual_seed(seed),
-                           **sample_args)
-    plot.save_image_grid(samples.cpu(), path, columns, model.num_values)
-    return samples

@@ -34,7 +34,6 @@ class OpInfo:
     fn: Optional[Callable] = None  # the public function, where it does more than call the op
     grad_args: Tuple[int, ...] = ()  # differentiable arguments; () for ops without autograd
     devices: Tuple[str, ...] = ("cpu", "cuda")
-    dtypes: Tuple[torch.dtype, ...] = FLOATS
     # gradcheck's tolerance for a second backward differing from the first (0: bit-identical).
     gradcheck_nondet_tol: float = 0.0
     # Second derivatives: checked by gradgradcheck where True, else they must raise.
@@ -58,6 +57,12 @@ class OpInfo:
     @property
     def op(self):
         return getattr(torch.ops.fastar, self.name).default
+
+    @property
+    def dtypes(self) -> Tuple[torch.dtype, ...]:
+        """As the op declares them (fastar.ops.op_dtypes): one statement for models, tests and
+        benches."""
+        return ops.op_dtypes(self.name)
 
     @property
     def mutating(self) -> bool:
@@ -324,7 +329,7 @@ def _wavenet_args(kw, B, T, device, dtype, num_given, seed):
     if c.local_channels is not None:
         local = _float((B, c.local_channels, T), dtype, device)
         local_w = torch.cat([b.local_cond.proj.weight for b in model.blocks]).t()
-    return [x, buffers, u, 0, num_given, *(w.detach() for w in model.packed_weights()),
+    return [x, buffers, u, 0, T, num_given, list(model.packed_weights()),
             list(c.dilations), c.num_mixtures if c.output == "dmol" else 0, g, local,
             None if local_w is None else local_w.detach()]
 
@@ -345,20 +350,13 @@ def wavenet_samples(device, dtype, full=False):
 
 
 def _continued(args):
-    """args set to continue at start = 6: x and buffers as a first call over x[:, :6] left
+    """args set to continue at start = 6: x and buffers as a first call over [0, 6) left
     them."""
     args = list(args)
-    x, u, local = args[0], args[2], args[18]
     first = list(args)
-    first[0] = x[:, :6].clone()
-    first[1] = args[1].clone()
-    first[2] = u[:, :6].contiguous()
-    first[18] = None if local is None else local[:, :, :6].contiguous()
+    first[0], first[1], first[4] = args[0].clone(), args[1].clone(), 6
     reference.wavenet_generate(*first)
-    args[0] = x.clone()
-    args[0][:, :6] = first[0]
-    args[1] = first[1]
-    args[3] = 6
+    args[0], args[1], args[3] = first[0], first[1], 6
     return args
 
 
@@ -388,6 +386,6 @@ OP_DB = [
            relu_linear_backward_samples, batch_outputs=(0,)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
-           fn=ops.wavenet_generate, mutated_args=(0, 1), dtypes=(torch.float32, torch.float64),
+           fn=ops.wavenet_generate, mutated_args=(0, 1),
            tol64=(1e-11, 1e-12)),
 ]

@@ -10,12 +10,7 @@ import torch
 from fastar import data
 from fastar.models import MADE, AutoregressiveModel, GatedPixelCNN, PixelCNN
 from fastar.nn import CausalConv1d
-from fastar.testing import assert_autoregressive, assert_step_matches_forward
-
-
-def _all_images(shape, num_values=2):
-    D = shape[0] * shape[1] * shape[2]
-    return torch.tensor(list(itertools.product(range(num_values), repeat=D))).view(-1, *shape)
+from fastar.testing import assert_step_matches_forward
 
 
 def _randomized(model):
@@ -37,59 +32,8 @@ SMALL = {
 
 
 @pytest.mark.parametrize("name", list(SMALL))
-@pytest.mark.parametrize("shape", [(1, 3, 3), (3, 2, 2)])
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_exact_normalization(name, shape, mode):
-    model = _randomized(SMALL[name](shape))
-    model.train(mode == "train")
-    total = model.log_prob(_all_images(shape)).exp().sum().item()
-    assert abs(total - 1) < 1e-6, total
-
-
-def _leaky(name, shape):
-    model = SMALL[name](shape)
-    if name == "MADE":
-        use = model._use  # every mask switch leaves the output layer fully connected
-
-        def leaky_use(index):
-            use(index)
-            model.out.mask.fill_(1)
-        model._use = leaky_use
-        leaky_use(model._mask_index)
-    elif name == "PixelCNN":
-        model.net[0].mask.fill_(1)  # the first layer sees the pixel it predicts
-    else:
-        first = model.layers[0]  # made type B: its horizontal stack reaches the current pixel
-        first.h_conv = torch.nn.Conv2d(shape[0], first.h_conv.out_channels,
-                                       (1, first.kernel_size // 2 + 1))
-        first.mask_type = "B"
-    return model
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-def test_models_are_autoregressive_in_their_generation_order(name):
-    assert_autoregressive(SMALL[name]((1, 3, 3)), (1, 1, 3, 3))
-    assert_autoregressive(SMALL[name]((3, 2, 2)), (1, 3, 2, 2))
-    with pytest.raises(AssertionError, match=r"not autoregressive \(%s's generation order\)"
-                                             % name):
-        assert_autoregressive(_leaky(name, (1, 3, 3)), (1, 1, 3, 3))
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-def test_a_leaking_model_is_not_normalized(name):
-    shape = (1, 3, 3)
-    model = _randomized(_leaky(name, shape)).eval()
-    total = model.log_prob(_all_images(shape)).exp().sum().item()
-    assert abs(total - 1) > 1e-3, total
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-def test_config_rebuilds_the_model(name):
-    model = _randomized(SMALL[name]((1, 3, 3))).eval()
-    twin = type(model)(**dataclasses.asdict(model.config)).double().eval()
-    twin.load_state_dict(model.state_dict())
-    x = _all_images((1, 3, 3))[::7]
-    torch.testing.assert_close(twin.log_prob(x), model.log_prob(x))
+def test_an_unknown_keyword_names_the_accepted_ones(name):
+    model = SMALL[name]((1, 3, 3))
     with pytest.raises(TypeError, match=r"%s: unknown keyword hiden_size; accepted: .*"
                                         r"image_shape" % type(model).__name__):
         type(model)(hiden_size=3)
@@ -107,23 +51,6 @@ def test_log_prob_compiles_fullgraph(name, channels, cpu_level):
     x = torch.randint(0, 2, (3, 1, 4, 4))
     compiled = torch.compile(model.log_prob, fullgraph=True)
     torch.testing.assert_close(compiled(x), model.log_prob(x))
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-def test_inputs_a_model_cannot_score_are_refused(name):
-    model = SMALL[name]((1, 3, 3))
-    x = torch.randint(0, 2, (2, 1, 3, 3))
-    with pytest.raises(ValueError, match=r"%s: expected integer x \(values in \[0, 2\)\), got "
-                                         r"dtype torch.float32" % name):
-        model.log_prob(x.float())
-    with pytest.raises(ValueError, match=r"%s: expected x of shape \(B, 1, 3, 3\), got "
-                                         r"\(2, 1, 3, 4\)" % name):
-        model.log_prob(torch.zeros(2, 1, 3, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"expected x of shape .* got \(1, 3, 3\)"):
-        model.log_prob(x[0])
-    with pytest.raises(ValueError, match=r"%s: expected values in \[0, 2\), got values in "
-                                         r"\[0, 2\]" % name):
-        model.log_prob(x * 2)
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -261,32 +188,21 @@ def test_made_builds_on_meta_and_loads_weights_after_to_empty(hidden):
                                rtol=0, atol=0)
 
 
-def test_models_run_on_the_meta_device():
-    x = torch.zeros(2, 1, 5, 4, dtype=torch.long, device="meta")
-    for cls in (PixelCNN, GatedPixelCNN):
-        model = cls(image_shape=(1, 5, 4), hidden_channels=16, num_layers=2,
-                    head_channels=16).to("meta")
-        assert model.logits(x.float()).shape == (2, 1, 5, 4)
-    made = MADE(image_shape=(1, 5, 4), hidden_sizes=(8,), num_masks=3).to("meta")
-    for mode in (True, False):
-        assert made.train(mode).log_prob(x, check_values=False).shape == (2,)
-
-
 def test_evaluate_checks_its_split_once_or_not_at_all(monkeypatch):
     # train() checks the validation split once and evaluates it every epoch with
     # check_values=False; eval checks it once, not per batch.
-    from fastar import train
+    from fastar import evaluate
     model = SMALL["PixelCNN"]((1, 3, 3))
     x = torch.randint(0, 2, (10, 1, 3, 3))
     calls = []
     aminmax = torch.aminmax
     monkeypatch.setattr(torch, "aminmax", lambda t: calls.append(1) or aminmax(t))
-    checked = train.evaluate(model, x, 4, "cpu")
+    checked = evaluate.evaluate(model, x, 4, "cpu")
     assert len(calls) == 1
-    assert train.evaluate(model, x, 4, "cpu", check_values=False) == checked
+    assert evaluate.evaluate(model, x, 4, "cpu", check_values=False) == checked
     assert len(calls) == 1
     with pytest.raises(ValueError, match="expected values in"):
-        train.evaluate(model, x * 2, 4, "cpu")
+        evaluate.evaluate(model, x * 2, 4, "cpu")
 
 
 def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):
@@ -306,41 +222,11 @@ def test_class_labels_are_checked_once_per_call_or_not_at_all(monkeypatch):
         model.sample(2, torch.tensor([0, 3]))
 
 
-@pytest.mark.parametrize("name", list(SMALL))
-@pytest.mark.parametrize("cached", [False, True])
-def test_prefix_is_kept_and_the_rest_generated(name, cached):
-    model = SMALL[name]((1, 3, 3)) if name != "MADE" else MADE(
-        image_shape=(1, 3, 3), hidden_sizes=(16,), natural_ordering=False)  # one ordering
-    model = _randomized(model).eval()
-    if cached and not model.has_cache:
-        pytest.skip("%s has no cached sampler yet" % name)
-    prefix = torch.ones(5, 1, 3, 3, dtype=torch.long)
-    order = model.generation_order((1, 3, 3))
-    out = model.sample(5, prefix=prefix, num_given=4, cached=cached,
-                       generator=torch.Generator().manual_seed(0))
-    assert (out.view(5, -1)[:, order[:4]] == 1).all()
-    assert (out.view(5, -1)[:, order[4:]] == 0).any()  # generated: not all copied
-    with pytest.raises(ValueError, match="prefix and num_given go together"):
-        model.sample(5, prefix=prefix)
-    with pytest.raises(ValueError, match=r"expected prefix of shape \(4, 1, 3, 3\), got "
-                                         r"\(5, 1, 3, 3\)"):
-        model.sample(4, prefix=prefix, num_given=2)
-
-
-def test_made_cached_sampling_equals_naive_and_steps_match_the_forward():
+def test_made_steps_match_the_forward_under_each_mask():
     model = _randomized(MADE(image_shape=(1, 4, 4), num_values=3, hidden_sizes=(12, 10),
                              num_masks=2, natural_ordering=False,
                              direct_connections=True)).eval()
-    for seed in range(3):
-        naive = model.sample(7, cached=False, generator=torch.Generator().manual_seed(seed))
-        cached = model.sample(7, cached=True, generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(naive, cached)
-    prefix = naive.clone()
-    a = model.sample(7, prefix=prefix, num_given=5, cached=False,
-                     generator=torch.Generator().manual_seed(9))
-    b = model.sample(7, prefix=prefix, num_given=5, cached=True,
-                     generator=torch.Generator().manual_seed(9))
-    assert torch.equal(a, b)
+    # The contract test checks cached == naive over the masks; here each mask's step.
     x = torch.randint(0, 3, (4, 1, 4, 4))
     for index in range(2):
         model._use(index)
@@ -358,15 +244,6 @@ def test_a_wrong_step_is_caught():
     model.step = stale_step
     with pytest.raises(AssertionError, match=r"MADE: step 1 \(position 1\) differs"):
         assert_step_matches_forward(model, torch.ones(3, 1, 2, 3, dtype=torch.long))
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-def test_samples_are_valid_and_reproducible(name):
-    model = SMALL[name]((1, 4, 4)).eval()
-    s1 = model.sample(3, generator=torch.Generator().manual_seed(1))
-    s2 = model.sample(3, generator=torch.Generator().manual_seed(1))
-    assert s1.shape == (3, 1, 4, 4) and s1.dtype == torch.int64
-    assert s1.min() >= 0 and s1.max() <= 1 and torch.equal(s1, s2)
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -568,36 +445,10 @@ def test_a_loaded_made_uses_the_mask_it_was_saved_with():
 
 
 @pytest.mark.parametrize("name", list(SMALL))
-def test_an_empty_batch_scores_to_an_empty_result(name):
-    model = SMALL[name]((1, 3, 3))
-    assert model.log_prob(torch.zeros(0, 1, 3, 3, dtype=torch.long)).shape == (0,)
-
-
-@pytest.mark.parametrize("name", list(SMALL))
 def test_binary_models_have_one_logit_per_dimension(name):
     model = SMALL[name]((1, 4, 4))
     x = torch.randint(0, 2, (3, 1, 4, 4))
     assert model.num_logits == 1 and model.conditionals(x).shape == (3, 1, 1, 4, 4)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_bernoulli_logit_scores_as_the_softmax_of_zero_and_it(dtype):
-    # Extremes included: against the float64 softmax, relative accuracy even in the tails
-    # (log p = -2e-9 at l = 20, which a float32 softmax or BCE-with-logits rounds to 0).
-    from fastar.models.base import categorical_logits, value_log_prob
-    l = torch.tensor([-1e4, -100.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 100.0, 1e4],
-                     dtype=dtype).view(1, 1, -1)
-    for value in (0, 1):
-        x = torch.full((1, 9), value)
-        truth = torch.log_softmax(categorical_logits(l.double()), dim=1)[:, value]
-        torch.testing.assert_close(value_log_prob(l, x), truth.to(dtype), rtol=1e-6, atol=1e-30)
-
-
-def test_a_model_of_one_value_is_refused():
-    from fastar.models import WaveNet
-    for cls in (MADE, PixelCNN, GatedPixelCNN, WaveNet):
-        with pytest.raises(ValueError, match="num_values must be >= 2"):
-            cls(num_values=1)
 
 
 def test_sample_counts_may_be_numpy_or_torch_integers():

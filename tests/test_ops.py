@@ -31,6 +31,27 @@ def _known_failure(request, info, *detail):
         request.applymarker(pytest.mark.xfail(strict=True, reason=info.known_failures[key]))
 
 
+def _map_tensors(fn, args):
+    """args with fn applied to every tensor, also inside list arguments (Tensor[])."""
+    return tuple([fn(t) if isinstance(t, torch.Tensor) else t for t in a] if isinstance(a, list)
+                 else fn(a) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _each_tensor_replaced(args, fn):
+    """Per tensor of args (list elements included), args with that one tensor replaced by
+    fn(tensor)."""
+    for i, a in enumerate(args):
+        for j, t in (enumerate(a) if isinstance(a, list) else [(None, a)]):
+            if isinstance(t, torch.Tensor):
+                out = list(args)
+                if j is None:
+                    out[i] = fn(t)
+                else:
+                    out[i] = list(a)
+                    out[i][j] = fn(t)
+                yield out
+
+
 def _tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -116,8 +137,8 @@ def test_reduced_precision(request, info, device, level, dtype):
 
 def _check_reduced_precision(info, device, dtype):
     for sample in info.sample_inputs(device, dtype):
-        upcast = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point()
-                       else a for a in sample.args)
+        upcast = _map_tensors(lambda a: a.double() if a.is_floating_point() else a,
+                              sample.args)
         truth = _outputs_and_grads(info.reference, upcast, info, 0, dtype)
         theirs = _outputs_and_grads(info.reference, sample.args, info, 0)
         ours = _outputs_and_grads(info.fn or info.op, sample.args, info, 0)
@@ -168,13 +189,10 @@ def test_a_meta_tensor_beside_a_real_one_raises(info):
     # Dispatch picks the fake kernel when any argument is on meta: it must check devices, or it
     # returns uninitialized memory for real inputs.
     sample = info.sample_inputs("cpu", torch.float32)[0]
-    for i, a in enumerate(sample.args):
-        if isinstance(a, torch.Tensor):
-            args = list(sample.args)
-            args[i] = a.to("meta")
-            with pytest.raises(RuntimeError, match="fastar::%s: expected .* on the same device"
-                                                   % info.name):
-                info.op(*args)
+    for args in _each_tensor_replaced(sample.args, lambda a: a.to("meta")):
+        with pytest.raises(RuntimeError, match="fastar::%s: expected .* on the same device"
+                                               % info.name):
+            info.op(*args)
 
 
 @pytest.mark.parametrize("info,device", CASES)
@@ -255,9 +273,10 @@ def _non_contiguous(t):
 def test_non_contiguous_inputs(info, device):
     for sample in info.sample_inputs(device, torch.float64)[:3]:
         for path in info.paths():
-            strided = _with_grad(tuple(_non_contiguous(a) for a in sample.args), info)
-            assert all(not a.is_contiguous() for a in strided
-                       if isinstance(a, torch.Tensor) and a.numel() > 1)
+            strided = _with_grad(_map_tensors(_non_contiguous, sample.args), info)
+            flat = [t for a in strided for t in (a if isinstance(a, list) else [a])]
+            assert all(not t.is_contiguous() for t in flat
+                       if isinstance(t, torch.Tensor) and t.numel() > 1)
             args = _with_grad(sample.args, info)
             out_strided, out = _run(path, strided, info), _run(path, args, info)
             for a, b in zip(out_strided, out):
@@ -275,7 +294,7 @@ def test_non_contiguous_inputs(info, device):
 def test_cuda_matches_cpu(info):
     # Same formulas on both backends (csrc/common/): float32 results agree to rounding.
     for sample in info.sample_inputs("cpu", torch.float32):
-        cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in sample.args)
+        cuda_args = _map_tensors(lambda a: a.cuda(), sample.args)
         for path in info.paths():
             for a, b in zip(_outputs_and_grads(path, cuda_args, info, 2),
                             _outputs_and_grads(path, sample.args, info, 2)):

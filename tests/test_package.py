@@ -34,6 +34,18 @@ def test_info_reports_the_build():
     for name, devices in fastar.ops.kernels().items():
         assert "  %s: %s" % (name, ", ".join(devices)) in out
     assert "  dmol_log_prob_with_grad: cpu\n" in out
+    assert "  masked_linear: all devices (ATen)\n" in out  # composite: runs everywhere
+
+
+def test_which_device_and_dtype_an_op_runs_on_is_declared_once():
+    import fastar.ops as ops
+
+    assert ops.supports("wavenet_generate", "cpu", torch.float64)
+    assert not ops.supports("wavenet_generate", "cpu", torch.float16)
+    assert not ops.supports("wavenet_generate", "meta", torch.float32)
+    assert ops.supports("masked_linear", "cuda", torch.float32)  # ATen, any device
+    assert ops.supports("dmol_log_prob", "cuda", torch.bfloat16) == (
+        "cuda" in ops.devices("dmol_log_prob"))
 
 
 def test_every_op_is_documented_with_shapes():

@@ -1,5 +1,3 @@
-import itertools
-
 import pytest
 import torch
 
@@ -8,7 +6,6 @@ from fastar.models import WaveNet
 from fastar.models.wavenet import Condition
 from fastar.testing import assert_autoregressive
 
-ALL_BINARY_9 = torch.tensor(list(itertools.product(range(2), repeat=9))).view(-1, 1, 9)
 
 
 def _small(**kw):
@@ -44,21 +41,6 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_exact_normalization_over_every_binary_sequence_of_length_9(name):
-    model = _small(**VARIANTS[name])
-    cond, local = _conditions(model, len(ALL_BINARY_9))
-    total = model.log_prob(ALL_BINARY_9, cond, local).exp().sum().item()
-    assert abs(total - 1) < 1e-9, total
-
-
-def test_a_leaking_wavenet_is_not_normalized():
-    model = _small()
-    model.input.shift = False  # the first layer sees the value it predicts
-    total = model.log_prob(ALL_BINARY_9).exp().sum().item()
-    assert abs(total - 1) > 1e-3, total
-
-
 @pytest.mark.parametrize("name", ["k2", "k3", "dmol"])
 def test_the_receptive_field(name):
     # Dependence is checked exactly by normalization: the one-hot input carries no gradient,
@@ -74,11 +56,12 @@ def test_the_receptive_field(name):
 def test_samples_are_valid_reproducible_and_keep_a_prefix(name):
     model = _small(**VARIANTS[name])
     cond, local = _conditions(model, 3)
-    a = model.sample(3, 9, cond, local, generator=torch.Generator().manual_seed(0))
-    b = model.sample(3, 9, cond, local, generator=torch.Generator().manual_seed(0))
+    a = model.sample(3, Condition(cond, local), length=9, generator=torch.Generator().manual_seed(0))
+    b = model.sample(3, Condition(cond, local), length=9, generator=torch.Generator().manual_seed(0))
     assert a.shape == (3, 1, 9) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
     prefix = torch.ones(3, 1, 4, dtype=torch.long)
-    c = model.sample(3, 9, cond, local, prefix=prefix, generator=torch.Generator().manual_seed(0))
+    c = model.sample(3, Condition(cond, local), length=9, prefix=prefix,
+                     generator=torch.Generator().manual_seed(0))
     assert torch.equal(c[:, :, :4], prefix)
 
 
@@ -86,51 +69,27 @@ def test_conditions_are_checked():
     model = _small(cond_channels=3, local_channels=2, upsample=3)
     x = torch.zeros(2, 1, 9, dtype=torch.long)
     local = torch.zeros(2, 2, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"WaveNet: expected a float cond of shape \(2, 3\), got "
-                                         r"none"):
-        model.log_prob(x, None, local)
-    with pytest.raises(ValueError, match=r"expected a float cond of shape \(2, 3\), got "
-                                         r"torch.int64 of shape \(2, 3\)"):
-        model.log_prob(x, torch.zeros(2, 3, dtype=torch.long), local)
-    with pytest.raises(ValueError, match=r"expected local of shape \(2, 2, >= 3\) for 9 samples "
-                                         r"at 3 samples per frame, got torch.float64 of shape "
-                                         r"\(2, 2, 2\)"):
-        model.log_prob(x, torch.zeros(2, 3, dtype=torch.float64), local[:, :, :2])
+    with pytest.raises(ValueError, match=r"WaveNet: expected a float global condition of shape "
+                                         r"\(2, 3\), got none"):
+        model.log_prob(x, Condition(None, local))
+    with pytest.raises(ValueError, match=r"expected a float global condition of shape \(2, 3\), "
+                                         r"got torch.int64 of shape \(2, 3\)"):
+        model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.long), local))
+    with pytest.raises(ValueError, match=r"expected a local condition of shape \(2, 2, >= 3\) for "
+                                         r"9 samples at 3 samples per frame, got torch.float64 of "
+                                         r"shape \(2, 2, 2\)"):
+        model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.float64), local[:, :, :2]))
+    with pytest.raises(ValueError, match="expected a local condition .* got none"):
+        model.sample(2, torch.zeros(2, 3, dtype=torch.float64), length=9)  # global alone
     with pytest.raises(ValueError, match="built without cond_channels"):
         _small().log_prob(x, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="built without local_channels"):
+        _small().sample(2, Condition(None, local), length=9)
     with pytest.raises(ValueError, match=r"WaveNet: expected values in \[0, 2\), got values in "
                                          r"\[0, 2\]"):
         _small().log_prob(x + 2 * (torch.arange(9) == 4))
     with pytest.raises(ValueError, match="output must be 'softmax' or 'dmol'"):
         WaveNet(output="logistic")
-
-
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_the_cached_step_matches_the_forward_pass(name):
-    from fastar.testing import assert_step_matches_forward
-
-    model = _small(**VARIANTS[name])
-    x = torch.randint(0, 2, (3, 1, 9))
-    cond, local = _conditions(model, 3)
-    from fastar.models.wavenet import Condition
-    assert_step_matches_forward(model, x, Condition(cond, local), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", list(VARIANTS))
-@pytest.mark.parametrize("n", [1, 3])
-def test_cached_sampling_equals_naive_sampling(name, n):
-    model = _small(**VARIANTS[name])
-    cond, local = _conditions(model, n)
-    for seed in range(2):
-        naive = model.sample(n, 9, cond, local, cached=False,
-                             generator=torch.Generator().manual_seed(seed))
-        cached = model.sample(n, 9, cond, local, cached=True,
-                              generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(naive, cached)
-    prefix = naive[:, :, :3]
-    a, b = (model.sample(n, 9, cond, local, cached=flag, prefix=prefix,
-                         generator=torch.Generator().manual_seed(7)) for flag in (False, True))
-    assert torch.equal(a, b) and torch.equal(a[:, :, :3], prefix)
 
 
 # --- the fused generation loop (fastar.ops.wavenet_generate) -----------------------------------
@@ -165,24 +124,21 @@ FUSED_VARIANTS = {**VARIANTS, "k1": {"kernel_size": 1}, "dmol-k3": {
 @pytest.mark.parametrize("name", list(FUSED_VARIANTS))
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_the_fused_loop_draws_what_the_python_step_loop_draws(name, n, cpu_level):
-    # The ladder: one wavenet_generate call == the contract's loop over model.step (float64:
-    # the same values, draw by draw), with and without a prefix. n = 1 and 2 run the kernel's
-    # team of threads, 5 its thread-per-sequences path.
-    from fastar.models.base import AutoregressiveModel
+    # The ladder: wavenet_generate calls == the contract's loop over model.step (float64: the
+    # same values, draw by draw), with and without a prefix. n = 1 and 2 run the kernel's team
+    # of threads, 5 its thread-per-sequences path.
     model = _medium(**FUSED_VARIANTS[name])
     T = 60
-    cond, local = _medium_conditions(model, n, T)
-    condition = model._condition(cond, local, n, T)
+    condition = Condition(*_medium_conditions(model, n, T))
     for prefix_len in (0, 17):
         prefix = None
         if prefix_len:
             prefix = torch.randint(0, model.num_values, (n, 1, T))
-        fused = model.sample(n, T, cond, local, generator=torch.Generator().manual_seed(2),
-                             prefix=None if prefix is None else prefix[:, :, :prefix_len])
-        stepped = AutoregressiveModel.generate(
-            model, n, (1, T), condition, cached=True, prefix=prefix,
-            num_given=prefix_len if prefix_len else None,
-            generator=torch.Generator().manual_seed(2))
+        kw = dict(prefix=prefix, num_given=prefix_len if prefix_len else None)
+        fused = model.generate(n, (1, T), condition, fused=True,
+                               generator=torch.Generator().manual_seed(2), **kw)
+        stepped = model.generate(n, (1, T), condition, fused=False,
+                                 generator=torch.Generator().manual_seed(2), **kw)
         assert torch.equal(fused, stepped)
         if prefix is not None:
             assert torch.equal(fused[:, :, :prefix_len], prefix[:, :, :prefix_len])
@@ -192,43 +148,59 @@ def _conditions_of_rows(model, n, T, cond=None, local=None):
     """The conditions as wavenet_generate takes them for n rows of length T: (each block's
     global gate bias (n, L, 2R) or None, the upsampled local condition or None, its
     projection's weight or None)."""
-    cache = model.init_cache(n, model._condition(cond, local, n, T), (1, T))
-    global_bias = None if cache.global_bias[0] is None else torch.stack(cache.global_bias, 1)
-    local_weight = None
-    if local is not None:
-        local_weight = torch.cat([b.local_cond.proj.weight for b in model.blocks]).t().detach()
-    return global_bias, cache.local, local_weight
+    cache = model.init_cache(n, Condition(cond, local), (1, T))
+    local_weight = model._packed.get(model)[-1]
+    return cache.global_bias_stacked, cache.local, local_weight
+
+
+def _buffers(model, n, fill=None):
+    c = model.config
+    shape = (n, sum(d * (c.kernel_size - 1) for d in c.dilations), c.residual_channels)
+    dtype = model.head[-1].weight.dtype
+    return torch.empty(shape, dtype=dtype) if fill is None else torch.full(shape, fill, dtype=dtype)
 
 
 def _fused(model, x, u, num_given, conditions=(None, None, None), threads=None):
     """wavenet_generate on x (n, T) (written in place) and uniforms u (n, T) with the model's
     packed weights, on `threads` threads; returns the log-probabilities."""
     c = model.config
-    buffers = torch.empty(x.shape[0], sum(d * (c.kernel_size - 1) for d in c.dilations),
-                          c.residual_channels, dtype=model.head[-1].weight.dtype)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads or saved)
     try:
-        return ops.wavenet_generate(x, buffers, u, 0, num_given, *model.packed_weights(),
-                                    c.dilations, 0, *conditions)
+        return ops.wavenet_generate(x, _buffers(model, x.shape[0]), u, 0, x.shape[1], num_given,
+                                    model.packed_weights(), c.dilations, 0, *conditions)
     finally:
         torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("name,n", [("both-k3", 3), ("dmol", 3), ("both-k3", 1)])
 def test_sampling_in_many_calls_equals_one_call(name, n):
-    # sample() runs the fused op in calls of samples_per_call samples (Ctrl-C is seen between
-    # them): a few steps per call must draw what one call draws, prefix and conditions included.
+    # generate runs the fused op in calls of about seconds_per_call (Ctrl-C is seen between
+    # them): one position per call must draw what one call draws, prefix and conditions
+    # included.
     model = _medium(**FUSED_VARIANTS[name])
     T = 40
-    cond, local = _medium_conditions(model, n, T)
+    cond = Condition(*_medium_conditions(model, n, T))
     prefix = torch.randint(0, model.num_values, (n, 1, 11))
-    one = model.sample(n, T, cond, local, prefix=prefix, num_given=9,
+    one = model.sample(n, cond, length=T, prefix=prefix, num_given=9,
                        generator=torch.Generator().manual_seed(3))
-    model.samples_per_call = 7  # 7 steps of 1 sequence, or 2 (then more) of 3, per call
-    many = model.sample(n, T, cond, local, prefix=prefix, num_given=9,
+    calls = []
+    run = model.run
+    model.run = lambda cache, start, end: calls.append(end - start) or run(cache, start, end)
+    model.seconds_per_call = 0  # one position per call
+    many = model.sample(n, cond, length=T, prefix=prefix, num_given=9,
                         generator=torch.Generator().manual_seed(3))
+    assert calls == [1] * T
     assert torch.equal(one, many) and torch.equal(one[:, :, :9], prefix[:, :, :9])
+
+
+def test_calls_grow_to_about_seconds_per_call():
+    model = _medium()
+    calls = []
+    run = model.run
+    model.run = lambda cache, start, end: calls.append(end - start) or run(cache, start, end)
+    model.sample(1, length=3000)
+    assert calls[:3] == [1, 4, 16] and sum(calls) == 3000  # then sized by the time a call took
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -272,21 +244,32 @@ def test_float32_draws_do_not_depend_on_the_threads_or_the_batch(residual_channe
 def test_continuing_a_call_equals_one_call():
     model = _medium()
     c, n, T = model.config, 3, 30
-    args = [w.detach() for w in model.packed_weights()]
+    w = model.packed_weights()
     u = torch.rand(n, T, dtype=torch.float64)
-    width = sum(d * (c.kernel_size - 1) for d in c.dilations)
     whole = torch.zeros(n, T, dtype=torch.long)
-    logp = ops.wavenet_generate(whole, torch.empty(n, width, 32, dtype=torch.float64), u, 0, 0,
-                                *args, c.dilations)
-    parts = torch.zeros(n, T, dtype=torch.long)
-    buffers = torch.empty(n, width, 32, dtype=torch.float64)
-    first = parts[:, :12].clone()
-    logp_a = ops.wavenet_generate(first, buffers, u[:, :12].contiguous(), 0, 0, *args,
-                                  c.dilations)
-    parts[:, :12] = first
-    logp_b = ops.wavenet_generate(parts, buffers, u, 12, 0, *args, c.dilations)
+    logp = ops.wavenet_generate(whole, _buffers(model, n), u, 0, T, 0, w, c.dilations)
+    parts, buffers = torch.zeros(n, T, dtype=torch.long), _buffers(model, n)
+    logp_a = ops.wavenet_generate(parts, buffers, u, 0, 12, 0, w, c.dilations)
+    assert (parts[:, 12:] == 0).all()  # nothing written past end
+    logp_b = ops.wavenet_generate(parts, buffers, u, 12, T, 0, w, c.dilations)
     assert torch.equal(parts, whole)
     torch.testing.assert_close(torch.cat([logp_a, logp_b], 1), logp, rtol=1e-13, atol=1e-13)
+
+
+def test_the_python_step_continues_the_fused_loop_and_back():
+    # One cache, one ring layout: positions [0, 10) fused, [10, 20) by steps, the rest fused
+    # draw what the fused loop alone draws.
+    model = _medium()
+    T = 30
+    alone = model.sample(2, length=T, generator=torch.Generator().manual_seed(4))
+    cache = model.prepare(2, (1, T), generator=torch.Generator().manual_seed(4))
+    assert cache.fused
+    model.run(cache, 0, 10)
+    cache.fused = False
+    model.run(cache, 10, 20)
+    cache.fused = True
+    model.run(cache, 20, T)
+    assert torch.equal(cache.x, alone)
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3])
@@ -295,14 +278,12 @@ def test_a_generation_from_the_start_never_reads_what_the_rings_held(kernel_size
     # by anything) give what zeroed ones give, short of and past the receptive field.
     model = _medium(kernel_size=kernel_size)
     c, n, T = model.config, 2, 40
-    args = [w.detach() for w in model.packed_weights()]
     u = torch.rand(n, T, dtype=torch.float64)
-    width = sum(d * (c.kernel_size - 1) for d in c.dilations)
     results = []
     for fill in (0.0, float("nan")):
         x = torch.zeros(n, T, dtype=torch.long)
-        buffers = torch.full((n, width, 32), fill, dtype=torch.float64)
-        results.append((x, ops.wavenet_generate(x, buffers, u, 0, 0, *args, c.dilations)))
+        results.append((x, ops.wavenet_generate(x, _buffers(model, n, fill), u, 0, T, 0,
+                                                model.packed_weights(), c.dilations)))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
 
@@ -311,12 +292,11 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
     model = _medium()
     c, n, T = model.config, 2, 8
     w = list(model.packed_weights())
-    width = sum(d * (c.kernel_size - 1) for d in c.dilations)
     x, u = torch.zeros(n, T, dtype=torch.long), torch.rand(n, T, dtype=torch.float64)
 
-    def call(x=x, buffers=None, u=u, start=0, num_given=0, weights=w, **kw):
-        buffers = torch.empty(n, width, 32, dtype=torch.float64) if buffers is None else buffers
-        return ops.wavenet_generate(x.clone(), buffers, u, start, num_given, *weights,
+    def call(x=x, buffers=None, u=u, start=0, end=T, num_given=0, weights=w, **kw):
+        buffers = _buffers(model, n) if buffers is None else buffers
+        return ops.wavenet_generate(x.clone(), buffers, u, start, end, num_given, weights,
                                     kw.pop("dilations", c.dilations), **kw)
 
     with pytest.raises(RuntimeError, match=r"expected the given values x\[:, :3\] in \[0, 32\), "
@@ -328,27 +308,32 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
         call(u=torch.ones(n, T, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="unsupported operation"):
         ops.wavenet_generate(torch.zeros(1, T, dtype=torch.long).expand(n, T),  # aliased
-                             torch.empty(n, width, 32, dtype=torch.float64), u, 0, 0, *w,
-                             c.dilations)
+                             _buffers(model, n), u, 0, T, 0, w, c.dilations)
     # A condition that is a view of the buffers would change under the kernel's writes.
-    buffers = torch.empty(n, width, 32, dtype=torch.float64)
+    buffers = _buffers(model, n)
     global_bias = buffers.view(-1)[:n * 5 * 64].view(n, 5, 64)
     with pytest.raises(RuntimeError, match="unsupported operation"):
         call(buffers=buffers, global_bias=global_bias)
     with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\]"):
         call(dilations=(2 ** 62,) * 5)
     with pytest.raises(RuntimeError, match="expected buffers of shape"):
-        call(buffers=torch.empty(n, width + 1, 32, dtype=torch.float64))
+        call(buffers=torch.empty(n, _buffers(model, n).shape[1] + 1, 32, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="expected u to be float64"):
         call(u=u.float())
     with pytest.raises(RuntimeError, match=r"expected start in \[0, 8\], but got -1"):
         call(start=-1)
+    with pytest.raises(RuntimeError, match=r"expected end in \[start = 3, 8\], but got 2"):
+        call(start=3, end=2)
+    with pytest.raises(RuntimeError, match=r"expected end in \[start = 0, 8\], but got 9"):
+        call(end=9)
     with pytest.raises(RuntimeError, match=r"expected num_given in \[0, 8\], but got 9"):
         call(num_given=9)
     with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\], but got 0 at layer 2"):
         call(dilations=(1, 2, 0, 8, 1))
     with pytest.raises(RuntimeError, match=r"expected out_weight of shape \(3, 32, \*\)"):
         call(dilations=(1, 2, 4))
+    with pytest.raises(RuntimeError, match=r"expected 10 packed weights \(embed, .*\), but got 9"):
+        call(weights=w[:9])
     with pytest.raises(RuntimeError, match="expected float32 or float64 weights"):
         call(weights=[t.half() for t in w])
     with pytest.raises(RuntimeError, match="expected head_bias1 to have the weights' dtype"):
@@ -371,29 +356,47 @@ def test_a_nan_mixture_mean_is_refused_whichever_component_holds_it(component, c
     with torch.no_grad():
         model.head[-1].bias[3 + component] = float("nan")  # logits, then the means
     with pytest.raises((RuntimeError, ValueError), match="define.? no distribution"):
-        model.sample(2, 6, cached=cached, generator=torch.Generator().manual_seed(0))
+        model.sample(2, length=6, cached=cached, generator=torch.Generator().manual_seed(0))
 
 
 def test_sampling_reads_the_weights_of_the_call():
-    # Packed afresh on every call: an in-place weight edit between two calls takes effect.
+    # Packed once, packed again when a parameter changes: in place (an optimizer step), through
+    # .data (no version counter moves), a new tensor behind a parameter, a loaded state dict.
     model = _medium()
-    a = model.sample(2, 30, generator=torch.Generator().manual_seed(0))
+    bias = model.head[-1].bias
+
+    def certain(value):
+        return torch.full_like(bias, -1e4).index_fill_(0, torch.tensor([value]), 0)
+
+    def draws():
+        return model.sample(2, length=30, generator=torch.Generator().manual_seed(0))
+
+    assert not bool((draws() == 7).all())
+    packed = model.packed_weights()
+    assert model.packed_weights()[0] is packed[0]  # cached while nothing changes
     with torch.no_grad():
-        model.head[-1].bias[:] = -1e4
-        model.head[-1].bias[7] = 0  # value 7 certain
-    b = model.sample(2, 30, generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(a, b) and bool((b == 7).all())
+        bias.copy_(certain(7))
+    assert bool((draws() == 7).all())
+    bias.data.copy_(certain(5))
+    assert bool((draws() == 5).all())
+    model.head[-1].bias.data = certain(3)
+    assert bool((draws() == 3).all())
+    model.load_state_dict({**model.state_dict(), "head.3.bias": certain(9)})
+    assert bool((draws() == 9).all())
+    model.input.weight.data.mul_(2)  # not the head: any parameter
+    torch.testing.assert_close(model.packed_weights()[0], model.input.weight.permute(2, 1, 0))
 
 
 @pytest.mark.parametrize("cached", [True, False])
 def test_a_negative_number_of_samples_is_refused(cached):
     with pytest.raises(ValueError, match=r"expected a number of samples n >= 0, got -1"):
-        _medium().sample(-1, 5, cached=cached)
+        _medium().sample(-1, length=5, cached=cached)
 
 
 def test_reduced_precision_models_sample_through_the_step():
     model = _medium(torch.bfloat16)
-    out = model.sample(2, 20, generator=torch.Generator().manual_seed(0))
+    assert not model.has_fused_sampler(torch.device("cpu"), torch.bfloat16)
+    out = model.sample(2, length=20, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 20) and 0 <= int(out.min()) and int(out.max()) < 32
 
 
@@ -425,12 +428,12 @@ def test_sizes_lengths_prefixes_and_positions_are_checked():
     for length in (None, 0, 2.5, True, torch.zeros(2, 3)):
         with pytest.raises(ValueError, match=r"expected the number of samples to generate, an "
                                              r"int length >= 1"):
-            model.sample(2, length)
-    assert model.sample(2, np_int(5)).shape == (2, 1, 5)
+            model.sample(2, length=length)
+    assert model.sample(2, length=np_int(5)).shape == (2, 1, 5)
     prefix = torch.ones(2, 1, 5, dtype=torch.long)
     with pytest.raises(ValueError, match=r"num_given \(7\) counts given samples, more than the "
                                          r"prefix holds \(5\)"):
-        model.sample(2, 8, prefix=prefix, num_given=7)
+        model.sample(2, length=8, prefix=prefix, num_given=7)
     cache = model.init_cache(2, None, (1, 8))
     for i in (-1, 8):
         with pytest.raises(IndexError, match=r"position %d outside the cache's \[0, 8\)" % i):

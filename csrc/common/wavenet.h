@@ -2,7 +2,8 @@
 // WaveNet's generation step: the per-value math shared by the CPU loop and the CUDA kernel of
 // wavenet_generate (ring-buffer slots, the output distribution, the inverse-CDF draw).
 //
-// Layout of the packed weights (fastar.models.WaveNet.packed_weights writes them):
+// Layout of the packed weights (the `weights` list, in the order of enum Weight below;
+// fastar.models.WaveNet.packed_weights writes them):
 //   embed (k, V, R): tap j of the input convolution for each value (a one-hot input picks a
 //   row), tap j reading the sample at t - 1 - (k - 1 - j); conv_weight (L, k R, 2R): layer l's
 //   dilated convolution transposed, input rows tap by tap (tap j reads t - d (k - 1 - j), the
@@ -16,18 +17,21 @@
 #include "common/dmol.h"
 #include "common/macros.h"
 #include "common/math.h"
+#include "common/ring.h"
 
 namespace fastar {
 namespace wavenet {
 
-// Slot of layer-ring (size = dilation * (kernel_size - 1)) that holds the block input at
-// time t >= 0 until time t + size. Times before 0 are silence: the kernels skip the taps that
-// reach them (a zero input adds nothing), so a generation from t = 0 never reads what the
-// rings held before, and never has to clear them (134 MB at batch 256 for the paper's model).
-FASTAR_HD int64_t ring_slot(int64_t t, int64_t size) {
-  const int64_t s = t % size;
-  return s < 0 ? s + size : s;
-}
+// Times before 0 are silence: the kernels skip the taps that reach them (a zero input adds
+// nothing), so a generation from t = 0 never reads what the rings (common/ring.h) held before,
+// and never has to clear them (134 MB at batch 256 for the paper's model).
+
+// The packed weights, in the order of wavenet_generate's `weights` list (fastar/ops/wavenet.py
+// names them in the same order: WEIGHTS).
+enum Weight : int64_t {
+  kEmbed, kEmbedBias, kConvWeight, kConvBias, kOutWeight, kOutBias,
+  kHeadWeight1, kHeadBias1, kHeadWeight2, kHeadBias2, kNumWeights
+};
 
 // log P(v) of value v under a one-channel discretized logistic mixture (PixelCNN++'s
 // layout, params[i * stride] for i < 3K), the value dmol_log_prob returns for x = v.

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/wavenet.h"
 
 namespace fastar {
 namespace {
@@ -58,12 +59,19 @@ void check_on(const char* arg, const at::Tensor& t, const at::Tensor& weights,
 
 WaveNetGenerateArgs prepare_wavenet_generate(
     const at::Tensor& x, const at::Tensor& buffers, const at::Tensor& u, int64_t start,
-    int64_t num_given, const at::Tensor& embed, const at::Tensor& embed_bias,
-    const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& out_weight,
-    const at::Tensor& out_bias, const at::Tensor& head_weight1, const at::Tensor& head_bias1,
-    const at::Tensor& head_weight2, const at::Tensor& head_bias2, c10::IntArrayRef dilations,
+    int64_t end, int64_t num_given, at::TensorList weights, c10::IntArrayRef dilations,
     int64_t num_mixtures, const std::optional<at::Tensor>& global_bias,
     const std::optional<at::Tensor>& local, const std::optional<at::Tensor>& local_weight) {
+  using namespace wavenet;
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kNumWeights, "fastar::", kOp,
+              ": expected ", static_cast<int64_t>(kNumWeights), " packed weights (embed, ",
+              "embed_bias, conv_weight, conv_bias, out_weight, out_bias, head_weight1, ",
+              "head_bias1, head_weight2, head_bias2), but got ", weights.size());
+  const at::Tensor &embed = weights[kEmbed], &embed_bias = weights[kEmbedBias],
+                   &conv_weight = weights[kConvWeight], &conv_bias = weights[kConvBias],
+                   &out_weight = weights[kOutWeight], &out_bias = weights[kOutBias],
+                   &head_weight1 = weights[kHeadWeight1], &head_bias1 = weights[kHeadBias1],
+                   &head_weight2 = weights[kHeadWeight2], &head_bias2 = weights[kHeadBias2];
   const auto dtype = embed.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fastar::", kOp,
               ": expected float32 or float64 weights, but got ", dtype_name(dtype));
@@ -118,9 +126,12 @@ WaveNetGenerateArgs prepare_wavenet_generate(
   check_on("u", u, embed, at::kDouble);
   TORCH_CHECK(0 <= start && start <= a.T, "fastar::", kOp, ": expected start in [0, ", a.T,
               "], but got ", start);
+  TORCH_CHECK(start <= end && end <= a.T, "fastar::", kOp, ": expected end in [start = ", start,
+              ", ", a.T, "], but got ", end);
   TORCH_CHECK(0 <= num_given && num_given <= a.T, "fastar::", kOp,
               ": expected num_given in [0, ", a.T, "], but got ", num_given);
   a.start = start;
+  a.end = end;
   a.num_given = num_given;
   for (int64_t l = 0; l < a.L; ++l) {
     // Bounded so that the ring's width, offsets and slots stay far from int64 overflow.
@@ -171,15 +182,15 @@ WaveNetGenerateArgs prepare_wavenet_generate(
   }
   // The values before start and the given ones are read as indices: out-of-range ones must not
   // reach the kernels.
-  const int64_t known = std::max(start, num_given);
+  const int64_t known = std::min(std::max(start, num_given), end);
   if (a.B > 0 && known > 0) {
     const auto [low, high] = at::aminmax(x.narrow(1, 0, known));
     const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
     TORCH_CHECK(0 <= lo && hi < a.V, "fastar::", kOp, ": expected the given values x[:, :",
                 known, "] in [0, ", a.V, "), but got values in [", lo, ", ", hi, "]");
   }
-  if (u.numel() > 0) {  // u = 1 would draw no value
-    const auto [low, high] = at::aminmax(u);
+  if (a.B > 0 && end > start) {  // u = 1 would draw no value
+    const auto [low, high] = at::aminmax(u.narrow(1, start, end - start));
     const double lo = low.item<double>(), hi = high.item<double>();
     TORCH_CHECK(0 <= lo && hi < 1, "fastar::", kOp, ": expected u in [0, 1), but got values in [",
                 lo, ", ", hi, "]");

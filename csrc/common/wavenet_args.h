@@ -13,7 +13,7 @@
 namespace fastar {
 
 struct WaveNetGenerateArgs {
-  int64_t B = 0, T = 0, start = 0, num_given = 0;
+  int64_t B = 0, T = 0, start = 0, end = 0, num_given = 0;
   int64_t V = 0, R = 0, S = 0, P = 0, L = 0, k = 0, K = 0, Cl = 0;
   int64_t width = 0;  // ring slots per sequence: the sum of dilation * (k - 1)
   std::vector<int64_t> dilations, ring_offset;  // per layer: its dilation, its first slot
@@ -24,10 +24,7 @@ struct WaveNetGenerateArgs {
 
 WaveNetGenerateArgs prepare_wavenet_generate(
     const at::Tensor& x, const at::Tensor& buffers, const at::Tensor& u, int64_t start,
-    int64_t num_given, const at::Tensor& embed, const at::Tensor& embed_bias,
-    const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& out_weight,
-    const at::Tensor& out_bias, const at::Tensor& head_weight1, const at::Tensor& head_bias1,
-    const at::Tensor& head_weight2, const at::Tensor& head_bias2, c10::IntArrayRef dilations,
+    int64_t end, int64_t num_given, at::TensorList weights, c10::IntArrayRef dilations,
     int64_t num_mixtures, const std::optional<at::Tensor>& global_bias,
     const std::optional<at::Tensor>& local, const std::optional<at::Tensor>& local_weight);
 
@@ -40,19 +37,17 @@ using WaveNetLauncher = void (*)(const WaveNetGenerateArgs& args, const at::Tens
 
 // The op's kernel for the device that `launch` serves, as the dispatcher registers it.
 template <WaveNetLauncher launch>
-at::Tensor wavenet_generate_kernel(
-    const at::Tensor& x, const at::Tensor& buffers, const at::Tensor& u, int64_t start,
-    int64_t num_given, const at::Tensor& embed, const at::Tensor& embed_bias,
-    const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& out_weight,
-    const at::Tensor& out_bias, const at::Tensor& head_weight1, const at::Tensor& head_bias1,
-    const at::Tensor& head_weight2, const at::Tensor& head_bias2, c10::IntArrayRef dilations,
-    int64_t num_mixtures, const std::optional<at::Tensor>& global_bias,
-    const std::optional<at::Tensor>& local, const std::optional<at::Tensor>& local_weight) {
+at::Tensor wavenet_generate_kernel(const at::Tensor& x, const at::Tensor& buffers,
+                                   const at::Tensor& u, int64_t start, int64_t end,
+                                   int64_t num_given, at::TensorList weights,
+                                   c10::IntArrayRef dilations, int64_t num_mixtures,
+                                   const std::optional<at::Tensor>& global_bias,
+                                   const std::optional<at::Tensor>& local,
+                                   const std::optional<at::Tensor>& local_weight) {
   const WaveNetGenerateArgs args = prepare_wavenet_generate(
-      x, buffers, u, start, num_given, embed, embed_bias, conv_weight, conv_bias, out_weight,
-      out_bias, head_weight1, head_bias1, head_weight2, head_bias2, dilations, num_mixtures,
-      global_bias, local, local_weight);
-  at::Tensor logp = at::empty({args.B, args.T - args.start}, embed.options());
+      x, buffers, u, start, end, num_given, weights, dilations, num_mixtures, global_bias,
+      local, local_weight);
+  at::Tensor logp = at::empty({args.B, args.end - args.start}, args.embed.options());
   launch(args, logp);
   finish_wavenet_generate(args, x, buffers);
   return logp;

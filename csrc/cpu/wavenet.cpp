@@ -271,12 +271,12 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
     const int64_t ring_size = g.dilations[l] * (k - 1);
     if (ring_size == 0) return;
     for (int64_t b = 0; b < nb; ++b) {
-      T* slot = ring + g.ring_offset[l] * R + (b * W + wavenet::ring_slot(t, ring_size)) * R;
+      T* slot = ring + g.ring_offset[l] * R + (b * W + ring_slot(t, ring_size)) * R;
       std::copy(input[b] + gates.lo, input[b] + gates.hi, slot + gates.lo);
     }
   };
 
-  for (int64_t t = g.start; t < g.T; ++t) {
+  for (int64_t t = g.start; t < g.end; ++t) {
     // The input convolution of the one-hot samples before t.
     for (int64_t b = 0; b < nb; ++b) {
       std::copy(embed_bias, embed_bias + R, h[b]);
@@ -315,8 +315,8 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
       }
       for (int64_t j = 0; j + 1 < k; ++j) {  // taps into the past, from the ring
         const int64_t past = t - g.dilations[l] * (k - 1 - j);
-        if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
-        const int64_t slot = wavenet::ring_slot(past, ring_size);
+        if (past < 0) continue;  // silence before the first sample (see ring_slot)
+        const int64_t slot = ring_slot(past, ring_size);
         const Rows<const T> taps{layer_ring + slot * R, W * R};
         matmul_acc_pair<I>(taps, nb, R, conv_w + (l * k + j) * R * R2, R2, gates.lo,
                            R + gates.lo, width, z);
@@ -374,7 +374,7 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
       recent[b * k + t % k] = value;
       if (rank == 0 && value >= 0) {
         if (draw) x[b * g.T + t] = value;
-        logp[(b0 + b) * (g.T - g.start) + t - g.start] = T(log_prob);
+        logp[(b0 + b) * (g.end - g.start) + t - g.start] = T(log_prob);
       }
     }
     if (!ok) return false;
@@ -387,7 +387,7 @@ constexpr int64_t kGroup = 64;
 
 template <typename T>
 void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
-  if (g.B == 0 || g.start == g.T) return;
+  if (g.B == 0 || g.start == g.end) return;
   const int threads = std::max(1, at::get_num_threads());
   const cpu::Capability level = cpu::capability();  // one level for the whole team
   std::atomic<bool> failed{false};

@@ -29,7 +29,7 @@ constexpr int kThreads = 256;
 
 template <typename T>
 struct Net {
-  int64_t T_len, start, num_given, V, R, S, P, L, k, K, Cl, width;
+  int64_t T_len, start, end, num_given, V, R, S, P, L, k, K, Cl, width;
   const int64_t* dilations;   // device copies of the per-layer values
   const int64_t* ring_offset;
   int64_t* x;
@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
   __shared__ int ok;
   int64_t* x = n.x + b * n.T_len;
   T* ring = n.ring + b * n.width * R;
-  for (int64_t t = n.start; t < n.T_len; ++t) {
+  for (int64_t t = n.start; t < n.end; ++t) {
     for (int64_t c = tid; c < R; c += kThreads) {
       T v = n.embed_bias[c];
       for (int64_t j = 0; j < n.k; ++j) {
@@ -92,8 +92,8 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
         if (n.local != nullptr) v += dot_column(local_t, n.Cl, n.local_w + l * R2, n.L * R2, c);
         for (int64_t j = 0; j + 1 < n.k; ++j) {
           const int64_t past = t - d * (n.k - 1 - j);
-          if (past < 0) continue;  // silence before the first sample (see wavenet::ring_slot)
-          const T* tap = layer_ring + wavenet::ring_slot(past, size) * R;
+          if (past < 0) continue;  // silence before the first sample (see ring_slot)
+          const T* tap = layer_ring + ring_slot(past, size) * R;
           v += dot_column(tap, R, n.conv_w + (l * n.k + j) * R * R2, R2, c);
         }
         z[c] = v + dot_column(h, R, n.conv_w + (l * n.k + n.k - 1) * R * R2, R2, c);
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
       }
       if (size > 0)  // every read of the ring at t is behind the barriers above
         for (int64_t c = tid; c < R; c += kThreads)
-          layer_ring[wavenet::ring_slot(t, size) * R + c] = h[c];
+          layer_ring[ring_slot(t, size) * R + c] = h[c];
       __syncthreads();
       T* swap = h;
       h = h_next;
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
       ok = value >= 0;
       if (value >= 0) {
         if (draw) x[t] = value;
-        n.logp[b * (n.T_len - n.start) + t - n.start] = T(log_prob);
+        n.logp[b * (n.end - n.start) + t - n.start] = T(log_prob);
       } else {
         atomicExch(n.failed, 1);
       }
@@ -147,14 +147,14 @@ __global__ void __launch_bounds__(kThreads) generate_kernel(Net<T> n) {
 
 template <typename T>
 void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
-  if (g.B == 0 || g.start == g.T) return;
+  if (g.B == 0 || g.start == g.end) return;
   const auto opts = g.x.options();
   at::Tensor host = at::empty({2 * g.L}, at::kLong);
   std::copy(g.dilations.begin(), g.dilations.end(), host.data_ptr<int64_t>());
   std::copy(g.ring_offset.begin(), g.ring_offset.end(), host.data_ptr<int64_t>() + g.L);
   const at::Tensor layers = host.to(g.x.device());
   const at::Tensor failed = at::zeros({1}, opts.dtype(at::kInt));
-  Net<T> n{g.T, g.start, g.num_given, g.V, g.R, g.S, g.P, g.L, g.k, g.K, g.Cl, g.width,
+  Net<T> n{g.T, g.start, g.end, g.num_given, g.V, g.R, g.S, g.P, g.L, g.k, g.K, g.Cl, g.width,
            layers.const_data_ptr<int64_t>(), layers.const_data_ptr<int64_t>() + g.L,
            g.x.data_ptr<int64_t>(), g.buffers.data_ptr<T>(), g.u.const_data_ptr<double>(),
            g.embed.const_data_ptr<T>(), g.embed_bias.const_data_ptr<T>(),

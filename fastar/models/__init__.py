@@ -5,7 +5,8 @@ one random stream, and a config dataclass (``model.config``) that rebuilds the m
 ``MODELS`` is the registry the command line reads: name -> model class (its ``config_class``
 holds the keywords and the paper's defaults)."""
 
-from fastar.models.base import AutoregressiveModel, Cache
+from fastar.models.base import AutoregressiveModel
+from fastar.models.cache import Cache
 from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from fastar.models.made import MADE, MADEConfig
 from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig

@@ -6,22 +6,27 @@ order of the event's positions (for images: raster order over (H, W), channels l
 
 - ``log_prob(x, cond=None, *, check_values=True) -> (B,)``: natural-log likelihood
   (``forward`` is ``log_prob``); check_values=False skips the range check of x, a GPU sync;
-- logits of ``num_logits`` per position: ``num_values`` (a softmax), except for a binary model
-  (num_values = 2), whose head outputs one logit l of value 1 (a Bernoulli: the same
-  distribution as the softmax of [0, l], at half the output layer's cost);
-- ``sample(n, ..., cached=None, prefix=None, num_given=None, generator=None)``: one generation
-  loop for every model, drawing one float64 uniform per value, up front and in generation
-  order, and inverting the conditional's CDF. Naive and cached sampling therefore consume the
-  random stream identically and return the same values for the same generator;
-- the hooks of cached sampling: ``init_cache(n, cond, event_shape) -> cache`` and
-  ``step(cache, i) -> (n, V)`` logits of the value at position ``order[i]`` given ``cache.x``
-  at every earlier position. The loop writes each drawn value into ``cache.x`` before the next
-  step, so a model's step reads the values it has not seen yet from there (WaveNet pushes the
-  last sample into its ring buffers). Models without a cache leave these unimplemented and
-  sample naively: one full ``conditionals`` pass per value.
+- ``conditionals(x, cond) -> (B, num_logits, *event_shape)``: the outputs of every position
+  in one forward pass, which the model's output head (``model.distribution``, see
+  `fastar.models.heads`: softmax, one Bernoulli logit for binary values, DMOL) scores and draws
+  from;
+- ``sample(n, cond=None, *, length=None, cached=None, prefix=None, num_given=None,
+  generator=None)``: one signature for every model (length: T of audio);
+- ``generate``: the one generation loop. It checks everything once, draws one float64 uniform
+  per value up front in generation order, builds the cache and calls ``run(cache, start, end)``
+  over chunks of positions sized to take about ``seconds_per_call`` (so Ctrl-C stops any
+  sampler, fused ones included). The default ``run`` is the naive loop (one full
+  ``conditionals`` pass per value) or the step loop (``step`` per value); a model with a fused
+  sampler declares its op (``fused_op``) and overrides ``run`` only. Naive, step and fused
+  loops consume the same uniforms and draw the same values for the same generator;
+- the hooks of cached sampling: ``init_cache(n, cond, event_shape) -> Cache`` (per-layer
+  entries, `fastar.models.cache`) and ``step(cache, i) -> (n, num_logits)``, the outputs of
+  position ``order[i]`` given ``cache.x`` at every earlier position. The loop writes each drawn
+  value into ``cache.x`` before the next step, so a model's step reads the values it has not
+  seen yet from there. Models without a cache leave these unimplemented and sample naively.
 
-``fastar.testing.assert_step_matches_forward(model, x)`` checks a model's step against one
-forward pass. Constructor keywords are a dataclass (``config_class``, nanoGPT's ``GPTConfig``
+`fastar.testing` checks a model's step against its forward pass and its cached sampler against
+the naive one. Constructor keywords are a dataclass (``config_class``, nanoGPT's ``GPTConfig``
 pattern) kept as ``model.config`` and saved in checkpoints, so a model is rebuilt from a
 checkpoint alone.
 """
@@ -29,39 +34,16 @@ checkpoint alone.
 import dataclasses
 import math
 import operator
+import time
 import typing
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import sampling
-
-
-@dataclasses.dataclass
-class Cache:
-    """What a generation loop carries between steps: the values drawn so far (n, *event_shape),
-    int64, and the condition. Models with a real cache subclass it (ring buffers, partial
-    sums); their state is written by the model's step."""
-    x: Tensor
-    cond: Optional[Tensor] = None
-
-
-def head_size(num_values: int) -> int:
-    """Logits per position of a head over num_values values: one for binary values (a
-    Bernoulli logit of value 1), num_values otherwise."""
-    return 1 if num_values == 2 else num_values
-
-
-def value_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """log p(x) per position (B, *S) from logits (B, V, *S), or from one Bernoulli logit
-    (B, 1, *S) of value 1 where x is binary: log sigmoid(+-l) = -softplus(-+l), which keeps
-    the tails (binary_cross_entropy_with_logits rounds log(1 + 2e-9) to 0 in float32)."""
-    if logits.shape[1] == 1:
-        l = logits[:, 0]
-        return -F.softplus((1 - 2 * x.to(l.dtype)) * l)
-    return torch.log_softmax(logits, dim=1).gather(1, x.long().unsqueeze(1))[:, 0]
+from fastar.models import heads
+from fastar.models.cache import Cache  # noqa: F401 (the contract's type, also here)
 
 
 def total_log_prob(per_position: Tensor) -> Tensor:
@@ -70,14 +52,6 @@ def total_log_prob(per_position: Tensor) -> Tensor:
     significant digits."""
     return per_position.flatten(1).sum(
         dim=1, dtype=torch.promote_types(per_position.dtype, torch.float32))
-
-
-def categorical_logits(logits: Tensor, dim: int = 1) -> Tensor:
-    """Logits over every value along dim: a Bernoulli logit l (size 1) becomes [0, l], the same
-    distribution; other logits pass through. Samplers and tests that enumerate values use it."""
-    if logits.shape[dim] != 1:
-        return logits
-    return torch.cat([torch.zeros_like(logits), logits], dim=dim)
 
 
 def _check_types(name: str, config) -> None:
@@ -101,9 +75,12 @@ def _check_types(name: str, config) -> None:
 class AutoregressiveModel(nn.Module):
     """Base of every model; see the module docstring for the contract. Subclasses set
     ``config_class`` and define ``event_shape``, ``conditionals`` and, for cached sampling,
-    ``init_cache`` and ``step``."""
+    ``init_cache`` and ``step``; a conditional model defines ``check_condition``; a model with
+    a fused sampler sets ``fused_op`` and overrides ``run``."""
 
     config_class: Any = None
+    fused_op: Optional[str] = None  # the fastar op that runs this model's whole loop
+    seconds_per_call = 0.5  # of generation between two returns to Python (Ctrl-C is seen there)
 
     def __init__(self, config=None, **overrides):
         super().__init__()
@@ -123,6 +100,7 @@ class AutoregressiveModel(nn.Module):
                              "nothing to learn), got %d" % (type(self).__name__, config.num_values))
         self.config = config
         self.num_values = config.num_values
+        self.distribution: heads.Head = heads.for_values(config.num_values)
 
     # --- what a subclass defines -------------------------------------------------------------
 
@@ -131,28 +109,52 @@ class AutoregressiveModel(nn.Module):
         raise NotImplementedError
 
     def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """Logits (B, num_logits, *event_shape) of every position of x given the values before
-        it in the generation order (one forward pass)."""
+        """Head outputs (B, num_logits, *event_shape) of every position of x given the values
+        before it in the generation order (one forward pass)."""
         raise NotImplementedError
 
-    def init_cache(self, n: int, cond: Optional[Tensor] = None,
+    def check_condition(self, cond: Any, batch: int, event_shape: Sequence[int],
+                        check_values: bool = True) -> Any:
+        """The condition as the model uses it, checked against what the model was built for
+        (ValueError naming what was expected and what came); called once per log_prob and
+        generate. This default is an unconditional model's: cond must be None."""
+        if cond is not None:
+            raise ValueError("%s is unconditional; got cond" % type(self).__name__)
+        return None
+
+    def init_cache(self, n: int, cond: Any = None,
                    event_shape: Optional[Sequence[int]] = None) -> Cache:
         raise NotImplementedError("%s has no cached sampler yet: sample(..., cached=False)"
                                   % type(self).__name__)
 
     def step(self, cache: Cache, i: int) -> Tensor:
-        """Logits (n, num_logits) of the value at position order[i] given cache.x before it."""
+        """Head outputs (n, num_logits) of the value at position order[i] given cache.x
+        before it."""
         raise NotImplementedError("%s has no cached sampler yet" % type(self).__name__)
+
+    def complete_prefix(self, prefix: Optional[Tensor], num_given: Optional[int],
+                        event_shape: Sequence[int]):
+        """(prefix, num_given) as generate takes them; audio models accept a shorter prefix."""
+        return prefix, num_given
 
     @property
     def num_logits(self) -> int:
-        """Head outputs per position: 1 for a binary model (a Bernoulli logit), else
-        num_values."""
-        return head_size(self.num_values)
+        """Head outputs per position (``distribution.num_outputs``): 1 for a binary model (a
+        Bernoulli logit), num_values for a softmax."""
+        return self.distribution.num_outputs
 
     @property
     def has_cache(self) -> bool:
         return type(self).init_cache is not AutoregressiveModel.init_cache
+
+    def has_fused_sampler(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the model's fused op has a kernel for this device and dtype
+        (`fastar.ops.supports`)."""
+        if self.fused_op is None:
+            return False
+        from fastar import ops
+
+        return ops.supports(self.fused_op, device, dtype)
 
     # --- shared ------------------------------------------------------------------------------
 
@@ -180,25 +182,27 @@ class AutoregressiveModel(nn.Module):
                 raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
                                  % (name, self.num_values, low, high))
 
-    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
-                 check_values: bool = True) -> Tensor:
+    def log_prob(self, x: Tensor, cond: Any = None, *, check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape). check_values=False skips
         the range check of x's values (a host sync per call on a GPU) for data already checked
         (the training CLI checks each split once); values outside [0, num_values) then give
-        meaningless numbers or an indexing error (GatedPixelCNN's class labels are checked under
-        the same flag). MADE's mask switches read nothing back either (masks are rebuilt on
-        the device from their degrees), except in a DataParallel replica."""
+        meaningless numbers or an indexing error (class labels are checked under the same
+        flag). MADE's mask switches read nothing back either (masks are rebuilt on the device
+        from their degrees), except in a DataParallel replica."""
         self.check_input(x, check_values=check_values)
-        return total_log_prob(value_log_prob(self.conditionals(x, cond), x))
+        cond = self.check_condition(cond, x.shape[0], tuple(x.shape[1:]), check_values)
+        return total_log_prob(self.distribution.log_prob(self.conditionals(x, cond), x))
 
-    def forward(self, x: Tensor, cond: Optional[Tensor] = None, *,
-                check_values: bool = True) -> Tensor:
+    def forward(self, x: Tensor, cond: Any = None, *, check_values: bool = True) -> Tensor:
         return self.log_prob(x, cond, check_values=check_values)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def sample(self, n: int, cond: Optional[Tensor] = None, *, length: Optional[int] = None,
+    def _dtype(self) -> torch.dtype:
+        return next(p for p in self.parameters() if p.is_floating_point()).dtype
+
+    def sample(self, n: int, cond: Any = None, *, length: Optional[int] = None,
                cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
                num_given: Optional[int] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
@@ -234,38 +238,72 @@ class AutoregressiveModel(nn.Module):
         self.check_input(prefix)
 
     @torch.no_grad()
-    def generate(self, n: int, event_shape: Sequence[int], cond: Optional[Tensor] = None, *,
+    def generate(self, n: int, event_shape: Sequence[int], cond: Any = None, *,
                  cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
-                 num_given: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None) -> Tensor:
+                 num_given: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 fused: Optional[bool] = None) -> Tensor:
         """The generation loop (see the module docstring). prefix: (n, *event_shape) values
         whose first num_given positions in generation order are kept (the top r rows of an
-        image in raster order: num_given = r * W * C); cached=None uses the cache where the model has one.
-        Returns int64 (n, *event_shape)."""
+        image in raster order: num_given = r * W * C); cached=None uses the cache where the
+        model has one; fused=None runs the fused op where it has a kernel for the model's
+        device and dtype (False: the Python step loop, the ladder's middle rung). Returns int64
+        (n, *event_shape)."""
+        cache = self.prepare(n, event_shape, cond, cached=cached, prefix=prefix,
+                             num_given=num_given, generator=generator, fused=fused)
+        D = cache.u.shape[1]
+        start, size = 0, 1
+        while start < D:  # chunks of about seconds_per_call: Python sees Ctrl-C in between
+            end = min(D, start + size)
+            began = time.perf_counter()
+            self.run(cache, start, end)
+            took = time.perf_counter() - began
+            start = end
+            size = max(1, min(4 * size, int(size * self.seconds_per_call / max(took, 1e-6))))
+        return cache.x
+
+    def prepare(self, n: int, event_shape: Sequence[int], cond: Any = None, *,
+                cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
+                num_given: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                fused: Optional[bool] = None) -> Cache:
+        """generate's set-up, the checks done once: the cache (model entries from init_cache
+        where cached) holding x (the prefix copied in), the uniforms and the order."""
         event_shape = tuple(event_shape)
-        D = math.prod(event_shape)
+        prefix, num_given = self.complete_prefix(prefix, num_given, event_shape)
+        self.check_prefix(n, event_shape, prefix, num_given)
+        cond = self.check_condition(cond, n, event_shape)
         if cached is None:
             cached = self.has_cache
-        self.check_prefix(n, event_shape, prefix, num_given)
         device = self._device()
-        x = torch.zeros(n, *event_shape, dtype=torch.long, device=device)
-        num_given = num_given or 0
+        D = math.prod(event_shape)
+        cache = self.init_cache(n, cond, event_shape) if cached else Cache(x=None, cond=cond)
+        cache.x = torch.zeros(n, *event_shape, dtype=torch.long, device=device)
         if prefix is not None:
-            x.copy_(prefix)
-        order = self.generation_order(event_shape).tolist()
-        u = sampling.uniforms((n, D), generator, device)  # drawn whole: one stream, any path
-        flat = x.view(n, D)
-        cache = self.init_cache(n, cond, event_shape) if cached else None
-        if cache is not None:
-            cache.x = x
-        for i, position in enumerate(order):
-            if cached:
-                logits = self.step(cache, i)
-            elif i < num_given:
+            cache.x.copy_(prefix)
+        cache.cond = cond
+        cache.u = sampling.uniforms((n, D), generator, device)  # drawn whole: one stream
+        cache.order = self.generation_order(event_shape).tolist()
+        cache.num_given = num_given or 0
+        cache.cached = cached
+        cache.fused = bool(cached and fused is not False
+                           and self.has_fused_sampler(device, self._dtype()))
+        if fused and not cache.fused:
+            raise ValueError("%s: no fused sampler for %s on %s%s" % (
+                type(self).__name__, self._dtype(), device.type,
+                "" if cached else " (cached=False asks for the naive loop)"))
+        return cache
+
+    def run(self, cache: Cache, start: int, end: int) -> None:
+        """Generates positions order[start:end] into cache.x: naive (a full forward pass per
+        value) or by steps. A fused sampler overrides this (and calls it where
+        cache.fused is False)."""
+        flat = cache.x.view(cache.x.shape[0], cache.u.shape[1])
+        for i in range(start, end):
+            position = cache.order[i]
+            if cache.cached:
+                outputs = self.step(cache, i)
+            elif i < cache.num_given:
                 continue
             else:
-                logits = self.conditionals(x, cond).flatten(2)[:, :, position]
-            if i >= num_given:
-                flat[:, position] = sampling.categorical(categorical_logits(logits, dim=-1),
-                                                         u[:, i])
-        return x
+                outputs = self.conditionals(cache.x, cache.cond).flatten(2)[:, :, position]
+            if i >= cache.num_given:
+                flat[:, position] = self.distribution.draw(outputs, cache.u[:, i])

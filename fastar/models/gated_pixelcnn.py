@@ -6,14 +6,13 @@ independently given the earlier pixels (the paper's colour masking inside the st
 implemented yet), which keeps the model normalized but weaker on colour images."""
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
-from fastar.models.base import head_size
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
 from fastar.nn.conv import run_fusing_relu
 
@@ -24,6 +23,7 @@ _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 @dataclasses.dataclass
 class GatedPixelCNNConfig:
     """num_classes: condition on labels (B,) int64; cond_channels: on vectors (B, cond_channels)."""
+    from_dataset: ClassVar[Tuple[str, ...]] = ("image_shape", "num_values")  # the data set decides
     image_shape: Tuple[int, int, int] = (1, 28, 28)
     num_values: int = 2
     hidden_channels: int = 64
@@ -56,10 +56,11 @@ class GatedPixelCNN(PixelModel):
                for _ in range(c.num_layers - 1)])
         self.head = nn.Sequential(
             nn.ReLU(), PointwiseConv2d(c.hidden_channels, c.head_channels),
-            nn.ReLU(), PointwiseConv2d(c.head_channels, C * head_size(c.num_values)))
+            nn.ReLU(), PointwiseConv2d(c.head_channels, C * self.num_logits))
 
-    def check_cond(self, cond: Optional[Tensor], batch: int, check_values: bool = True) -> None:
-        """ValueError unless cond is what the model was built for: labels (B,) in
+    def check_condition(self, cond: Optional[Tensor], batch: int, event_shape=None,
+                        check_values: bool = True) -> Optional[Tensor]:
+        """cond, after a ValueError unless it is what the model was built for: labels (B,) in
         [0, num_classes) (the range read only with check_values: a host sync on a GPU), a
         vector (B, cond_channels), or None for an unconditional model."""
         c = self.config
@@ -67,7 +68,7 @@ class GatedPixelCNN(PixelModel):
             if cond is not None:
                 raise ValueError("GatedPixelCNN: built without num_classes or cond_channels, "
                                  "so it takes no cond; got one of shape %s" % (tuple(cond.shape),))
-            return
+            return None
         if c.num_classes is not None:
             want = "integer labels of shape (%d,) in [0, %d)" % (batch, c.num_classes)
             ok = (cond is not None and cond.dtype in _LABEL_DTYPES
@@ -85,20 +86,12 @@ class GatedPixelCNN(PixelModel):
                     int(cond.min()), int(cond.max())) if cond.dtype in _LABEL_DTYPES
                 and cond.numel() and cond.device.type != "meta" else "")
             raise ValueError("GatedPixelCNN: expected cond: %s; got %s" % (want, got))
-
-    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
-                 check_values: bool = True) -> Tensor:
-        self.check_cond(cond, x.shape[0] if x.dim() else 0, check_values)  # once, not per logits
-        return super().log_prob(x, cond, check_values=check_values)
-
-    def sample(self, n: int, cond: Optional[Tensor] = None, **kwargs) -> Tensor:
-        self.check_cond(cond, n)  # once: naive sampling calls logits once per value
-        return super().sample(n, cond, **kwargs)
+        return cond
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        # Shape and dtype; the labels' range is checked by log_prob and sample, once per call
+        # Shape and dtype; the labels' range is checked by log_prob and generate, once per call
         # (direct callers of logits/conditionals get F.one_hot's error for a bad label).
-        self.check_cond(cond, x.shape[0], check_values=False)
+        self.check_condition(cond, x.shape[0], check_values=False)
         if cond is not None and self.num_classes is not None:
             cond = F.one_hot(cond.long(), self.num_classes)
         if cond is not None:

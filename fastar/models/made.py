@@ -7,14 +7,15 @@ import dataclasses
 import hashlib
 import math
 import warnings
-from typing import List, Optional, Tuple
+from typing import ClassVar, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops
-from fastar.models.base import AutoregressiveModel, Cache
+from fastar.models.base import AutoregressiveModel
+from fastar.models.cache import Cache
 
 
 _MIN_BLOCKED = 2 ** 22  # mask entries from which the blocks beat one dense product (measured)
@@ -58,6 +59,7 @@ class MADEConfig:
         direct_connections: add the masked input-to-output connections of the paper.
         seed: seeds the masks, so a model and its checkpoint agree on them.
     """
+    from_dataset: ClassVar[Tuple[str, ...]] = ("image_shape", "num_values")  # the data set decides
     image_shape: Tuple[int, int, int] = (1, 28, 28)
     num_values: int = 2
     hidden_sizes: Tuple[int, ...] = (500,)
@@ -255,7 +257,6 @@ class MADE(AutoregressiveModel):
 
     def init_cache(self, n: int, cond: Optional[Tensor] = None,
                    event_shape=None) -> _MADECache:
-        self._check_cond(cond)
         device, dtype = self.out.weight.device, self.out.weight.dtype
         cache = _MADECache(x=torch.zeros(n, *self.image_shape, dtype=torch.long, device=device))
         if self.hidden:
@@ -289,16 +290,12 @@ class MADE(AutoregressiveModel):
             self._order, self._order_for = self.generation_order(None), index
         return self._order
 
-    def _check_cond(self, cond):
-        if cond is not None:
-            raise ValueError("MADE is unconditional; got cond")
-
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
                  check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, C, H, W). Training mode uses the next
         mask in turn; evaluation averages the probabilities over all masks. check_values: as
         AutoregressiveModel.log_prob (checked once, not once per mask)."""
-        self._check_cond(cond)
+        self.check_condition(cond, x.shape[0] if x.dim() else 0, ())
         self.check_input(x, check_values=check_values)
         if self.training or self.num_masks == 1:
             if self.training and self.num_masks > 1:
@@ -323,7 +320,7 @@ class MADE(AutoregressiveModel):
         averaged distribution exactly; then the rows of each mask are generated together, each
         in its mask's ordering (so num_given counts values in that ordering; see
         `AutoregressiveModel.generate` for the other arguments)."""
-        self._check_cond(cond)
+        self.check_condition(cond, n, self.image_shape)
         self.check_prefix(n, self.image_shape, prefix, num_given)
         device = self.out.weight.device
         which = torch.randint(self.num_masks, (n,), generator=generator, device=device)

@@ -5,18 +5,18 @@ on binarized MNIST). Defaults are sized for binarized MNIST; the paper does not 
 widths, so hidden_channels and num_layers are our choice."""
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
-from fastar.models.base import head_size
 from fastar.nn import MaskedConv2d
 from fastar.nn.conv import run_fusing_relu
 
 
 @dataclasses.dataclass
 class PixelCNNConfig:
+    from_dataset: ClassVar[Tuple[str, ...]] = ("image_shape", "num_values")  # the data set decides
     image_shape: Tuple[int, int, int] = (1, 28, 28)
     num_values: int = 2
     hidden_channels: int = 48
@@ -56,9 +56,8 @@ class PixelCNN(PixelModel):
             MaskedConv2d(C, c.hidden_channels, 7, "A", groups),
             *[_ResidualBlock(c.hidden_channels, groups) for _ in range(c.num_layers)],
             nn.ReLU(), MaskedConv2d(c.hidden_channels, c.head_channels, 1, "B", groups),
-            nn.ReLU(), MaskedConv2d(c.head_channels, C * head_size(c.num_values), 1, "B", groups))
+            nn.ReLU(), MaskedConv2d(c.head_channels, C * self.num_logits, 1, "B", groups))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        if cond is not None:
-            raise ValueError("PixelCNN is unconditional; got cond")
+        self.check_condition(cond, x.shape[0], x.shape[1:])
         return run_fusing_relu(self.net, self.scale_input(x))

@@ -29,22 +29,25 @@ _extension.load()
 
 # After load: the registrations below need the op schemas.
 from fastar.ops._common import (cpu_capabilities, cpu_capability,  # noqa: E402
-                                current_implementation, force_cpu_capability, implementation)
+                                current_implementation, devices, force_cpu_capability,
+                                implementation, is_composite, op_dtypes, supports)
 from fastar.ops.dmol import dmol_log_prob  # noqa: E402
 from fastar.ops.gated import gated_activation  # noqa: E402
 from fastar.ops.masked_linear import masked_linear, staircase_blocks  # noqa: E402
 from fastar.ops.relu import relu_linear  # noqa: E402
 from fastar.ops.wavenet import wavenet_generate  # noqa: E402
 
-__all__ = ["cpu_capabilities", "cpu_capability", "current_implementation", "dmol_log_prob",
-           "force_cpu_capability", "gated_activation", "implementation", "kernels",
-           "masked_linear", "relu_linear", "staircase_blocks", "wavenet_generate"]
+__all__ = ["cpu_capabilities", "cpu_capability", "current_implementation", "devices",
+           "dmol_log_prob", "force_cpu_capability", "gated_activation", "implementation",
+           "is_composite", "kernels", "masked_linear", "op_dtypes", "relu_linear",
+           "staircase_blocks", "supports", "wavenet_generate"]
 
 
 def kernels() -> Dict[str, List[str]]:
-    """Every `fastar::` op schema with the devices that have a kernel for it in this build,
-    e.g. {"dmol_log_prob_with_grad": ["cpu"], ...}."""
-    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastar::"))
-    return {n.split("::", 1)[1]: [d.lower() for d in ("CPU", "CUDA")
-                                  if torch._C._dispatch_has_kernel_for_dispatch_key(n, d)]
-            for n in names}
+    """Every `fastar::` op schema with where it runs in this build: the devices with a kernel
+    of ours ("cpu", "cuda"), and "all devices (ATen)" for an op with one ATen implementation
+    for every device, e.g. {"dmol_log_prob_with_grad": ["cpu"], "masked_linear":
+    ["all devices (ATen)"], ...}."""
+    names = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
+                   if n.startswith("fastar::"))
+    return {n: devices(n) + (["all devices (ATen)"] if is_composite(n) else []) for n in names}

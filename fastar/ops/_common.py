@@ -3,7 +3,7 @@ double-backward guard."""
 
 import contextlib
 import threading
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 
@@ -123,3 +123,40 @@ def check_same_device(op: str, main: str, like: torch.Tensor, **others) -> None:
         if t is not None:
             torch._check(t.device == like.device, lambda: "fastar::%s: expected %s on the same "
                          "device as %s (%s), but got %s" % (op, arg, main, like.device, t.device))
+
+
+# --- where each op runs: declared once per op (its module calls declare_dtypes), read by models
+# (is there a fused sampler for this model?), tests and benches alike through supports().
+
+_DTYPES: Dict[str, Tuple[torch.dtype, ...]] = {}
+
+
+def declare_dtypes(op: str, dtypes: Tuple[torch.dtype, ...]) -> Tuple[torch.dtype, ...]:
+    """Records the dtypes op's kernels take (FLOATING where an op does not declare them)."""
+    _DTYPES[op] = tuple(dtypes)
+    return _DTYPES[op]
+
+
+def op_dtypes(op: str) -> Tuple[torch.dtype, ...]:
+    return _DTYPES.get(op, FLOATING)
+
+
+def is_composite(op: str) -> bool:
+    """True for an op with one ATen implementation for every device (CompositeExplicitAutograd):
+    it runs wherever PyTorch runs, with or without a device kernel of ours."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastar::" + op,
+                                                          "CompositeExplicitAutograd")
+
+
+def devices(op: str) -> List[str]:
+    """The device types with a kernel of op compiled in this build ("cpu", "cuda")."""
+    return [d.lower() for d in ("CPU", "CUDA")
+            if torch._C._dispatch_has_kernel_for_dispatch_key("fastar::" + op, d)]
+
+
+def supports(op: str, device, dtype: torch.dtype) -> bool:
+    """Whether `fastar.ops.<op>` runs on device (a torch.device or its name) in dtype in this
+    build: its declared dtypes, and a kernel for that device type or one for all devices."""
+    device_type = torch.device(device).type
+    return dtype in op_dtypes(op) and (device_type in devices(op) or (
+        is_composite(op) and device_type != "meta"))

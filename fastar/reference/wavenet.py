@@ -8,39 +8,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastar.ring import RingBuffer
+from fastar.reference.categorical import categorical
 from fastar.reference.dmol import dmol_log_prob
 
 
-def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, num_given: int,
-                     embed: Tensor, embed_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor,
-                     out_weight: Tensor, out_bias: Tensor, head_weight1: Tensor,
-                     head_bias1: Tensor, head_weight2: Tensor, head_bias2: Tensor,
-                     dilations: Sequence[int], num_mixtures: int = 0,
-                     global_bias: Optional[Tensor] = None, local: Optional[Tensor] = None,
+def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, end: int,
+                     num_given: int, weights: Sequence[Tensor], dilations: Sequence[int],
+                     num_mixtures: int = 0, global_bias: Optional[Tensor] = None,
+                     local: Optional[Tensor] = None,
                      local_weight: Optional[Tensor] = None) -> Tensor:
-    """Steps t = start .. T - 1 of x (B, T), in place in x and buffers; returns
-    log p(x_t | x_<t), (B, T - start). See fastar.ops.wavenet_generate."""
-    from fastar.sampling import categorical  # fastar.sampling imports this package
-
+    """Steps t = start .. end - 1 of x (B, T), in place in x and buffers; returns
+    log p(x_t | x_<t), (B, end - start). See fastar.ops.wavenet_generate."""
+    (embed, embed_bias, conv_weight, conv_bias, out_weight, out_bias, head_weight1, head_bias1,
+     head_weight2, head_bias2) = weights
     k, V, R = embed.shape
     B, T = x.shape
-    offsets = [0]
+    rings, offset = [], 0
     for d in dilations:
-        offsets.append(offsets[-1] + d * (k - 1))
+        rings.append(RingBuffer(buffers[:, offset:offset + d * (k - 1)]))
+        offset += d * (k - 1)
     logps = []
-    for t in range(start, T):
+    for t in range(start, end):
         h = embed_bias.expand(B, R)
         for j in range(k):
             if t - 1 - (k - 1 - j) >= 0:
                 h = h + embed[j][x[:, t - 1 - (k - 1 - j)]]
         skip = 0
         local_bias = None if local is None else local[:, :, t] @ local_weight
-        for l, d in enumerate(dilations):
-            size = d * (k - 1)
-            ring = buffers[:, offsets[l]:offsets[l + 1]]
-            # Before time 0, silence: what the ring held before is never read.
-            inputs = [ring[:, (t - d * (k - 1 - j)) % size] if t - d * (k - 1 - j) >= 0
-                      else torch.zeros_like(h) for j in range(k - 1)] + [h]
+        for l, (d, ring) in enumerate(zip(dilations, rings)):
+            inputs = [ring.read(t - d * (k - 1 - j)) for j in range(k - 1)] + [h]
             z = conv_bias[l] + torch.cat(inputs, dim=1) @ conv_weight[l]
             if global_bias is not None:
                 z = z + global_bias[:, l]
@@ -48,8 +45,7 @@ def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, num_give
                 z = z + local_bias[:, l * 2 * R:(l + 1) * 2 * R]
             a = torch.tanh(z[:, :R]) * torch.sigmoid(z[:, R:])
             o = out_bias[l] + a @ out_weight[l]
-            if size:  # after the reads: slot t % size held the input at t - size
-                ring[:, t % size] = h
+            ring.push(t, h)
             h, skip = h + o[:, :R], skip + o[:, R:]
         logits = F.relu(F.relu(skip) @ head_weight1 + head_bias1) @ head_weight2 + head_bias2
         if logits.shape[1] == 1 and V == 2:  # one Bernoulli logit l: the logits [0, l]

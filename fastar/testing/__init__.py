@@ -151,6 +151,45 @@ def assert_step_matches_forward(model: nn.Module, x: Tensor, cond: Optional[Tens
             flat_cache[:, position] = flat_x[:, position]
 
 
+def assert_cached_matches_naive(model: nn.Module, n: int, cond=None, *,
+                                length: Optional[int] = None, seeds: Sequence[int] = (0, 1),
+                                num_given: Optional[int] = None) -> None:
+    """Samples n values of the model (its event shape; length for audio) naively (one forward
+    pass per value) and cached (its step loop, and its fused sampler where it has one) from the
+    same seeds, without and with a prefix (the first num_given values of a naive sample, by
+    default a third of them, in generation order); raises AssertionError naming the sampler,
+    the seed and the first differing position unless every draw agrees. Use a float64 model:
+    in float32 rounding can move a draw that lies near a CDF step."""
+    name = type(model).__name__
+    shape = tuple(model.event_shape(length))
+    D = math.prod(shape)
+    fused = [None] + ([False] if model.has_fused_sampler(model._device(), model._dtype())
+                      else [])
+
+    def draws(cached, fused, seed, prefix=None, given=None):
+        return model.generate(n, shape, cond, cached=cached, fused=fused if cached else None,
+                              prefix=prefix, num_given=given,
+                              generator=torch.Generator().manual_seed(seed))
+
+    def compare(naive, got, what):
+        if not torch.equal(naive, got):
+            where = (naive != got).reshape(n, -1).any(0).nonzero()[0, 0].item()
+            raise AssertionError("%s: %s sampling differs from naive sampling, first at flat "
+                                 "position %d" % (name, what, where))
+
+    for seed in seeds:
+        naive = draws(False, None, seed)
+        for f in fused:
+            compare(naive, draws(True, f, seed), "cached (%s, seed %d)" % (
+                "step loop" if f is False else "default loop", seed))
+    given = D // 3 if num_given is None else num_given
+    naive = draws(False, None, 7, naive, given)
+    for f in fused:
+        compare(naive, draws(True, f, 7, naive.clone(), given),
+                "cached with a prefix of %d (%s)" % (given, "step loop" if f is False else
+                                                       "default loop"))
+
+
 class PixelCNNStack(nn.Module):
     """``layers`` masked 3x3 convolutions (type A, then B): PixelCNN's stack, blind spot and
     all. Input (N, 1, H, W)."""

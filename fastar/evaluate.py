@@ -1,0 +1,77 @@
+"""Scoring a model on a split and writing what it samples: the NLL in nats and bits/dim (under
+torchrun, split over the processes), a PNG grid of images or a WAV of audio clips."""
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from fastar import data
+from fastar.nn import bits_per_dim
+
+
+def load_split(dataset: str, split: str, limit: int = 0, labels: bool = False):
+    """(x, y) of a split, the first `limit` examples if limit; y only when labels are wanted."""
+    x, y = data.load(dataset, split)
+    y = y if labels else None
+    if limit:
+        x, y = x[:limit], (None if y is None else y[:limit])
+    return x, y
+
+
+def _cond(y, index, device):
+    return None if y is None else y[index].to(device)
+
+
+@torch.no_grad()
+def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
+             progress: Optional[str] = None, check_values: bool = True) -> Tuple[float, float]:
+    """Mean NLL in nats per example over x (given labels y for a class-conditional model), and
+    bits per dimension. Under torchrun each process scores every world_size-th example and the
+    sums are all-reduced. progress: a tqdm label, or None for no bar. check_values=False: x was
+    checked already (train() checks the validation split once, not every epoch)."""
+    from tqdm import tqdm
+
+    model.eval()
+    model.check_input(x, check_values)  # once, on the host: the batches then skip it
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    mine = torch.arange(rank, len(x), world_size)
+    for i in tqdm(range(0, len(mine), batch_size), desc=progress, disable=progress is None,
+                  leave=False):
+        index = mine[i : i + batch_size]
+        total -= model.log_prob(x[index].to(device), _cond(y, index, device),
+                                check_values=False).double().sum()
+    if world_size > 1:
+        torch.distributed.all_reduce(total)
+    nats = total.item() / len(x)
+    return nats, bits_per_dim(nats, x[0].numel())
+
+
+def save_samples(model, path: str, n: Optional[int] = None, seed: int = 0,
+                 num_classes: Optional[int] = None, length: int = 8000, rate: int = 8000,
+                 **sample_args) -> torch.Tensor:
+    """Samples a model and writes what a person looks at or listens to; returns the samples.
+    Images: n (default 16) as a PNG grid, one column per class for a class-conditional model.
+    Audio (event (1, T)): n (default 1) mu-law clips of `length` samples one after another, a
+    quarter second of silence between, as a 16-bit WAV at `rate`."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    if len(model.event_shape(length)) == 2:  # audio (1, T)
+        from fastar import audio
+
+        samples = model.sample(n or 1, length=length, generator=generator, **sample_args).cpu()
+        gap = torch.zeros(rate // 4)
+        waves = [audio.mu_law_decode(s[0], model.num_values) for s in samples]
+        audio.write_wav(path, torch.cat([w for clip in waves for w in (clip, gap)][:-1]), rate)
+        return samples
+    from fastar import plot
+
+    n = n or 16
+    cond, columns = None, int(math.ceil(math.sqrt(n)))
+    if num_classes:
+        columns = num_classes
+        cond = torch.arange(num_classes, device=device).repeat(max(1, n // num_classes))
+        n = len(cond)
+    samples = model.sample(n, cond, generator=generator, **sample_args)
+    plot.save_image_grid(samples.cpu(), path, columns, model.num_values)
+    return samples

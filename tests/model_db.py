@@ -1,0 +1,129 @@
+"""One description per model (Hugging Face's GenerationTesterMixin idea, as op_db is for ops):
+how to build a small one, its variants, the conditions it takes and how to make it leak.
+tests/test_model_contract.py runs the generic checks of fastar.models.base's contract on every
+entry; a model's own test file keeps only what the model means. Adding a model = one entry."""
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from fastar.models import MADE, GatedPixelCNN, PixelCNN, WaveNet
+from fastar.models.wavenet import Condition
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    name: str
+    # A small model of the variant's keywords for an event shape (images: (C, H, W); audio:
+    # (1, T)), float64 with weights away from the initialisation.
+    build: Callable[..., torch.nn.Module]
+    variants: Dict[str, Dict[str, Any]]
+    # Tiny event shapes over which exp(log_prob) is summed (binary values): exact normalization.
+    tiny_shapes: List[Tuple[int, ...]]
+    # The condition of n examples for a model (None: unconditional).
+    condition: Callable[[torch.nn.Module, int, Tuple[int, ...]], Any] = lambda m, n, s: None
+    # Makes a model of the tiny shape leak a value into its own conditional (in place).
+    leak: Optional[Callable[[torch.nn.Module], None]] = None
+    # Whether gradients reach the input (an integer cast such as one_hot stops them, and
+    # assert_autoregressive says so instead of passing).
+    gradients_reach_input: bool = True
+    audio: bool = False
+
+    def make(self, variant: str, shape: Tuple[int, ...]) -> torch.nn.Module:
+        model = self.build(shape, **self.variants[variant]).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.5)
+        return model.eval()
+
+
+def _made(shape, **kw):
+    return MADE(**{"image_shape": shape, "hidden_sizes": (16, 16), **kw})
+
+
+def _leak_made(model):
+    use = model._use  # every mask switch leaves the output layer fully connected
+
+    def leaky_use(index):
+        use(index)
+        model.out.mask.fill_(1)
+    model._use = leaky_use
+    leaky_use(model._mask_index)
+
+
+def _pixelcnn(shape, **kw):
+    return PixelCNN(**{"image_shape": shape, "hidden_channels": 6, "num_layers": 2,
+                       "head_channels": 6, **kw})
+
+
+def _leak_pixelcnn(model):
+    model.net[0].mask.fill_(1)  # the first layer sees the pixel it predicts
+
+
+def _gated(shape, **kw):
+    return GatedPixelCNN(**{"image_shape": shape, "hidden_channels": 4, "num_layers": 2,
+                            "head_channels": 6, **kw})
+
+
+def _gated_condition(model, n, shape):
+    c = model.config
+    g = torch.Generator().manual_seed(3)
+    if c.num_classes is not None:
+        return torch.randint(0, c.num_classes, (n,), generator=g)
+    if c.cond_channels is not None:
+        return torch.randn(n, c.cond_channels, generator=g, dtype=torch.float64)
+    return None
+
+
+def _leak_gated(model):
+    first = model.layers[0]  # made type B: its horizontal stack reaches the current pixel
+    first.h_conv = torch.nn.Conv2d(first.h_conv.in_channels, first.h_conv.out_channels,
+                                   (1, first.kernel_size // 2 + 1)).double()
+    first.mask_type = "B"
+
+
+def _wavenet(shape, **kw):
+    return WaveNet(**{"num_values": 2, "residual_channels": 4, "skip_channels": 6,
+                      "dilations": (1, 2, 1, 4), **kw})
+
+
+def _wavenet_condition(model, n, shape):
+    c, g = model.config, torch.Generator().manual_seed(3)
+    global_ = None if c.cond_channels is None else torch.randn(
+        n, c.cond_channels, generator=g, dtype=torch.float64)
+    local = None if c.local_channels is None else torch.randn(
+        n, c.local_channels, -(-shape[-1] // c.upsample), generator=g, dtype=torch.float64)
+    return Condition(global_, local)
+
+
+def _leak_wavenet(model):
+    model.input.shift = False  # the first layer sees the value it predicts
+
+
+MODEL_DB = [
+    ModelInfo("MADE", _made, {
+        "one-mask": {}, "masks-orders-direct": {"num_masks": 3, "natural_ordering": False,
+                                                "direct_connections": True},
+        "three-values": {"num_values": 3, "hidden_sizes": (12,)}},
+        tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_made),
+    ModelInfo("PixelCNN", _pixelcnn, {"binary": {}, "three-values": {"num_values": 3}},
+              tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_pixelcnn),
+    ModelInfo("GatedPixelCNN", _gated, {
+        "plain": {}, "classes": {"num_classes": 3}, "vector": {"cond_channels": 5}},
+        tiny_shapes=[(1, 3, 3), (3, 2, 2)], condition=_gated_condition, leak=_leak_gated),
+    ModelInfo("WaveNet", _wavenet, {
+        "k2": {}, "k3": {"kernel_size": 3}, "global-local": {
+            "kernel_size": 3, "cond_channels": 3, "local_channels": 2, "upsample": 2},
+        "dmol": {"output": "dmol", "num_mixtures": 2}, "three-values": {"num_values": 3}},
+        tiny_shapes=[(1, 9)], condition=_wavenet_condition, leak=_leak_wavenet,
+        gradients_reach_input=False, audio=True),
+]
+
+
+def cases(filter: Callable[[ModelInfo], bool] = lambda info: True):
+    """(info, variant) pairs for pytest.mark.parametrize, with readable ids."""
+    import pytest
+
+    return [pytest.param(info, variant, id="%s-%s" % (info.name, variant))
+            for info in MODEL_DB if filter(info) for variant in info.variants]

@@ -1,0 +1,192 @@
+"""The generation contract (fastar.models.base), checked on every entry of tests/model_db.py:
+exact normalization and its leaking twin, the autoregressive property, step == forward,
+cached == naive (fused == step where a fused sampler exists), a checkpoint round trip, empty
+batches, the meta device and the inputs a model must refuse."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from fastar import checkpoint
+from fastar.testing import (assert_autoregressive, assert_cached_matches_naive,
+                            assert_step_matches_forward)
+from model_db import cases
+
+_MAX_ENUMERATED = 20000  # inputs summed over for exact normalization
+
+
+def _every_input(shape, num_values):
+    D = math.prod(shape)
+    return torch.tensor(list(itertools.product(range(num_values), repeat=D))).view(-1, *shape)
+
+
+def _one_condition_for(info, model, n, shape):
+    """One example's condition repeated n times: a sum over every input is then a sum over one
+    distribution."""
+    cond = info.condition(model, 1, shape)
+    if cond is None:
+        return None
+    if isinstance(cond, tuple):
+        return type(cond)(*(None if t is None else t.expand(n, *t.shape[1:]) for t in cond))
+    return cond.expand(n, *cond.shape[1:])
+
+
+def _shapes(info, model):
+    return [s for s in info.tiny_shapes if model.num_values ** math.prod(s) <= _MAX_ENUMERATED]
+
+
+@pytest.mark.parametrize("info,variant", cases())
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_exact_normalization(info, variant, mode):
+    for shape in info.tiny_shapes:
+        model = info.make(variant, shape).train(mode == "train")
+        if shape not in _shapes(info, model):
+            continue
+        x = _every_input(shape, model.num_values)
+        total = model.log_prob(x, _one_condition_for(info, model, len(x), shape)).exp().sum()
+        total = total.item()
+        assert abs(total - 1) < 1e-6, (shape, total)
+
+
+@pytest.mark.parametrize("info,variant", cases(lambda i: i.leak is not None))
+def test_a_leaking_variant_is_not_normalized_and_not_autoregressive(info, variant):
+    shape = info.tiny_shapes[0]
+    model = info.make(variant, shape)
+    info.leak(model)
+    x = _every_input(shape, model.num_values)
+    total = model.log_prob(x, _one_condition_for(info, model, len(x), shape)).exp().sum().item()
+    assert abs(total - 1) > 1e-3, total
+    if info.gradients_reach_input:
+        with pytest.raises(AssertionError, match="not autoregressive"):
+            assert_autoregressive(model, (1, *shape), cond=info.condition(model, 1, shape))
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_autoregressive_in_the_generation_order(info, variant):
+    for shape in info.tiny_shapes:
+        model = info.make(variant, shape)
+        cond = info.condition(model, 2, shape)
+        if info.gradients_reach_input:
+            assert_autoregressive(model, (2, *shape), cond=cond)
+        else:  # normalization is the check (above); this one must say it cannot see
+            with pytest.raises(ValueError, match="no gradient reaches"):
+                assert_autoregressive(model, (2, *shape), cond=cond)
+
+
+def _sample_shape(info):
+    return (1, 10) if info.audio else (1, 3, 4)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_the_step_matches_the_forward_pass(info, variant):
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    if not model.has_cache:
+        pytest.skip("%s has no cached sampler yet" % info.name)
+    if info.name == "MADE":
+        shape = model.image_shape
+    x = torch.randint(0, model.num_values, (3, *shape))
+    assert_step_matches_forward(model, x, info.condition(model, 3, shape), rtol=1e-12,
+                                atol=1e-12)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+@pytest.mark.parametrize("n", [1, 3])
+def test_cached_sampling_draws_what_naive_sampling_draws(info, variant, n):
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    if not model.has_cache:
+        pytest.skip("%s has no cached sampler yet" % info.name)
+    length = shape[-1] if info.audio else None
+    assert_cached_matches_naive(model, n, info.condition(model, n, shape), length=length)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_a_prefix_is_kept_and_samples_are_valid_and_reproducible(info, variant):
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    shape = tuple(model.event_shape(shape[-1]))
+    length = shape[-1] if info.audio else None
+    cond = info.condition(model, 4, shape)
+    prefix = torch.randint(0, model.num_values, (4, *shape))
+    order = model.generation_order(shape)
+    for cached in (False, True) if model.has_cache else (False,):
+        kw = dict(length=length, cached=cached)
+        a = model.sample(4, cond, prefix=prefix, num_given=5, **kw,
+                         generator=torch.Generator().manual_seed(0))
+        b = model.sample(4, cond, prefix=prefix, num_given=5, **kw,
+                         generator=torch.Generator().manual_seed(0))
+        assert a.shape == (4, *shape) and a.dtype == torch.int64 and torch.equal(a, b)
+        assert 0 <= int(a.min()) and int(a.max()) < model.num_values
+        if getattr(model, "num_masks", 1) == 1:  # several MADE masks: an order per sample
+            assert torch.equal(a.view(4, -1)[:, order[:5]], prefix.view(4, -1)[:, order[:5]])
+    with pytest.raises(ValueError, match="prefix and num_given go together"):
+        model.sample(4, cond, length=length, num_given=3)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_the_config_rebuilds_the_model_through_a_checkpoint(info, variant, tmp_path):
+    shape = info.tiny_shapes[0]
+    model = info.make(variant, shape)
+    path = str(tmp_path / "model.pt")
+    checkpoint.save(model, path)
+    loaded, state = checkpoint.load_model(path)
+    assert loaded.config == model.config and state["config"]
+    x = torch.randint(0, model.num_values, (5, *shape))
+    cond = info.condition(model, 5, shape)
+    torch.testing.assert_close(loaded.double().eval().log_prob(x, cond), model.log_prob(x, cond),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_an_empty_batch_scores_and_samples_to_empty_results(info, variant):
+    shape = info.tiny_shapes[0]
+    model = info.make(variant, shape)
+    assert model.log_prob(torch.zeros(0, *shape, dtype=torch.long),
+                          info.condition(model, 0, shape)).shape == (0,)
+    length = shape[-1] if info.audio else None
+    for cached in (False, True) if model.has_cache else (False,):
+        out = model.sample(0, info.condition(model, 0, shape), length=length, cached=cached)
+        assert out.shape == (0, *shape)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_the_model_runs_on_the_meta_device(info, variant):
+    shape = info.tiny_shapes[0]
+    model = info.make(variant, shape).to("meta")
+    cond = info.condition(model, 2, shape)
+    if cond is not None:
+        cond = type(cond)(*(None if t is None else t.to("meta") for t in cond)) if isinstance(
+            cond, tuple) else cond.to("meta")
+    x = torch.zeros(2, *shape, dtype=torch.long, device="meta")
+    assert model.log_prob(x, cond, check_values=False).shape == (2,)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_inputs_a_model_cannot_use_are_refused(info, variant):
+    shape = info.tiny_shapes[0]
+    model = info.make(variant, shape)
+    name, V = info.name, model.num_values
+    x = torch.randint(0, V, (2, *shape))
+    cond = info.condition(model, 2, shape)
+    with pytest.raises(ValueError, match=r"%s: expected integer x \(values in \[0, %d\)\), got "
+                                         r"dtype torch.float64" % (name, V)):
+        model.log_prob(x.double(), cond)
+    with pytest.raises(ValueError, match=r"%s: expected x of shape \(B, .*\), got" % name):
+        model.log_prob(x.unsqueeze(1), cond)
+    with pytest.raises(ValueError, match=r"%s: expected values in \[0, %d\), got values in "
+                                         r"\[0, %d\]" % (name, V, V)):
+        model.log_prob(torch.where(torch.arange(x.numel()).view(x.shape) == 1, V, 0), cond)
+    length = shape[-1] if info.audio else None
+    for n in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="expected a number of samples n >= 0"):
+            model.sample(n, cond, length=length)
+    with pytest.raises(ValueError, match=r"expected prefix of shape"):
+        model.sample(2, cond, length=length, prefix=x[:1], num_given=1)
+    if cond is None:
+        with pytest.raises(ValueError, match="unconditional|takes no"):
+            model.log_prob(x, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="num_values must be >= 2"):
+        info.build(shape, **{**info.variants[variant], "num_values": 1})
