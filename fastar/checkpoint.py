@@ -99,15 +99,6 @@ def load_model(path: str, device="cpu") -> Tuple[models.AutoregressiveModel, Dic
     return model, state
 
 
-def load_split(dataset: str, split: str, limit: int = 0, labels: bool = False):
-    """(x, y) of a split, the first `limit` examples if limit; y only when labels are wanted."""
-    x, y = data.load(dataset, split)
-    y = y if labels else None
-    if limit:
-        x, y = x[:limit], (None if y is None else y[:limit])
-    return x, y
-
-
 def describe(model: models.AutoregressiveModel, name: str = None) -> Dict[str, Any]:
     """What a checkpoint records of a model besides its weights: its registry name and
     config."""

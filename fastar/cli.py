@@ -155,7 +155,8 @@ def _run(args):
         except checkpoint.RunError as e:
             raise SystemExit("python -m fastar eval: %s" % e)
         num_classes = state["config"].get("num_classes")
-        x, y = evaluate.load_split(state["dataset"], args.split, args.limit, bool(num_classes))
+        x, y = evaluate.load_split(state["dataset"], args.split, args.limit,
+                                   bool(num_classes))
         nats, bpd = evaluate.evaluate(model, x, args.batch_size, args.device, y=y)
         print("%s %s (%d examples): %.2f nats, %.4f bits/dim" % (
             state["dataset"], args.split, len(x), nats, bpd))

@@ -55,12 +55,12 @@ def test_the_receptive_field(name):
 @pytest.mark.parametrize("name", ["k2", "both-k3", "dmol"])
 def test_samples_are_valid_reproducible_and_keep_a_prefix(name):
     model = _small(**VARIANTS[name])
-    cond, local = _conditions(model, 3)
-    a = model.sample(3, Condition(cond, local), length=9, generator=torch.Generator().manual_seed(0))
-    b = model.sample(3, Condition(cond, local), length=9, generator=torch.Generator().manual_seed(0))
+    cond = Condition(*_conditions(model, 3))
+    a = model.sample(3, cond, length=9, generator=torch.Generator().manual_seed(0))
+    b = model.sample(3, cond, length=9, generator=torch.Generator().manual_seed(0))
     assert a.shape == (3, 1, 9) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
     prefix = torch.ones(3, 1, 4, dtype=torch.long)
-    c = model.sample(3, Condition(cond, local), length=9, prefix=prefix,
+    c = model.sample(3, cond, length=9, prefix=prefix,
                      generator=torch.Generator().manual_seed(0))
     assert torch.equal(c[:, :, :4], prefix)
 
@@ -328,7 +328,8 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
         call(end=9)
     with pytest.raises(RuntimeError, match=r"expected num_given in \[0, 8\], but got 9"):
         call(num_given=9)
-    with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\], but got 0 at layer 2"):
+    with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\], but got 0 at "
+                                           r"layer 2"):
         call(dilations=(1, 2, 0, 8, 1))
     with pytest.raises(RuntimeError, match=r"expected out_weight of shape \(3, 32, \*\)"):
         call(dilations=(1, 2, 4))
