@@ -19,7 +19,9 @@ def load_split(dataset: str, split: str, limit: int = 0, labels: bool = False):
     return x, y
 
 
-def _cond(y, index, device):
+def labels_of(y, index, device):
+    """The labels of the examples at index on device (the condition of a class-conditional
+    model), or None without labels."""
     return None if y is None else y[index].to(device)
 
 
@@ -39,7 +41,7 @@ def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
     for i in tqdm(range(0, len(mine), batch_size), desc=progress, disable=progress is None,
                   leave=False):
         index = mine[i : i + batch_size]
-        total -= model.log_prob(x[index].to(device), _cond(y, index, device),
+        total -= model.log_prob(x[index].to(device), labels_of(y, index, device),
                                 check_values=False).double().sum()
     if world_size > 1:
         torch.distributed.all_reduce(total)

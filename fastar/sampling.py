@@ -63,6 +63,9 @@ def dmol_sample(params: Tensor, num_channels: int, num_bins: int = 256, *,
     elif tuple(u.shape) != (B, 1 + num_channels, *S) or u.dtype != torch.float64:
         raise ValueError("dmol_sample: expected u float64 of shape %s, got %s of shape %s"
                          % ((B, 1 + num_channels, *S), u.dtype, tuple(u.shape)))
+    elif u.numel() and not bool(((u >= 0) & (u < 1)).all()):  # NaN fails too
+        raise ValueError("dmol_sample: expected u in [0, 1), got values in [%s, %s]"
+                         % (u.min().item(), u.max().item()))
     # At least float32: float16 or bfloat16 means and scales are too coarse for the tails.
     params = params.to(torch.promote_types(params.dtype, torch.float32))
     logits, means, log_scales, coeffs = reference.dmol_components(params, num_channels)

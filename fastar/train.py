@@ -23,7 +23,7 @@ import torch
 from fastar import checkpoint
 from fastar._io import CorruptFileError, atomic_save, checked_load
 from fastar.checkpoint import RunError, SettingsError, build_model  # noqa: F401 (re-exported)
-from fastar.evaluate import evaluate, load_split
+from fastar.evaluate import evaluate, labels_of, load_split
 from fastar.nn import bits_per_dim
 
 _CRASH_ENV = "FASTAR_TEST_KILL_AT_STEP"  # test hook: SIGKILL itself at this global step
@@ -49,10 +49,6 @@ class Settings:
     device: str = "cpu"
     quiet: bool = False
     validate: bool = True  # score the valid split after every epoch and keep OUT/best.pt
-
-
-def _cond(y, index, device):
-    return None if y is None else y[index].to(device)
 
 
 def _init_distributed(device_name):
@@ -180,7 +176,7 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
                 os.kill(os.getpid(), 9)
             batch = order[step * s.batch_size : (step + 1) * s.batch_size]
             mine = batch[rank::world_size]
-            nll = -trained(x[mine].to(device), _cond(y, mine, device), check_values=False).sum()
+            nll = -trained(x[mine].to(device), labels_of(y, mine, device), check_values=False).sum()
             # DDP averages gradients over processes: scaled so that they sum to the batch mean.
             loss = nll * (world_size / len(batch))
             opt.zero_grad()

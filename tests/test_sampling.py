@@ -48,3 +48,23 @@ def test_dmol_sample_rejects_what_dmol_log_prob_rejects_and_non_finite_params():
         with pytest.raises(ValueError, match="expected finite params, got %s" % word):
             sampling.dmol_sample(p, 1)
     assert sampling.dmol_sample(params, 1, 2 ** 24).max() < 2 ** 24
+
+
+def test_dmol_sample_draws_from_the_callers_uniforms():
+    torch.manual_seed(0)
+    params = torch.randn(2, 30, 3, 4, dtype=torch.float64)
+    u = sampling.uniforms((2, 4, 3, 4), torch.Generator().manual_seed(1))
+    a = sampling.dmol_sample(params, 3, u=u)
+    assert torch.equal(a, sampling.dmol_sample(params, 3, u=u.clone()))
+    seeded = sampling.dmol_sample(params, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, seeded)
+    # u = 0: the first component, and each channel's logistic at -inf: the lowest bin
+    zeros = torch.zeros(2, 4, 1, 1, dtype=torch.float64)
+    low = sampling.dmol_sample(params[:, :, :1, :1], 3, u=zeros)
+    assert low.shape == (2, 3, 1, 1) and (low == 0).all()
+    for bad, message in ((u.float(), "expected u float64 of shape"), (u[:, :3], "of shape"),
+                         (u.clone().fill_(1.0), r"expected u in \[0, 1\)"),
+                         (u.clone().fill_(float("nan")), r"expected u in \[0, 1\)"),
+                         (u.clone().fill_(-0.5), r"expected u in \[0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            sampling.dmol_sample(params, 3, u=bad)

@@ -83,6 +83,7 @@ class _WaveNetCache(Cache):
     global_bias: Tuple[Optional[Tensor], ...] = ()
     global_bias_stacked: Optional[Tensor] = None
     local: Optional[Tensor] = None
+    packed: Optional[Tuple[Optional[Tensor], ...]] = None  # the fused op's, packed at its first call
 
 
 def _pack(model: "WaveNet") -> Tuple[Optional[Tensor], ...]:
@@ -223,8 +224,7 @@ class WaveNet(AutoregressiveModel):
     def conditionals(self, x: Tensor, cond=None) -> Tensor:
         """Head outputs (B, num_logits, 1, T) of every position: softmax logits, or the
         mixture's parameters ("dmol")."""
-        if not isinstance(cond, Condition) or cond.global_ is not None or cond.local is not None:
-            cond = self.check_condition(cond, x.shape[0], x.shape[1:])
+        cond = self.check_condition(cond, x.shape[0], x.shape[1:])  # shapes only: no sync
         return self._outputs(x, cond).unsqueeze(2)
 
     @torch.no_grad()
@@ -295,7 +295,9 @@ class WaveNet(AutoregressiveModel):
         if not cache.fused:
             return super().run(cache, start, end)
         c = self.config
-        *weights, local_weight = self._packed.get(self)
+        if cache.packed is None:  # once per generation: the weights cannot change within it
+            cache.packed = self._packed.get(self)
+        *weights, local_weight = cache.packed
         ops.wavenet_generate(cache.x[:, 0], cache.buffers, cache.u, start, end, cache.num_given,
                              weights, c.dilations, c.num_mixtures if c.output == "dmol" else 0,
                              cache.global_bias_stacked, cache.local, local_weight)
