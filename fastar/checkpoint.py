@@ -19,8 +19,9 @@ class RunError(RuntimeError):
 
 
 def data_fields(config_class) -> Tuple[str, ...]:
-    """The config fields a data set decides (its shape, its values per dimension)."""
-    return tuple(getattr(config_class, "from_dataset", ("image_shape", "num_values")))
+    """The config fields a data set decides (its shape, its values per dimension): the
+    config's ``from_dataset``."""
+    return tuple(config_class.from_dataset)
 
 
 def model_config(name: str, dataset: str, model_args: Dict[str, Any],
@@ -57,9 +58,8 @@ def model_config(name: str, dataset: str, model_args: Dict[str, Any],
         raise SettingsError("%s: local_channels needs a condition series per example (e.g. mel "
                             "frames), which the data sets do not have" % name)
     kwargs = dict(model_args)
-    if "image_shape" in fields:
-        kwargs["image_shape"] = entry.shape
-    kwargs["num_values"] = entry.num_values
+    given = {"image_shape": entry.shape, "num_values": entry.num_values}  # what a data set sets
+    kwargs.update((f, given[f]) for f in from_dataset)
     if conditional:
         if "num_classes" not in fields:
             raise SettingsError("%s is not class-conditional" % name)
