@@ -194,3 +194,61 @@ def test_inputs_a_model_cannot_use_are_refused(info, variant):
             model.log_prob(x, torch.zeros(2, 3))
     with pytest.raises(ValueError, match="num_values must be >= 2"):
         info.build(shape, **{**info.variants[variant], "num_values": 1})
+
+
+@pytest.mark.parametrize("info,variant", cases(lambda i: True))
+def test_generation_arguments_a_model_cannot_use_are_refused(info, variant):
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    shape = tuple(model.event_shape(shape[-1]))
+    name, length = info.name, (shape[-1] if info.audio else None)
+    cond = info.condition(model, 2, shape)
+    prefix = torch.zeros(2, *shape, dtype=torch.long)
+    for num_given in (2.5, True, "2", -1, math.prod(shape) + 1):
+        with pytest.raises(ValueError, match=r"%s.sample: .*num_given" % name):
+            model.sample(2, cond, length=length, prefix=prefix, num_given=num_given)
+    with pytest.raises(ValueError, match=r"%s.sample: prefix: %s: expected values in \[0, %d\), "
+                                         r"got values in \[%d, %d\]"
+                                         % (name, name, model.num_values, model.num_values,
+                                            model.num_values)):
+        model.sample(2, cond, length=length, prefix=prefix + model.num_values, num_given=1)
+    wrong = (*shape[:-1], shape[-1] + 1) if not info.audio else (2, shape[-1])
+    with pytest.raises(ValueError, match=r"%s.generate: expected event_shape" % name):
+        model.generate(2, wrong, cond)
+    if not model.has_fused_sampler(model._device(), model._dtype()):
+        with pytest.raises(ValueError, match=r"%s.generate: no fused sampler for torch.float64 "
+                                             r"on cpu$" % name):
+            model.generate(2, shape, cond, fused=True)
+    with pytest.raises(ValueError, match=r"no fused sampler .*\(cached=False asks for the naive "
+                                         r"loop\)"):
+        model.generate(2, shape, cond, cached=False, fused=True)
+
+
+@pytest.mark.parametrize("info,variant", cases(lambda i: True))
+def test_a_run_continues_where_the_last_one_stopped(info, variant):
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    shape = tuple(model.event_shape(shape[-1]))
+    cond = info.condition(model, 2, shape)
+    D = math.prod(shape)
+    for cached in (False, True) if model.has_cache else (False,):
+        cache = model.prepare(2, shape, cond, cached=cached)
+        model.run(cache, 0, 3)
+        for start, end in ((4, 6), (2, 5), (3, 2), (3, D + 1), (-1, 3)):  # a gap, back, ...
+            with pytest.raises(ValueError, match=r"run: expected positions \[3, end\) with end "
+                                                 r"in \[3, %d\]" % D):
+                model.run(cache, start, end)
+        model.run(cache, 3, D)
+        assert cache.done == D
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0.0, -1.0])
+def test_any_seconds_per_call_generates_everything(seconds):
+    from model_db import MODEL_DB
+
+    info = MODEL_DB[-1]  # WaveNet: the fused sampler
+    model = info.make("k2", (1, 30))
+    want = model.sample(2, length=30, generator=torch.Generator().manual_seed(0))
+    model.seconds_per_call = seconds
+    assert torch.equal(model.sample(2, length=30, generator=torch.Generator().manual_seed(0)),
+                       want)

@@ -264,6 +264,12 @@ def test_a_few_training_steps_lower_the_loss(name):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_made_draws_its_masks_with_the_callers_generator_wherever_it_lives():
+    model = MADE(image_shape=(1, 2, 2), hidden_sizes=(8,), num_masks=3, natural_ordering=False)
+    a = model.sample(6, generator=torch.Generator("cpu").manual_seed(2))
+    assert torch.equal(a, model.sample(6, generator=torch.Generator("cpu").manual_seed(2)))
+
+
 def test_a_conditional_model_refuses_missing_or_wrong_conditions():
     labels = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2, num_classes=3)
     vectors = GatedPixelCNN(image_shape=(1, 3, 3), hidden_channels=4, num_layers=2,
@@ -280,7 +286,9 @@ def test_a_conditional_model_refuses_missing_or_wrong_conditions():
             (labels, torch.zeros(2, 3), r"got torch.float32 of shape \(2, 3\)"),
             (vectors, None, r"expected cond: a float condition of shape \(2, 5\); got none"),
             (vectors, torch.zeros(2, 4), r"got torch.float32 of shape \(2, 4\)"),
-            (plain, torch.tensor([0, 1]), r"takes no cond; got one of shape \(2,\)")):
+            (plain, torch.tensor([0, 1]), r"takes no cond; got one of shape \(2,\)"),
+            (labels, [0, 1], r"expected cond to be a tensor \(labels or vectors\) or None, got "
+                             r"list")):
         with pytest.raises(ValueError, match="GatedPixelCNN: " + ".*" + message):
             model.log_prob(x, cond)
     assert labels.log_prob(x, torch.tensor([0, 2])).shape == (2,)

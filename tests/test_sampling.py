@@ -68,3 +68,5 @@ def test_dmol_sample_draws_from_the_callers_uniforms():
                          (u.clone().fill_(-0.5), r"expected u in \[0, 1\)")):
         with pytest.raises(ValueError, match=message):
             sampling.dmol_sample(params, 3, u=bad)
+    with pytest.raises(ValueError, match="u or a generator to draw them, not both"):
+        sampling.dmol_sample(params, 3, u=u, generator=torch.Generator())

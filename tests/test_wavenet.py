@@ -75,16 +75,24 @@ def test_conditions_are_checked():
     with pytest.raises(ValueError, match=r"expected a float global condition of shape \(2, 3\), "
                                          r"got torch.int64 of shape \(2, 3\)"):
         model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.long), local))
-    with pytest.raises(ValueError, match=r"expected a local condition of shape \(2, 2, >= 3\) for "
+    with pytest.raises(ValueError, match=r"expected a float local condition of shape "
+                                         r"\(2, 2, >= 3\) for "
                                          r"9 samples at 3 samples per frame, got torch.float64 of "
                                          r"shape \(2, 2, 2\)"):
         model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.float64), local[:, :, :2]))
-    with pytest.raises(ValueError, match="expected a local condition .* got none"):
+    with pytest.raises(ValueError, match="expected a float local condition .* got none"):
         model.sample(2, torch.zeros(2, 3, dtype=torch.float64), length=9)  # global alone
     with pytest.raises(ValueError, match="built without cond_channels"):
         _small().log_prob(x, torch.zeros(2, 3))
     with pytest.raises(ValueError, match="built without local_channels"):
         _small().sample(2, Condition(None, local), length=9)
+    for bad in ((None, local), [None, local], 5, Condition(torch.zeros(2, 3).numpy(), local)):
+        with pytest.raises(ValueError, match=r"WaveNet: expected cond to be a Condition\(global_, "
+                                             r"local\) of tensors or None, a global condition "
+                                             r"tensor, or None; got"):
+            model.sample(2, bad, length=9)
+    with pytest.raises(ValueError, match="expected a float local condition"):
+        model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.float64), local.long()))
     with pytest.raises(ValueError, match=r"WaveNet: expected values in \[0, 2\), got values in "
                                          r"\[0, 2\]"):
         _small().log_prob(x + 2 * (torch.arange(9) == 4))
@@ -150,7 +158,7 @@ def _conditions_of_rows(model, n, T, cond=None, local=None):
     projection's weight or None)."""
     cache = model.init_cache(n, Condition(cond, local), (1, T))
     local_weight = model._packed.get(model)[-1]
-    return cache.global_bias_stacked, cache.local, local_weight
+    return cache.global_bias, cache.local, local_weight
 
 
 def _buffers(model, n, fill=None):
@@ -388,6 +396,26 @@ def test_sampling_reads_the_weights_of_the_call():
     torch.testing.assert_close(model.packed_weights()[0], model.input.weight.permute(2, 1, 0))
 
 
+def test_a_saved_model_does_not_carry_its_packed_weights():
+    import io
+
+    model = _medium()
+    before = len(_saved(model))
+    model.sample(1, length=5)  # packs, and keeps a copy of the parameters to compare with
+    assert len(_saved(model)) < before + 1000
+    loaded = torch.load(io.BytesIO(_saved(model)), weights_only=False)
+    assert torch.equal(loaded.sample(1, length=5, generator=torch.Generator().manual_seed(0)),
+                       model.sample(1, length=5, generator=torch.Generator().manual_seed(0)))
+
+
+def _saved(model):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize("cached", [True, False])
 def test_a_negative_number_of_samples_is_refused(cached):
     with pytest.raises(ValueError, match=r"expected a number of samples n >= 0, got -1"):
@@ -432,10 +460,16 @@ def test_sizes_lengths_prefixes_and_positions_are_checked():
             model.sample(2, length=length)
     assert model.sample(2, length=np_int(5)).shape == (2, 1, 5)
     prefix = torch.ones(2, 1, 5, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"num_given \(7\) counts given samples, more than the "
-                                         r"prefix holds \(5\)"):
+    with pytest.raises(ValueError, match=r"num_given \(7\) counts given samples: an int, at most "
+                                         r"what the prefix holds \(5\)"):
         model.sample(2, length=8, prefix=prefix, num_given=7)
-    cache = model.init_cache(2, None, (1, 8))
+    with pytest.raises(ValueError, match=r"expected prefix of shape \(3, 1, <= 8\), got "
+                                         r"\(2, 1, 5\)"):  # the prefix as given, not padded
+        model.sample(3, length=8, prefix=prefix)
+    with pytest.raises(ValueError, match=r"prefix: WaveNet: expected values in \[0, 2\), got "
+                                         r"values in \[9, 9\]"):
+        model.sample(2, length=8, prefix=prefix * 9)
+    cache = model.prepare(2, (1, 8))
     for i in (-1, 8):
         with pytest.raises(IndexError, match=r"position %d outside the cache's \[0, 8\)" % i):
             model.step(cache, i)

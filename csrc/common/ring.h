@@ -1,7 +1,7 @@
 #pragma once
 // Ring buffers of the cached samplers: a layer keeps the `size` most recent inputs it will read
 // again, the input at time t in slot ring_slot(t, size) until time t + size overwrites it. The
-// one definition of the slot arithmetic on the C++ side (fastar/models/cache.py has Python's).
+// one definition of the slot arithmetic on the C++ side (fastar/ring.py has Python's).
 
 #include <cstdint>
 

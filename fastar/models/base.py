@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from fastar import sampling
 from fastar.models import heads
-from fastar.models.cache import Cache  # noqa: F401 (the contract's type, also here)
+from fastar.models.cache import Cache
 
 
 def total_log_prob(per_position: Tensor) -> Tensor:
@@ -52,6 +52,15 @@ def total_log_prob(per_position: Tensor) -> Tensor:
     significant digits."""
     return per_position.flatten(1).sum(
         dim=1, dtype=torch.promote_types(per_position.dtype, torch.float32))
+
+
+def as_count(value: Any) -> Optional[int]:
+    """value as an int if it is one (numpy's and 0-dim torch integers too), else None: a bool, a
+    float or a string is no count."""
+    try:
+        return None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        return None
 
 
 def _check_types(name: str, config) -> None:
@@ -132,7 +141,7 @@ class AutoregressiveModel(nn.Module):
         before it."""
         raise NotImplementedError("%s has no cached sampler yet" % type(self).__name__)
 
-    def complete_prefix(self, prefix: Optional[Tensor], num_given: Optional[int],
+    def complete_prefix(self, n: int, prefix: Optional[Tensor], num_given: Optional[int],
                         event_shape: Sequence[int]):
         """(prefix, num_given) as generate takes them; audio models accept a shorter prefix."""
         return prefix, num_given
@@ -216,10 +225,7 @@ class AutoregressiveModel(nn.Module):
         """Raises ValueError unless n is a count >= 0 and prefix and num_given are both absent,
         or prefix is (n, *event_shape) data the model can score and num_given in [0, D]."""
         name = type(self).__name__
-        try:
-            count = None if isinstance(n, bool) else operator.index(n)  # ints, numpy/torch ints
-        except TypeError:
-            count = None
+        count = as_count(n)
         if count is None or count < 0:
             raise ValueError("%s.sample: expected a number of samples n >= 0, got %r" % (name, n))
         if (prefix is None) != (num_given is None):
@@ -232,10 +238,14 @@ class AutoregressiveModel(nn.Module):
             raise ValueError("%s.sample: expected prefix of shape %s, got %s"
                              % (name, (n, *event_shape), tuple(prefix.shape)))
         D = math.prod(event_shape)
-        if not 0 <= num_given <= D:
-            raise ValueError("%s.sample: expected num_given in [0, %d], got %d"
+        given = as_count(num_given)
+        if given is None or not 0 <= given <= D:
+            raise ValueError("%s.sample: expected an int num_given in [0, %d], got %r"
                              % (name, D, num_given))
-        self.check_input(prefix)
+        try:
+            self.check_input(prefix)
+        except ValueError as e:
+            raise ValueError("%s.sample: prefix: %s" % (name, e)) from None
 
     @torch.no_grad()
     def generate(self, n: int, event_shape: Sequence[int], cond: Any = None, *,
@@ -258,7 +268,8 @@ class AutoregressiveModel(nn.Module):
             self.run(cache, start, end)
             took = time.perf_counter() - began
             start = end
-            size = max(1, min(4 * size, int(size * self.seconds_per_call / max(took, 1e-6))))
+            # float min first: an infinite (or NaN) seconds_per_call grows by 4x per call
+            size = max(1, int(min(4.0 * size, size * self.seconds_per_call / max(took, 1e-6))))
         return cache.x
 
     def prepare(self, n: int, event_shape: Sequence[int], cond: Any = None, *,
@@ -268,34 +279,41 @@ class AutoregressiveModel(nn.Module):
         """generate's set-up, the checks done once: the cache (model entries from init_cache
         where cached) holding x (the prefix copied in), the uniforms and the order."""
         event_shape = tuple(event_shape)
-        prefix, num_given = self.complete_prefix(prefix, num_given, event_shape)
+        expected = tuple(self.event_shape(event_shape[-1] if event_shape else None))
+        if event_shape != expected:
+            raise ValueError("%s.generate: expected event_shape %s, got %s"
+                             % (type(self).__name__, expected, event_shape))
+        prefix, num_given = self.complete_prefix(n, prefix, num_given, event_shape)
         self.check_prefix(n, event_shape, prefix, num_given)
         cond = self.check_condition(cond, n, event_shape)
+        asked_cached = cached
         if cached is None:
             cached = self.has_cache
-        device = self._device()
+        device, dtype = self._device(), self._dtype()
         D = math.prod(event_shape)
-        cache = self.init_cache(n, cond, event_shape) if cached else Cache(x=None, cond=cond)
-        cache.x = torch.zeros(n, *event_shape, dtype=torch.long, device=device)
+        if cached:
+            cache = self.init_cache(n, cond, event_shape)  # x allocated by the model
+        else:
+            cache = Cache(x=torch.zeros(n, *event_shape, dtype=torch.long, device=device))
         if prefix is not None:
             cache.x.copy_(prefix)
         cache.cond = cond
         cache.u = sampling.uniforms((n, D), generator, device)  # drawn whole: one stream
         cache.order = self.generation_order(event_shape).tolist()
-        cache.num_given = num_given or 0
+        cache.num_given = as_count(num_given) or 0
         cache.cached = cached
-        cache.fused = bool(cached and fused is not False
-                           and self.has_fused_sampler(device, self._dtype()))
+        cache.fused = bool(cached and fused is not False and self.has_fused_sampler(device, dtype))
         if fused and not cache.fused:
-            raise ValueError("%s: no fused sampler for %s on %s%s" % (
-                type(self).__name__, self._dtype(), device.type,
-                "" if cached else " (cached=False asks for the naive loop)"))
+            raise ValueError("%s.generate: no fused sampler for %s on %s%s" % (
+                type(self).__name__, dtype, device.type,
+                " (cached=False asks for the naive loop)" if asked_cached is False else ""))
         return cache
 
     def run(self, cache: Cache, start: int, end: int) -> None:
         """Generates positions order[start:end] into cache.x: naive (a full forward pass per
-        value) or by steps. A fused sampler overrides this (and calls it where
-        cache.fused is False)."""
+        value) or by steps, continuing where the last call stopped (cache.advance). A fused
+        sampler overrides this (and calls it where cache.fused is False)."""
+        cache.advance(start, end)
         flat = cache.x.view(cache.x.shape[0], cache.u.shape[1])
         for i in range(start, end):
             position = cache.order[i]

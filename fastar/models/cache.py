@@ -3,7 +3,7 @@ drawn from, and per layer whatever the layer keeps to make the next step cheap (
 ``Cache.update(..., layer_idx)`` idea): a ring buffer of a dilated convolution's past inputs
 (WaveNet), image rows (PixelCNN), recurrent states (PixelRNN), keys and values (attention).
 
-Ring buffers (`RingBuffer`, `ring_slot`) live in `fastar.ring`, which the reference ops import
+Ring buffers (`fastar.ring.RingBuffer`) live in a leaf module, which the reference ops import
 without the models.
 """
 
@@ -13,7 +13,6 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from fastar.ring import RingBuffer, ring_slot  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass
@@ -27,7 +26,9 @@ class Cache:
         given (kept, not drawn);
     layers: per layer its entry (a RingBuffer, rows, states...), filled by init_cache;
     cached: False for naive generation (one full forward pass per value, no entries);
-    fused: True where the model's fused op runs the loop (`run` reads it).
+    fused: True where the model's fused op runs the loop (`run` reads it);
+    done: positions of the order generated so far (run continues from there).
+    A model's init_cache allocates x (zeros) and its entries; generate fills in the rest.
     """
     x: Tensor
     cond: Any = None
@@ -37,6 +38,18 @@ class Cache:
     layers: List[Any] = dataclasses.field(default_factory=list)
     cached: bool = True
     fused: bool = False
+    done: int = 0
+
+    def advance(self, start: int, end: int) -> None:
+        """Checks that a run over positions [start, end) continues where the last one stopped
+        (ValueError otherwise: a gap would leave values looking drawn, and ring slots unread),
+        and records it."""
+        D = self.u.shape[1]
+        if start != self.done or not start <= end <= D:
+            raise ValueError("run: expected positions [%d, end) with end in [%d, %d] (the next "
+                             "ones of this generation), got [%r, %r)"
+                             % (self.done, self.done, D, start, end))
+        self.done = end
 
     def update(self, layer_idx: int, entry: Any) -> Any:
         """Sets (or appends, for the next index) layer layer_idx's entry; returns it."""
@@ -49,29 +62,25 @@ class Cache:
 
 class PackedWeights:
     """A fused op's weights, packed by `pack(module)` once and packed again only when a
-    parameter changed: a new tensor, an in-place update (its version counter), or a write
-    through ``.data``, which bumps no version counter and is found by comparing with a copy of
-    the parameters (0.85 ms for WaveNet's 3.6 MB against 3.0 ms to repack, AMD EPYC AVX2)."""
+    parameter changed: in place (an optimizer step), through ``.data`` (which bumps no version
+    counter), or a new tensor behind it. A copy of the parameters is kept and compared on each
+    get (0.85 ms for WaveNet's 3.6 MB against 3.0 ms to repack, AMD EPYC AVX2): the cache costs
+    the parameters' memory once more. Not pickled: a saved model repacks when next used."""
 
-    def __init__(self, pack: Callable[[nn.Module], Tuple[Tensor, ...]]):
+    def __init__(self, pack: Callable[[nn.Module], Tuple[Optional[Tensor], ...]]):
         self.pack = pack
-        self._key = None
         self._copy: Tuple[Tensor, ...] = ()
-        self._packed: Tuple[Tensor, ...] = ()
+        self._packed: Tuple[Optional[Tensor], ...] = ()
 
     def get(self, module: nn.Module) -> Tuple[Optional[Tensor], ...]:
         params = tuple(module.parameters())
-        key = tuple((p.data_ptr(), _version(p), p.dtype, p.device, p.shape) for p in params)
         with torch.no_grad():
-            if key != self._key or not all(torch.equal(p, c) for p, c in zip(params, self._copy)):
+            if not (len(params) == len(self._copy) and all(
+                    p.shape == c.shape and p.dtype == c.dtype and p.device == c.device
+                    and torch.equal(p, c) for p, c in zip(params, self._copy))):
                 self._packed = tuple(None if w is None else w.detach() for w in self.pack(module))
                 self._copy = tuple(p.detach().clone() for p in params)
-                self._key = key
         return self._packed
 
-
-def _version(t: Tensor) -> Optional[int]:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor keeps no version counter: the copy decides
-        return None
+    def __getstate__(self):
+        return {"pack": self.pack, "_copy": (), "_packed": ()}

@@ -64,6 +64,9 @@ class GatedPixelCNN(PixelModel):
         [0, num_classes) (the range read only with check_values: a host sync on a GPU), a
         vector (B, cond_channels), or None for an unconditional model."""
         c = self.config
+        if cond is not None and not torch.is_tensor(cond):
+            raise ValueError("GatedPixelCNN: expected cond to be a tensor (labels or vectors) or "
+                             "None, got %s" % type(cond).__name__)
         if c.num_classes is None and c.cond_channels is None:
             if cond is not None:
                 raise ValueError("GatedPixelCNN: built without num_classes or cond_channels, "

@@ -323,7 +323,9 @@ class MADE(AutoregressiveModel):
         self.check_condition(cond, n, self.image_shape)
         self.check_prefix(n, self.image_shape, prefix, num_given)
         device = self.out.weight.device
-        which = torch.randint(self.num_masks, (n,), generator=generator, device=device)
+        # On the generator's device, then moved: a seeded CPU generator serves any device.
+        which = torch.randint(self.num_masks, (n,), generator=generator,
+                              device=device if generator is None else generator.device).to(device)
         x = torch.zeros(n, *self.image_shape, dtype=torch.long, device=device)
         current = self._current_mask()
         try:

@@ -19,7 +19,6 @@ through `step`. The condition is a `Condition(global_, local)` (or the global te
 """
 
 import dataclasses
-import operator
 from typing import ClassVar, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -28,9 +27,10 @@ from torch import Tensor, nn
 
 from fastar import ops
 from fastar.models import heads
-from fastar.models.base import AutoregressiveModel
-from fastar.models.cache import Cache, PackedWeights, RingBuffer
+from fastar.models.base import AutoregressiveModel, as_count
+from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import CausalConv1d, WaveNetBlock
+from fastar.ring import RingBuffer
 
 
 @dataclasses.dataclass
@@ -77,13 +77,12 @@ class Condition(NamedTuple):
 class _WaveNetCache(Cache):
     """layers: per block a RingBuffer (n, dilation * (kernel_size - 1), R) of its past inputs,
     each a view of buffers (n, sum of the sizes, R), the fused op's layout; the global
-    condition's gate biases per block (n, 2R), and stacked (n, L, 2R) for the fused op; the
+    condition's gate biases of the blocks (n, L, 2R) or None; the
     local condition upsampled to the sample rate (n, local_channels, T)."""
     buffers: Optional[Tensor] = None
-    global_bias: Tuple[Optional[Tensor], ...] = ()
-    global_bias_stacked: Optional[Tensor] = None
+    global_bias: Optional[Tensor] = None
     local: Optional[Tensor] = None
-    packed: Optional[Tuple[Optional[Tensor], ...]] = None  # the fused op's, packed at its first call
+    packed: Optional[Tuple[Optional[Tensor], ...]] = None  # the fused op's, at its first run
 
 
 def _pack(model: "WaveNet") -> Tuple[Optional[Tensor], ...]:
@@ -140,10 +139,7 @@ class WaveNet(AutoregressiveModel):
         self._packed = PackedWeights(_pack)
 
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
-        try:  # any integer (numpy's too) but a bool
-            n = None if isinstance(length, bool) else operator.index(length)
-        except TypeError:
-            n = None
+        n = as_count(length)
         if n is None or n < 1:
             raise ValueError("WaveNet: expected the number of samples to generate, an int length "
                              ">= 1 (sample(n, cond, length=T)), got %r" % (length,))
@@ -161,6 +157,13 @@ class WaveNet(AutoregressiveModel):
         (ValueError naming what was expected and what came)."""
         c = self.config
         length = event_shape[-1]
+        if not (cond is None or torch.is_tensor(cond) or isinstance(cond, Condition)) or (
+                isinstance(cond, Condition) and not all(t is None or torch.is_tensor(t)
+                                                        for t in cond)):
+            raise ValueError("WaveNet: expected cond to be a Condition(global_, local) of tensors "
+                             "or None, a global condition tensor, or None; got %r"
+                             % (type(cond).__name__ if not isinstance(cond, Condition) else
+                                Condition(*(type(t).__name__ for t in cond)),))
         global_, local = cond if isinstance(cond, Condition) else (cond, None)
 
         def shape(t):
@@ -179,27 +182,35 @@ class WaveNet(AutoregressiveModel):
                              "condition; got %s" % shape(local))
         frames = -(-length // c.upsample)
         if c.local_channels is not None and (
-                local is None or local.dim() != 3 or tuple(local.shape[:2]) != (
+                local is None or not local.is_floating_point() or local.dim() != 3
+                or tuple(local.shape[:2]) != (
                     batch, c.local_channels) or local.shape[2] < frames):
-            raise ValueError("WaveNet: expected a local condition of shape (%d, %d, >= %d) for %d "
-                             "samples at %d samples per frame, got %s"
+            raise ValueError("WaveNet: expected a float local condition of shape (%d, %d, >= %d) "
+                             "for %d samples at %d samples per frame, got %s"
                              % (batch, c.local_channels, frames, length, c.upsample,
                                 shape(local)))
         return Condition(global_, local)
 
-    def complete_prefix(self, prefix: Optional[Tensor], num_given: Optional[int],
+    def complete_prefix(self, n: int, prefix: Optional[Tensor], num_given: Optional[int],
                         event_shape: Sequence[int]):
         """A prefix (n, 1, P) of P <= length samples continues given audio: padded to the
         length, num_given defaulting to P."""
         if prefix is None:
             return prefix, num_given
         length = event_shape[-1]
-        if prefix.dim() != 3 or prefix.shape[1] != 1 or prefix.shape[2] > length:
-            raise ValueError("WaveNet.sample: expected prefix of shape (n, 1, <= %d), got %s"
-                             % (length, tuple(prefix.shape)))
-        if num_given is not None and num_given > prefix.shape[2]:
-            raise ValueError("WaveNet.sample: num_given (%d) counts given samples, more than the "
-                             "prefix holds (%d)" % (num_given, prefix.shape[2]))
+        if (prefix.dim() != 3 or prefix.shape[1] != 1 or prefix.shape[2] > length
+                or prefix.shape[0] != as_count(n)):
+            raise ValueError("WaveNet.sample: expected prefix of shape (%r, 1, <= %d), got %s"
+                             % (n, length, tuple(prefix.shape)))
+        if prefix.shape[2]:  # its values, not the padding's, in the error
+            try:
+                self.check_input(prefix)
+            except ValueError as e:
+                raise ValueError("WaveNet.sample: prefix: %s" % e) from None
+        given = as_count(num_given)
+        if num_given is not None and (given is None or given > prefix.shape[2]):
+            raise ValueError("WaveNet.sample: num_given (%r) counts given samples: an int, at most "
+                             "what the prefix holds (%d)" % (num_given, prefix.shape[2]))
         num_given = prefix.shape[2] if num_given is None else num_given
         return F.pad(prefix, (0, length - prefix.shape[2])), num_given
 
@@ -238,7 +249,7 @@ class WaveNet(AutoregressiveModel):
         local = None
         if cond.local is not None:
             local = self.upsample(cond.local.to(dtype))[:, :, :length].contiguous()
-        global_bias = tuple(b.cond_bias(g) for b in self.blocks)
+        global_bias = None if g is None else torch.stack([b.cond_bias(g) for b in self.blocks], 1)
         c = self.config
         sizes = [d * (c.kernel_size - 1) for d in c.dilations]
         # Times before 0 are never read from a ring: no clearing (torch.empty).
@@ -246,8 +257,7 @@ class WaveNet(AutoregressiveModel):
                               device=weight.device)
         cache = _WaveNetCache(
             x=torch.zeros(n, 1, length, dtype=torch.long, device=weight.device), cond=cond,
-            buffers=buffers, global_bias=global_bias, local=local,
-            global_bias_stacked=None if g is None else torch.stack(global_bias, 1))
+            buffers=buffers, global_bias=global_bias, local=local)
         offset = 0
         for l, size in enumerate(sizes):
             cache.update(l, RingBuffer(buffers[:, offset:offset + size]))
@@ -271,10 +281,9 @@ class WaveNet(AutoregressiveModel):
                 h = h + w[:, :, j].t()[x[:, t]]
         skip = 0
         local_t = None if cache.local is None else cache.local[:, :, i]
-        for block, d, ring, g_bias in zip(self.blocks, c.dilations, cache.layers,
-                                          cache.global_bias):
+        for l, (block, d, ring) in enumerate(zip(self.blocks, c.dilations, cache.layers)):
             past = [ring.read(i - d * m) for m in range(k - 1, 0, -1)]
-            bias = g_bias
+            bias = None if cache.global_bias is None else cache.global_bias[:, l]
             if local_t is not None:
                 local_bias = block.cond_bias(None, local_t)
                 bias = local_bias if bias is None else bias + local_bias
@@ -294,10 +303,11 @@ class WaveNet(AutoregressiveModel):
         same uniforms, the same draws as the step loop); the step loop otherwise."""
         if not cache.fused:
             return super().run(cache, start, end)
+        cache.advance(start, end)
         c = self.config
         if cache.packed is None:  # once per generation: the weights cannot change within it
             cache.packed = self._packed.get(self)
         *weights, local_weight = cache.packed
         ops.wavenet_generate(cache.x[:, 0], cache.buffers, cache.u, start, end, cache.num_given,
                              weights, c.dilations, c.num_mixtures if c.output == "dmol" else 0,
-                             cache.global_bias_stacked, cache.local, local_weight)
+                             cache.global_bias, cache.local, local_weight)
