@@ -13,9 +13,13 @@ packed weights 64 times in one torch call on torch's threads (an item: one pass)
 which this CPU streams them from where they live (its L3 where a core's L2 cannot hold its
 share: 3.6 MB for the paper's model), which bounds a batch-1 step, since it reads every weight
 once.
+
+Beside a busy process: batch-1 fused sampling on torch's threads and on one thread while
+another process keeps one core busy, and while none does (test_wavenet_sampling_beside_a_busy_process).
 """
 
 import collections
+import multiprocessing
 
 import pytest
 import torch
@@ -133,3 +137,45 @@ def test_wavenet_sampling(benchmark, device, size, batch):
     measure_interleaved(benchmark, group="WaveNet %s %s B=%d sampling" % (size, device, batch),
                         device=device, fns={impl: fn for impl, (fn, _) in samplers.items()},
                         items={impl: n for impl, (_, n) in samplers.items()}, rerun=True)
+
+
+def _spin():
+    while True:
+        pass
+
+
+def _with_threads(threads, fn):
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_wavenet_sampling_beside_a_busy_process(benchmark, busy):
+    """Batch-1 fused sampling on torch's threads ("team": the op runs each segment on a team of
+    two threads or on one, whichever it measures to be faster now) and on one thread, with a
+    process keeping one core busy (busy) or not (idle). A team that meets dozens of times per
+    step at a spin barrier ran 4-5x slower than one thread once its partner was descheduled
+    (341-396 vs 1,479-1,672 samples/s, 2-core AVX2 EPYC)."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: no team to compare")
+    model = _model()
+    steps = 2048
+    fns = {"team": lambda: model.sample(1, length=steps),
+           "one-thread": _with_threads(1, lambda: model.sample(1, length=steps))}
+    spinner = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+    if busy:
+        spinner.start()
+    try:
+        measure_interleaved(benchmark, group="WaveNet 20x64/256 cpu B=1 beside a %s core"
+                            % ("busy" if busy else "idle"), device="cpu", fns=fns,
+                            items=steps)
+    finally:
+        if busy:
+            spinner.kill()
+            spinner.join()

@@ -6,9 +6,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <thread>
+#include <utility>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -104,6 +109,89 @@ void parallel_team(int threads, const Fn& fn) {
   }
 #endif
   fn(0, 1, barrier);
+}
+
+// Chooses, segment by segment of a long loop, whether a team of `team` threads or one thread
+// runs it, by measuring both: a team that meets at a SpinBarrier dozens of times per step
+// runs 4-5x slower than one thread as soon as another process takes one of its cores (the
+// partner is descheduled for a time slice at every meeting). Each segment is sized to about
+// kSegmentSeconds by the last measured rate: long enough to span several scheduler time
+// slices (a 2 ms segment of a team beside a busy process often ran as fast as an idle one,
+// its next one 5x slower). The size not in use is tried again after `explore_every_`
+// segments (4, doubled up to 64 while it keeps losing: about 1% of the time at the slower
+// size once the choice is stable, a second or so to notice a change).
+class TeamPolicy {
+ public:
+  explicit TeamPolicy(int team) : team_(std::max(1, team)) {}
+
+  // The team size of the next segment.
+  int size() const {
+    if (team_ == 1 || seconds_per_step_[1] < 0) return team_;  // the team first
+    if (seconds_per_step_[0] < 0) return 1;
+    return since_explore_ >= explore_every_ ? (best() == 1 ? team_ : 1) : best();
+  }
+  // The number of steps of the next segment on a team of `size`, at most `left`.
+  int64_t steps(int size, int64_t left) const {
+    const double s = seconds_per_step_[size == 1 ? 0 : 1];
+    const double n = s > 0 ? kSegmentSeconds / s : 4;  // unknown rate: a short first segment
+    return std::max<int64_t>(1, std::min<int64_t>(left, static_cast<int64_t>(std::min(n, 1e6))));
+  }
+  // Records that `steps` steps took `seconds` on a team of `size`.
+  void record(int size, int64_t steps, double seconds) {
+    double& s = seconds_per_step_[size == 1 ? 0 : 1];
+    // A short segment (a call's first step, its remainder) mostly times waking the team up.
+    if (s >= 0 && seconds < kSegmentSeconds / 4) return;
+    const bool explored = team_ > 1 && seconds_per_step_[0] >= 0 && seconds_per_step_[1] >= 0 &&
+                          size != best();
+    const double rate = seconds / static_cast<double>(steps);
+    s = s < 0 ? rate : 0.5 * (s + rate);
+    if (!explored) {
+      ++since_explore_;
+    } else {  // a change: look again soon; the same answer: look again later
+      explore_every_ = size == best() ? kExploreFirst : std::min(2 * explore_every_, kExploreMax);
+      since_explore_ = 0;
+    }
+  }
+
+ private:
+  static constexpr double kSegmentSeconds = 20e-3;
+  static constexpr int kExploreFirst = 4, kExploreMax = 64;
+  int best() const { return seconds_per_step_[0] <= seconds_per_step_[1] ? 1 : team_; }
+  int team_;
+  double seconds_per_step_[2] = {-1, -1};  // one thread, the team; -1: not measured
+  int since_explore_ = 0, explore_every_ = kExploreFirst;
+};
+
+// Runs the steps [begin, end) of a loop as segments fn(size, t0, t1) on a team of `size`
+// threads or one (fn returns false to stop), chosen by the TeamPolicy of the loop's `key`
+// (what sets its speed: a model's shape, the batch, the dtype). The policies live as long as
+// the process: a generation is many calls of about half a second, and the load they meet
+// outlives each. fn's results must not depend on the team, only its time.
+using TeamKey = std::array<int64_t, 8>;
+template <typename Fn>
+void run_on_best_team(const TeamKey& key, int team, int64_t begin, int64_t end, const Fn& fn) {
+  static std::mutex mutex;
+  static std::map<std::pair<TeamKey, int>, TeamPolicy> policies;  // per key and team size
+  for (int64_t t = begin; t < end;) {
+    int size;
+    int64_t steps;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      const TeamPolicy& policy = policies.try_emplace({key, team}, team).first->second;
+      size = policy.size();
+      steps = policy.steps(size, end - t);
+    }
+    const auto began = std::chrono::steady_clock::now();
+    const bool go_on = fn(size, t, t + steps);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      policies.at({key, team}).record(size, steps, seconds);
+    }
+    if (!go_on) return;
+    t += steps;
+  }
 }
 
 }  // namespace cpu

@@ -216,14 +216,15 @@ FASTAR_INLINE void partial_products(Rows<const T> in, int64_t nb, int64_t K, con
   }
 }
 
-// Generates the sequences [b0, b0 + nb) as thread `rank` of a team of `size` (1 or 2) that
+// Generates the times [t_begin, t_end) (a part of [g.start, g.end): the values before t_begin
+// are in x) of the sequences [b0, b0 + nb) as thread `rank` of a team of `size` (1 or 2) that
 // shares `parts`. Each thread keeps its own copy of the residual stream, the skip sums, the
 // logits and the values drawn; the team meets once per layer and twice in the head. Returns
 // false (every thread alike) where the model's output at some step defines no distribution.
 // Compiled once per CPU level I (cpu::dispatch).
 template <typename I, typename T>
-FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
-                                 Partials<T>& parts, int rank, int size,
+FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0, int64_t t_begin,
+                                 int64_t t_end, Partials<T>& parts, int rank, int size,
                                  cpu::SpinBarrier& barrier, T* logp) {
   const int64_t nb = parts.nb, R = g.R, S = g.S, P = g.P, V = g.V, L = g.L, k = g.k;
   const int64_t R2 = 2 * R, RS = R + S, W = g.width;
@@ -263,7 +264,7 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
   const dmol::Bins<T> bins = dmol::make_bins<T>(V);
   // The value at time tj < t: given before this call, or drawn (or kept) by this thread.
   const auto value_at = [&](int64_t b, int64_t tj) {
-    return tj < g.start ? x[b * g.T + tj] : recent[b * k + tj % k];
+    return tj < t_begin ? x[b * g.T + tj] : recent[b * k + tj % k];
   };
   // The block input at t of layer l into its ring, this thread's channels. Called once the team
   // has met after layer l: every read of the slot it overwrites is done.
@@ -276,7 +277,7 @@ FASTAR_INLINE bool generate_rows(const WaveNetGenerateArgs& g, int64_t b0,
     }
   };
 
-  for (int64_t t = g.start; t < g.end; ++t) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
     // The input convolution of the one-hot samples before t.
     for (int64_t b = 0; b < nb; ++b) {
       std::copy(embed_bias, embed_bias + R, h[b]);
@@ -392,10 +393,12 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
   const cpu::Capability level = cpu::capability();  // one level for the whole team
   std::atomic<bool> failed{false};
   T* out = logp.data_ptr<T>();
-  const auto generate_at_level = [&](int64_t b0, Partials<T>& parts, int rank, int size,
+  const auto generate_at_level = [&](int64_t b0, int64_t t_begin, int64_t t_end,
+                                     Partials<T>& parts, int rank, int size,
                                      cpu::SpinBarrier& barrier) {
     const bool ok = cpu::dispatch(level, [&](auto isa) FASTAR_INLINE_LAMBDA {
-      return generate_rows<decltype(isa), T>(g, b0, parts, rank, size, barrier, out);
+      return generate_rows<decltype(isa), T>(g, b0, t_begin, t_end, parts, rank, size, barrier,
+                                             out);
     });
     if (!ok) failed = true;
   };
@@ -405,16 +408,21 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
       cpu::SpinBarrier alone(1);
       for (int64_t b0 = lo; b0 < hi; b0 += kGroup) {
         Partials<T> parts(g, std::min<int64_t>(kGroup, hi - b0));
-        generate_at_level(b0, parts, 0, 1, alone);
+        generate_at_level(b0, g.start, g.end, parts, 0, 1, alone);
       }
     });
   } else {  // one team over the whole batch, each thread summing a part of every product
-    // (worth a meeting per layer only where a layer's products are large)
+    // (worth a meeting per layer only where a layer's products are large), segment by segment
+    // on the team or on one thread, whichever runs faster now (cpu::TeamPolicy)
     Partials<T> parts(g, g.B);
-    cpu::parallel_team(g.R >= 32 ? std::min(threads, kParts) : 1,
-                       [&](int rank, int size, cpu::SpinBarrier& barrier) {
-                         generate_at_level(0, parts, rank, size, barrier);
-                       });
+    const cpu::TeamKey key{g.B, g.R, g.S, g.L, g.k, g.P, g.Cl, int64_t(sizeof(T))};
+    cpu::run_on_best_team(key, g.R >= 32 ? std::min(threads, kParts) : 1, g.start, g.end,
+                          [&](int team, int64_t t0, int64_t t1) {
+      cpu::parallel_team(team, [&](int rank, int size, cpu::SpinBarrier& barrier) {
+        generate_at_level(0, t0, t1, parts, rank, size, barrier);
+      });
+      return !failed;
+    });
   }
   TORCH_CHECK(!failed, "fastar::wavenet_generate: the model's output defines no distribution ",
               "(NaN or infinite logits) at some step: are the weights and conditions finite?");
