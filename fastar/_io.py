@@ -16,20 +16,39 @@ class CorruptFileError(RuntimeError):
     """A file fastar wrote that fails to load or fails its checksum."""
 
 
+def atomic_write(path: str, write) -> None:
+    """Calls write(f) on a binary file beside path, then renames it to path: a concurrent reader,
+    or a run killed mid-write, sees the old file or the new one, never a torn one. On any
+    failure the temporary file is removed and the old file stays; an OS error (a full disk)
+    becomes one line naming the file and the cause."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the file
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, "fastar: cannot write %s: %s" % (path, e.strerror)) from None
+        raise
+
+
 def atomic_save(obj, path: str) -> None:
-    """torch.save(obj) with a sha256 of the serialized object, to a temporary file beside path,
-    then renamed: a concurrent reader, or a run killed mid-write, sees the old file or the new
-    one, never a torn one."""
+    """torch.save(obj) with a sha256 of the serialized object, written by atomic_write.
+    Serialized in memory first: torch.save into a file turns a full disk into an opaque
+    "enforce fail" RuntimeError."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getvalue()
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "wb") as f:
-        torch.save({"format": _FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                    "payload": payload}, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename makes it the file
-    os.replace(tmp, path)
+    outer = io.BytesIO()
+    torch.save({"format": _FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": payload}, outer)
+    atomic_write(path, lambda f: f.write(outer.getbuffer()))
 
 
 def checked_load(path: str, what_to_do: str, map_location=None):

@@ -6,12 +6,15 @@ Samples are floats in [-1, 1]; a mu-law value is an integer in [0, num_values).
 """
 
 import math
+import struct
 import wave
 from typing import Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from fastar._io import atomic_write
 
 
 def _mu(fn: str, num_values: int) -> int:
@@ -50,10 +53,16 @@ def mu_law_decode(q: Tensor, num_values: int = 256) -> Tensor:
 
 def read_wav(path: str) -> Tuple[Tensor, int]:
     """(samples (channels, T) float32 in [-1, 1], sample rate) of a PCM WAV file of 8-bit
-    (unsigned) or 16-bit (signed) samples."""
-    with wave.open(path, "rb") as f:
-        channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-        raw = f.readframes(f.getnframes())
+    (unsigned) or 16-bit (signed) samples. ValueError naming the file for anything else
+    (a damaged header included)."""
+    try:
+        with wave.open(path, "rb") as f:
+            channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
+            raw = f.readframes(f.getnframes())
+    except (wave.Error, EOFError, RuntimeError, struct.error) as e:
+        # wave's messages omit the file; a damaged chunk id raises a bare RuntimeError
+        raise ValueError("fastar.audio.read_wav: cannot read %s as a PCM WAV file: %s"
+                         % (path, str(e) or type(e).__name__)) from None
     if width == 2:
         data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
     elif width == 1:
@@ -61,27 +70,44 @@ def read_wav(path: str) -> Tuple[Tensor, int]:
     else:
         raise ValueError("fastar.audio.read_wav: %s has %d-byte samples; 8-bit and 16-bit PCM "
                          "are supported" % (path, width))
-    return torch.from_numpy(data.reshape(-1, channels).T.copy()), rate
+    if channels < 1:
+        raise ValueError("fastar.audio.read_wav: %s has %d channels" % (path, channels))
+    frames = len(data) // channels  # a torn last frame is dropped
+    return torch.from_numpy(data[: frames * channels].reshape(-1, channels).T.copy()), rate
+
+
+_MAX_CHANNELS = 65535  # WAV's 16-bit channel count
+_MAX_RATE = 2 ** 32 - 1  # and 32-bit sample rate
 
 
 def write_wav(path: str, samples: Tensor, rate: int = 8000) -> None:
     """Writes samples (T,) or (channels, T) in [-1, 1] (clipped) as 16-bit PCM at `rate`
-    samples per second (a positive int). NaN samples are refused."""
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-        raise ValueError("fastar.audio.write_wav: expected an int rate >= 1 (samples per "
-                         "second), got %r" % (rate,))
+    samples per second (an int in [1, 2^32)). Everything is checked before path is touched,
+    and the file is written beside it and renamed (the old file stays on failure). NaN
+    samples are refused, and so are more channels than samples per channel: (T, channels)
+    data must be transposed."""
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= _MAX_RATE:
+        raise ValueError("fastar.audio.write_wav: expected an int rate in [1, 2^32) (samples "
+                         "per second), got %r" % (rate,))
     x = samples.detach().float().cpu()
+    x = x.unsqueeze(0) if x.dim() == 1 else x
+    if x.dim() != 2 or not 1 <= x.shape[0] <= _MAX_CHANNELS or x.shape[0] > max(x.shape[1], 1):
+        raise ValueError("fastar.audio.write_wav: expected samples (T,) or (channels, T) with "
+                         "1 <= channels <= min(T, %d), got shape %s%s"
+                         % (_MAX_CHANNELS, tuple(samples.shape),
+                            " (for (T, channels) data pass samples.T)"
+                            if x.dim() == 2 and x.shape[0] > x.shape[1] else ""))
     if torch.isnan(x).any():
         raise ValueError("fastar.audio.write_wav: expected samples in [-1, 1], got NaN")
-    x = x.unsqueeze(0) if x.dim() == 1 else x
-    if x.dim() != 2:
-        raise ValueError("fastar.audio.write_wav: expected samples (T,) or (channels, T), got "
-                         "shape %s" % (tuple(samples.shape),))
     # The inverse of read_wav's scale: a sample read back is within half a step of x.
     pcm = (x.clamp(-1, 1) * 32768).round().clamp(-32768, 32767).to(torch.int16).T.contiguous()
-    pcm = pcm.numpy()
-    with wave.open(path, "wb") as f:
-        f.setnchannels(x.shape[0])
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(pcm.astype("<i2").tobytes())
+    frames = pcm.numpy().astype("<i2").tobytes()
+
+    def write(f):
+        with wave.open(f, "wb") as w:
+            w.setnchannels(x.shape[0])
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(frames)
+
+    atomic_write(path, write)

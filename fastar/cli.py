@@ -154,6 +154,12 @@ def _run(args):
             model, state = checkpoint.load_model(args.checkpoint, args.device)
         except checkpoint.RunError as e:
             raise SystemExit("python -m fastar eval: %s" % e)
+        if args.samples:  # before minutes of scoring and sampling
+            try:
+                evaluate.check_samples_path(
+                    args.samples, len(model.event_shape(args.sample_length)) == 2)
+            except ValueError as e:
+                raise SystemExit("python -m fastar eval: --samples: %s" % e)
         num_classes = state["config"].get("num_classes")
         x, y = evaluate.load_split(state["dataset"], args.split, args.limit,
                                    bool(num_classes))

@@ -2,6 +2,7 @@
 torchrun, split over the processes), a PNG grid of images or a WAV of audio clips."""
 
 import math
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -49,6 +50,20 @@ def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
     return nats, bits_per_dim(nats, x[0].numel())
 
 
+def check_samples_path(path: str, is_audio: bool) -> None:
+    """ValueError unless path ends in the suffix of what the model makes (.wav for audio,
+    .png for images) and its folder exists: checked before sampling, not after."""
+    suffix = ".wav" if is_audio else ".png"
+    if not path.lower().endswith(suffix):
+        raise ValueError("samples of %s model are written as %s: expected a path ending in %s, "
+                         "got %r" % ("an audio" if is_audio else "an image", suffix.upper()[1:],
+                                     suffix, path))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError("cannot write samples to %s: the folder %s does not exist"
+                         % (path, folder))
+
+
 def save_samples(model, path: str, n: Optional[int] = None, seed: int = 0,
                  num_classes: Optional[int] = None, length: int = 8000, rate: int = 8000,
                  **sample_args) -> torch.Tensor:
@@ -56,9 +71,11 @@ def save_samples(model, path: str, n: Optional[int] = None, seed: int = 0,
     Images: n (default 16) as a PNG grid, one column per class for a class-conditional model.
     Audio (event (1, T)): n (default 1) mu-law clips of `length` samples one after another, a
     quarter second of silence between, as a 16-bit WAV at `rate`."""
+    is_audio = len(model.event_shape(length)) == 2  # (1, T)
+    check_samples_path(path, is_audio)  # before minutes of sampling
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    if len(model.event_shape(length)) == 2:  # audio (1, T)
+    if is_audio:
         from fastar import audio
 
         samples = model.sample(n or 1, length=length, generator=generator, **sample_args).cpu()

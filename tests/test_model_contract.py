@@ -5,6 +5,7 @@ batches, the meta device and the inputs a model must refuse."""
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -142,6 +143,38 @@ def test_the_config_rebuilds_the_model_through_a_checkpoint(info, variant, tmp_p
         cond = cond.float()
     torch.testing.assert_close(loaded.eval().log_prob(x, cond), model.log_prob(x, cond),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_the_model_pickles(info, variant, tmp_path):
+    shape = info.tiny_shapes[0]
+    model = info.make(variant, shape)
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    loaded = torch.load(path, weights_only=False)
+    x = torch.randint(0, model.num_values, (3, *shape))
+    cond = info.condition(model, 3, shape)
+    assert torch.equal(loaded.log_prob(x, cond), model.log_prob(x, cond))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("info,variant", cases(lambda i: True))
+def test_every_sampler_refuses_a_model_with_a_non_finite_weight(info, variant, bad):
+    """The naive loop finds no distribution; the fused kernel skipped the taps before t = 0
+    and drew values anyway: all refuse alike, before drawing."""
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    shape = tuple(model.event_shape(shape[-1]))
+    cond = info.condition(model, 2, shape)
+    name, param = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()][-2]
+    with torch.no_grad():
+        param.view(-1)[0] = bad
+    fused = [False, None] if model.has_fused_sampler(model._device(), model._dtype()) else [None]
+    for cached, use_fused in [(False, None)] + ([(True, f) for f in fused]
+                                                if model.has_cache else []):
+        with pytest.raises(ValueError, match=r"%s.sample: the model's %s holds NaN or infinite "
+                                             r"values" % (info.name, re.escape(name))):
+            model.generate(2, shape, cond, cached=cached, fused=use_fused)
 
 
 @pytest.mark.parametrize("info,variant", cases())

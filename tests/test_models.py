@@ -1,6 +1,7 @@
 import copy
 import importlib.util
 import itertools
+import threading
 
 import dataclasses
 
@@ -238,7 +239,7 @@ def test_a_wrong_step_is_caught():
     real_step = model.step
 
     def stale_step(cache, i):  # forgets to add the previous value: sees nothing
-        return real_step(cache, 0) if i == 0 else model._head(cache.pre, slice(
+        return real_step(cache, 0) if i == 0 else model._head(cache.pre, cache.masks, slice(
             2 * int(model.generation_order(None)[i]), 2 * int(model.generation_order(None)[i]) + 2))
 
     model.step = stale_step
@@ -450,6 +451,46 @@ def test_a_loaded_made_uses_the_mask_it_was_saved_with():
     for strict in (True, False):
         with pytest.warns(UserWarning, match="no masks_fingerprint"):
             MADE(saved.config).double().load_state_dict(old, strict=strict)
+
+
+def test_made_evaluation_and_sampling_are_reentrant():
+    """Averaging over the masks and drawing a mask per sample pass the mask down: threads
+    scoring and sampling one eval-mode model at once get what one thread gets."""
+    model = _randomized(MADE(image_shape=(1, 3, 4), num_values=3, hidden_sizes=(16,),
+                             num_masks=4, natural_ordering=False)).eval()
+    x = torch.randint(0, 3, (8, 1, 3, 4), generator=torch.Generator().manual_seed(1))
+    want_lp = model.log_prob(x)
+    want_x = model.sample(6, generator=torch.Generator().manual_seed(2))
+    wrong = []
+
+    def score():
+        for _ in range(60):
+            if not torch.equal(model.log_prob(x), want_lp):
+                wrong.append("log_prob")
+
+    def draw():
+        for _ in range(20):
+            if not torch.equal(model.sample(6, generator=torch.Generator().manual_seed(2)),
+                               want_x):
+                wrong.append("sample")
+
+    threads = [threading.Thread(target=f) for f in (score, score, draw)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, "%d wrong results from concurrent calls" % len(wrong)
+    assert model._current_mask() == 0 and int(model.mask_index) == 0  # nothing switched
+
+
+def test_a_made_state_dict_with_a_mask_index_out_of_range_is_refused_before_loading():
+    model = MADE(image_shape=(1, 2, 3), hidden_sizes=(8,), num_masks=4, natural_ordering=False)
+    for bad in (torch.tensor(7), torch.tensor(-1), torch.tensor(1.0), torch.tensor([1]),
+                torch.tensor(True)):
+        state = {**model.state_dict(), "mask_index": bad}
+        with pytest.raises(RuntimeError, match=r"mask_index must be an integer in \[0, 4\)"):
+            model.load_state_dict(state)
+        assert int(model.mask_index) == 0 and model._current_mask() == 0
 
 
 @pytest.mark.parametrize("name", list(SMALL))

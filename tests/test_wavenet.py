@@ -1,3 +1,9 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -91,8 +97,18 @@ def test_conditions_are_checked():
                                              r"local\) of tensors or None, a global condition "
                                              r"tensor, or None; got"):
             model.sample(2, bad, length=9)
-    with pytest.raises(ValueError, match="expected a float local condition"):
-        model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.float64), local.long()))
+    for dtype in (torch.long, torch.bool, torch.complex128):
+        with pytest.raises(ValueError, match="expected a float local condition"):
+            model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.float64), local.to(dtype)))
+    g = torch.zeros(2, 3, dtype=torch.float64)
+    for bad in (float("nan"), float("inf")):
+        for what, cond in (("global", Condition(g.clone().fill_(bad), local)),
+                           ("local", Condition(g, local.clone().fill_(bad)))):
+            for call in (lambda: model.log_prob(x, cond), lambda: model.sample(2, cond, length=9),
+                         lambda: model.sample(2, cond, length=9, cached=False)):
+                with pytest.raises(ValueError, match="WaveNet: the %s condition holds NaN or "
+                                                     "infinite values" % what):
+                    call()
     with pytest.raises(ValueError, match=r"WaveNet: expected values in \[0, 2\), got values in "
                                          r"\[0, 2\]"):
         _small().log_prob(x + 2 * (torch.arange(9) == 4))
@@ -296,17 +312,80 @@ def test_a_generation_from_the_start_never_reads_what_the_rings_held(kernel_size
     assert torch.equal(results[0][1], results[1][1])
 
 
+def _refusal_cases(model, n, T):
+    """(name, call arguments, message) of what wavenet_generate refuses, from its shape, dtype
+    and range checks (csrc/common/wavenet_args.cpp, fastar.ops.wavenet.check_args)."""
+    w = list(model.packed_weights())
+    width = _buffers(model, n).shape[1]
+    return [
+        ("huge dilation", dict(dilations=(2 ** 62,) * 5), r"expected dilations in \[1, 2\^30\]"),
+        ("zero dilation", dict(dilations=(1, 2, 0, 8, 1)),
+         r"expected dilations in \[1, 2\^30\], but got 0 at layer 2"),
+        ("buffers", dict(buffers=torch.empty(n, width + 1, 32, dtype=torch.float64)),
+         r"expected buffers of shape \(2, %d, 32\)" % width),
+        ("buffers dtype", dict(buffers=torch.empty(n, width, 32)),
+         "expected buffers to have the weights' dtype"),
+        ("u dtype", dict(u=torch.rand(n, T)), "expected u to be float64"),
+        ("u shape", dict(u=torch.rand(n, T + 1, dtype=torch.float64)),
+         r"expected u of shape \(2, 8\)"),
+        ("x dtype", dict(x=torch.zeros(n, T, dtype=torch.int32)), "expected x to be int64"),
+        ("start", dict(start=-1), r"expected start in \[0, 8\], but got -1"),
+        ("end before start", dict(start=3, end=2), r"expected end in \[start = 3, 8\], but got 2"),
+        ("end", dict(end=9), r"expected end in \[start = 0, 8\], but got 9"),
+        ("num_given", dict(num_given=9), r"expected num_given in \[0, 8\], but got 9"),
+        ("negative num_given", dict(num_given=-1), r"expected num_given in \[0, 8\], but got -1"),
+        ("dilations and weights", dict(dilations=(1, 2, 4)),
+         r"expected out_weight of shape \(3, 32, \*\)"),
+        ("no dilations", dict(dilations=()), "expected at least one dilation"),
+        ("weights", dict(weights=w[:9]), r"expected 10 packed weights \(embed, .*\), but got 9"),
+        ("half weights", dict(weights=[t.half() for t in w]),
+         "expected float32 or float64 weights"),
+        ("weight dtype", dict(weights=w[:7] + [w[7].float()] + w[8:]),
+         "expected head_bias1 to have the weights' dtype"),
+        ("weight shape", dict(weights=w[:3] + [w[3][:, 1:]] + w[4:]),
+         r"expected conv_bias of shape \(5, 64\)"),
+        ("num_mixtures", dict(num_mixtures=-1), "expected num_mixtures >= 0"),
+        ("mixture head", dict(num_mixtures=3), "expected a mixture head of 3 \\* num_mixtures"),
+        ("local alone", dict(local=torch.zeros(n, 2, T, dtype=torch.float64)),
+         "expected local and local_weight together"),
+        ("local shape", dict(local=torch.zeros(n, 2, T + 1, dtype=torch.float64),
+                             local_weight=torch.zeros(2, 5 * 64, dtype=torch.float64)),
+         r"expected local of shape \(2, \*, 8\)"),
+        ("global_bias", dict(global_bias=torch.zeros(n, 5, 63, dtype=torch.float64)),
+         r"expected global_bias of shape \(2, 5, 64\)"),
+    ]
+
+
 def test_the_fused_loop_rejects_what_it_cannot_generate_from():
+    """Every refusal alike from the CPU kernel, the fake (meta) kernel that torch.compile
+    traces with, and the reference: none returns numbers for what another refuses."""
     model = _medium()
     c, n, T = model.config, 2, 8
     w = list(model.packed_weights())
     x, u = torch.zeros(n, T, dtype=torch.long), torch.rand(n, T, dtype=torch.float64)
 
-    def call(x=x, buffers=None, u=u, start=0, end=T, num_given=0, weights=w, **kw):
+    def call(x=x, buffers=None, u=u, start=0, end=T, num_given=0, weights=w, device="cpu",
+             **kw):
         buffers = _buffers(model, n) if buffers is None else buffers
-        return ops.wavenet_generate(x.clone(), buffers, u, start, end, num_given, weights,
-                                    kw.pop("dilations", c.dilations), **kw)
+        args = [x.clone(), buffers, u, start, end, num_given, weights,
+                kw.pop("dilations", c.dilations)]
+        move = (lambda t: t.to(device)) if device != "cpu" else (lambda t: t)
+        args = [move(a) if torch.is_tensor(a) else [move(t) for t in a] if isinstance(a, list)
+                else a for a in args]
+        kw = {k: None if v is None else move(v) for k, v in kw.items()
+              if k != "num_mixtures"} | ({"num_mixtures": kw["num_mixtures"]}
+                                         if "num_mixtures" in kw else {})
+        return ops.wavenet_generate(*args, **kw)
 
+    for name, kwargs, message in _refusal_cases(model, n, T):
+        for where in ("cpu", "meta", "reference"):
+            with pytest.raises(RuntimeError, match=message):
+                if where == "reference":
+                    with ops.implementation("reference"):
+                        call(**kwargs)
+                else:
+                    call(device=where, **kwargs)
+    # What only values show: the kernels' checks alone.
     with pytest.raises(RuntimeError, match=r"expected the given values x\[:, :3\] in \[0, 32\), "
                                            r"but got values in \[40, 40\]"):
         call(x=torch.full((n, T), 40), num_given=3)
@@ -322,33 +401,6 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
     global_bias = buffers.view(-1)[:n * 5 * 64].view(n, 5, 64)
     with pytest.raises(RuntimeError, match="unsupported operation"):
         call(buffers=buffers, global_bias=global_bias)
-    with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\]"):
-        call(dilations=(2 ** 62,) * 5)
-    with pytest.raises(RuntimeError, match="expected buffers of shape"):
-        call(buffers=torch.empty(n, _buffers(model, n).shape[1] + 1, 32, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match="expected u to be float64"):
-        call(u=u.float())
-    with pytest.raises(RuntimeError, match=r"expected start in \[0, 8\], but got -1"):
-        call(start=-1)
-    with pytest.raises(RuntimeError, match=r"expected end in \[start = 3, 8\], but got 2"):
-        call(start=3, end=2)
-    with pytest.raises(RuntimeError, match=r"expected end in \[start = 0, 8\], but got 9"):
-        call(end=9)
-    with pytest.raises(RuntimeError, match=r"expected num_given in \[0, 8\], but got 9"):
-        call(num_given=9)
-    with pytest.raises(RuntimeError, match=r"expected dilations in \[1, 2\^30\], but got 0 at "
-                                           r"layer 2"):
-        call(dilations=(1, 2, 0, 8, 1))
-    with pytest.raises(RuntimeError, match=r"expected out_weight of shape \(3, 32, \*\)"):
-        call(dilations=(1, 2, 4))
-    with pytest.raises(RuntimeError, match=r"expected 10 packed weights \(embed, .*\), but got 9"):
-        call(weights=w[:9])
-    with pytest.raises(RuntimeError, match="expected float32 or float64 weights"):
-        call(weights=[t.half() for t in w])
-    with pytest.raises(RuntimeError, match="expected head_bias1 to have the weights' dtype"):
-        call(weights=w[:7] + [w[7].float()] + w[8:])
-    with pytest.raises(RuntimeError, match="expected local and local_weight together"):
-        call(local=torch.zeros(n, 2, T))
     for i in (8, 3):  # a NaN in the head, or in a convolution (through the head's ReLUs)
         bad = [t.clone() for t in w]
         bad[i].view(-1)[5] = float("nan")
@@ -450,14 +502,27 @@ def test_sizes_lengths_prefixes_and_positions_are_checked():
                         ({"skip_channels": -1}, "got skip_channels=-1"),
                         ({"cond_channels": 0}, "got cond_channels=0"),
                         ({"local_channels": 0}, "got local_channels=0"),
-                        ({"output": "dmol", "num_mixtures": 0}, "got num_mixtures=0")):
+                        ({"output": "dmol", "num_mixtures": 0}, "got num_mixtures=0"),
+                        ({"dilations": (1, 2 ** 40)}, r"dilations must be at most 2\^30 "
+                         r"\(fastar::wavenet_generate's limit\), got 1099511627776: a receptive "
+                         r"field of 1099511627779 samples")):
         with pytest.raises(ValueError, match=message):
             WaveNet(**kw)
+    for dilations in ((True, 2), (1, 2.0), ("1",)):
+        with pytest.raises(TypeError, match=r"WaveNet: dilations must be ints, got"):
+            WaveNet(dilations=dilations)
     model = _small()
+    cache = model.prepare(2, (1, 5), cached=True)
+    for i in (1.5, True, -1, 5, "2"):
+        with pytest.raises(IndexError, match=r"WaveNet.step: expected an int position in "
+                                             r"\[0, 5\), got"):
+            model.step(cache, i)
     for length in (None, 0, 2.5, True, torch.zeros(2, 3)):
-        with pytest.raises(ValueError, match=r"expected the number of samples to generate, an "
-                                             r"int length >= 1"):
+        with pytest.raises(ValueError, match=r"expected sequences of an int length >= 1"):
             model.sample(2, length=length)
+    with pytest.raises(ValueError, match=r"WaveNet: expected sequences of an int length >= 1 "
+                                         r"\(samples; .*\), got 0"):
+        model.log_prob(torch.zeros(2, 1, 0, dtype=torch.long))
     assert model.sample(2, length=np_int(5)).shape == (2, 1, 5)
     prefix = torch.ones(2, 1, 5, dtype=torch.long)
     with pytest.raises(ValueError, match=r"num_given \(7\) counts given samples: an int, at most "
@@ -471,7 +536,7 @@ def test_sizes_lengths_prefixes_and_positions_are_checked():
         model.sample(2, length=8, prefix=prefix * 9)
     cache = model.prepare(2, (1, 8))
     for i in (-1, 8):
-        with pytest.raises(IndexError, match=r"position %d outside the cache's \[0, 8\)" % i):
+        with pytest.raises(IndexError, match=r"expected an int position in \[0, 8\), got %d" % i):
             model.step(cache, i)
 
 
@@ -490,3 +555,27 @@ def test_check_values_false_skips_only_the_range_check(output):
         model.log_prob(x + model.num_values)
     with pytest.raises(ValueError, match=r"WaveNet: expected integer x"):
         model.log_prob(x.double(), check_values=False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ctrl_c_stops_a_long_generation_within_about_a_second(threads):
+    """generate returns to Python every seconds_per_call (0.5 s) of work, where Python sees
+    SIGINT: a 400,000-sample clip stopped after 7-29 s when chunks were 16,384 samples."""
+    script = ("import sys, torch; torch.set_num_threads(%d); torch.manual_seed(0)\n"
+              "from fastar.models import WaveNet\n"
+              "m = WaveNet().eval(); m.sample(1, length=64)\n"
+              "print('go', flush=True); m.sample(1, length=400000)\n" % threads)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert proc.stdout.readline().strip() == "go"
+        time.sleep(1.5)  # well into the clip, past the first small chunks
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err, err
+    assert took < 3.0, "stopped %.1f s after Ctrl-C" % took

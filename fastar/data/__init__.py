@@ -25,12 +25,13 @@ the registry: name -> `Dataset` (its loader, modality, shape, values per dimensi
 import dataclasses
 import glob
 import gzip
+import hashlib
 import importlib.util
 import os
 import pickle
 import warnings
 import wave
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -107,11 +108,30 @@ def _audio_split(index: int, count: int) -> str:
     return {0: "test", 1: "valid"}.get((count - 1 - index) % 10, "train")
 
 
+def _distinct_files(paths) -> List[str]:
+    """The paths sorted, each file once: the first path of each real path (Debian's sounds
+    folder holds `en` and `en_US` as links to one folder) and of each content (a copy under
+    another name), so that no file lands in two splits (a test clip heard in training)."""
+    seen_real, seen_content, files = set(), set(), []
+    for path in sorted(paths):
+        real = os.path.realpath(path)
+        if real in seen_real:
+            continue
+        seen_real.add(real)
+        with open(real, "rb") as f:  # a few MB in all: hashing is cheap beside decoding
+            digest = hashlib.sha256(f.read()).digest()
+        if digest not in seen_content:
+            seen_content.add(digest)
+            files.append(path)
+    return files
+
+
 def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]:
     from fastar.audio import mu_law_encode, read_wav
 
-    files = sorted(path for path in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-                   if path.lower().endswith(".wav") and os.path.isfile(path))
+    files = _distinct_files(path for path in glob.glob(os.path.join(root, "**", "*"),
+                                                       recursive=True)
+                            if path.lower().endswith(".wav") and os.path.isfile(path))
     if not files:
         raise FileNotFoundError("fastar.data: this audio comes from the Debian package %s; "
                                 "install it with `apt-get install %s` (looked for WAV files "

@@ -32,6 +32,7 @@ checkpoint alone.
 """
 
 import dataclasses
+import itertools
 import math
 import operator
 import time
@@ -185,11 +186,28 @@ class AutoregressiveModel(nn.Module):
         if x.dim() != 1 + len(expected) or tuple(x.shape[1:]) != tuple(expected):
             raise ValueError("%s: expected x of shape (B, %s), got %s" % (
                 name, ", ".join(map(str, expected)), tuple(x.shape)))
-        if check_values and x.numel() and not torch.compiler.is_compiling():
+        if (check_values and x.numel() and x.device.type != "meta"
+                and not torch.compiler.is_compiling()):
             low, high = (int(v) for v in torch.aminmax(x))  # one reduction, one sync
             if low < 0 or high >= self.num_values:
                 raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
                                  % (name, self.num_values, low, high))
+
+    def check_finite(self, caller: str) -> None:
+        """ValueError naming the first parameter or buffer that holds a NaN or an infinity: no
+        sampler draws from such a model (where the naive loop finds no distribution, the fused
+        kernel could skip the term that makes it undefined and draw anyway). One reduction and
+        one host sync per call; meta tensors have no values to check."""
+        named = [(name, t) for name, t in itertools.chain(self.named_parameters(),
+                                                         self.named_buffers())
+                 if t.is_floating_point() and t.device.type != "meta" and t.numel()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
+        if not bool(finite.all()):
+            name = named[int((~finite).nonzero()[0])][0]
+            raise ValueError("%s: the model's %s holds NaN or infinite values: it defines no "
+                             "distribution to sample from" % (caller, name))
 
     def log_prob(self, x: Tensor, cond: Any = None, *, check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape). check_values=False skips
@@ -234,9 +252,13 @@ class AutoregressiveModel(nn.Module):
                 else "num_given without a prefix"))
         if prefix is None:
             return
-        if tuple(prefix.shape) != (n, *event_shape):
-            raise ValueError("%s.sample: expected prefix of shape %s, got %s"
-                             % (name, (n, *event_shape), tuple(prefix.shape)))
+        if not torch.is_tensor(prefix) or tuple(prefix.shape) != (n, *event_shape):
+            raise ValueError("%s.sample: expected prefix of shape %s, got %s" % (
+                name, (n, *event_shape), tuple(prefix.shape) if torch.is_tensor(prefix)
+                else type(prefix).__name__))
+        if prefix.device != self._device():
+            raise ValueError("%s.sample: expected prefix on the model's device (%s), got %s"
+                             % (name, self._device(), prefix.device))
         D = math.prod(event_shape)
         given = as_count(num_given)
         if given is None or not 0 <= given <= D:
@@ -286,6 +308,7 @@ class AutoregressiveModel(nn.Module):
         prefix, num_given = self.complete_prefix(n, prefix, num_given, event_shape)
         self.check_prefix(n, event_shape, prefix, num_given)
         cond = self.check_condition(cond, n, event_shape)
+        self.check_finite("%s.sample" % type(self).__name__)
         asked_cached = cached
         if cached is None:
             cached = self.has_cache

@@ -8,6 +8,8 @@ without the models.
 """
 
 import dataclasses
+import math
+import operator
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -50,6 +52,18 @@ class Cache:
                              "ones of this generation), got [%r, %r)"
                              % (self.done, self.done, D, start, end))
         self.done = end
+
+    def position(self, i: Any, caller: str) -> int:
+        """i as an index of the generation order, [0, number of values of an example): an int
+        (not a bool or a float), else IndexError naming the caller."""
+        D = math.prod(self.x.shape[1:])
+        try:
+            index = None if isinstance(i, bool) else operator.index(i)
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < D:
+            raise IndexError("%s: expected an int position in [0, %d), got %r" % (caller, D, i))
+        return index
 
     def update(self, layer_idx: int, entry: Any) -> Any:
         """Sets (or appends, for the next index) layer layer_idx's entry; returns it."""

@@ -39,12 +39,15 @@ class _MaskedLinear(nn.Linear):
         self.mask = mask.to(device=self.weight.device, dtype=self.mask.dtype)
         self.blocks = blocks
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.blocks is not None and x.dim() == 2:
+    def forward(self, x: Tensor, masked: Optional[Tuple[Tensor, Optional[list]]] = None) -> Tensor:
+        """masked: (mask, blocks) to use instead of the layer's own (a mask not in use)."""
+        mask, blocks = (self.mask, self.blocks) if masked is None else masked
+        mask = mask.to(self.weight.dtype)
+        if blocks is not None and x.dim() == 2:
             # x in the weight's dtype: under autocast a dense layer before hands on bfloat16.
-            return ops.masked_linear(x.to(self.weight.dtype), self.weight,
-                                     self.mask.to(self.weight.dtype), self.bias, self.blocks)
-        return F.linear(x, self.weight * self.mask, self.bias)
+            return ops.masked_linear(x.to(self.weight.dtype), self.weight, mask, self.bias,
+                                     blocks)
+        return F.linear(x, self.weight * mask, self.bias)
 
 
 @dataclasses.dataclass
@@ -76,9 +79,19 @@ class MADEConfig:
 @dataclasses.dataclass
 class _MADECache(Cache):
     """The first hidden layer's pre-activation (n, H) and the direct connections' logits
-    (n, D * V) from the values drawn so far: adding one value is a column update."""
+    (n, D * V) from the values drawn so far: adding one value is a column update. masks: the
+    (mask, blocks) of each layer for the mask this generation uses."""
     pre: Optional[Tensor] = None
     direct: Optional[Tensor] = None
+    masks: Optional[list] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mask:
+    """MADE's condition inside its own calls: which mask a forward pass uses. Evaluation
+    averages over the masks and sampling draws one per sample by passing it down, so neither
+    switches the mask in use (state that other threads read)."""
+    index: int
 
 
 class MADE(AutoregressiveModel):
@@ -125,10 +138,14 @@ class MADE(AutoregressiveModel):
         self._fingerprint_value = self._fingerprint(drawn, masks)
         self.register_buffer("masks_fingerprint", torch.tensor(self._fingerprint_value))
         self._register_load_state_dict_pre_hook(self._check_masks)
-        # The layers hold the mask of mask_index: a loaded mask_index must take effect.
-        self.register_load_state_dict_post_hook(
-            lambda module, incompatible: module._use(int(module.mask_index)))
+        # The layers hold the mask of mask_index: a loaded mask_index must take effect (a
+        # method, not a lambda: a model must pickle).
+        self.register_load_state_dict_post_hook(MADE._use_loaded_mask)
         self._use(0)
+
+    @staticmethod
+    def _use_loaded_mask(module: "MADE", incompatible) -> None:
+        module._use(int(module.mask_index))
 
     @staticmethod
     def _fingerprint(drawn, masks) -> int:
@@ -154,6 +171,13 @@ class MADE(AutoregressiveModel):
                 "with (a fastar checkpoint's 'config'); this model has %s. Weights saved by "
                 "fastar before 2026-12-01 (unsorted hidden degrees) do not load into this "
                 "version" % (self.config,))
+        index = state_dict.get(prefix + "mask_index")  # checked before any buffer is written
+        if index is not None and not (isinstance(index, Tensor) and index.dim() == 0
+                                      and not index.is_floating_point()
+                                      and index.dtype != torch.bool
+                                      and 0 <= int(index) < self.num_masks):
+            raise RuntimeError("MADE: the state dict's mask_index must be an integer in [0, %d) "
+                               "(this model's num_masks), got %r" % (self.num_masks, index))
 
     def _draw_degrees(self):
         """Degrees per layer (Germain et al., sec. 4): inputs get their position in the
@@ -211,6 +235,29 @@ class MADE(AutoregressiveModel):
             return out if t.is_floating_point() or out.dtype == t.dtype else t.to(out.device)
         return super()._apply(keep_integers, recurse)
 
+    def _masks(self, mask: Optional[_Mask]) -> list:
+        """Per layer (hidden..., out, direct: None without direct connections) its (mask,
+        blocks): the layers' own for None (the mask in use), else mask.index's, built here from
+        its degrees and kept by nobody."""
+        layers = [*self.hidden, self.out, self.direct]
+        if mask is None:
+            return [None if layer is None else (layer.mask, layer.blocks) for layer in layers]
+        device = self.out.weight.device
+        with torch.inference_mode(False):
+            hidden, out, direct = self._masks_of(*self._degrees_for(mask.index, device))
+        blocks = self._blocks[mask.index]
+        return [None if layer is None else (m, b)
+                for layer, m, b in zip(layers, [*hidden, out, direct], blocks)]
+
+    def _order_of(self, mask: Optional[_Mask]) -> Tensor:
+        index = self._current_mask() if mask is None else mask.index
+        return torch.argsort(self._degrees[index][0])
+
+    def check_condition(self, cond, batch, event_shape, check_values=True):
+        if isinstance(cond, _Mask):
+            return cond
+        return super().check_condition(cond, batch, event_shape, check_values)
+
     def _current_mask(self) -> int:
         """The index of the mask in use: the host copy. A DataParallel replica (made afresh each
         step from the model, sharing or copying its buffer, which replica 0 advanced the step
@@ -225,32 +272,38 @@ class MADE(AutoregressiveModel):
 
     def generation_order(self, event_shape) -> Tensor:
         """The dimensions in the ordering of the mask in use."""
-        return torch.argsort(self._degrees[self._current_mask()][0])
+        return self._order_of(None)
+
+    def prepare(self, n, event_shape, cond=None, **kwargs):
+        cache = super().prepare(n, event_shape, cond, **kwargs)
+        cache.order = self._order_of(cache.cond).tolist()  # the generation's mask's ordering
+        return cache
 
     def _scale(self, x: Tensor) -> Tensor:
         """Values (B, ...) as network inputs: in [0, 1] for num_values > 2, as is for binary."""
         h = x.flatten(1).to(self.out.weight.dtype)
         return h / (self.num_values - 1) if self.num_values > 2 else h
 
-    def _head(self, h: Tensor, rows: slice = slice(None)) -> Tensor:
+    def _head(self, h: Tensor, masks: list, rows: slice = slice(None)) -> Tensor:
         """Output logits (rows of the out layer) from the first hidden layer's
-        pre-activation h."""
-        for layer in self.hidden[1:]:
-            h = layer(F.relu(h))
+        pre-activation h, under masks (`_masks`)."""
+        for layer, masked in zip(self.hidden[1:], masks[1:]):
+            h = layer(F.relu(h), masked)
         if self.hidden:
             h = F.relu(h)
-        out = self.out
+        out, (out_mask, _) = self.out, masks[-2]
         if rows == slice(None):
-            return out(h)
-        return F.linear(h, out.weight[rows] * out.mask[rows], out.bias[rows])
+            return out(h, masks[-2])
+        return F.linear(h, out.weight[rows] * out_mask[rows], out.bias[rows])
 
-    def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """(B, num_logits, C, H, W) logits of each dimension given the inputs before it (mask
-        in use)."""
+    def conditionals(self, x: Tensor, cond: Optional[_Mask] = None) -> Tensor:
+        """(B, num_logits, C, H, W) logits of each dimension given the inputs before it (under
+        the mask in use; MADE's own calls pass another as cond)."""
+        masks = self._masks(cond)
         inp = self._scale(x)
-        logits = self._head(self.hidden[0](inp) if self.hidden else inp)
+        logits = self._head(self.hidden[0](inp, masks[0]) if self.hidden else inp, masks)
         if self.direct is not None:
-            logits = logits + self.direct(inp)
+            logits = logits + self.direct(inp, masks[-1])
         B = x.shape[0]
         return logits.view(B, self.D, self.num_logits).transpose(1, 2).reshape(
             B, self.num_logits, *self.image_shape)
@@ -258,7 +311,8 @@ class MADE(AutoregressiveModel):
     def init_cache(self, n: int, cond: Optional[Tensor] = None,
                    event_shape=None) -> _MADECache:
         device, dtype = self.out.weight.device, self.out.weight.dtype
-        cache = _MADECache(x=torch.zeros(n, *self.image_shape, dtype=torch.long, device=device))
+        cache = _MADECache(x=torch.zeros(n, *self.image_shape, dtype=torch.long, device=device),
+                           masks=self._masks(cond), order=self._order_of(cond).tolist())
         if self.hidden:
             cache.pre = self.hidden[0].bias.to(dtype).expand(n, -1).clone()
         if self.direct is not None:
@@ -266,29 +320,22 @@ class MADE(AutoregressiveModel):
         return cache
 
     def step(self, cache: _MADECache, i: int) -> Tensor:
-        order = self._generation_order_cached()
-        V = self.num_logits
+        order, masks, V = cache.order, cache.masks, self.num_logits
+        i = cache.position(i, "MADE.step")
         if i > 0:  # add the value drawn at the previous position
-            p = int(order[i - 1])
+            p = order[i - 1]
             v = self._scale(cache.x.view(cache.x.shape[0], self.D)[:, p : p + 1])
             if self.hidden:
-                first = self.hidden[0]
-                cache.pre += v * (first.weight[:, p] * first.mask[:, p])
+                cache.pre += v * (self.hidden[0].weight[:, p] * masks[0][0][:, p])
             if self.direct is not None:
-                cache.direct += v * (self.direct.weight[:, p] * self.direct.mask[:, p])
-        d = int(order[i])
+                cache.direct += v * (self.direct.weight[:, p] * masks[-1][0][:, p])
+        d = order[i]
         rows = slice(d * V, (d + 1) * V)
         h = cache.pre if self.hidden else self._scale(cache.x)
-        logits = self._head(h, rows)
+        logits = self._head(h, masks, rows)
         if self.direct is not None:
             logits = logits + cache.direct[:, rows]
         return logits
-
-    def _generation_order_cached(self) -> Tensor:
-        index = self._current_mask()
-        if getattr(self, "_order_for", None) != index:
-            self._order, self._order_for = self.generation_order(None), index
-        return self._order
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
                  check_values: bool = True) -> Tensor:
@@ -301,13 +348,8 @@ class MADE(AutoregressiveModel):
             if self.training and self.num_masks > 1:
                 self._use((self._current_mask() + 1) % self.num_masks)
             return super().log_prob(x, check_values=False)
-        per_mask, current = [], self._current_mask()
-        try:
-            for i in range(self.num_masks):
-                self._use(i)
-                per_mask.append(super().log_prob(x, check_values=False))
-        finally:
-            self._use(current)  # evaluation leaves the training cycle where it was
+        per_mask = [super(MADE, self).log_prob(x, _Mask(i), check_values=False)
+                    for i in range(self.num_masks)]  # the mask in use stays as it is
         return torch.logsumexp(torch.stack(per_mask), dim=0) - math.log(self.num_masks)
 
     @torch.no_grad()
@@ -327,16 +369,12 @@ class MADE(AutoregressiveModel):
         which = torch.randint(self.num_masks, (n,), generator=generator,
                               device=device if generator is None else generator.device).to(device)
         x = torch.zeros(n, *self.image_shape, dtype=torch.long, device=device)
-        current = self._current_mask()
-        try:
-            for i in range(self.num_masks):
-                rows = (which == i).nonzero().flatten()
-                if rows.numel() == 0:
-                    continue
-                self._use(i)
-                x[rows] = self.generate(len(rows), self.image_shape, cached=cached,
-                                        prefix=None if prefix is None else prefix[rows],
-                                        num_given=num_given, generator=generator)
-        finally:
-            self._use(current)
+        for i in range(self.num_masks):
+            rows = (which == i).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            x[rows] = self.generate(len(rows), self.image_shape,
+                                    _Mask(i) if self.num_masks > 1 else None, cached=cached,
+                                    prefix=None if prefix is None else prefix[rows],
+                                    num_given=num_given, generator=generator)
         return x

@@ -30,6 +30,7 @@ from fastar.models import heads
 from fastar.models.base import AutoregressiveModel, as_count
 from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import CausalConv1d, WaveNetBlock
+from fastar.ops.wavenet import MAX_DILATION
 from fastar.ring import RingBuffer
 
 
@@ -51,6 +52,13 @@ class WaveNetConfig:
         self.dilations = tuple(self.dilations)
         if self.output not in ("softmax", "dmol"):
             raise ValueError("WaveNet: output must be 'softmax' or 'dmol', got %r" % (self.output,))
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in self.dilations):
+            raise TypeError("WaveNet: dilations must be ints, got %r" % (self.dilations,))
+        if self.dilations and max(self.dilations) > MAX_DILATION:
+            raise ValueError(
+                "WaveNet: dilations must be at most 2^30 (fastar::wavenet_generate's limit), got "
+                "%d: a receptive field of %d samples" % (max(self.dilations), self.kernel_size + sum(
+                    d * (self.kernel_size - 1) for d in self.dilations)))
         if self.kernel_size < 1 or any(d < 1 for d in self.dilations) or self.upsample < 1:
             raise ValueError("WaveNet: kernel_size, dilations and upsample must be >= 1")
         if not self.dilations:
@@ -141,8 +149,8 @@ class WaveNet(AutoregressiveModel):
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
         n = as_count(length)
         if n is None or n < 1:
-            raise ValueError("WaveNet: expected the number of samples to generate, an int length "
-                             ">= 1 (sample(n, cond, length=T)), got %r" % (length,))
+            raise ValueError("WaveNet: expected sequences of an int length >= 1 (samples; "
+                             "sample(n, cond, length=T) takes it), got %r" % (length,))
         return (1, n)
 
     @property
@@ -189,6 +197,11 @@ class WaveNet(AutoregressiveModel):
                              "for %d samples at %d samples per frame, got %s"
                              % (batch, c.local_channels, frames, length, c.upsample,
                                 shape(local)))
+        if check_values and not torch.compiler.is_compiling():
+            for what, t in (("global", global_), ("local", local)):
+                if t is not None and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+                    raise ValueError("WaveNet: the %s condition holds NaN or infinite values"
+                                     % what)
         return Condition(global_, local)
 
     def complete_prefix(self, n: int, prefix: Optional[Tensor], num_given: Optional[int],
@@ -270,9 +283,7 @@ class WaveNet(AutoregressiveModel):
         cache.x; pushes each block's input at i into its ring buffer."""
         c = self.config
         k, x = c.kernel_size, cache.x[:, 0]
-        if not 0 <= i < x.shape[-1]:
-            raise IndexError("WaveNet.step: position %d outside the cache's [0, %d)"
-                             % (i, x.shape[-1]))
+        i = cache.position(i, "WaveNet.step")
         w = self.input.weight  # (R, V, k): tap j reads the sample at i - 1 - (k - 1 - j)
         h = self.input.bias.expand(x.shape[0], -1)
         for j in range(k):

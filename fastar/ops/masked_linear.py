@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from fastar import reference
-from fastar.ops._common import (check_floating, check_same_device, register_no_double_backward,
-                                use_reference)
+from fastar.ops._common import (check_floating, check_same_device, dtype_name,
+                                register_no_double_backward, use_reference)
 
 
 def staircase_blocks(mask: Tensor, num_blocks: int = 16) -> Optional[List[int]]:
@@ -53,25 +53,56 @@ def masked_linear(x: Tensor, weight: Tensor, mask: Tensor, bias: Optional[Tensor
     return torch.ops.fastar.masked_linear(x, weight, mask, bias, list(blocks))
 
 
-def _check(op, x, weight, mask):
+def _check(op, x, weight, mask, blocks):
+    """check_blocks of csrc/masked_linear.cpp, for the fake kernels: the same refusals."""
     check_floating(op, "x", x)
     check_same_device(op, "x", x, weight=weight, mask=mask)
+    for arg, t in (("weight", weight), ("mask", mask)):
+        torch._check(t.dtype == x.dtype, lambda: "fastar::%s: expected %s to have x's dtype "
+                     "(%s), but got %s" % (op, arg, dtype_name(x.dtype), dtype_name(t.dtype)))
     torch._check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
                  lambda: "fastar::%s: expected x (B, in) and weight (out, in), but got x of "
                  "shape %s and weight of shape %s" % (op, list(x.shape), list(weight.shape)))
+    torch._check(tuple(mask.shape) == tuple(weight.shape), lambda: "fastar::%s: expected mask of "
+                 "weight's shape %s, but got %s" % (op, list(weight.shape), list(mask.shape)))
+    torch._check(len(blocks) % 3 == 0, lambda: "fastar::%s: expected blocks as (row_end, "
+                 "dense_end, end) triples, but got %d values" % (op, len(blocks)))
+    out, inp = weight.shape
+    r0 = 0
+    for i in range(0, len(blocks), 3):
+        r1, dense, end = blocks[i : i + 3]
+        torch._check(r0 < r1 <= out and 0 <= dense <= end <= inp, lambda: "fastar::%s: expected "
+                     "block %d with rows [%d, row_end <= %d) and 0 <= dense_end <= end <= %d, "
+                     "but got (%d, %d, %d)" % (op, i // 3, r0, out, inp, r1, dense, end))
+        r0 = r1
+    torch._check(r0 == out, lambda: "fastar::%s: expected the blocks to cover the %d rows, but "
+                 "they end at row %d" % (op, out, r0))
 
 
 @torch.library.register_fake("fastar::masked_linear")
 def _fake(x, weight, mask, bias, blocks):
-    _check("masked_linear", x, weight, mask)
-    check_same_device("masked_linear", "x", x, bias=bias)
+    _check("masked_linear", x, weight, mask, blocks)
+    if bias is not None:
+        check_same_device("masked_linear", "x", x, bias=bias)
+        torch._check(bias.dtype == x.dtype, lambda: "fastar::masked_linear: expected bias to "
+                     "have x's dtype (%s), but got %s" % (dtype_name(x.dtype),
+                                                          dtype_name(bias.dtype)))
+        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0], lambda: "fastar::"
+                     "masked_linear: expected bias of shape (%d), but got %s"
+                     % (weight.shape[0], list(bias.shape)))
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 @torch.library.register_fake("fastar::masked_linear_backward")
 def _backward_fake(grad_out, x, weight, mask, blocks):
-    _check("masked_linear_backward", x, weight, mask)
+    _check("masked_linear_backward", x, weight, mask, blocks)
     check_same_device("masked_linear_backward", "x", x, grad_out=grad_out)
+    torch._check(grad_out.dtype == x.dtype, lambda: "fastar::masked_linear_backward: expected "
+                 "grad_out to have x's dtype (%s), but got %s" % (dtype_name(x.dtype),
+                                                                dtype_name(grad_out.dtype)))
+    torch._check(grad_out.dim() == 2 and tuple(grad_out.shape) == (x.shape[0], weight.shape[0]),
+                 lambda: "fastar::masked_linear_backward: expected grad_out of shape (%d, %d), "
+                 "but got %s" % (x.shape[0], weight.shape[0], list(grad_out.shape)))
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(weight, memory_format=torch.contiguous_format),
             weight.new_empty((weight.shape[0],)))
