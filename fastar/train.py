@@ -123,6 +123,14 @@ def train(settings: Settings) -> str:
     keeps the last good epoch's checkpoint)."""
     s = settings
     rank, world_size, device = _init_distributed(s.device)
+    try:
+        return _set_up_and_train(s, rank, world_size, device)
+    finally:  # on errors too: gloo's threads abort a process that exits with its group alive
+        if world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _set_up_and_train(s: Settings, rank: int, world_size: int, device) -> str:
     torch.manual_seed(s.seed)
     model = build_model(s.model, s.dataset, s.model_args, s.conditional).to(device)
     x, y = load_split(s.dataset, "train", s.limit, s.conditional)
@@ -223,7 +231,6 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
                 atomic_save({"model": model.state_dict(), "epoch": epoch, **meta}, best_path)
             atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "epoch": epoch, "history": history, **meta}, ckpt_path)
-    if world_size > 1:
+    if world_size > 1:  # no process leaves (and destroys the group) while another still works
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     return ckpt_path
