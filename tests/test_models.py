@@ -1,6 +1,7 @@
 import copy
 import importlib.util
 import itertools
+import math
 import threading
 
 import dataclasses
@@ -519,3 +520,32 @@ def test_made_under_autocast_feeds_its_blocked_layer_in_the_weights_dtype(monkey
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.log_prob(x)
     torch.testing.assert_close(out.float(), model.log_prob(x), rtol=0.05, atol=0.05)
+
+
+def _every_image(shape, num_values):
+    n = math.prod(shape)
+    return torch.tensor(list(itertools.product(range(num_values), repeat=n))).view(-1, *shape)
+
+
+def test_gated_pixelcnn_colour_masking_links_a_pixels_channels_and_stays_normalized():
+    torch.manual_seed(0)
+    model = GatedPixelCNN(image_shape=(3, 1, 2), num_values=4, hidden_channels=6,
+                          num_layers=2, head_channels=12).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+        model.head[1].bias.abs_()  # no unit of the head dead for every input
+    x = _every_image((3, 1, 2), 4)  # 4,096 images
+    total = torch.logsumexp(model.log_prob(x), 0).exp().item()
+    assert abs(total - 1) < 1e-9
+    # A pixel's green and blue see its red; its red sees neither.
+    base = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:64]]
+    changed = base.clone()
+    changed[:, 0, 0, 1] = (changed[:, 0, 0, 1] + 1) % 4  # the red of pixel (0, 1)
+    diff = (model.conditionals(changed) - model.conditionals(base)).abs().amax(dim=(0, 1))
+    assert diff[0, 0, 1] == 0 and diff[1, 0, 1] > 1e-6 and diff[2, 0, 1] > 1e-6
+    # Leaking variant: the first layer's own column read as mask B (a channel sees itself).
+    first = model.layers[0].h_conv
+    first.mask[:, :, 0, -1] = 1
+    total = torch.logsumexp(model.log_prob(x), 0).exp().item()
+    assert abs(total - 1) > 1e-3

@@ -1,9 +1,9 @@
 """Gated PixelCNN (van den Oord, Kalchbrenner, Vinyals, Espeholt, Graves, Kavukcuoglu,
 "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016): gated vertical and
 horizontal stacks without a blind spot, class-conditional through a per-image bias (sec. 2.3).
-Defaults are sized for binarized MNIST. Limitation: the channels of one pixel are predicted
-independently given the earlier pixels (the paper's colour masking inside the stacks is not
-implemented yet), which keeps the model normalized but weaker on colour images."""
+Defaults are sized for binarized MNIST. For colour images (C = 3) the horizontal stack and the
+head are split into R, G, B groups masked within the pixel (as in PixelCNN), so a pixel's
+green is predicted from its red and its blue from both."""
 
 import dataclasses
 from typing import ClassVar, Optional, Tuple
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
-from fastar.nn.conv import run_fusing_relu
+from fastar.nn.conv import GroupMaskedPointwiseConv2d, run_fusing_relu
 
 
 _LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -50,13 +50,27 @@ class GatedPixelCNN(PixelModel):
         C = c.image_shape[0]
         self.num_classes = c.num_classes
         cond_dim = c.num_classes if c.num_classes is not None else c.cond_channels
+        groups = 3 if C == 3 else 1
+        if groups == 3 and min(c.hidden_channels, c.head_channels) < 3:
+            raise ValueError("GatedPixelCNN: a colour model splits its feature maps into R, G, "
+                             "B groups: hidden_channels and head_channels must be >= 3, got %d "
+                             "and %d" % (c.hidden_channels, c.head_channels))
         self.layers = nn.ModuleList(
-            [GatedPixelCNNLayer(c.hidden_channels, 7, "A", cond_dim, in_channels=C)]
-            + [GatedPixelCNNLayer(c.hidden_channels, c.kernel_size, "B", cond_dim)
+            [GatedPixelCNNLayer(c.hidden_channels, 7, "A", cond_dim, in_channels=C,
+                                color_groups=groups)]
+            + [GatedPixelCNNLayer(c.hidden_channels, c.kernel_size, "B", cond_dim,
+                                  color_groups=groups)
                for _ in range(c.num_layers - 1)])
-        self.head = nn.Sequential(
-            nn.ReLU(), PointwiseConv2d(c.hidden_channels, c.head_channels),
-            nn.ReLU(), PointwiseConv2d(c.head_channels, C * self.num_logits))
+        if groups == 3:  # logits grouped by colour: channel 0's num_logits, then channel 1's
+            logit_groups = torch.arange(C * self.num_logits) // self.num_logits
+            self.head = nn.Sequential(
+                nn.ReLU(), GroupMaskedPointwiseConv2d(c.hidden_channels, c.head_channels),
+                nn.ReLU(), GroupMaskedPointwiseConv2d(c.head_channels, C * self.num_logits,
+                                                      out_groups=logit_groups))
+        else:
+            self.head = nn.Sequential(
+                nn.ReLU(), PointwiseConv2d(c.hidden_channels, c.head_channels),
+                nn.ReLU(), PointwiseConv2d(c.head_channels, C * self.num_logits))
 
     def check_condition(self, cond: Optional[Tensor], batch: int, event_shape=None,
                         check_values: bool = True) -> Optional[Tensor]:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops
-from fastar.nn.conv import (CausalConv1d, PointwiseConv2d, conv2d_rows_above, has_hooks,
-                            zero_pad)
+from fastar.nn.conv import (CausalConv1d, GroupMaskedPointwiseConv2d, PointwiseConv2d,
+                            color_groups_of, color_mask, conv2d_rows_above, has_hooks, zero_pad)
 
 
 class _Conditioning(nn.Module):
@@ -26,6 +26,30 @@ class _Conditioning(nn.Module):
         return self.proj(cond.movedim(1, -1)).movedim(-1, 1)  # 1x1 conv of a map
 
 
+class _ColorRowConv(nn.Conv2d):
+    """The horizontal stack's (1, half + 1) convolution of a colour model: the columns left of
+    the pixel are all read; of the pixel's own column, a gate channel of colour group g reads
+    the input groups < g (mask "A") or <= g ("B"), so a pixel's green sees its red."""
+
+    def __init__(self, in_channels: int, channels: int, width: int, mask_type: str):
+        super().__init__(in_channels, 2 * channels, (1, width))
+        out_groups = color_groups_of(channels, 3).repeat(2)  # the tanh half, the sigmoid half
+        mask = torch.ones(2 * channels, in_channels, 1, width)
+        mask[:, :, 0, -1] = color_mask(out_groups, color_groups_of(in_channels, 3), mask_type)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.masked_weight(), self.bias)
+
+
+def h_conv_weight(h_conv: nn.Conv2d) -> Tensor:
+    """The horizontal convolution's weight as it is applied (masked for colour)."""
+    return h_conv.masked_weight() if isinstance(h_conv, _ColorRowConv) else h_conv.weight
+
+
 def _add_link(h_in: Tensor, v_pre: Tensor, h_conv: nn.Conv2d, v_to_h: nn.Conv2d) -> Tensor:
     """h_conv(h_in) + v_to_h(v_pre shifted down one row, zeros in row 0): the horizontal
     stack's input. For a channels-last batch the link's 1x1 product is added in place into rows
@@ -40,7 +64,7 @@ def _add_link(h_in: Tensor, v_pre: Tensor, h_conv: nn.Conv2d, v_to_h: nn.Conv2d)
     if hooked or not (v_pre.dim() == 4 and v_pre.is_contiguous(memory_format=torch.channels_last)
                       and tuple(v_pre.shape) == out_shape):
         return h_conv(h_in) + v_to_h(zero_pad(v_pre, -2, 1, -1))
-    out = F.conv2d(h_in, h_conv.weight, h_conv.bias + v_to_h.bias)
+    out = F.conv2d(h_in, h_conv_weight(h_conv), h_conv.bias + v_to_h.bias)
     out = out.contiguous(memory_format=torch.channels_last)  # no copy for a channels-last h_in
     N, C, H, W = v_pre.shape
     rows = out.movedim(1, -1).view(N, H * W, C)  # pixel (i, j) of image n is row i * W + j
@@ -61,10 +85,15 @@ class GatedPixelCNNLayer(nn.Module):
     forward(v, h, cond=None) -> (v, h), all (N, channels, H, W); for the first layer (mask
     type "A", which excludes the current pixel) pass the input image as both v and h, with
     ``in_channels`` its channel count. cond: (N, cond_channels) or (N, cond_channels, H, W).
+    color_groups=3 (colour images, van den Oord et al. 2016b as in PixelCNN 2016a): the
+    horizontal stack's feature maps are split into R, G, B groups (color_groups_of) and the
+    pixel's own column is masked between them (A: earlier groups, B: earlier or the same), in
+    its convolution and its 1x1 output, so a pixel's green depends on its red.
     """
 
     def __init__(self, channels: int, kernel_size: int, mask_type: str,
-                 cond_channels: Optional[int] = None, in_channels: Optional[int] = None):
+                 cond_channels: Optional[int] = None, in_channels: Optional[int] = None,
+                 color_groups: int = 1):
         super().__init__()
         if mask_type not in ("A", "B"):
             raise ValueError("GatedPixelCNNLayer: mask_type must be 'A' or 'B', got %r"
@@ -72,14 +101,24 @@ class GatedPixelCNNLayer(nn.Module):
         if not isinstance(kernel_size, int) or kernel_size % 2 == 0 or kernel_size < 3:
             raise ValueError("GatedPixelCNNLayer: kernel_size must be odd and >= 3, got %r"
                              % (kernel_size,))
+        if color_groups not in (1, 3):
+            raise ValueError("GatedPixelCNNLayer: color_groups must be 1 or 3, got %r"
+                             % (color_groups,))
         in_channels = channels if in_channels is None else in_channels
-        self.mask_type, self.kernel_size = mask_type, kernel_size
+        if color_groups == 3 and min(channels, in_channels) < 3:
+            raise ValueError("GatedPixelCNNLayer: colour groups need >= 3 channels, got "
+                             "channels=%d, in_channels=%d" % (channels, in_channels))
+        self.mask_type, self.kernel_size, self.color_groups = mask_type, kernel_size, color_groups
         half = kernel_size // 2
         self.v_conv = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel_size))
         self.v_to_h = PointwiseConv2d(2 * channels, 2 * channels)
-        h_width = half if mask_type == "A" else half + 1
-        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, h_width))
-        self.h_out = PointwiseConv2d(channels, channels)
+        if color_groups == 3:  # the pixel's own column, masked between colours
+            self.h_conv = _ColorRowConv(in_channels, channels, half + 1, mask_type)
+            self.h_out = GroupMaskedPointwiseConv2d(channels, channels, "B")
+        else:  # type A stops left of the pixel
+            h_width = half if mask_type == "A" else half + 1
+            self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, h_width))
+            self.h_out = PointwiseConv2d(channels, channels)
         self.residual = mask_type == "B" and in_channels == channels
         self.v_cond = self.h_cond = None
         if cond_channels is not None:
@@ -91,8 +130,8 @@ class GatedPixelCNNLayer(nn.Module):
         half = self.kernel_size // 2
         # Vertical: rows i - half .. i of every column in reach.
         v_pre = conv2d_rows_above(v, self.v_conv.weight, self.v_conv.bias)
-        # Horizontal: columns j - half .. j (type B) or .. j - 1 (type A) of row i.
-        h_in = zero_pad(h, -1, half, -1 if self.mask_type == "A" else 0)
+        # Horizontal: columns j - half .. j (type B, and colour) or .. j - 1 (type A) of row i.
+        h_in = zero_pad(h, -1, half, -1 if self.h_conv.kernel_size[1] == half else 0)
         h_pre = _add_link(h_in, v_pre, self.h_conv, self.v_to_h)
         v_cond = h_cond = None
         if cond is not None:

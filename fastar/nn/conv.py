@@ -149,6 +149,41 @@ def raster_mask(out_channels: int, in_channels: int, kernel_size: _size_2, mask_
     return mask
 
 
+def color_groups_of(channels: int, groups: int) -> Tensor:
+    """The colour group (0 = R, 1 = G, 2 = B for groups = 3) of each of `channels` feature
+    maps: consecutive, as even as the count allows (channel k is in group k * groups //
+    channels), so any count >= groups splits."""
+    return torch.arange(channels) * groups // channels
+
+
+def color_mask(out_groups: Tensor, in_groups: Tensor, mask_type: str) -> Tensor:
+    """(out, in) 1.0 where an output of group g may read an input of group g': g' < g for
+    mask type "A", g' <= g for "B" (PixelCNN's colour masking within one pixel)."""
+    keep = out_groups[:, None] > in_groups[None, :]
+    if mask_type == "B":
+        keep |= out_groups[:, None] == in_groups[None, :]
+    return keep.to(torch.get_default_dtype())
+
+
+class GroupMaskedPointwiseConv2d(PointwiseConv2d):
+    """A 1x1 convolution whose output group g reads input groups <= g ("B") or < g ("A"):
+    the colour masking of one pixel's feature maps (groups from color_groups_of, or given)."""
+
+    def __init__(self, in_channels: int, out_channels: int, mask_type: str = "B",
+                 groups: int = 3, out_groups: Optional[Tensor] = None):
+        super().__init__(in_channels, out_channels)
+        out_groups = color_groups_of(out_channels, groups) if out_groups is None else out_groups
+        self.register_buffer("mask", color_mask(out_groups, color_groups_of(in_channels, groups),
+                                                mask_type)[:, :, None, None], persistent=False)
+
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor, add_to: Optional[Tensor] = None,
+                relu_input: bool = False) -> Tensor:
+        return pointwise_conv2d(x, self.masked_weight(), self.bias, add_to, relu_input)
+
+
 class MaskedConv2d(nn.Conv2d):
     """Conv2d with PixelCNN's raster-order mask, skipping the rows the mask zeroes.
 
