@@ -80,28 +80,31 @@ def _sample_shape(info):
     return (1, 10) if info.audio else (1, 3, 4)
 
 
+def _cached_shapes(info):
+    """The sample shape, and for images a colour one too (a pixel's channels in turn)."""
+    return [_sample_shape(info)] + ([] if info.audio else [(3, 2, 3)])
+
+
 @pytest.mark.parametrize("info,variant", cases())
 def test_the_step_matches_the_forward_pass(info, variant):
-    shape = _sample_shape(info)
-    model = info.make(variant, shape)
-    if not model.has_cache:
-        pytest.skip("%s has no cached sampler yet" % info.name)
-    if info.name == "MADE":
-        shape = model.image_shape
-    x = torch.randint(0, model.num_values, (3, *shape))
-    assert_step_matches_forward(model, x, info.condition(model, 3, shape), rtol=1e-12,
-                                atol=1e-12)
+    for shape in _cached_shapes(info):
+        model = info.make(variant, shape)
+        if not model.has_cache:
+            pytest.skip("%s has no cached sampler yet" % info.name)
+        x = torch.randint(0, model.num_values, (3, *shape))
+        assert_step_matches_forward(model, x, info.condition(model, 3, shape), rtol=1e-12,
+                                    atol=1e-12)
 
 
 @pytest.mark.parametrize("info,variant", cases())
 @pytest.mark.parametrize("n", [1, 3])
 def test_cached_sampling_draws_what_naive_sampling_draws(info, variant, n):
-    shape = _sample_shape(info)
-    model = info.make(variant, shape)
-    if not model.has_cache:
-        pytest.skip("%s has no cached sampler yet" % info.name)
-    length = shape[-1] if info.audio else None
-    assert_cached_matches_naive(model, n, info.condition(model, n, shape), length=length)
+    for shape in _cached_shapes(info):
+        model = info.make(variant, shape)
+        if not model.has_cache:
+            pytest.skip("%s has no cached sampler yet" % info.name)
+        length = shape[-1] if info.audio else None
+        assert_cached_matches_naive(model, n, info.condition(model, n, shape), length=length)
 
 
 @pytest.mark.parametrize("info,variant", cases())

@@ -5,11 +5,14 @@ on binarized MNIST). Defaults are sized for binarized MNIST; the paper does not 
 widths, so hidden_channels and num_layers are our choice."""
 
 import dataclasses
-from typing import ClassVar, Optional, Tuple
+from typing import ClassVar, List, Optional, Tuple
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
+from fastar.models.cache import Cache
 from fastar.nn import MaskedConv2d
 from fastar.nn.conv import run_fusing_relu
 
@@ -61,3 +64,69 @@ class PixelCNN(PixelModel):
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self.check_condition(cond, x.shape[0], x.shape[1:])
         return run_fusing_relu(self.net, self.scale_input(x))
+
+    # --- cached sampling: the Python rung (Ramachandran et al. 2017's caches) -----------------
+
+    def init_cache(self, n: int, cond: Optional[Tensor] = None,
+                   event_shape=None) -> Cache:
+        """Per spatial convolution a ring of the last dilation * (k // 2) + 1 rows of its input
+        (n, in, rows, W + padding), zeros: rows before 0 and columns outside the image read
+        zeros, as the padded convolution does."""
+        C, H, W = self.image_shape
+        p = next(self.parameters())
+        cache = Cache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=p.device),
+                      order=self.generation_order(self.image_shape).tolist())
+        for conv in self._spatial_convs():
+            (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+            cache.layers.append(p.new_zeros(n, conv.in_channels, dh * (kh // 2) + 1,
+                                            W + 2 * dw * (kw // 2)))
+        return cache
+
+    def _spatial_convs(self) -> List[MaskedConv2d]:
+        return [m for m in self.net.modules()
+                if isinstance(m, MaskedConv2d) and m.kernel_size != (1, 1)]
+
+    @torch.no_grad()
+    def step(self, cache: Cache, i: int) -> Tensor:
+        """Head outputs (n, num_logits) of position order[i] = (c, row, col): every layer is
+        computed at the pixel only, each spatial convolution from its ring (the rows above and
+        this row's columns so far). A colour pixel is recomputed for each of its channels (the
+        later channels' placeholders reach no earlier channel's output: the masks)."""
+        C, H, W = self.image_shape
+        i = cache.position(i, "PixelCNN.step")
+        position = cache.order[i]
+        c, row, col = position // (H * W), position // W % H, position % W
+        if i > 0:  # the previous pixel is complete now: its last channel was drawn after its
+            # last step wrote it into the image's ring (the first layer's; no other layer's
+            # input at a pixel depends on that pixel's values)
+            before = cache.order[i - 1] % (H * W)
+            image_ring, first = cache.layers[0], self.net[0]
+            k = first.dilation[1] * (first.kernel_size[1] // 2)
+            image_ring[:, :, before // W % image_ring.shape[2], k + before % W] = self._scaled(
+                cache.x[:, :, before // W, before % W], image_ring.dtype)
+        pixel = self._scaled(cache.x[:, :, row, col], cache.layers[0].dtype)
+        out = self._pixel_forward(self.net, pixel, iter(cache.layers), row, col)
+        return out.view(-1, C, self.num_logits)[:, c]
+
+    def _scaled(self, values: Tensor, dtype: torch.dtype) -> Tensor:
+        return values.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0  # as scale_input
+
+    def _pixel_forward(self, layers: nn.Sequential, h: Tensor, rings, row: int,
+                       col: int) -> Tensor:
+        for m in layers:
+            if isinstance(m, _ResidualBlock):
+                h = h + self._pixel_forward(m.net, h, rings, row, col)
+            elif isinstance(m, nn.ReLU):
+                h = F.relu(h)
+            elif m.kernel_size == (1, 1):
+                h = F.linear(h, m.cropped_weight()[:, :, 0, 0], m.bias)
+            else:
+                ring = next(rings)
+                (kh, kw), (dh, dw) = m.kernel_size, m.dilation
+                ring[:, :, row % ring.shape[2], dw * (kw // 2) + col] = h
+                # weight row r reads input row row - dh * (kh // 2 - r) (a slot not yet written
+                # this generation, zeros, for rows before 0), column col + dw * (c - kw // 2)
+                rows = [(row - dh * (kh // 2 - r)) % ring.shape[2] for r in range(kh // 2 + 1)]
+                window = ring[:, :, rows][:, :, :, col : col + dw * (kw - 1) + 1 : dw]
+                h = torch.einsum("ocrk,ncrk->no", m.cropped_weight(), window) + m.bias
+        return h
