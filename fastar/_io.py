@@ -5,6 +5,7 @@ with garbage weights)."""
 import hashlib
 import io
 import os
+import uuid
 import warnings
 
 import torch
@@ -21,9 +22,13 @@ def atomic_write(path: str, write) -> None:
     or a run killed mid-write, sees the old file or the new one, never a torn one. On any
     failure the temporary file is removed and the old file stays; an OS error (a full disk)
     becomes one line naming the file and the cause."""
-    tmp = "%s.tmp-%d" % (path, os.getpid())
+    path = os.path.realpath(path)  # through a link: the target is replaced, the link stays
+    folder, name = os.path.split(path)
+    # Unique per call (threads of one process write the same path too), and short: a name
+    # near NAME_MAX plus a suffix would not fit.
+    tmp = os.path.join(folder, ".%s.tmp-%s" % (name[:64], uuid.uuid4().hex[:12]))
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it the file

@@ -51,18 +51,32 @@ def mu_law_decode(q: Tensor, num_values: int = 256) -> Tensor:
     return x.float()
 
 
-def read_wav(path: str) -> Tuple[Tensor, int]:
-    """(samples (channels, T) float32 in [-1, 1], sample rate) of a PCM WAV file of 8-bit
-    (unsigned) or 16-bit (signed) samples. ValueError naming the file for anything else
-    (a damaged header included)."""
+def _open_wav(path: str, frames: bool):
+    """(channels, sample width, rate, raw frames or None) of a WAV file; ValueError naming the
+    file for anything wave cannot read."""
     try:
         with wave.open(path, "rb") as f:
             channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-            raw = f.readframes(f.getnframes())
+            return channels, width, rate, f.readframes(f.getnframes()) if frames else None
     except (wave.Error, EOFError, RuntimeError, struct.error) as e:
         # wave's messages omit the file; a damaged chunk id raises a bare RuntimeError
-        raise ValueError("fastar.audio.read_wav: cannot read %s as a PCM WAV file: %s"
+        raise ValueError("cannot read %s as a PCM WAV file: %s"
                          % (path, str(e) or type(e).__name__)) from None
+
+
+def wav_rate(path: str) -> int:
+    """The sample rate of a WAV file, from its header alone (ValueError as read_wav's)."""
+    return _open_wav(path, frames=False)[2]
+
+
+def read_wav(path: str) -> Tuple[Tensor, int]:
+    """(samples (channels, T) float32 in [-1, 1], sample rate) of a PCM WAV file of 8-bit
+    (unsigned) or 16-bit (signed) samples. ValueError naming the file for anything else
+    (a damaged header included); a torn last frame is dropped."""
+    channels, width, rate, raw = _open_wav(path, frames=True)
+    if channels < 1:
+        raise ValueError("cannot read %s as a PCM WAV file: %d channels" % (path, channels))
+    raw = raw[: len(raw) // (width * channels) * width * channels]
     if width == 2:
         data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
     elif width == 1:
@@ -70,25 +84,23 @@ def read_wav(path: str) -> Tuple[Tensor, int]:
     else:
         raise ValueError("fastar.audio.read_wav: %s has %d-byte samples; 8-bit and 16-bit PCM "
                          "are supported" % (path, width))
-    if channels < 1:
-        raise ValueError("fastar.audio.read_wav: %s has %d channels" % (path, channels))
-    frames = len(data) // channels  # a torn last frame is dropped
-    return torch.from_numpy(data[: frames * channels].reshape(-1, channels).T.copy()), rate
+    return torch.from_numpy(data.reshape(-1, channels).T.copy()), rate
 
 
-_MAX_CHANNELS = 65535  # WAV's 16-bit channel count
-_MAX_RATE = 2 ** 32 - 1  # and 32-bit sample rate
+_MAX_CHANNELS = 32767  # a frame of 16-bit samples: 2 * channels bytes in a 16-bit field
+_MAX_BYTE_RATE = 2 ** 32 - 1  # rate * 2 * channels bytes per second in a 32-bit field
 
 
 def write_wav(path: str, samples: Tensor, rate: int = 8000) -> None:
     """Writes samples (T,) or (channels, T) in [-1, 1] (clipped) as 16-bit PCM at `rate`
-    samples per second (an int in [1, 2^32)). Everything is checked before path is touched,
+    samples per second (an int >= 1; rate * 2 * channels bytes per second must fit WAV's 32
+    bits). Everything is checked before path is touched,
     and the file is written beside it and renamed (the old file stays on failure). NaN
     samples are refused, and so are more channels than samples per channel: (T, channels)
     data must be transposed."""
-    if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= _MAX_RATE:
-        raise ValueError("fastar.audio.write_wav: expected an int rate in [1, 2^32) (samples "
-                         "per second), got %r" % (rate,))
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+        raise ValueError("fastar.audio.write_wav: expected an int rate >= 1 (samples per "
+                         "second), got %r" % (rate,))
     x = samples.detach().float().cpu()
     x = x.unsqueeze(0) if x.dim() == 1 else x
     if x.dim() != 2 or not 1 <= x.shape[0] <= _MAX_CHANNELS or x.shape[0] > max(x.shape[1], 1):
@@ -97,6 +109,9 @@ def write_wav(path: str, samples: Tensor, rate: int = 8000) -> None:
                          % (_MAX_CHANNELS, tuple(samples.shape),
                             " (for (T, channels) data pass samples.T)"
                             if x.dim() == 2 and x.shape[0] > x.shape[1] else ""))
+    if rate * 2 * x.shape[0] > _MAX_BYTE_RATE:
+        raise ValueError("fastar.audio.write_wav: rate * 2 bytes * %d channels must fit WAV's "
+                         "32-bit byte rate (< 2^32), got rate %d" % (x.shape[0], rate))
     if torch.isnan(x).any():
         raise ValueError("fastar.audio.write_wav: expected samples in [-1, 1], got NaN")
     # The inverse of read_wav's scale: a sample read back is within half a step of x.

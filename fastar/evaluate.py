@@ -59,6 +59,8 @@ def check_samples_path(path: str, is_audio: bool) -> None:
                          "got %r" % ("an audio" if is_audio else "an image", suffix.upper()[1:],
                                      suffix, path))
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError("cannot write samples to %s: it is a folder" % path)
     if not os.path.isdir(folder):
         raise ValueError("cannot write samples to %s: the folder %s does not exist"
                          % (path, folder))

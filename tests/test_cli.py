@@ -267,3 +267,16 @@ def test_a_checkpoint_from_before_configs_and_checksums_still_evaluates(tmp_path
     out = _fastar("eval", str(tmp_path / "old.pt"), "--limit", "20")
     assert out.returncode == 0, out.stderr
     assert "before checksums: loaded unverified" in out.stderr and "nats" in out.stdout
+
+
+def test_a_samples_path_is_checked_before_any_work(tmp_path):
+    from fastar import evaluate
+
+    (tmp_path / "grid.png").mkdir()
+    for path, audio, message in ((tmp_path / "grid.png", False, "it is a folder"),
+                                 (tmp_path / "x.wav", False, r"written as PNG: expected a path "
+                                                             r"ending in \.png"),
+                                 (tmp_path / "no" / "x.png", False, "does not exist")):
+        with pytest.raises(ValueError, match=message):
+            evaluate.check_samples_path(str(path), audio)
+    evaluate.check_samples_path(str(tmp_path / "X.PNG"), False)

@@ -484,10 +484,18 @@ def test_made_evaluation_and_sampling_are_reentrant():
     assert model._current_mask() == 0 and int(model.mask_index) == 0  # nothing switched
 
 
+def test_made_conditionals_refuse_a_condition():
+    model = MADE(image_shape=(1, 2, 3), hidden_sizes=(8,), num_masks=2)
+    x = torch.zeros(2, 1, 2, 3, dtype=torch.long)
+    for cond in (torch.zeros(2), 0):
+        with pytest.raises(ValueError, match="MADE is unconditional"):
+            model.conditionals(x, cond)
+
+
 def test_a_made_state_dict_with_a_mask_index_out_of_range_is_refused_before_loading():
     model = MADE(image_shape=(1, 2, 3), hidden_sizes=(8,), num_masks=4, natural_ordering=False)
     for bad in (torch.tensor(7), torch.tensor(-1), torch.tensor(1.0), torch.tensor([1]),
-                torch.tensor(True)):
+                torch.tensor(True), torch.tensor(1 + 0j)):
         state = {**model.state_dict(), "mask_index": bad}
         with pytest.raises(RuntimeError, match=r"mask_index must be an integer in \[0, 4\)"):
             model.load_state_dict(state)

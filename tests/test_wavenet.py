@@ -101,6 +101,10 @@ def test_conditions_are_checked():
         with pytest.raises(ValueError, match="expected a float local condition"):
             model.log_prob(x, Condition(torch.zeros(2, 3, dtype=torch.float64), local.to(dtype)))
     g = torch.zeros(2, 3, dtype=torch.float64)
+    nan = Condition(g.clone().fill_(float("nan")), local)  # check_values=False: no reduction
+    assert model.log_prob(x, nan, check_values=False).isnan().all()
+    with pytest.raises(ValueError, match=r"expected prefix of shape \(2, 1, <= 9\), got list"):
+        model.sample(2, Condition(g, local), length=9, prefix=[[[1, 0]]] * 2)
     for bad in (float("nan"), float("inf")):
         for what, cond in (("global", Condition(g.clone().fill_(bad), local)),
                            ("local", Condition(g, local.clone().fill_(bad)))):
@@ -385,14 +389,22 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
                         call(**kwargs)
                 else:
                     call(device=where, **kwargs)
-    # What only values show: the kernels' checks alone.
-    with pytest.raises(RuntimeError, match=r"expected the given values x\[:, :3\] in \[0, 32\), "
-                                           r"but got values in \[40, 40\]"):
-        call(x=torch.full((n, T), 40), num_given=3)
-    with pytest.raises(RuntimeError, match=r"expected the given values x\[:, :5\] in \[0, 32\)"):
-        call(x=torch.full((n, T), 10 ** 12), start=5)  # read as the first step's input
-    with pytest.raises(RuntimeError, match=r"expected u in \[0, 1\)"):
-        call(u=torch.ones(n, T, dtype=torch.float64))
+    # What only values show: the CPU kernel's and the reference's checks (meta has no values).
+    for name, kwargs, message in (
+            ("given values", dict(x=torch.full((n, T), 40), num_given=3),
+             r"expected the given values x\[:, :3\] in \[0, 32\), but got values in \[40, 40\]"),
+            ("values before start", dict(x=torch.full((n, T), 10 ** 12), start=5),
+             r"expected the given values x\[:, :5\] in \[0, 32\)"),
+            ("u = 1", dict(u=torch.ones(n, T, dtype=torch.float64)), r"expected u in \[0, 1\)"),
+            ("u NaN", dict(u=torch.full((n, T), float("nan"), dtype=torch.float64)),
+             r"expected u in \[0, 1\)")):
+        with pytest.raises(RuntimeError, match=message):
+            call(**kwargs)
+        with pytest.raises(RuntimeError, match=message), ops.implementation("reference"):
+            call(**kwargs)
+    with pytest.raises(RuntimeError, match=r"expected num_given to be ints, but got 2.5"), \
+            ops.implementation("reference"):
+        call(num_given=2.5)
     with pytest.raises(RuntimeError, match="unsupported operation"):
         ops.wavenet_generate(torch.zeros(1, T, dtype=torch.long).expand(n, T),  # aliased
                              _buffers(model, n), u, 0, T, 0, w, c.dilations)
@@ -416,6 +428,9 @@ def test_a_nan_mixture_mean_is_refused_whichever_component_holds_it(component, c
     model = _medium(output="dmol", num_mixtures=3).eval()
     with torch.no_grad():
         model.head[-1].bias[3 + component] = float("nan")  # logits, then the means
+    with pytest.raises(ValueError, match=r"the model's head.3.bias holds NaN"):
+        model.sample(2, length=6, cached=cached, generator=torch.Generator().manual_seed(0))
+    model.check_finite = lambda caller: None  # the samplers' own checks, behind that one
     with pytest.raises((RuntimeError, ValueError), match="define.? no distribution"):
         model.sample(2, length=6, cached=cached, generator=torch.Generator().manual_seed(0))
 

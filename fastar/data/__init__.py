@@ -23,14 +23,12 @@ the registry: name -> `Dataset` (its loader, modality, shape, values per dimensi
 """
 
 import dataclasses
-import glob
 import gzip
 import hashlib
 import importlib.util
 import os
 import pickle
 import warnings
-import wave
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -108,6 +106,21 @@ def _audio_split(index: int, count: int) -> str:
     return {0: "test", 1: "valid"}.get((count - 1 - index) % 10, "train")
 
 
+def _walk(root: str):
+    """Every path under root, following links to folders but entering each real folder once
+    (glob's recursive walk never ends in two links that point at each other's parents)."""
+    seen = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in names + dirs:
+            yield os.path.join(folder, name)
+
+
 def _distinct_files(paths) -> List[str]:
     """The paths sorted, each file once: the first path of each real path (Debian's sounds
     folder holds `en` and `en_US` as links to one folder) and of each content (a copy under
@@ -127,10 +140,9 @@ def _distinct_files(paths) -> List[str]:
 
 
 def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]:
-    from fastar.audio import mu_law_encode, read_wav
+    from fastar.audio import mu_law_encode, read_wav, wav_rate
 
-    files = _distinct_files(path for path in glob.glob(os.path.join(root, "**", "*"),
-                                                       recursive=True)
+    files = _distinct_files(path for path in _walk(root)
                             if path.lower().endswith(".wav") and os.path.isfile(path))
     if not files:
         raise FileNotFoundError("fastar.data: this audio comes from the Debian package %s; "
@@ -140,13 +152,9 @@ def _audio(split: str, root: str, package: str, env: str) -> Tuple[Tensor, None]
 
     def read(path, header_only):
         try:
-            if header_only:
-                with wave.open(path, "rb") as f:
-                    return None, f.getframerate()
-            return read_wav(path)
-        except (wave.Error, EOFError, ValueError) as e:  # wave's own messages omit the file
-            raise DataError("fastar.data: cannot read %s as a PCM WAV file: %s"
-                            % (path, e or type(e).__name__)) from None
+            return (None, wav_rate(path)) if header_only else read_wav(path)
+        except ValueError as e:  # names the file
+            raise DataError("fastar.data: %s" % e) from None
 
     clips = []
     for i, path in enumerate(files):

@@ -196,7 +196,8 @@ class AutoregressiveModel(nn.Module):
     def check_finite(self, caller: str) -> None:
         """ValueError naming the first parameter or buffer that holds a NaN or an infinity: no
         sampler draws from such a model (where the naive loop finds no distribution, the fused
-        kernel could skip the term that makes it undefined and draw anyway). One reduction and
+        kernel could skip the term that makes it undefined and draw anyway). Entries no
+        forward pass reads (a masked convolution's rows below its centre) are checked too. One reduction and
         one host sync per call; meta tensors have no values to check."""
         named = [(name, t) for name, t in itertools.chain(self.named_parameters(),
                                                          self.named_buffers())
@@ -206,8 +207,9 @@ class AutoregressiveModel(nn.Module):
         finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named])
         if not bool(finite.all()):
             name = named[int((~finite).nonzero()[0])][0]
-            raise ValueError("%s: the model's %s holds NaN or infinite values: it defines no "
-                             "distribution to sample from" % (caller, name))
+            raise ValueError("%s: the model's %s holds NaN or infinite values: refused (where "
+                             "they are read, the samplers could not agree on a draw)"
+                             % (caller, name))
 
     def log_prob(self, x: Tensor, cond: Any = None, *, check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape). check_values=False skips

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastar import ops
 from fastar.models._pixel_model import PixelModel
+from fastar.models.cache import Cache
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
+from fastar.nn.blocks import h_conv_weight
 from fastar.nn.conv import GroupMaskedPointwiseConv2d, run_fusing_relu
 
 
@@ -37,6 +40,21 @@ class GatedPixelCNNConfig:
         self.image_shape = tuple(self.image_shape)
         if self.num_layers < 1:
             raise ValueError("GatedPixelCNN: num_layers must be >= 1, got %r" % (self.num_layers,))
+
+
+@dataclasses.dataclass
+class _GatedLayerCache:
+    v_rows: Tensor  # the vertical input's last half + 1 rows, a ring (slot = row % rows)
+    h_row: Tensor  # the horizontal input's current row, half zero columns on the left
+    link: Tensor  # (n, 2ch, W): v_to_h of the vertical stack one row up, its bias included
+    v_bias: Optional[Tensor]  # (n, 2ch, 1) the condition's gate biases, or None
+    h_bias: Optional[Tensor]
+
+
+def _pointwise_weight(conv: nn.Conv2d) -> Tensor:
+    """A 1x1 convolution's weight as (out, in), masked where the layer masks it."""
+    w = conv.masked_weight() if isinstance(conv, GroupMaskedPointwiseConv2d) else conv.weight
+    return w[:, :, 0, 0]
 
 
 class GatedPixelCNN(PixelModel):
@@ -105,15 +123,91 @@ class GatedPixelCNN(PixelModel):
             raise ValueError("GatedPixelCNN: expected cond: %s; got %s" % (want, got))
         return cond
 
+    def _cond_vector(self, cond: Optional[Tensor]) -> Optional[Tensor]:
+        """The condition as the layers' projections take it: one-hot labels or the vector, in
+        the parameters' dtype."""
+        if cond is not None and self.num_classes is not None:
+            cond = F.one_hot(cond.long(), self.num_classes)
+        return None if cond is None else cond.to(next(self.parameters()).dtype)
+
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         # Shape and dtype; the labels' range is checked by log_prob and generate, once per call
         # (direct callers of logits/conditionals get F.one_hot's error for a bad label).
         self.check_condition(cond, x.shape[0], check_values=False)
-        if cond is not None and self.num_classes is not None:
-            cond = F.one_hot(cond.long(), self.num_classes)
-        if cond is not None:
-            cond = cond.to(next(self.parameters()).dtype)
+        cond = self._cond_vector(cond)
         v = h = self.scale_input(x)
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return run_fusing_relu(self.head, h)
+
+    # --- cached sampling: the Python rung ------------------------------------------------------
+
+    def init_cache(self, n: int, cond: Optional[Tensor] = None, event_shape=None) -> Cache:
+        """Per layer: a ring of the last half + 1 rows of its vertical input (n, in, rows,
+        W + 2 half), its horizontal input's current row (n, in, W + half, zeros left of the
+        image), the link from the row above (v_to_h of the vertical stack there, bias
+        included) and the condition's gate biases."""
+        C, H, W = self.image_shape
+        p = next(self.parameters())
+        cache = Cache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=p.device),
+                      order=self.generation_order(self.image_shape).tolist())
+        cond = self._cond_vector(cond)
+        for layer in self.layers:
+            half = layer.kernel_size // 2
+            channels = layer.v_conv.in_channels
+            cache.layers.append(_GatedLayerCache(
+                v_rows=p.new_zeros(n, channels, half + 1, W + 2 * half),
+                h_row=p.new_zeros(n, channels, W + half),
+                link=layer.v_to_h.bias.view(1, -1, 1).expand(n, -1, W),  # row 0: no row above
+                v_bias=None if cond is None else layer.v_cond.proj(cond)[:, :, None],
+                h_bias=None if cond is None else layer.h_cond.proj(cond)[:, :, None]))
+        return cache
+
+    @torch.no_grad()
+    def step(self, cache: Cache, i: int) -> Tensor:
+        """Head outputs (n, num_logits) of position order[i] = (c, row, col). At a row's first
+        step the vertical stacks run once over the whole row above (complete by then); each
+        step runs the horizontal stacks at the pixel only, a colour pixel once per channel."""
+        C, H, W = self.image_shape
+        i = cache.position(i, "GatedPixelCNN.step")
+        position = cache.order[i]
+        c, row, col = position // (H * W), position // W % H, position % W
+        first_of_row = i == 0 or cache.order[i - 1] % (H * W) // W != row
+        if first_of_row and row > 0:
+            self._vertical_row(cache, row - 1)
+        image_row = cache.layers[0].h_row
+        half0 = self.layers[0].kernel_size // 2
+        for j in {max(col - 1, 0), col}:  # the pixel before is complete now; this one so far
+            image_row[:, :, half0 + j] = self._scaled(cache.x[:, :, row, j], image_row.dtype)
+        h = image_row[:, :, half0 + col]
+        for l, (layer, entry) in enumerate(zip(self.layers, cache.layers)):
+            half = layer.kernel_size // 2
+            if l > 0:
+                entry.h_row[:, :, half + col] = h
+            w = h_conv_weight(layer.h_conv)[:, :, 0]  # (2ch, in, width): columns col - half ..
+            window = entry.h_row[:, :, col : col + w.shape[-1]]
+            pre = torch.einsum("ock,nck->no", w, window) + layer.h_conv.bias + entry.link[:, :, col]
+            gated = ops.gated_activation(pre[:, :, None], entry.h_bias)[:, :, 0]
+            out = F.linear(gated, _pointwise_weight(layer.h_out), layer.h_out.bias)
+            h = h + out if layer.residual else out
+        for m in self.head:
+            h = F.relu(h) if isinstance(m, nn.ReLU) else F.linear(h, _pointwise_weight(m), m.bias)
+        return h.view(-1, C, self.num_logits)[:, c]
+
+    def _vertical_row(self, cache: Cache, r: int) -> None:
+        """Runs every layer's vertical stack over row r (its input rows r - half .. r in the
+        rings) and keeps its link to row r + 1."""
+        v = self._scaled(cache.x[:, :, r], cache.layers[0].v_rows.dtype)  # (n, C, W)
+        for layer, entry in zip(self.layers, cache.layers):
+            half = layer.kernel_size // 2
+            rows = entry.v_rows.shape[2]
+            entry.v_rows[:, :, r % rows, half : half + v.shape[-1]] = v
+            order = [(r - (half - k)) % rows for k in range(half + 1)]  # slot of weight row k
+            v_pre = F.conv2d(entry.v_rows[:, :, order], layer.v_conv.weight,
+                             layer.v_conv.bias)[:, :, 0]  # (n, 2ch, W)
+            entry.link = F.linear(v_pre.transpose(1, 2), _pointwise_weight(layer.v_to_h),
+                                  layer.v_to_h.bias).transpose(1, 2)
+            v = ops.gated_activation(v_pre, entry.v_bias)
+
+    def _scaled(self, values: Tensor, dtype: torch.dtype) -> Tensor:
+        return values.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0  # as scale_input

@@ -173,7 +173,7 @@ class MADE(AutoregressiveModel):
                 "version" % (self.config,))
         index = state_dict.get(prefix + "mask_index")  # checked before any buffer is written
         if index is not None and not (isinstance(index, Tensor) and index.dim() == 0
-                                      and not index.is_floating_point()
+                                      and not index.is_floating_point() and not index.is_complex()
                                       and index.dtype != torch.bool
                                       and 0 <= int(index) < self.num_masks):
             raise RuntimeError("MADE: the state dict's mask_index must be an integer in [0, %d) "
@@ -299,6 +299,8 @@ class MADE(AutoregressiveModel):
     def conditionals(self, x: Tensor, cond: Optional[_Mask] = None) -> Tensor:
         """(B, num_logits, C, H, W) logits of each dimension given the inputs before it (under
         the mask in use; MADE's own calls pass another as cond)."""
+        if cond is not None and not isinstance(cond, _Mask):
+            super().check_condition(cond, x.shape[0], self.image_shape)  # "unconditional"
         masks = self._masks(cond)
         inp = self._scale(x)
         logits = self._head(self.hidden[0](inp, masks[0]) if self.hidden else inp, masks)

@@ -211,10 +211,11 @@ class WaveNet(AutoregressiveModel):
         if prefix is None:
             return prefix, num_given
         length = event_shape[-1]
-        if (prefix.dim() != 3 or prefix.shape[1] != 1 or prefix.shape[2] > length
+        if (not torch.is_tensor(prefix) or prefix.dim() != 3 or prefix.shape[1] != 1 or prefix.shape[2] > length
                 or prefix.shape[0] != as_count(n)):
             raise ValueError("WaveNet.sample: expected prefix of shape (%r, 1, <= %d), got %s"
-                             % (n, length, tuple(prefix.shape)))
+                             % (n, length, tuple(prefix.shape) if torch.is_tensor(prefix)
+                                else type(prefix).__name__))
         if prefix.shape[2]:  # its values, not the padding's, in the error
             try:
                 self.check_input(prefix)
@@ -248,7 +249,8 @@ class WaveNet(AutoregressiveModel):
     def conditionals(self, x: Tensor, cond=None) -> Tensor:
         """Head outputs (B, num_logits, 1, T) of every position: softmax logits, or the
         mixture's parameters ("dmol")."""
-        cond = self.check_condition(cond, x.shape[0], x.shape[1:])  # shapes only: no sync
+        cond = self.check_condition(cond, x.shape[0], x.shape[1:],
+                                    check_values=False)  # shapes only: no sync
         return self._outputs(x, cond).unsqueeze(2)
 
     @torch.no_grad()

@@ -53,6 +53,7 @@ def wavenet_generate(x: Tensor, buffers: Tensor, u: Tensor, start: int, end: int
     if use_reference():
         check_args(x, buffers, u, start, end, num_given, list(weights), list(dilations),
                    num_mixtures, global_bias, local, local_weight)
+        check_values(x, u, start, end, num_given, weights[0].shape[1])
         fn = reference.wavenet_generate
     else:
         fn = torch.ops.fastar.wavenet_generate
@@ -96,6 +97,10 @@ def check_args(x, buffers, u, start, end, num_given, weights, dilations, num_mix
     csrc/common/wavenet_args.cpp, in the same order with the same messages), for the fake
     kernel and the reference: they refuse what the CPU and CUDA kernels refuse. The checks of
     values (the given x, u's range, aliasing) are the kernels' alone."""
+    for arg, value in (("start", start), ("end", end), ("num_given", num_given),
+                       ("num_mixtures", num_mixtures), *(("dilations", d) for d in dilations)):
+        if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+            _fail("expected %s to be ints, but got %r" % (arg, value))
     if len(weights) != len(WEIGHTS):
         _fail("expected %d packed weights (%s), but got %d"
               % (len(WEIGHTS), ", ".join(WEIGHTS), len(weights)))
@@ -166,6 +171,22 @@ def check_args(x, buffers, u, start, end, num_given, weights, dilations, num_mix
                " (local_channels, layers * 2 * residual_channels)")
         _like("local", local, embed)
         _like("local_weight", local_weight, embed)
+
+
+def check_values(x: Tensor, u: Tensor, start: int, end: int, num_given: int,
+                 num_values: int) -> None:
+    """The kernels' checks of values (one host sync each), for the reference: the given and
+    earlier values of x in [0, num_values), u in [0, 1) where it draws (NaN refused)."""
+    known = min(max(start, num_given), end)
+    if x.shape[0] and known > 0:
+        lo, hi = (int(v) for v in torch.aminmax(x[:, :known]))
+        if not (0 <= lo and hi < num_values):
+            _fail("expected the given values x[:, :%d] in [0, %d), but got values in [%d, %d]"
+                  % (known, num_values, lo, hi))
+    if x.shape[0] and end > start:
+        lo, hi = (float(v) for v in torch.aminmax(u[:, start:end]))
+        if not (0 <= lo and hi < 1):
+            _fail("expected u in [0, 1), but got values in [%s, %s]" % (lo, hi))
 
 
 @torch.library.register_fake("fastar::wavenet_generate")
