@@ -9,9 +9,11 @@ expensive checks and, with full=True, the whole edge-case matrix for the float64
 
 import dataclasses
 import itertools
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 import fastar.ops as ops
 import fastar.reference as reference
@@ -360,6 +362,58 @@ def _continued(args):
     return args
 
 
+# --- gated_pixelcnn_generate ------------------------------------------------------------------
+
+# (name, GatedPixelCNN keywords, image shape, batch): grey binary, colour (masked between
+# channels) with 4 values, class-conditional.
+_GATED_CASES = [
+    ("grey", {}, (1, 3, 4), 2), ("colour", {"num_values": 4}, (3, 2, 3), 1),
+    ("classes", {"num_classes": 3, "kernel_size": 5}, (1, 4, 3), 3),
+]
+
+
+def _gated_pixelcnn_args(kw, shape, B, device, dtype, num_given, seed):
+    """Arguments of gated_pixelcnn_generate for a small random Gated PixelCNN (packed as the
+    model packs them), drawing from position num_given on."""
+    from fastar.models import GatedPixelCNN
+    from fastar.ops import gated_pixelcnn as packing
+    torch.manual_seed(seed)
+    model = GatedPixelCNN(**{"image_shape": shape, "hidden_channels": 6, "num_layers": 3,
+                             "head_channels": 5, **kw}).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    D = math.prod(shape)
+    x = torch.randint(0, model.num_values, (B, *shape), device=device)
+    u = torch.rand(B, D, dtype=torch.float64, device=device)
+    cond_bias = None
+    if model.num_classes is not None:
+        cond = F.one_hot(torch.randint(0, 3, (B,)), 3).to(device=device, dtype=dtype)
+        cond_bias = torch.stack([torch.stack([l.v_cond.proj(cond), l.h_cond.proj(cond)], 1)
+                                 for l in model.layers], 1).detach().contiguous()
+    return [x, u, 0, D, num_given, packing.pack(model), packing.layer_args(model),
+            model.num_values, cond_bias]
+
+
+def gated_pixelcnn_samples(device, dtype, full=False):
+    """Scoring given images (num_given = all: no draws) and, in float64, sampling after a
+    prefix and continuing a call that stopped mid-row."""
+    out = [SampleInput(tuple(_gated_pixelcnn_args(kw, shape, B, device, dtype,
+                                                  math.prod(shape), i)), name + "-scored")
+           for i, (name, kw, shape, B) in enumerate(_GATED_CASES)]
+    if dtype == torch.float64:
+        for i, (name, kw, shape, B) in enumerate(_GATED_CASES):
+            args = _gated_pixelcnn_args(kw, shape, B, device, dtype, 2, 10 + i)
+            out.append(SampleInput(tuple(args), name + "-sampled"))
+            if full:
+                first = list(args)
+                first[0], first[3] = args[0].clone(), 5
+                reference.gated_pixelcnn_generate(*first)
+                out.append(SampleInput(tuple([first[0]] + list(args[1:2]) + [5]
+                                             + list(args[3:])), name + "-continued"))
+    return out
+
+
 OP_DB = [
     OpInfo("gated_activation", reference.gated_activation, gated_samples,
            fn=ops.gated_activation, grad_args=(0, 1), tol64=(1e-13, 1e-15),
@@ -387,5 +441,9 @@ OP_DB = [
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1),
+           tol64=(1e-11, 1e-12)),
+    # Outputs: log p (B, end - start) and x (the draws).
+    OpInfo("gated_pixelcnn_generate", reference.gated_pixelcnn_generate, gated_pixelcnn_samples,
+           fn=ops.gated_pixelcnn_generate, mutated_args=(0,), devices=("cpu",),
            tol64=(1e-11, 1e-12)),
 ]

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastar import ops
+from fastar.ops import gated_pixelcnn as gated_pixelcnn_ops
 from fastar.models._pixel_model import PixelModel
-from fastar.models.cache import Cache
+from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
 from fastar.nn.blocks import h_conv_weight
 from fastar.nn.conv import GroupMaskedPointwiseConv2d, run_fusing_relu
@@ -51,6 +52,11 @@ class _GatedLayerCache:
     h_bias: Optional[Tensor]
 
 
+@dataclasses.dataclass
+class _GatedCache(Cache):
+    cond_bias: Optional[Tensor] = None  # (n, layers, 2, 2ch): the fused op's gate biases
+
+
 def _pointwise_weight(conv: nn.Conv2d) -> Tensor:
     """A 1x1 convolution's weight as (out, in), masked where the layer masks it."""
     w = conv.masked_weight() if isinstance(conv, GroupMaskedPointwiseConv2d) else conv.weight
@@ -61,6 +67,7 @@ class GatedPixelCNN(PixelModel):
     """cond: labels (B,) int64 with num_classes set, or a vector (B, cond_channels)."""
 
     config_class = GatedPixelCNNConfig
+    fused_op = "gated_pixelcnn_generate"
 
     def __init__(self, config: Optional[GatedPixelCNNConfig] = None, **overrides):
         super().__init__(config, **overrides)
@@ -89,6 +96,7 @@ class GatedPixelCNN(PixelModel):
             self.head = nn.Sequential(
                 nn.ReLU(), PointwiseConv2d(c.hidden_channels, c.head_channels),
                 nn.ReLU(), PointwiseConv2d(c.head_channels, C * self.num_logits))
+        self._packed = PackedWeights(gated_pixelcnn_ops.pack)
 
     def check_condition(self, cond: Optional[Tensor], batch: int, event_shape=None,
                         check_values: bool = True) -> Optional[Tensor]:
@@ -149,8 +157,8 @@ class GatedPixelCNN(PixelModel):
         included) and the condition's gate biases."""
         C, H, W = self.image_shape
         p = next(self.parameters())
-        cache = Cache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=p.device),
-                      order=self.generation_order(self.image_shape).tolist())
+        cache = _GatedCache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=p.device),
+                            order=self.generation_order(self.image_shape).tolist())
         cond = self._cond_vector(cond)
         for layer in self.layers:
             half = layer.kernel_size // 2
@@ -161,7 +169,20 @@ class GatedPixelCNN(PixelModel):
                 link=layer.v_to_h.bias.view(1, -1, 1).expand(n, -1, W),  # row 0: no row above
                 v_bias=None if cond is None else layer.v_cond.proj(cond)[:, :, None],
                 h_bias=None if cond is None else layer.h_cond.proj(cond)[:, :, None]))
+        if cond is not None:
+            cache.cond_bias = torch.stack([torch.stack([e.v_bias[:, :, 0], e.h_bias[:, :, 0]], 1)
+                                           for e in cache.layers], 1).contiguous()
         return cache
+
+    def run(self, cache: Cache, start: int, end: int) -> None:
+        """The fused loop (`fastar.ops.gated_pixelcnn_generate`) where cache.fused, else the
+        step or naive loop."""
+        if not cache.fused:
+            return super().run(cache, start, end)
+        cache.advance(start, end)
+        gated_pixelcnn_ops.gated_pixelcnn_generate(
+            cache.x, cache.u, start, end, cache.num_given, self._packed.get(self),
+            gated_pixelcnn_ops.layer_args(self), self.num_values, cache.cond_bias)
 
     @torch.no_grad()
     def step(self, cache: Cache, i: int) -> Tensor:

@@ -1,0 +1,88 @@
+"""gated_pixelcnn_generate: Gated PixelCNN's whole cached generation loop in one op call
+(Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models": each
+layer keeps what the next value needs, so a value costs the layers at its pixel only). The
+public function, the packing of a model's weights, and the fake kernel; the CPU kernel is
+csrc/cpu/gated_pixelcnn.cpp. `fastar.models.GatedPixelCNN.run` calls it."""
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from fastar import reference
+from fastar.ops._common import check_same_device, declare_dtypes, use_reference
+
+DTYPES = declare_dtypes("gated_pixelcnn_generate", (torch.float32, torch.float64))
+PER_LAYER = ("v_w", "v_b", "link_w", "link_b", "h_w", "h_b", "out_w", "out_b")
+HEAD = ("head_w1", "head_b1", "head_w2", "head_b2")
+
+
+def gated_pixelcnn_generate(x: Tensor, u: Tensor, start: int, end: int, num_given: int,
+                            weights: Sequence[Tensor], layer_args: Sequence[int],
+                            num_values: int, cond_bias: Optional[Tensor] = None) -> Tensor:
+    """Generates positions start .. end - 1 (raster order, channels last) of the images x
+    (B, C, H, W) int64 in place and returns log p of their values (B, end - start).
+
+    Args:
+        x: contiguous int64 images; positions < num_given keep their values, the others are
+            drawn. The values before `start` must be there: a call rebuilds its caches from
+            them (so it continues where the last call stopped, with the same numbers).
+        u: float64 (B, C * H * W) uniforms in generation order; value t is drawn by inverse
+            CDF from u[:, t], as `fastar.sampling.categorical` draws.
+        weights: `pack(model)`: per layer, in PER_LAYER's order, the vertical convolution as
+            a ((k // 2 + 1) * k * in, 2 ch) matrix, its bias, the vertical-to-horizontal link
+            (2 ch, 2 ch) transposed and its bias, the horizontal convolution (width * in,
+            2 ch) (masked between colours), its bias, the 1x1 output (ch, ch) transposed
+            (masked) and its bias; then the head's two 1x1 layers, transposed.
+        layer_args: (kernel_size, residual) per layer.
+        num_values: values per channel (2 with one Bernoulli logit per channel).
+        cond_bias: (B, layers, 2, 2 ch): each layer's vertical and horizontal gate biases
+            from the condition, or None.
+
+    Not differentiable; CPU, float32 and float64.
+    """
+    if use_reference():
+        return reference.gated_pixelcnn_generate(x, u, start, end, num_given, list(weights),
+                                                 list(layer_args), num_values, cond_bias)
+    return torch.ops.fastar.gated_pixelcnn_generate(x, u, start, end, num_given, list(weights),
+                                                    list(layer_args), num_values, cond_bias)
+
+
+def pack(model) -> List[Tensor]:
+    """The weights of a fastar.models.GatedPixelCNN in the op's layout (masks applied)."""
+    from fastar.models.gated_pixelcnn import _pointwise_weight
+    from fastar.nn.blocks import h_conv_weight
+
+    out = []
+    for layer in model.layers:
+        v = layer.v_conv.weight  # (2ch, in, half + 1, k)
+        h = h_conv_weight(layer.h_conv)[:, :, 0]  # (2ch, in, width)
+        out += [v.permute(2, 3, 1, 0).reshape(-1, v.shape[0]), layer.v_conv.bias,
+                _pointwise_weight(layer.v_to_h).t(), layer.v_to_h.bias,
+                h.permute(2, 1, 0).reshape(-1, h.shape[0]), layer.h_conv.bias,
+                _pointwise_weight(layer.h_out).t(), layer.h_out.bias]
+    out += [_pointwise_weight(model.head[1]).t(), model.head[1].bias,
+            _pointwise_weight(model.head[3]).t(), model.head[3].bias]
+    return [w.detach().contiguous() for w in out]
+
+
+def layer_args(model) -> List[int]:
+    return [v for layer in model.layers for v in (layer.kernel_size, int(layer.residual))]
+
+
+@torch.library.register_fake("fastar::gated_pixelcnn_generate")
+def _fake(x, u, start, end, num_given, weights, layer_args, num_values, cond_bias=None):
+    op = "fastar::gated_pixelcnn_generate"
+    check_same_device("gated_pixelcnn_generate", "x", x, u=u, cond_bias=cond_bias,
+                      **{"weights[%d]" % i: w for i, w in enumerate(weights)})
+    torch._check(x.dim() == 4 and x.dtype == torch.int64, lambda: "%s: expected x to be int64 "
+                 "of shape (batch, C, H, W), but got %s of shape %s" % (op, x.dtype,
+                                                                       list(x.shape)))
+    torch._check(len(weights) == len(layer_args) // 2 * len(PER_LAYER) + len(HEAD),
+                 lambda: "%s: expected %d packed weights, but got %d" % (
+                     op, len(layer_args) // 2 * len(PER_LAYER) + len(HEAD), len(weights)))
+    torch._check(weights[0].dtype in DTYPES, lambda: "%s: expected float32 or float64 weights, "
+                 "but got %s" % (op, weights[0].dtype))
+    torch._check(0 <= start <= end <= x.shape[1] * x.shape[2] * x.shape[3],
+                 lambda: "%s: expected 0 <= start <= end <= %d" % (op, x[0].numel()))
+    return weights[0].new_empty((x.shape[0], end - start))
