@@ -16,9 +16,13 @@ once.
 
 Beside a busy process: batch-1 fused sampling on torch's threads and on one thread while
 another process keeps one core busy, and while none does (test_wavenet_sampling_beside_a_busy_process).
+
+PixelCNN and Gated PixelCNN (test_pixel_sampling): naive against the cached Python step and
+(Gated) the fused loop, per image, on 28x28 binary and 32x32x3 images of 256 values.
 """
 
 import collections
+import math
 import multiprocessing
 
 import pytest
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 
 from conftest import DEVICES, at_cpu_level, measure_interleaved
 from fastar import ops
-from fastar.models import WaveNet
+from fastar.models import GatedPixelCNN, PixelCNN, WaveNet
 
 BATCHES = [1, 16, 64, 256]
 SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
@@ -179,3 +183,36 @@ def test_wavenet_sampling_beside_a_busy_process(benchmark, busy):
         if busy:
             spinner.kill()
             spinner.join()
+
+
+PIXEL_MODELS = {"PixelCNN": PixelCNN, "GatedPixelCNN": GatedPixelCNN}
+PIXEL_DATA = {"28x28 binary": dict(image_shape=(1, 28, 28), num_values=2),
+              "32x32x3 256": dict(image_shape=(3, 32, 32), num_values=256)}
+PIXEL_BATCHES = {"28x28 binary": [1, 16], "32x32x3 256": [1]}  # the Python step: slow
+
+
+@pytest.mark.parametrize("data,batch", [(d, b) for d, bs in PIXEL_BATCHES.items() for b in bs])
+@pytest.mark.parametrize("name", list(PIXEL_MODELS))
+def test_pixel_sampling(benchmark, name, data, batch):
+    """Naive sampling (a forward pass over the whole image per value: timed over one pass
+    and scaled by the C * H * W values of an image, so items/s counts images) against the
+    cached step in Python (`generate(fused=False)`: every layer at the new pixel only) and,
+    for Gated PixelCNN, the fused loop (gated_pixelcnn_generate), default configurations.
+    PixelCNN has no fused loop yet."""
+    torch.manual_seed(0)
+    model = PIXEL_MODELS[name](**PIXEL_DATA[data]).eval()
+    D = math.prod(model.image_shape)
+    x = torch.randint(0, model.num_values, (batch, *model.image_shape))
+
+    def naive_pass():
+        with torch.no_grad():
+            return model.conditionals(x)
+
+    shape = model.image_shape
+    fns = {"naive": naive_pass,
+           "cached-python": lambda: model.generate(batch, shape, fused=False)}
+    items = {"naive": batch / D, "cached-python": batch}
+    if model.has_fused_sampler(torch.device("cpu"), torch.float32):
+        fns["fused"], items["fused"] = (lambda: model.generate(batch, shape)), batch
+    measure_interleaved(benchmark, group="%s %s cpu B=%d sampling" % (name, data, batch),
+                        device="cpu", fns=fns, items=items)

@@ -112,6 +112,9 @@ def _parser():
                    "or for audio a WAV of one clip")
     e.add_argument("--sample-length", type=_int_at_least(1), default=8000,
                    help="samples of an audio clip (8000: one second)")
+    e.add_argument("--complete", default="", help="image models: write a PNG grid of 8 images "
+                   "of the split with their bottom half hidden and completed 4 times (rows: "
+                   "original, occluded, completions)")
     e.add_argument("--device", type=_device, default=_default_device())
     return parser
 
@@ -154,12 +157,15 @@ def _run(args):
             model, state = checkpoint.load_model(args.checkpoint, args.device)
         except checkpoint.RunError as e:
             raise SystemExit("python -m fastar eval: %s" % e)
-        if args.samples:  # before minutes of scoring and sampling
-            try:
-                evaluate.check_samples_path(
-                    args.samples, len(model.event_shape(args.sample_length)) == 2)
+        is_audio = len(model.event_shape(args.sample_length)) == 2
+        for flag, path in (("samples", args.samples), ("complete", args.complete)):
+            try:  # before minutes of scoring and sampling
+                if path and flag == "complete" and is_audio:
+                    raise ValueError("completions are drawn by image models")
+                if path:
+                    evaluate.check_samples_path(path, is_audio)
             except ValueError as e:
-                raise SystemExit("python -m fastar eval: --samples: %s" % e)
+                raise SystemExit("python -m fastar eval: --%s: %s" % (flag, e))
         num_classes = state["config"].get("num_classes")
         x, y = evaluate.load_split(state["dataset"], args.split, args.limit,
                                    bool(num_classes))
@@ -170,6 +176,10 @@ def _run(args):
             evaluate.save_samples(model, args.samples, num_classes=num_classes,
                                   length=args.sample_length)
             print("samples: %s" % args.samples)
+        if args.complete:
+            evaluate.save_completions(model, x[:8], args.complete,
+                                      y=None if y is None else y[:8])
+            print("completions: %s" % args.complete)
 
 
 if __name__ == "__main__":

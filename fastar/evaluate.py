@@ -96,3 +96,29 @@ def save_samples(model, path: str, n: Optional[int] = None, seed: int = 0,
     samples = model.sample(n, cond, generator=generator, **sample_args)
     plot.save_image_grid(samples.cpu(), path, columns, model.num_values)
     return samples
+
+
+def save_completions(model, x: torch.Tensor, path: str, completions: int = 4, seed: int = 0,
+                     y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Hides the bottom half of each image of x (n, C, H, W), completes it `completions` times
+    (a prefix of the top H // 2 rows: num_given = (H // 2) * W * C in raster order) and writes
+    a PNG grid with one row per image: the original, the occluded image (hidden pixels at 0),
+    then the completions. y: the images' labels for a class-conditional model. Returns the
+    completions (n * completions, C, H, W)."""
+    check_samples_path(path, False)
+    n, C, H, W = x.shape
+    device = next(model.parameters()).device
+    given = (H // 2) * W * C
+    prefix = x.to(device).repeat_interleave(completions, 0)
+    cond = None if y is None else y.to(device).repeat_interleave(completions, 0)
+    generator = torch.Generator(device).manual_seed(seed)
+    done = model.sample(len(prefix), cond, prefix=prefix, num_given=given,
+                        generator=generator).cpu()
+    occluded = x.clone()
+    occluded[:, :, H // 2:] = 0
+    rows = [torch.cat([x[k : k + 1], occluded[k : k + 1],
+                       done[k * completions : (k + 1) * completions]]) for k in range(n)]
+    from fastar import plot
+
+    plot.save_image_grid(torch.cat(rows), path, completions + 2, model.num_values)
+    return done

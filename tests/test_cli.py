@@ -86,10 +86,13 @@ def test_class_conditional_training_and_samples(tmp_path):
     state = _load(tmp_path / "best.pt")
     assert state["config"]["num_classes"] == 10
     evaluated = _fastar("eval", str(tmp_path / "best.pt"), "--limit", "50",
-                        "--samples", str(tmp_path / "grid.png"))
+                        "--samples", str(tmp_path / "grid.png"),
+                        "--complete", str(tmp_path / "done.png"))
     assert evaluated.returncode == 0, evaluated.stderr
     from PIL import Image
     assert Image.open(tmp_path / "grid.png").size == (10 * 30, 30)  # one column per class
+    # 8 test digits a row each: original, occluded, 4 completions
+    assert Image.open(tmp_path / "done.png").size == (6 * 30, 8 * 30)
     refused = _fastar("train", "made", "--dataset", "binarized_mnist", "--conditional",
                       "--out", str(tmp_path / "made"))
     assert refused.returncode != 0 and "not class-conditional" in refused.stderr
@@ -103,6 +106,9 @@ def test_demo_trains_scores_samples_and_then_reuses_its_checkpoint(tmp_path):
     assert "test NLL on binarized MNIST (64 images)" in first.stdout
     assert "PixelCNN (van den Oord et al. 2016a, Table 4)" in first.stdout
     assert (tmp_path / "samples.png").stat().st_size > 0
+    assert (tmp_path / "completions.png").stat().st_size > 0
+    assert re.search(r"sampling 16 images: cached \d+\.\d s; naive about \d+ s .*: \d+x",
+                     first.stdout), first.stdout
     assert str(tmp_path / "checkpoint.pt") in first.stdout
     again = _fastar(*args)
     assert again.returncode == 0 and "reusing" in again.stdout, again.stderr
@@ -280,3 +286,18 @@ def test_a_samples_path_is_checked_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=message):
             evaluate.check_samples_path(str(path), audio)
     evaluate.check_samples_path(str(tmp_path / "X.PNG"), False)
+
+
+def test_completions_keep_the_top_half_and_draw_the_rest(tmp_path):
+    from fastar import evaluate
+    from fastar.models import PixelCNN
+
+    torch.manual_seed(0)
+    model = PixelCNN(image_shape=(1, 4, 4), hidden_channels=6, num_layers=1,
+                     head_channels=6).eval()
+    x = torch.randint(0, 2, (3, 1, 4, 4))
+    done = evaluate.save_completions(model, x, str(tmp_path / "c.png"), completions=5)
+    assert done.shape == (15, 1, 4, 4)
+    assert torch.equal(done[:, :, :2], x.repeat_interleave(5, 0)[:, :, :2])
+    from PIL import Image
+    assert Image.open(tmp_path / "c.png").size == (7 * 6, 3 * 6)
