@@ -52,14 +52,16 @@ TORCH_LIBRARY(fastar, m) {
       "Tensor? global_bias=None, Tensor? local=None, Tensor? local_weight=None) -> Tensor");
 
   // Gated PixelCNN's cached generation loop: positions start .. end - 1 of the images x
-  // (B, C, H, W) in raster order, channels last, in one call (the state is rebuilt from x, so
-  // a call continues where the last one stopped). Positions < num_given keep x's value; the
+  // (B, C, H, W) in raster order, channels last, in one call, each layer's caches in state
+  // (B, state size), cleared at start = 0, so a call continues where the last one stopped
+  // (fastar.ops.gated_pixelcnn.state_size). Positions < num_given keep x's value; the
   // others are drawn by inverse CDF from u[:, position] (float64, (B, C * H * W)). Returns log p
   // of those values, (B, end - start). weights: per layer v_w, v_b, link_w, link_b, h_w, h_b,
   // out_w, out_b, then head_w1, head_b1, head_w2, head_b2 (fastar/ops/gated_pixelcnn.py packs
   // them); layer_args: (kernel_size, residual) per layer; cond_bias (B, layers, 2, 2 channels):
   // the condition's vertical and horizontal gate biases, or None.
   m.def(
-      "gated_pixelcnn_generate(Tensor(a!) x, Tensor u, int start, int end, int num_given, "
+      "gated_pixelcnn_generate(Tensor(a!) x, Tensor(b!) state, Tensor u, int start, int end, "
+      "int num_given, "
       "Tensor[] weights, int[] layer_args, int num_values, Tensor? cond_bias=None) -> Tensor");
 }

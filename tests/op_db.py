@@ -43,6 +43,10 @@ class OpInfo:
     # Arguments the op writes in place (Tensor(a!)), e.g. ring buffers: the generic tests give
     # every call fresh copies of them and compare what was written beside the outputs.
     mutated_args: Tuple[int, ...] = ()
+    # Arguments the op writes as its own caches (Tensor(b!) too): fresh copies for every call
+    # as mutated_args, but not compared (the reference keeps no cache; later calls that read
+    # it are compared instead).
+    cache_args: Tuple[int, ...] = ()
     # Outputs that carry the batch dim (None: all); a weight's gradient does not.
     batch_outputs: Optional[Tuple[int, ...]] = None
     cuda_tol: float = 1e-5  # float32 CUDA against CPU: the same formulas, rounded differently
@@ -68,7 +72,14 @@ class OpInfo:
 
     @property
     def mutating(self) -> bool:
-        return bool(self.mutated_args)
+        return bool(self.mutated_args or self.cache_args)
+
+    def fresh(self, args: tuple) -> tuple:
+        """args with fresh copies of what the op writes (its values and strides)."""
+        return tuple(torch.empty_strided(a.shape, a.stride(), dtype=a.dtype,
+                                         device=a.device).copy_(a)
+                     if i in self.mutated_args + self.cache_args else a
+                     for i, a in enumerate(args))
 
     @property
     def differentiable(self) -> bool:
@@ -391,7 +402,8 @@ def _gated_pixelcnn_args(kw, shape, B, device, dtype, num_given, seed):
         cond = F.one_hot(torch.randint(0, 3, (B,)), 3).to(device=device, dtype=dtype)
         cond_bias = torch.stack([torch.stack([l.v_cond.proj(cond), l.h_cond.proj(cond)], 1)
                                  for l in model.layers], 1).detach().contiguous()
-    return [x, u, 0, D, num_given, packing.pack(model), packing.layer_args(model),
+    state = _float((B, packing.model_state_size(model)), dtype, device)  # cleared at 0
+    return [x, state, u, 0, D, num_given, packing.pack(model), packing.layer_args(model),
             model.num_values, cond_bias]
 
 
@@ -405,12 +417,12 @@ def gated_pixelcnn_samples(device, dtype, full=False):
         for i, (name, kw, shape, B) in enumerate(_GATED_CASES):
             args = _gated_pixelcnn_args(kw, shape, B, device, dtype, 2, 10 + i)
             out.append(SampleInput(tuple(args), name + "-sampled"))
-            if full:
+            if full:  # the kernel's own state after 5 positions, continued
                 first = list(args)
-                first[0], first[3] = args[0].clone(), 5
-                reference.gated_pixelcnn_generate(*first)
-                out.append(SampleInput(tuple([first[0]] + list(args[1:2]) + [5]
-                                             + list(args[3:])), name + "-continued"))
+                first[0], first[1], first[4] = args[0].clone(), args[1].clone(), 5
+                ops.gated_pixelcnn_generate(*first)
+                out.append(SampleInput(tuple(first[:2] + [args[2], 5] + args[4:]),
+                                       name + "-continued"))
     return out
 
 
@@ -442,8 +454,10 @@ OP_DB = [
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1),
            tol64=(1e-11, 1e-12)),
-    # Outputs: log p (B, end - start) and x (the draws).
+    # Outputs: log p (B, end - start) and x (the draws); the state is the kernel's own cache
+    # (the reference recomputes from x), compared through what later calls draw from it.
     OpInfo("gated_pixelcnn_generate", reference.gated_pixelcnn_generate, gated_pixelcnn_samples,
-           fn=ops.gated_pixelcnn_generate, mutated_args=(0,), devices=("cpu",),
+           fn=ops.gated_pixelcnn_generate, mutated_args=(0,), cache_args=(1,),
+           devices=("cpu",),
            tol64=(1e-11, 1e-12)),
 ]

@@ -56,18 +56,12 @@ def _tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def _copy(t):
-    """A fresh tensor of t's values and strides (a mutating op writes it, not the sample)."""
-    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-    return out.copy_(t)
-
-
 def _run(fn, args, info: OpInfo):
     """fn(*args) as a tuple, followed for a mutating op by what it wrote into (fresh copies
     of) its mutated args."""
     if not info.mutating:
         return _tuple(fn(*args))
-    args = tuple(_copy(a) if i in info.mutated_args else a for i, a in enumerate(args))
+    args = info.fresh(args)
     return _tuple(fn(*args)) + tuple(args[i] for i in info.mutated_args)
 
 
@@ -199,9 +193,7 @@ def test_a_meta_tensor_beside_a_real_one_raises(info):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(info, device, dtype):
     for sample in info.sample_inputs(device, dtype)[:3]:
-        args = tuple(_copy(a) if i in info.mutated_args else a
-                     for i, a in enumerate(sample.args))
-        torch.library.opcheck(info.op, _with_grad(args, info))
+        torch.library.opcheck(info.op, _with_grad(info.fresh(sample.args), info))
 
 
 @pytest.mark.parametrize("info,device", CASES)

@@ -6,9 +6,9 @@
 // stacks and the head at its pixel only (a colour pixel once per channel: the packed weights
 // are already masked, so a channel never reads its own or a later channel of its pixel).
 //
-// A call rebuilds that state from x (the vertical stacks over the rows above `start`, the
-// horizontal stacks over the pixels of its row before it), so it needs no buffers between
-// calls and continues where the last one stopped with the same numbers.
+// That state lives in the caller's `state` buffer (B, state size), so a call continues where the
+// last one stopped; a call from start = 0 clears it first. (Rebuilding it from x in every call
+// made chunked generation quadratic: at batch 16 each call's rebuild outgrew its half second.)
 
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -23,6 +23,7 @@
 #include "common/dmol.h"
 #include "common/gated_activation.h"
 #include "common/wavenet.h"
+#include "cpu/isa.h"
 
 namespace fastar {
 namespace {
@@ -31,25 +32,31 @@ constexpr const char* kOp = "gated_pixelcnn_generate";
 constexpr int64_t kPerLayer = 8;  // v_w, v_b, link_w, link_b, h_w, h_b, out_w, out_b
 constexpr int64_t kHead = 4;      // head_w1, head_b1, head_w2, head_b2
 
-// out[o] = bias[o] + sum_i in[i] w[i * N + o] (w: (K, N) row-major, the packed transpose).
+// out[r][o] += sum_i in[r][i] w[i * N + o] for the rows r < R (pointers: the rows of several
+// sequences, or of one row's columns): each row of w (the packed transpose) is read once for
+// all of them, from L1, and the loop over o is vectorized at the level compiled for.
 template <typename T>
-void affine(const T* in, int64_t K, const T* w, const T* bias, int64_t N, T* out) {
-  std::copy(bias, bias + N, out);
+FASTAR_INLINE void rows_times(int64_t R, const T* const* in, int64_t K, const T* w, int64_t N,
+                              T* const* out) {
   for (int64_t i = 0; i < K; ++i) {
-    const T a = in[i];
-    const T* row = w + i * N;
-    for (int64_t o = 0; o < N; ++o) out[o] += a * row[o];
+    const T* __restrict__ row = w + i * N;
+    for (int64_t r = 0; r < R; ++r) {
+      const T a = in[r][i];
+      T* __restrict__ o = out[r];
+      for (int64_t c = 0; c < N; ++c) o[c] += a * row[c];
+    }
   }
 }
 
 struct Layer {
   int64_t k, half, in, ch, width;  // kernel size, its half, input channels, channels, h width
   bool residual;
+  int64_t v_rows, h_row, link;  // offsets of its parts in a sequence's state
 };
 
 template <typename T>
 struct Model {
-  int64_t C, H, W, V, NL, L, head_ch;
+  int64_t C, H, W, V, NL, L, head_ch, state_size;
   std::vector<Layer> layers;
   std::vector<const T*> w;  // the packed weights, in the op's order
   const T* v_w(int64_t l) const { return w[l * kPerLayer + 0]; }
@@ -61,173 +68,235 @@ struct Model {
   const T* out_w(int64_t l) const { return w[l * kPerLayer + 6]; }
   const T* out_b(int64_t l) const { return w[l * kPerLayer + 7]; }
   const T* head(int64_t i) const { return w[L * kPerLayer + i]; }
+  FASTAR_INLINE T scaled(int64_t value) const {  // as PixelModel.scale_input
+    return T(value) * (T(2.0) / T(V - 1)) - T(1.0);
+  }
 };
 
-// One sequence's state and scratch.
+// One sequence's state: per layer its vertical ring, horizontal row and link (the file's
+// comment), its condition's gate biases, and scratch.
 template <typename T>
 struct Sequence {
-  const Model<T>& m;
-  std::vector<std::vector<T>> v_rows, h_row, link;  // per layer, as the file's comment says
+  std::vector<T*> v_rows, h_row, link;  // per layer, into the state
   std::vector<T> v_in, v_pre, v_out, pre, gated, h, h_next, z, logits, dist;
   std::vector<double> expo;
   const T* cond;  // (L, 2, 2ch): the layers' vertical and horizontal gate biases, or null
+  int64_t* x;     // (C, H, W)
 
-  Sequence(const Model<T>& m, const T* cond) : m(m), cond(cond) {
+  Sequence(const Model<T>& m, const T* cond, int64_t* x, T* state, bool clear)
+      : cond(cond), x(x) {
     int64_t widest = m.C;
+    if (clear) std::fill(state, state + m.state_size, T(0));
     for (const Layer& l : m.layers) {
-      v_rows.emplace_back((l.half + 1) * (m.W + 2 * l.half) * l.in, T(0));
-      h_row.emplace_back((m.W + l.half) * l.in, T(0));
-      link.emplace_back(m.W * 2 * l.ch, T(0));
+      v_rows.push_back(state + l.v_rows);
+      h_row.push_back(state + l.h_row);
+      link.push_back(state + l.link);
       widest = std::max(widest, 2 * l.ch);
     }
-    v_in.resize(m.W * widest);
-    v_out.resize(m.W * widest);
-    v_pre.resize(m.W * widest);
-    pre.resize(widest);
-    gated.resize(widest);
-    h.resize(widest);
-    h_next.resize(widest);
+    for (auto* v : {&v_in, &v_pre, &v_out}) v->resize(m.W * widest);
+    for (auto* v : {&pre, &gated, &h, &h_next}) v->resize(widest);
     z.resize(m.head_ch);
     logits.resize(m.C * m.NL);
     dist.resize(m.V);
     expo.resize(m.V);
-    for (int64_t l = 0; l < m.L; ++l) {  // row 0 has no row above: its link is the bias
+    for (int64_t l = 0; clear && l < m.L; ++l) {  // row 0 has no row above: the link's bias
       const int64_t N = 2 * m.layers[l].ch;
-      for (int64_t j = 0; j < m.W; ++j)
-        std::copy(m.link_b(l), m.link_b(l) + N, link[l].data() + j * N);
+      for (int64_t j = 0; j < m.W; ++j) std::copy(m.link_b(l), m.link_b(l) + N, link[l] + j * N);
     }
   }
 
-  T gate_bias(int64_t l, int64_t stack, int64_t o) const {
+  FASTAR_INLINE T gate_bias(const Model<T>& m, int64_t l, int64_t stack, int64_t o) const {
     return cond == nullptr ? T(0) : cond[(l * 2 + stack) * 2 * m.layers[l].ch + o];
   }
 
-  T scaled(int64_t value) const {  // as PixelModel.scale_input
-    return T(value) * (T(2.0) / T(m.V - 1)) - T(1.0);
-  }
-
-  // The vertical stacks over row r of the image x (C, H, W), keeping each layer's link to row
-  // r + 1 (GatedPixelCNN._vertical_row).
-  void vertical_row(const int64_t* x, int64_t r) {
-    const int64_t W = m.W;
-    for (int64_t j = 0; j < W; ++j)
-      for (int64_t c = 0; c < m.C; ++c) v_in[j * m.C + c] = scaled(x[(c * m.H + r) * W + j]);
-    for (int64_t l = 0; l < m.L; ++l) {
-      const Layer& ly = m.layers[l];
-      const int64_t rows = ly.half + 1, Wp = W + 2 * ly.half, N = 2 * ly.ch;
-      T* ring = v_rows[l].data();
-      std::copy(v_in.data(), v_in.data() + W * ly.in,
-                ring + ((r % rows) * Wp + ly.half) * ly.in);
-      for (int64_t j = 0; j < W; ++j) {
-        T* acc = v_pre.data() + j * N;
-        std::copy(m.v_b(l), m.v_b(l) + N, acc);
-        for (int64_t kr = 0; kr < rows; ++kr) {  // weight row kr reads row r - (half - kr)
-          if (r - (ly.half - kr) < 0) continue;  // zeros above the image
-          const T* in_row = ring + ((r - (ly.half - kr)) % rows) * Wp * ly.in;
-          for (int64_t kx = 0; kx < ly.k; ++kx) {
-            const T* in = in_row + (j + kx) * ly.in;
-            const T* w = m.v_w(l) + (kr * ly.k + kx) * ly.in * N;
-            for (int64_t i = 0; i < ly.in; ++i) {
-              const T a = in[i];
-              for (int64_t o = 0; o < N; ++o) acc[o] += a * w[i * N + o];
-            }
-          }
-        }
-        affine(acc, N, m.link_w(l), m.link_b(l), N, link[l].data() + j * N);
-        for (int64_t o = 0; o < ly.ch; ++o)
-          v_out[j * ly.ch + o] = gated::forward<T>(acc[o] + gate_bias(l, 0, o),
-                                                   acc[ly.ch + o] + gate_bias(l, 0, ly.ch + o));
-      }
-      std::swap(v_in, v_out);
-    }
-  }
-
   // Writes pixel (r, j)'s current values into the image's horizontal row.
-  void image_pixel(const int64_t* x, int64_t r, int64_t j) {
-    T* row = h_row[0].data() + (m.layers[0].half + j) * m.C;
-    for (int64_t c = 0; c < m.C; ++c) row[c] = scaled(x[(c * m.H + r) * m.W + j]);
-  }
-
-  // The horizontal stacks at pixel (r, j), writing each layer's input into its row; with
-  // head, the head's logits of the pixel's channels into `logits`.
-  void horizontal(int64_t j, bool head) {
-    const Layer& first = m.layers[0];
-    std::copy(h_row[0].data() + (first.half + j) * m.C,
-              h_row[0].data() + (first.half + j + 1) * m.C, h.data());
-    for (int64_t l = 0; l < m.L; ++l) {
-      const Layer& ly = m.layers[l];
-      const int64_t N = 2 * ly.ch;
-      if (l > 0) std::copy(h.data(), h.data() + ly.in, h_row[l].data() + (ly.half + j) * ly.in);
-      // conv over columns j - half .. j - half + width - 1, then its bias, then the link
-      std::fill(pre.data(), pre.data() + N, T(0));
-      for (int64_t kx = 0; kx < ly.width; ++kx) {
-        const T* in = h_row[l].data() + (j + kx) * ly.in;
-        const T* w = m.h_w(l) + kx * ly.in * N;
-        for (int64_t i = 0; i < ly.in; ++i) {
-          const T a = in[i];
-          for (int64_t o = 0; o < N; ++o) pre[o] += a * w[i * N + o];
-        }
-      }
-      const T* lk = link[l].data() + j * N;
-      for (int64_t o = 0; o < N; ++o) pre[o] = pre[o] + m.h_b(l)[o] + lk[o];
-      for (int64_t o = 0; o < ly.ch; ++o)
-        gated[o] = gated::forward<T>(pre[o] + gate_bias(l, 1, o),
-                                     pre[ly.ch + o] + gate_bias(l, 1, ly.ch + o));
-      affine(gated.data(), ly.ch, m.out_w(l), m.out_b(l), ly.ch, h_next.data());
-      if (ly.residual)
-        for (int64_t o = 0; o < ly.ch; ++o) h_next[o] = h[o] + h_next[o];
-      std::swap(h, h_next);
-    }
-    if (!head) return;
-    const int64_t ch = m.layers[m.L - 1].ch;
-    for (int64_t o = 0; o < ch; ++o) h[o] = h[o] < T(0) ? T(0) : h[o];
-    affine(h.data(), ch, m.head(0), m.head(1), m.head_ch, z.data());
-    for (int64_t o = 0; o < m.head_ch; ++o) z[o] = z[o] < T(0) ? T(0) : z[o];
-    affine(z.data(), m.head_ch, m.head(2), m.head(3), m.C * m.NL, logits.data());
+  void image_pixel(const Model<T>& m, int64_t r, int64_t j) {
+    T* row = h_row[0] + (m.layers[0].half + j) * m.C;
+    for (int64_t c = 0; c < m.C; ++c) row[c] = m.scaled(x[(c * m.H + r) * m.W + j]);
   }
 };
 
+// The vertical stacks over row r of every sequence of the group, keeping each layer's link to
+// row r + 1 (GatedPixelCNN._vertical_row).
 template <typename T>
-void generate(const Model<T>& m, int64_t* x_all, const double* u_all, int64_t B, int64_t start,
-              int64_t end, int64_t num_given, const T* cond_all, T* logp_all, char* failed) {
+FASTAR_INLINE void vertical_row(const Model<T>& m, std::vector<Sequence<T>>& group, int64_t r,
+                                std::vector<const T*>& in, std::vector<T*>& out) {
+  const int64_t W = m.W, G = static_cast<int64_t>(group.size());
+  for (Sequence<T>& s : group)
+    for (int64_t j = 0; j < W; ++j)
+      for (int64_t c = 0; c < m.C; ++c) s.v_in[j * m.C + c] = m.scaled(s.x[(c * m.H + r) * W + j]);
+  in.resize(G * W);
+  out.resize(G * W);
+  for (int64_t l = 0; l < m.L; ++l) {
+    const Layer& ly = m.layers[l];
+    const int64_t rows = ly.half + 1, Wp = W + 2 * ly.half, N = 2 * ly.ch;
+    for (Sequence<T>& s : group) {
+      std::copy(s.v_in.data(), s.v_in.data() + W * ly.in,
+                s.v_rows[l] + ((r % rows) * Wp + ly.half) * ly.in);
+      for (int64_t j = 0; j < W; ++j) std::copy(m.v_b(l), m.v_b(l) + N, s.v_pre.data() + j * N);
+    }
+    for (int64_t kr = 0; kr < rows; ++kr) {  // weight row kr reads row r - (half - kr)
+      if (r - (ly.half - kr) < 0) continue;  // zeros above the image
+      for (int64_t kx = 0; kx < ly.k; ++kx) {
+        for (int64_t g = 0; g < G; ++g) {
+          const T* in_row = group[g].v_rows[l] + ((r - (ly.half - kr)) % rows) * Wp * ly.in;
+          for (int64_t j = 0; j < W; ++j) {
+            in[g * W + j] = in_row + (j + kx) * ly.in;
+            out[g * W + j] = group[g].v_pre.data() + j * N;
+          }
+        }
+        rows_times(G * W, in.data(), ly.in, m.v_w(l) + (kr * ly.k + kx) * ly.in * N, N,
+                   out.data());
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      Sequence<T>& s = group[g];
+      for (int64_t j = 0; j < W; ++j) {
+        std::copy(m.link_b(l), m.link_b(l) + N, s.link[l] + j * N);
+        in[g * W + j] = s.v_pre.data() + j * N;
+        out[g * W + j] = s.link[l] + j * N;
+      }
+    }
+    rows_times(G * W, in.data(), N, m.link_w(l), N, out.data());
+    for (Sequence<T>& s : group) {
+      for (int64_t j = 0; j < W; ++j) {
+        const T* acc = s.v_pre.data() + j * N;
+        for (int64_t o = 0; o < ly.ch; ++o)
+          s.v_out[j * ly.ch + o] = gated::forward<T>(acc[o] + s.gate_bias(m, l, 0, o),
+                                                     acc[ly.ch + o] + s.gate_bias(m, l, 0, ly.ch + o));
+      }
+      std::swap(s.v_in, s.v_out);
+    }
+  }
+}
+
+// The horizontal stacks at pixel (r, j) of every sequence of the group, writing each layer's
+// input into its row; with head, the head's logits of the pixel's channels into `logits`.
+template <typename T>
+FASTAR_INLINE void horizontal(const Model<T>& m, std::vector<Sequence<T>>& group, int64_t j,
+                              bool head, std::vector<const T*>& in, std::vector<T*>& out) {
+  const int64_t G = static_cast<int64_t>(group.size());
+  in.resize(G);
+  out.resize(G);
+  const Layer& first = m.layers[0];
+  for (Sequence<T>& s : group)
+    std::copy(s.h_row[0] + (first.half + j) * m.C,
+              s.h_row[0] + (first.half + j + 1) * m.C, s.h.data());
+  for (int64_t l = 0; l < m.L; ++l) {
+    const Layer& ly = m.layers[l];
+    const int64_t N = 2 * ly.ch;
+    for (Sequence<T>& s : group) {
+      if (l > 0) std::copy(s.h.data(), s.h.data() + ly.in, s.h_row[l] + (ly.half + j) * ly.in);
+      std::fill(s.pre.data(), s.pre.data() + N, T(0));
+    }
+    // conv over columns j - half .. j - half + width - 1, then its bias, then the link
+    for (int64_t kx = 0; kx < ly.width; ++kx) {
+      for (int64_t g = 0; g < G; ++g) {
+        in[g] = group[g].h_row[l] + (j + kx) * ly.in;
+        out[g] = group[g].pre.data();
+      }
+      rows_times(G, in.data(), ly.in, m.h_w(l) + kx * ly.in * N, N, out.data());
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      Sequence<T>& s = group[g];
+      const T* lk = s.link[l] + j * N;
+      for (int64_t o = 0; o < N; ++o) s.pre[o] = s.pre[o] + m.h_b(l)[o] + lk[o];
+      for (int64_t o = 0; o < ly.ch; ++o)
+        s.gated[o] = gated::forward<T>(s.pre[o] + s.gate_bias(m, l, 1, o),
+                                       s.pre[ly.ch + o] + s.gate_bias(m, l, 1, ly.ch + o));
+      std::copy(m.out_b(l), m.out_b(l) + ly.ch, s.h_next.data());
+      in[g] = s.gated.data();
+      out[g] = s.h_next.data();
+    }
+    rows_times(G, in.data(), ly.ch, m.out_w(l), ly.ch, out.data());
+    for (Sequence<T>& s : group) {
+      if (ly.residual)
+        for (int64_t o = 0; o < ly.ch; ++o) s.h_next[o] = s.h[o] + s.h_next[o];
+      std::swap(s.h, s.h_next);
+    }
+  }
+  if (!head) return;
+  const int64_t ch = m.layers[m.L - 1].ch;
+  for (int64_t g = 0; g < G; ++g) {
+    Sequence<T>& s = group[g];
+    for (int64_t o = 0; o < ch; ++o) s.h[o] = s.h[o] < T(0) ? T(0) : s.h[o];
+    std::copy(m.head(1), m.head(1) + m.head_ch, s.z.data());
+    in[g] = s.h.data();
+    out[g] = s.z.data();
+  }
+  rows_times(G, in.data(), ch, m.head(0), m.head_ch, out.data());
+  for (int64_t g = 0; g < G; ++g) {
+    Sequence<T>& s = group[g];
+    for (int64_t o = 0; o < m.head_ch; ++o) s.z[o] = s.z[o] < T(0) ? T(0) : s.z[o];
+    std::copy(m.head(3), m.head(3) + m.C * m.NL, s.logits.data());
+    in[g] = s.z.data();
+    out[g] = s.logits.data();
+  }
+  rows_times(G, in.data(), m.head_ch, m.head(2), m.C * m.NL, out.data());
+}
+
+// Generates positions [start, end) of the sequences [b0, b1), together (one group: each
+// weight read once per step for all of them). Returns false where a step's output defines
+// no distribution.
+template <typename T>
+FASTAR_INLINE bool generate_group(const Model<T>& m, int64_t* x_all, T* state_all,
+                                  const double* u_all, int64_t b0, int64_t b1, int64_t start,
+                                  int64_t end, int64_t num_given, const T* cond_all,
+                                  T* logp_all) {
   const int64_t D = m.C * m.H * m.W, cond_size = m.L * 2 * 2 * m.layers[0].ch;
   const dmol::Bins<T> bins = dmol::make_bins<T>(m.V);
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  std::vector<Sequence<T>> group;
+  for (int64_t b = b0; b < b1; ++b)
+    group.emplace_back(m, cond_all == nullptr ? nullptr : cond_all + b * cond_size,
+                       x_all + b * D, state_all + b * m.state_size, start == 0);
+  std::vector<const T*> in;
+  std::vector<T*> out;
+  for (int64_t t = start; t < end; ++t) {
+    const int64_t p = t / m.C, c = t % m.C, r = p / m.W, j = p % m.W;
+    if (c == 0 && j == 0 && r > 0) vertical_row(m, group, r - 1, in, out);  // a new row
+    for (Sequence<T>& s : group) {
+      if (j > 0) s.image_pixel(m, r, j - 1);  // complete now
+      s.image_pixel(m, r, j);
+    }
+    horizontal(m, group, j, true, in, out);
     for (int64_t b = b0; b < b1; ++b) {
-      int64_t* x = x_all + b * D;
-      Sequence<T> s(m, cond_all == nullptr ? nullptr : cond_all + b * cond_size);
-      // Rebuild the state of position `start`: the rows above, then its row's earlier pixels.
-      const int64_t p0 = start / m.C, r0 = p0 / m.W;
-      for (int64_t r = 0; r < r0; ++r) s.vertical_row(x, r);
-      for (int64_t j = 0; j < p0 % m.W; ++j) {
-        s.image_pixel(x, r0, j);
-        s.horizontal(j, false);
-      }
-      for (int64_t t = start; t < end; ++t) {
-        const int64_t p = t / m.C, c = t % m.C, r = p / m.W, j = p % m.W;
-        if (c == 0 && j == 0 && r > r0) s.vertical_row(x, r - 1);  // a new row
-        if (j > 0) s.image_pixel(x, r, j - 1);  // complete now
-        s.image_pixel(x, r, j);
-        s.horizontal(j, true);
-        const T* values = wavenet::value_logits(s.logits.data() + c * m.NL, m.NL, m.V, 0, bins,
-                                                0, 1, s.dist.data());
-        const int64_t at = (c * m.H + r) * m.W + j;
-        const bool draw = t >= num_given;
-        double lp = 0;
-        const int64_t value = wavenet::inverse_cdf(values, m.V, u_all[b * D + t], draw,
-                                                   draw ? 0 : x[at], s.expo.data(), &lp);
-        if (value < 0) {
-          failed[b] = 1;
-          break;
-        }
-        x[at] = value;
-        logp_all[b * (end - start) + t - start] = T(lp);
-      }
+      Sequence<T>& s = group[b - b0];
+      const T* values = wavenet::value_logits(s.logits.data() + c * m.NL, m.NL, m.V, 0, bins,
+                                              0, 1, s.dist.data());
+      const int64_t at = (c * m.H + r) * m.W + j;
+      const bool draw = t >= num_given;
+      double lp = 0;
+      const int64_t value = wavenet::inverse_cdf(values, m.V, u_all[b * D + t], draw,
+                                                 draw ? 0 : s.x[at], s.expo.data(), &lp);
+      if (value < 0) return false;
+      s.x[at] = value;
+      logp_all[b * (end - start) + t - start] = T(lp);
+    }
+  }
+  return true;
+}
+
+// The batch split into one group per thread, each run at the CPU's level.
+template <typename T>
+void generate(const Model<T>& m, int64_t* x_all, T* state_all, const double* u_all, int64_t B,
+              int64_t start, int64_t end, int64_t num_given, const T* cond_all, T* logp_all,
+              char* failed) {
+  const cpu::Capability level = cpu::capability();
+  const int64_t groups = std::min<int64_t>(B, std::max(1, at::get_num_threads()));
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t b0 = B * g / groups, b1 = B * (g + 1) / groups;
+      const bool ok = cpu::dispatch(level, [&](auto) FASTAR_INLINE_LAMBDA {
+        return generate_group<T>(m, x_all, state_all, u_all, b0, b1, start, end, num_given,
+                                 cond_all, logp_all);
+      });
+      if (!ok) failed[g] = 1;
     }
   });
 }
 
-at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor& u_in,
+at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor& state_in,
+                                       const at::Tensor& u_in,
                                        int64_t start, int64_t end, int64_t num_given,
                                        at::TensorList weights_in, c10::IntArrayRef layer_args,
                                        int64_t num_values,
@@ -241,8 +310,10 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
   TORCH_CHECK(x_in.device().is_cpu() && u_in.device().is_cpu(), "fastar::", kOp,
               ": expected x and u on the CPU, but got ", x_in.device(), " and ", u_in.device());
   at::assert_no_internal_overlap(x_in);
-  // Contiguous working copies (x written back at the end where it was not contiguous).
-  const at::Tensor x = x_in.contiguous(), u = u_in.contiguous();
+  at::assert_no_internal_overlap(state_in);
+  at::assert_no_overlap(x_in, state_in);
+  // Contiguous working copies (x and state written back where they were not contiguous).
+  const at::Tensor x = x_in.contiguous(), u = u_in.contiguous(), state = state_in.contiguous();
   std::vector<at::Tensor> weights;
   for (const at::Tensor& t : weights_in) weights.push_back(t.contiguous());
   std::optional<at::Tensor> cond_bias;
@@ -270,7 +341,7 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
               D, "], but got ", num_given);
   TORCH_CHECK(num_values >= 2, "fastar::", kOp, ": expected num_values >= 2, but got ",
               num_values);
-  int64_t in = C;
+  int64_t in = C, state_size = 0;
   std::vector<Layer> layers;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t k = layer_args[2 * l], half = k / 2;
@@ -294,9 +365,17 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
                   ", but got ", weights[l * kPerLayer + i].sizes());
     const bool residual = layer_args[2 * l + 1] != 0;
     TORCH_CHECK(!residual || in == ch, "fastar::", kOp, ": a residual layer keeps its width");
-    layers.push_back({k, half, in, ch, h_w.size(0) / in, residual});
+    const int64_t v_size = (half + 1) * (W + 2 * half) * in, h_size = (W + half) * in;
+    layers.push_back({k, half, in, ch, h_w.size(0) / in, residual, state_size,
+                      state_size + v_size, state_size + v_size + h_size});
+    state_size += v_size + h_size + W * 2 * ch;
     in = ch;
   }
+  TORCH_CHECK(state.dim() == 2 && state.size(0) == B && state.size(1) == state_size &&
+                  state.scalar_type() == dtype && state.device().is_cpu(),
+              "fastar::", kOp, ": expected state of shape (", B, ", ", state_size,
+              ") in the weights' dtype (fastar.ops.gated_pixelcnn.state_size), but got ",
+              dtype_name(state.scalar_type()), " of shape ", state.sizes());
   const at::Tensor &w1 = weights[L * kPerLayer], &w2 = weights[L * kPerLayer + 2];
   TORCH_CHECK(w1.dim() == 2 && w1.size(0) == in && w2.dim() == 2 && w2.size(0) == w1.size(1) &&
                   w2.size(1) % C == 0 &&
@@ -336,13 +415,15 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
   at::Tensor logp = at::empty({B, end - start}, weights[0].options());
   std::vector<char> failed(B, 0);
   AT_DISPATCH_FLOATING_TYPES(dtype, "gated_pixelcnn_generate_cpu", [&] {
-    Model<scalar_t> m{C, H, W, num_values, NL, L, w1.size(1), layers, {}};
+    Model<scalar_t> m{C, H, W, num_values, NL, L, w1.size(1), state_size, layers, {}};
     for (const at::Tensor& w : weights) m.w.push_back(w.const_data_ptr<scalar_t>());
-    generate<scalar_t>(m, x.data_ptr<int64_t>(), u.const_data_ptr<double>(), B, start, end,
+    generate<scalar_t>(m, x.data_ptr<int64_t>(), state.data_ptr<scalar_t>(),
+                       u.const_data_ptr<double>(), B, start, end,
                        num_given, has_cond ? cond_bias->const_data_ptr<scalar_t>() : nullptr,
                        logp.data_ptr<scalar_t>(), failed.data());
   });
   if (!x_in.is_same(x)) x_in.copy_(x);
+  if (!state_in.is_same(state)) state_in.copy_(state);
   TORCH_CHECK(std::none_of(failed.begin(), failed.end(), [](char f) { return f != 0; }),
               "fastar::", kOp, ": the model's output defines no distribution (NaN or infinite ",
               "logits) at some step: are the weights and conditions finite?");

@@ -55,6 +55,7 @@ class _GatedLayerCache:
 @dataclasses.dataclass
 class _GatedCache(Cache):
     cond_bias: Optional[Tensor] = None  # (n, layers, 2, 2ch): the fused op's gate biases
+    state: Optional[Tensor] = None  # the fused op's caches (it clears them at position 0)
 
 
 def _pointwise_weight(conv: nn.Conv2d) -> Tensor:
@@ -180,8 +181,12 @@ class GatedPixelCNN(PixelModel):
         if not cache.fused:
             return super().run(cache, start, end)
         cache.advance(start, end)
+        weights = self._packed.get(self)
+        if cache.state is None:
+            cache.state = weights[0].new_empty(
+                cache.x.shape[0], gated_pixelcnn_ops.model_state_size(self))
         gated_pixelcnn_ops.gated_pixelcnn_generate(
-            cache.x, cache.u, start, end, cache.num_given, self._packed.get(self),
+            cache.x, cache.state, cache.u, start, end, cache.num_given, weights,
             gated_pixelcnn_ops.layer_args(self), self.num_values, cache.cond_bias)
 
     @torch.no_grad()

@@ -17,16 +17,19 @@ PER_LAYER = ("v_w", "v_b", "link_w", "link_b", "h_w", "h_b", "out_w", "out_b")
 HEAD = ("head_w1", "head_b1", "head_w2", "head_b2")
 
 
-def gated_pixelcnn_generate(x: Tensor, u: Tensor, start: int, end: int, num_given: int,
-                            weights: Sequence[Tensor], layer_args: Sequence[int],
+def gated_pixelcnn_generate(x: Tensor, state: Tensor, u: Tensor, start: int, end: int,
+                            num_given: int, weights: Sequence[Tensor], layer_args: Sequence[int],
                             num_values: int, cond_bias: Optional[Tensor] = None) -> Tensor:
     """Generates positions start .. end - 1 (raster order, channels last) of the images x
     (B, C, H, W) int64 in place and returns log p of their values (B, end - start).
 
     Args:
-        x: contiguous int64 images; positions < num_given keep their values, the others are
-            drawn. The values before `start` must be there: a call rebuilds its caches from
-            them (so it continues where the last call stopped, with the same numbers).
+        x: int64 images; positions < num_given keep their values, the others are drawn.
+        state: (B, state_size(...)) in the weights' dtype: per sequence and layer, a ring of
+            its vertical input's last k // 2 + 1 rows, its horizontal input's current row and
+            the link from the row above, as the call that ended at `start` left them (a call
+            from start = 0 clears it: torch.empty will do). The reference ignores it and
+            recomputes every value from x.
         u: float64 (B, C * H * W) uniforms in generation order; value t is drawn by inverse
             CDF from u[:, t], as `fastar.sampling.categorical` draws.
         weights: `pack(model)`: per layer, in PER_LAYER's order, the vertical convolution as
@@ -42,10 +45,30 @@ def gated_pixelcnn_generate(x: Tensor, u: Tensor, start: int, end: int, num_give
     Not differentiable; CPU, float32 and float64.
     """
     if use_reference():
-        return reference.gated_pixelcnn_generate(x, u, start, end, num_given, list(weights),
-                                                 list(layer_args), num_values, cond_bias)
-    return torch.ops.fastar.gated_pixelcnn_generate(x, u, start, end, num_given, list(weights),
-                                                    list(layer_args), num_values, cond_bias)
+        return reference.gated_pixelcnn_generate(x, state, u, start, end, num_given,
+                                                 list(weights), list(layer_args), num_values,
+                                                 cond_bias)
+    return torch.ops.fastar.gated_pixelcnn_generate(x, state, u, start, end, num_given,
+                                                    list(weights), list(layer_args), num_values,
+                                                    cond_bias)
+
+
+def state_size(image_shape: Sequence[int], layer_args: Sequence[int],
+               channels: Sequence[int]) -> int:
+    """Values of one sequence's state: per layer (kernel k, half = k // 2, input channels in,
+    channels ch) (half + 1) (W + 2 half) in + (W + half) in + W 2 ch."""
+    C, H, W = image_shape
+    total, cin = 0, C
+    for (k, _), ch in zip(zip(layer_args[::2], layer_args[1::2]), channels):
+        half = k // 2
+        total += (half + 1) * (W + 2 * half) * cin + (W + half) * cin + W * 2 * ch
+        cin = ch
+    return total
+
+
+def model_state_size(model) -> int:
+    return state_size(model.image_shape, layer_args(model),
+                      [layer.v_conv.out_channels // 2 for layer in model.layers])
 
 
 def pack(model) -> List[Tensor]:
@@ -71,9 +94,9 @@ def layer_args(model) -> List[int]:
 
 
 @torch.library.register_fake("fastar::gated_pixelcnn_generate")
-def _fake(x, u, start, end, num_given, weights, layer_args, num_values, cond_bias=None):
+def _fake(x, state, u, start, end, num_given, weights, layer_args, num_values, cond_bias=None):
     op = "fastar::gated_pixelcnn_generate"
-    check_same_device("gated_pixelcnn_generate", "x", x, u=u, cond_bias=cond_bias,
+    check_same_device("gated_pixelcnn_generate", "x", x, state=state, u=u, cond_bias=cond_bias,
                       **{"weights[%d]" % i: w for i, w in enumerate(weights)})
     torch._check(x.dim() == 4 and x.dtype == torch.int64, lambda: "%s: expected x to be int64 "
                  "of shape (batch, C, H, W), but got %s of shape %s" % (op, x.dtype,

@@ -47,11 +47,12 @@ def _logits(x: Tensor, weights: Sequence[Tensor], layer_args: Sequence[int], num
     return torch.einsum("bihw,io->bohw", F.relu(z), w2) + b2[:, None, None]
 
 
-def gated_pixelcnn_generate(x: Tensor, u: Tensor, start: int, end: int, num_given: int,
-                            weights: Sequence[Tensor], layer_args: Sequence[int],
+def gated_pixelcnn_generate(x: Tensor, state: Tensor, u: Tensor, start: int, end: int,
+                            num_given: int, weights: Sequence[Tensor], layer_args: Sequence[int],
                             num_values: int, cond_bias: Optional[Tensor] = None) -> Tensor:
     """Positions start .. end - 1 of x (B, C, H, W), raster order with channels last, in place;
-    returns log p of their values (B, end - start). See fastar.ops.gated_pixelcnn_generate."""
+    returns log p of their values (B, end - start). See fastar.ops.gated_pixelcnn_generate;
+    state (the fused loop's caches) is not read: every value is computed from x."""
     B, C, H, W = x.shape
     flat = x.view(B, C, H * W)
     logps = []
