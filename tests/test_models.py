@@ -557,3 +557,39 @@ def test_gated_pixelcnn_colour_masking_links_a_pixels_channels_and_stays_normali
     first.mask[:, :, 0, -1] = 1
     total = torch.logsumexp(model.log_prob(x), 0).exp().item()
     assert abs(total - 1) > 1e-3
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_the_fused_gated_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
+    from fastar.ops import gated_pixelcnn as packing
+    model = GatedPixelCNN(image_shape=(1, 3, 4), hidden_channels=4, num_layers=2,
+                          head_channels=4).double()
+    B, D = 2, 12
+    good = dict(x=torch.zeros(B, 1, 3, 4, dtype=torch.long),
+                state=torch.zeros(B, packing.model_state_size(model), dtype=torch.float64),
+                u=torch.rand(B, D, dtype=torch.float64), start=0, end=D, num_given=0,
+                weights=packing.pack(model), layer_args=packing.layer_args(model), num_values=2)
+    for change, message in (
+            (dict(x=torch.zeros(B, 3, 4, dtype=torch.long)), r"expected x to be int64 of shape"),
+            (dict(x=torch.zeros(B, 1, 3, 4)), r"expected x to be int64 of shape"),
+            (dict(u=torch.rand(B, D + 1, dtype=torch.float64)), r"expected float64 u of shape "
+                                                                  r"\(2, 12\)"),
+            (dict(u=torch.rand(B, D)), r"expected float64 u"),
+            (dict(end=D + 1), r"expected 0 <= start <= end <= 12"),
+            (dict(start=3, end=2), r"expected 0 <= start <= end <= 12"),
+            (dict(num_given=-1), r"expected num_given in \[0, 12\]"),
+            (dict(num_values=1), r"expected num_values >= 2"),
+            (dict(weights=good["weights"][:-1]), r"expected 20 packed weights for 2 layers"),
+            (dict(layer_args=[3]), r"expected layer_args as \(kernel_size, residual\) pairs"),
+            (dict(weights=[w.float() for w in good["weights"]],
+                  state=good["state"].float()), None),  # float32 is fine
+            (dict(weights=[w.half() for w in good["weights"]]), r"expected float32 or float64"),
+            (dict(state=good["state"][:, 1:]), r"expected state of shape \(2, \d+\)")):
+        args = {k: v.to(device) if torch.is_tensor(v) else
+                [t.to(device) for t in v] if k == "weights" else v
+                for k, v in {**good, **change}.items()}
+        if message is None:
+            assert torch.ops.fastar.gated_pixelcnn_generate(**args).shape == (B, D)
+            continue
+        with pytest.raises(RuntimeError, match="fastar::gated_pixelcnn_generate: " + message):
+            torch.ops.fastar.gated_pixelcnn_generate(**args)

@@ -95,17 +95,35 @@ def layer_args(model) -> List[int]:
 
 @torch.library.register_fake("fastar::gated_pixelcnn_generate")
 def _fake(x, state, u, start, end, num_given, weights, layer_args, num_values, cond_bias=None):
+    """The kernel's checks of shapes, dtypes, devices and ranges (csrc/cpu/gated_pixelcnn.cpp,
+    same messages where a table of refusals tests both), without the values."""
     op = "fastar::gated_pixelcnn_generate"
     check_same_device("gated_pixelcnn_generate", "x", x, state=state, u=u, cond_bias=cond_bias,
                       **{"weights[%d]" % i: w for i, w in enumerate(weights)})
     torch._check(x.dim() == 4 and x.dtype == torch.int64, lambda: "%s: expected x to be int64 "
-                 "of shape (batch, C, H, W), but got %s of shape %s" % (op, x.dtype,
-                                                                       list(x.shape)))
-    torch._check(len(weights) == len(layer_args) // 2 * len(PER_LAYER) + len(HEAD),
-                 lambda: "%s: expected %d packed weights, but got %d" % (
-                     op, len(layer_args) // 2 * len(PER_LAYER) + len(HEAD), len(weights)))
+                 "of shape (batch, C, H, W), but got %s of shape %s"
+                 % (op, str(x.dtype).replace("torch.", ""), list(x.shape)))
+    B, C, H, W = x.shape
+    D = C * H * W
+    L = len(layer_args) // 2
+    torch._check(len(layer_args) % 2 == 0 and L > 0, lambda: "%s: expected layer_args as "
+                 "(kernel_size, residual) pairs, but got %d values" % (op, len(layer_args)))
+    torch._check(len(weights) == L * len(PER_LAYER) + len(HEAD), lambda: "%s: expected %d "
+                 "packed weights for %d layers, but got %d"
+                 % (op, L * len(PER_LAYER) + len(HEAD), L, len(weights)))
     torch._check(weights[0].dtype in DTYPES, lambda: "%s: expected float32 or float64 weights, "
-                 "but got %s" % (op, weights[0].dtype))
-    torch._check(0 <= start <= end <= x.shape[1] * x.shape[2] * x.shape[3],
-                 lambda: "%s: expected 0 <= start <= end <= %d" % (op, x[0].numel()))
-    return weights[0].new_empty((x.shape[0], end - start))
+                 "but got %s" % (op, str(weights[0].dtype).replace("torch.", "")))
+    torch._check(u.dim() == 2 and tuple(u.shape) == (B, D) and u.dtype == torch.float64,
+                 lambda: "%s: expected float64 u of shape (%d, %d)" % (op, B, D))
+    torch._check(0 <= start <= end <= D, lambda: "%s: expected 0 <= start <= end <= %d, but got "
+                 "start %d and end %d" % (op, D, start, end))
+    torch._check(0 <= num_given <= D, lambda: "%s: expected num_given in [0, %d], but got %d"
+                 % (op, D, num_given))
+    torch._check(num_values >= 2, lambda: "%s: expected num_values >= 2, but got %d"
+                 % (op, num_values))
+    channels = [weights[l * len(PER_LAYER)].shape[1] // 2 for l in range(L)]
+    size = state_size((C, H, W), layer_args, channels)
+    torch._check(state.dim() == 2 and tuple(state.shape) == (B, size)
+                 and state.dtype == weights[0].dtype,
+                 lambda: "%s: expected state of shape (%d, %d) in the weights' dtype" % (op, B, size))
+    return weights[0].new_empty((B, end - start))
