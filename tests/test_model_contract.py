@@ -278,6 +278,33 @@ def test_a_run_continues_where_the_last_one_stopped(info, variant):
         assert cache.done == D
 
 
+@pytest.mark.parametrize("info,variant", cases(lambda i: True))
+def test_a_run_that_failed_leaves_no_gap_behind(info, variant):
+    """A run that raises (here: NaN logits after the checks of prepare) may have half advanced
+    the caches: the generation refuses to go on rather than leave positions looking drawn."""
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    shape = tuple(model.event_shape(shape[-1]))
+    cond = info.condition(model, 2, shape)
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    fused = [False, None] if model.has_fused_sampler(model._device(), model._dtype()) else [None]
+    for cached, use_fused in [(False, None)] + ([(True, f) for f in fused]
+                                                if model.has_cache else []):
+        cache = model.prepare(2, shape, cond, cached=cached, fused=use_fused)
+        with torch.no_grad():
+            saved = [p.clone() for p in params]
+            for p in params:
+                p.fill_(float("nan"))
+        with pytest.raises((RuntimeError, ValueError), match="distribution"):
+            model.run(cache, 0, 3)
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
+        with pytest.raises(ValueError, match="an earlier run of this generation failed"):
+            model.run(cache, 0, 3)
+        assert cache.done == 0
+
+
 @pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0.0, -1.0])
 def test_any_seconds_per_call_generates_everything(seconds):
     from model_db import MODEL_DB

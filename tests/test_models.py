@@ -584,7 +584,16 @@ def test_the_fused_gated_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
             (dict(weights=[w.float() for w in good["weights"]],
                   state=good["state"].float()), None),  # float32 is fine
             (dict(weights=[w.half() for w in good["weights"]]), r"expected float32 or float64"),
-            (dict(state=good["state"][:, 1:]), r"expected state of shape \(2, \d+\)")):
+            (dict(state=good["state"][:, 1:]), r"expected state of shape \(2, \d+\)"),
+            (dict(num_values=3), r"expected 3 outputs per channel \(1 for 2 values\), but got 1"),
+            (dict(layer_args=[7, 1, 3, 1]), r"a residual layer keeps its width"),
+            (dict(layer_args=[4, 0, 3, 1]), r"expected odd kernel sizes >= 3, but got 4"),
+            (dict(weights=good["weights"][:1] + [good["weights"][1].float()]
+                  + good["weights"][2:]), r"expected weights of one dtype"),
+            (dict(weights=[good["weights"][0][1:]] + good["weights"][1:]),
+             r"expected layer 0's v_w of shape"),
+            (dict(cond_bias=torch.zeros(B, 2, 2, 7, dtype=torch.float64)),
+             r"expected cond_bias \(2, 2, 2, 8\)")):
         args = {k: v.to(device) if torch.is_tensor(v) else
                 [t.to(device) for t in v] if k == "weights" else v
                 for k, v in {**good, **change}.items()}
@@ -593,3 +602,23 @@ def test_the_fused_gated_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
             continue
         with pytest.raises(RuntimeError, match="fastar::gated_pixelcnn_generate: " + message):
             torch.ops.fastar.gated_pixelcnn_generate(**args)
+
+
+def test_the_fused_gated_pixelcnn_loop_refuses_a_state_it_did_not_leave():
+    from fastar.ops import gated_pixelcnn as packing
+    model = GatedPixelCNN(image_shape=(1, 3, 4), hidden_channels=4, num_layers=2,
+                          head_channels=4).double()
+    weights, args = packing.pack(model), packing.layer_args(model)
+    x = torch.zeros(2, 1, 3, 4, dtype=torch.long)
+    state = torch.empty(2, packing.model_state_size(model), dtype=torch.float64)
+    u = torch.rand(2, 12, dtype=torch.float64)
+    op = torch.ops.fastar.gated_pixelcnn_generate
+    op(x, state, u, 0, 5, 0, weights, args, 2)
+    for start in (4, 6):  # back, or a gap
+        with pytest.raises(RuntimeError, match=r"expected state left by a call that stopped at "
+                                               r"start = %d, but sequence 0's state was left at 5"
+                                               % start):
+            op(x, state, u, start, 12, 0, weights, args, 2)
+    with pytest.raises(RuntimeError, match="unsupported operation"):  # u is a view of state
+        op(x, state, state.view(-1)[:24].view(2, 12), 0, 12, 0, weights, args, 2)
+    op(x, state, u, 5, 12, 0, weights, args, 2)  # where it stopped

@@ -7,7 +7,8 @@
 // are already masked, so a channel never reads its own or a later channel of its pixel).
 //
 // That state lives in the caller's `state` buffer (B, state size), so a call continues where the
-// last one stopped; a call from start = 0 clears it first. (Rebuilding it from x in every call
+// last one stopped; a call from start = 0 clears it first. Its first value is the position the
+// last call stopped at (-1 after a failed call): a call from elsewhere is refused. (Rebuilding it from x in every call
 // made chunked generation quadratic: at batch 16 each call's rebuild outgrew its half second.)
 
 #include <ATen/Dispatch.h>
@@ -82,11 +83,13 @@ struct Sequence {
   std::vector<double> expo;
   const T* cond;  // (L, 2, 2ch): the layers' vertical and horizontal gate biases, or null
   int64_t* x;     // (C, H, W)
+  T* left_at;     // the state's first value: where the last call stopped, -1 while one runs
 
   Sequence(const Model<T>& m, const T* cond, int64_t* x, T* state, bool clear)
-      : cond(cond), x(x) {
+      : cond(cond), x(x), left_at(state) {
     int64_t widest = m.C;
     if (clear) std::fill(state, state + m.state_size, T(0));
+    *left_at = T(-1);  // until the call succeeds
     for (const Layer& l : m.layers) {
       v_rows.push_back(state + l.v_rows);
       h_row.push_back(state + l.h_row);
@@ -273,6 +276,7 @@ FASTAR_INLINE bool generate_group(const Model<T>& m, int64_t* x_all, T* state_al
       logp_all[b * (end - start) + t - start] = T(lp);
     }
   }
+  for (Sequence<T>& s : group) *s.left_at = T(end);
   return true;
 }
 
@@ -309,9 +313,17 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
                 t.device());
   TORCH_CHECK(x_in.device().is_cpu() && u_in.device().is_cpu(), "fastar::", kOp,
               ": expected x and u on the CPU, but got ", x_in.device(), " and ", u_in.device());
+  // x and state are written: no element may alias another or any input.
   at::assert_no_internal_overlap(x_in);
   at::assert_no_internal_overlap(state_in);
   at::assert_no_overlap(x_in, state_in);
+  std::vector<at::Tensor> inputs(weights_in.begin(), weights_in.end());
+  inputs.push_back(u_in);
+  if (cond_in.has_value() && cond_in->defined()) inputs.push_back(*cond_in);
+  for (const at::Tensor& t : inputs) {
+    at::assert_no_overlap(x_in, t);
+    at::assert_no_overlap(state_in, t);
+  }
   // Contiguous working copies (x and state written back where they were not contiguous).
   const at::Tensor x = x_in.contiguous(), u = u_in.contiguous(), state = state_in.contiguous();
   std::vector<at::Tensor> weights;
@@ -341,7 +353,7 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
               D, "], but got ", num_given);
   TORCH_CHECK(num_values >= 2, "fastar::", kOp, ": expected num_values >= 2, but got ",
               num_values);
-  int64_t in = C, state_size = 0;
+  int64_t in = C, state_size = 1;  // [0]: the position the state was left at
   std::vector<Layer> layers;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t k = layer_args[2 * l], half = k / 2;
@@ -399,6 +411,15 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
   }
   // The values before start and the given ones are kept or read back as logits' indices: out
   // of range they must not reach the loop; u = 1 (or NaN) would draw no value.
+  // The caches must be the ones a call that stopped at `start` left (or none, at 0).
+  for (int64_t b = 0; start > 0 && b < B; ++b) {
+    const double at = AT_DISPATCH_FLOATING_TYPES(dtype, "gated_pixelcnn_state", [&] {
+      return double(state.const_data_ptr<scalar_t>()[b * state_size]);
+    });
+    TORCH_CHECK(at == double(start), "fastar::", kOp, ": expected state left by a call that ",
+                "stopped at start = ", start, ", but sequence ", b, "'s state was left at ",
+                at == -1 ? std::string("-1 (a failed call)") : std::to_string(int64_t(at)));
+  }
   const int64_t known = std::min(std::max(start, num_given), end);
   const int64_t* xv = x.const_data_ptr<int64_t>();
   const double* uv = u.const_data_ptr<double>();
@@ -408,7 +429,7 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
       TORCH_CHECK(0 <= v && v < num_values, "fastar::", kOp, ": expected the given values (the ",
                   known, " first in generation order) in [0, ", num_values, "), but got ", v);
     }
-    for (int64_t t = start; t < end; ++t)
+    for (int64_t t = std::max(start, num_given); t < end; ++t)  // where values are drawn
       TORCH_CHECK(uv[b * D + t] >= 0 && uv[b * D + t] < 1, "fastar::", kOp,
                   ": expected u in [0, 1), but got ", uv[b * D + t]);
   }

@@ -281,7 +281,10 @@ class AutoregressiveModel(nn.Module):
         image in raster order: num_given = r * W * C); cached=None uses the cache where the
         model has one; fused=None runs the fused op where it has a kernel for the model's
         device and dtype (False: the Python step loop, the ladder's middle rung). Returns int64
-        (n, *event_shape)."""
+        (n, *event_shape). The weights must not change while a generation runs (between the
+        run calls of one prepare): the caches hold what the old ones computed. A weight
+        recomputed by a legacy forward pre-hook (torch.nn.utils.weight_norm, prune) is read as
+        its last forward left it by the cached and fused samplers."""
         cache = self.prepare(n, event_shape, cond, cached=cached, prefix=prefix,
                              num_given=num_given, generator=generator, fused=fused)
         D = cache.u.shape[1]
@@ -336,17 +339,17 @@ class AutoregressiveModel(nn.Module):
 
     def run(self, cache: Cache, start: int, end: int) -> None:
         """Generates positions order[start:end] into cache.x: naive (a full forward pass per
-        value) or by steps, continuing where the last call stopped (cache.advance). A fused
+        value) or by steps, continuing where the last call stopped (cache.advancing). A fused
         sampler overrides this (and calls it where cache.fused is False)."""
-        cache.advance(start, end)
         flat = cache.x.view(cache.x.shape[0], cache.u.shape[1])
-        for i in range(start, end):
-            position = cache.order[i]
-            if cache.cached:
-                outputs = self.step(cache, i)
-            elif i < cache.num_given:
-                continue
-            else:
-                outputs = self.conditionals(cache.x, cache.cond).flatten(2)[:, :, position]
-            if i >= cache.num_given:
-                flat[:, position] = self.distribution.draw(outputs, cache.u[:, i])
+        with cache.advancing(start, end):
+            for i in range(start, end):
+                position = cache.order[i]
+                if cache.cached:
+                    outputs = self.step(cache, i)
+                elif i < cache.num_given:
+                    continue
+                else:
+                    outputs = self.conditionals(cache.x, cache.cond).flatten(2)[:, :, position]
+                if i >= cache.num_given:
+                    flat[:, position] = self.distribution.draw(outputs, cache.u[:, i])

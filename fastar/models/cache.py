@@ -7,10 +7,11 @@ Ring buffers (`fastar.ring.RingBuffer`) live in a leaf module, which the referen
 without the models.
 """
 
+import contextlib
 import dataclasses
 import math
 import operator
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,8 @@ class Cache:
     layers: per layer its entry (a RingBuffer, rows, states...), filled by init_cache;
     cached: False for naive generation (one full forward pass per value, no entries);
     fused: True where the model's fused op runs the loop (`run` reads it);
-    done: positions of the order generated so far (run continues from there).
+    done: positions of the order generated so far (run continues from there); failed: a run
+    raised, and the cache can no longer be used.
     A model's init_cache allocates x (zeros) and its entries; generate fills in the rest.
     """
     x: Tensor
@@ -41,16 +43,27 @@ class Cache:
     cached: bool = True
     fused: bool = False
     done: int = 0
+    failed: bool = False  # a run raised: the caches may be half advanced
 
-    def advance(self, start: int, end: int) -> None:
-        """Checks that a run over positions [start, end) continues where the last one stopped
-        (ValueError otherwise: a gap would leave values looking drawn, and ring slots unread),
-        and records it."""
+    @contextlib.contextmanager
+    def advancing(self, start: int, end: int) -> Iterator[None]:
+        """A run over positions [start, end): checks that it continues where the last one
+        stopped (ValueError otherwise: a gap would leave values looking drawn, and ring slots
+        unread), and records it once the block completes. A block that raises (a NaN step,
+        Ctrl-C) leaves the cache unusable: its caches may be half advanced."""
         D = self.u.shape[1]
+        if self.failed:
+            raise ValueError("run: an earlier run of this generation failed, leaving its caches "
+                             "half advanced: prepare a new one")
         if start != self.done or not start <= end <= D:
             raise ValueError("run: expected positions [%d, end) with end in [%d, %d] (the next "
                              "ones of this generation), got [%r, %r)"
                              % (self.done, self.done, D, start, end))
+        try:
+            yield
+        except BaseException:
+            self.failed = True
+            raise
         self.done = end
 
     def position(self, i: Any, caller: str) -> int:

@@ -56,6 +56,7 @@ class _GatedLayerCache:
 class _GatedCache(Cache):
     cond_bias: Optional[Tensor] = None  # (n, layers, 2, 2ch): the fused op's gate biases
     state: Optional[Tensor] = None  # the fused op's caches (it clears them at position 0)
+    packed: Optional[list] = None  # the weights, packed once per generation
 
 
 def _pointwise_weight(conv: nn.Conv2d) -> Tensor:
@@ -124,6 +125,12 @@ class GatedPixelCNN(PixelModel):
             want = "a float condition of shape (%d, %d)" % (batch, c.cond_channels)
             ok = (cond is not None and cond.is_floating_point()
                   and tuple(cond.shape) == (batch, c.cond_channels))
+        if ok and cond.device != self._device():
+            raise ValueError("GatedPixelCNN: expected cond on the model's device (%s), got %s"
+                             % (self._device(), cond.device))
+        if (ok and check_values and cond.is_floating_point() and cond.device.type != "meta"
+                and not torch.compiler.is_compiling() and not bool(torch.isfinite(cond).all())):
+            raise ValueError("GatedPixelCNN: the condition holds NaN or infinite values")
         if not ok:
             got = "none" if cond is None else "%s of shape %s%s" % (
                 cond.dtype, tuple(cond.shape), " with values in [%d, %d]" % (
@@ -180,14 +187,14 @@ class GatedPixelCNN(PixelModel):
         step or naive loop."""
         if not cache.fused:
             return super().run(cache, start, end)
-        cache.advance(start, end)
-        weights = self._packed.get(self)
-        if cache.state is None:
-            cache.state = weights[0].new_empty(
+        if cache.packed is None:  # once per generation: the weights cannot change within it
+            cache.packed = self._packed.get(self)
+            cache.state = cache.packed[0].new_empty(
                 cache.x.shape[0], gated_pixelcnn_ops.model_state_size(self))
-        gated_pixelcnn_ops.gated_pixelcnn_generate(
-            cache.x, cache.state, cache.u, start, end, cache.num_given, weights,
-            gated_pixelcnn_ops.layer_args(self), self.num_values, cache.cond_bias)
+        with cache.advancing(start, end):
+            gated_pixelcnn_ops.gated_pixelcnn_generate(
+                cache.x, cache.state, cache.u, start, end, cache.num_given, cache.packed,
+                gated_pixelcnn_ops.layer_args(self), self.num_values, cache.cond_bias)
 
     @torch.no_grad()
     def step(self, cache: Cache, i: int) -> Tensor:

@@ -316,11 +316,12 @@ class WaveNet(AutoregressiveModel):
         same uniforms, the same draws as the step loop); the step loop otherwise."""
         if not cache.fused:
             return super().run(cache, start, end)
-        cache.advance(start, end)
         c = self.config
         if cache.packed is None:  # once per generation: the weights cannot change within it
             cache.packed = self._packed.get(self)
         *weights, local_weight = cache.packed
-        ops.wavenet_generate(cache.x[:, 0], cache.buffers, cache.u, start, end, cache.num_given,
-                             weights, c.dilations, c.num_mixtures if c.output == "dmol" else 0,
-                             cache.global_bias, cache.local, local_weight)
+        with cache.advancing(start, end):
+            ops.wavenet_generate(cache.x[:, 0], cache.buffers, cache.u, start, end,
+                                 cache.num_given, weights, c.dilations,
+                                 c.num_mixtures if c.output == "dmol" else 0,
+                                 cache.global_bias, cache.local, local_weight)

@@ -25,11 +25,13 @@ def gated_pixelcnn_generate(x: Tensor, state: Tensor, u: Tensor, start: int, end
 
     Args:
         x: int64 images; positions < num_given keep their values, the others are drawn.
-        state: (B, state_size(...)) in the weights' dtype: per sequence and layer, a ring of
-            its vertical input's last k // 2 + 1 rows, its horizontal input's current row and
-            the link from the row above, as the call that ended at `start` left them (a call
-            from start = 0 clears it: torch.empty will do). The reference ignores it and
-            recomputes every value from x.
+        state: (B, state_size(...)) in the weights' dtype: per sequence, the position the
+            last call stopped at (-1 after a failed call), then per layer a ring of its
+            vertical input's last k // 2 + 1 rows, its horizontal input's current row and the
+            link from the row above, as the call that ended at `start` left them (checked; a
+            call from start = 0 clears it: torch.empty will do). The reference ignores it and
+            recomputes every value from x. The weights must not change between the calls of
+            one generation: the caches hold what the old ones computed.
         u: float64 (B, C * H * W) uniforms in generation order; value t is drawn by inverse
             CDF from u[:, t], as `fastar.sampling.categorical` draws.
         weights: `pack(model)`: per layer, in PER_LAYER's order, the vertical convolution as
@@ -55,10 +57,11 @@ def gated_pixelcnn_generate(x: Tensor, state: Tensor, u: Tensor, start: int, end
 
 def state_size(image_shape: Sequence[int], layer_args: Sequence[int],
                channels: Sequence[int]) -> int:
-    """Values of one sequence's state: per layer (kernel k, half = k // 2, input channels in,
-    channels ch) (half + 1) (W + 2 half) in + (W + half) in + W 2 ch."""
+    """Values of one sequence's state: the position the last call stopped at, then per layer
+    (kernel k, half = k // 2, input channels in, channels ch) (half + 1) (W + 2 half) in +
+    (W + half) in + W 2 ch."""
     C, H, W = image_shape
-    total, cin = 0, C
+    total, cin = 1, C
     for (k, _), ch in zip(zip(layer_args[::2], layer_args[1::2]), channels):
         half = k // 2
         total += (half + 1) * (W + 2 * half) * cin + (W + half) * cin + W * 2 * ch
@@ -121,7 +124,47 @@ def _fake(x, state, u, start, end, num_given, weights, layer_args, num_values, c
                  % (op, D, num_given))
     torch._check(num_values >= 2, lambda: "%s: expected num_values >= 2, but got %d"
                  % (op, num_values))
-    channels = [weights[l * len(PER_LAYER)].shape[1] // 2 for l in range(L)]
+    for i, w in enumerate(weights):
+        torch._check(w.dtype == weights[0].dtype, lambda: "%s: expected weights of one dtype "
+                     "(%s), but got %s at %d" % (op, weights[0].dtype, w.dtype, i))
+    cin, channels = C, []
+    for l in range(L):
+        k, half = layer_args[2 * l], layer_args[2 * l] // 2
+        torch._check(k >= 3 and k % 2 == 1, lambda: "%s: expected odd kernel sizes >= 3, but got "
+                     "%d at layer %d" % (op, k, l))
+        v_w, h_w = weights[l * len(PER_LAYER)], weights[l * len(PER_LAYER) + 4]
+        torch._check(v_w.dim() == 2 and v_w.shape[0] == (half + 1) * k * cin
+                     and v_w.shape[1] % 2 == 0, lambda: "%s: expected layer %d's v_w of shape "
+                     "(%d, 2 * channels), but got %s" % (op, l, (half + 1) * k * cin,
+                                                        list(v_w.shape)))
+        ch = v_w.shape[1] // 2
+        torch._check(h_w.dim() == 2 and h_w.shape[1] == 2 * ch and h_w.shape[0] % cin == 0
+                     and h_w.shape[0] // cin in (half, half + 1),
+                     lambda: "%s: expected layer %d's h_w of shape (width * %d, %d)"
+                     % (op, l, cin, 2 * ch))
+        for i, shape in ((1, (2 * ch,)), (2, (2 * ch, 2 * ch)), (3, (2 * ch,)), (5, (2 * ch,)),
+                         (6, (ch, ch)), (7, (ch,))):
+            w = weights[l * len(PER_LAYER) + i]
+            torch._check(tuple(w.shape) == shape, lambda: "%s: expected layer %d's packed weight "
+                         "%d of shape %s, but got %s" % (op, l, i, list(shape), list(w.shape)))
+        torch._check(not layer_args[2 * l + 1] or cin == ch, lambda: "%s: a residual layer "
+                     "keeps its width" % op)
+        channels.append(ch)
+        cin = ch
+    w1, b1, w2, b2 = weights[-4:]
+    torch._check(w1.dim() == 2 and w1.shape[0] == cin and w2.dim() == 2
+                 and w2.shape[0] == w1.shape[1] and w2.shape[1] % C == 0
+                 and tuple(b1.shape) == (w1.shape[1],) and tuple(b2.shape) == (w2.shape[1],),
+                 lambda: "%s: expected the head's packed weights (%d, head), (head), (head, C * "
+                 "outputs), (C * outputs)" % (op, cin))
+    NL = w2.shape[1] // C
+    torch._check(NL == num_values or (num_values == 2 and NL == 1), lambda: "%s: expected %d "
+                 "outputs per channel (1 for 2 values), but got %d" % (op, num_values, NL))
+    if cond_bias is not None:
+        torch._check(tuple(cond_bias.shape) == (B, L, 2, 2 * channels[0])
+                     and cond_bias.dtype == weights[0].dtype and len(set(channels)) == 1,
+                     lambda: "%s: expected cond_bias (%d, %d, 2, %d) on the CPU in the weights' "
+                     "dtype" % (op, B, L, 2 * channels[0]))
     size = state_size((C, H, W), layer_args, channels)
     torch._check(state.dim() == 2 and tuple(state.shape) == (B, size)
                  and state.dtype == weights[0].dtype,
