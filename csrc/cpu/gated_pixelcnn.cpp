@@ -8,8 +8,9 @@
 //
 // That state lives in the caller's `state` buffer (B, state size), so a call continues where the
 // last one stopped; a call from start = 0 clears it first. Its first value is the position the
-// last call stopped at (-1 after a failed call): a call from elsewhere is refused. (Rebuilding it from x in every call
-// made chunked generation quadratic: at batch 16 each call's rebuild outgrew its half second.)
+// last call stopped at (-1 after a failed call): a call from elsewhere is refused. (Rebuilding
+// it from x in every call made chunked generation quadratic: at batch 16 each call's rebuild
+// outgrew its half second.)
 
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -165,8 +166,9 @@ FASTAR_INLINE void vertical_row(const Model<T>& m, std::vector<Sequence<T>>& gro
       for (int64_t j = 0; j < W; ++j) {
         const T* acc = s.v_pre.data() + j * N;
         for (int64_t o = 0; o < ly.ch; ++o)
-          s.v_out[j * ly.ch + o] = gated::forward<T>(acc[o] + s.gate_bias(m, l, 0, o),
-                                                     acc[ly.ch + o] + s.gate_bias(m, l, 0, ly.ch + o));
+          s.v_out[j * ly.ch + o] =
+              gated::forward<T>(acc[o] + s.gate_bias(m, l, 0, o),
+                                acc[ly.ch + o] + s.gate_bias(m, l, 0, ly.ch + o));
       }
       std::swap(s.v_in, s.v_out);
     }
@@ -370,7 +372,8 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
                 "fastar::", kOp, ": expected layer ", l, "'s h_w of shape (width * ", in, ", ",
                 2 * ch, ") with width ", half, " or ", half + 1, ", but got ", h_w.sizes());
     const std::vector<std::pair<int64_t, std::vector<int64_t>>> expected{
-        {1, {2 * ch}}, {2, {2 * ch, 2 * ch}}, {3, {2 * ch}}, {5, {2 * ch}}, {6, {ch, ch}}, {7, {ch}}};
+        {1, {2 * ch}}, {2, {2 * ch, 2 * ch}}, {3, {2 * ch}},
+        {5, {2 * ch}}, {6, {ch, ch}},          {7, {ch}}};
     for (const auto& [i, shape] : expected)
       TORCH_CHECK(weights[l * kPerLayer + i].sizes() == c10::IntArrayRef(shape), "fastar::", kOp,
                   ": expected layer ", l, "'s packed weight ", i, " of shape ", shape,

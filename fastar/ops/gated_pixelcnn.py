@@ -162,11 +162,13 @@ def _fake(x, state, u, start, end, num_given, weights, layer_args, num_values, c
                  "outputs per channel (1 for 2 values), but got %d" % (op, num_values, NL))
     if cond_bias is not None:
         torch._check(tuple(cond_bias.shape) == (B, L, 2, 2 * channels[0])
-                     and cond_bias.dtype == weights[0].dtype and len(set(channels)) == 1,
+                     and cond_bias.dtype == weights[0].dtype
+                     and all(ch == channels[0] for ch in channels),
                      lambda: "%s: expected cond_bias (%d, %d, 2, %d) on the CPU in the weights' "
                      "dtype" % (op, B, L, 2 * channels[0]))
     size = state_size((C, H, W), layer_args, channels)
     torch._check(state.dim() == 2 and tuple(state.shape) == (B, size)
                  and state.dtype == weights[0].dtype,
-                 lambda: "%s: expected state of shape (%d, %d) in the weights' dtype" % (op, B, size))
+                 lambda: "%s: expected state of shape (%d, %d) in the weights' dtype"
+                 % (op, B, size))
     return weights[0].new_empty((B, end - start))
