@@ -26,8 +26,12 @@ class PixelModel(AutoregressiveModel):
     def scale_input(self, x: Tensor) -> Tensor:
         """x's values mapped to [-1, 1] in the parameters' dtype, channels-last: the layout in
         which the models' convolutions and 1x1 layers run fastest (bench/bench_training.py)."""
-        dtype = next(self.parameters()).dtype
-        return channels_last(x.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0)
+        return channels_last(self.scaled(x, next(self.parameters()).dtype))
+
+    def scaled(self, values: Tensor, dtype) -> Tensor:
+        """Integer values mapped to [-1, 1] in dtype: the network's inputs (the cached steps
+        scale single pixels with it, so they see what a forward pass sees)."""
+        return values.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError

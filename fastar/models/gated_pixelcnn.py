@@ -211,7 +211,7 @@ class GatedPixelCNN(PixelModel):
         image_row = cache.layers[0].h_row
         half0 = self.layers[0].kernel_size // 2
         for j in {max(col - 1, 0), col}:  # the pixel before is complete now; this one so far
-            image_row[:, :, half0 + j] = self._scaled(cache.x[:, :, row, j], image_row.dtype)
+            image_row[:, :, half0 + j] = self.scaled(cache.x[:, :, row, j], image_row.dtype)
         h = image_row[:, :, half0 + col]
         for l, (layer, entry) in enumerate(zip(self.layers, cache.layers)):
             half = layer.kernel_size // 2
@@ -230,7 +230,7 @@ class GatedPixelCNN(PixelModel):
     def _vertical_row(self, cache: Cache, r: int) -> None:
         """Runs every layer's vertical stack over row r (its input rows r - half .. r in the
         rings) and keeps its link to row r + 1."""
-        v = self._scaled(cache.x[:, :, r], cache.layers[0].v_rows.dtype)  # (n, C, W)
+        v = self.scaled(cache.x[:, :, r], cache.layers[0].v_rows.dtype)  # (n, C, W)
         for layer, entry in zip(self.layers, cache.layers):
             half = layer.kernel_size // 2
             rows = entry.v_rows.shape[2]
@@ -242,5 +242,3 @@ class GatedPixelCNN(PixelModel):
                                   layer.v_to_h.bias).transpose(1, 2)
             v = ops.gated_activation(v_pre, entry.v_bias)
 
-    def _scaled(self, values: Tensor, dtype: torch.dtype) -> Tensor:
-        return values.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0  # as scale_input

@@ -102,14 +102,12 @@ class PixelCNN(PixelModel):
             before = cache.order[i - 1] % (H * W)
             image_ring, first = cache.layers[0], self.net[0]
             k = first.dilation[1] * (first.kernel_size[1] // 2)
-            image_ring[:, :, before // W % image_ring.shape[2], k + before % W] = self._scaled(
+            image_ring[:, :, before // W % image_ring.shape[2], k + before % W] = self.scaled(
                 cache.x[:, :, before // W, before % W], image_ring.dtype)
-        pixel = self._scaled(cache.x[:, :, row, col], cache.layers[0].dtype)
+        pixel = self.scaled(cache.x[:, :, row, col], cache.layers[0].dtype)
         out = self._pixel_forward(self.net, pixel, iter(cache.layers), row, col)
         return out.view(-1, C, self.num_logits)[:, c]
 
-    def _scaled(self, values: Tensor, dtype: torch.dtype) -> Tensor:
-        return values.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0  # as scale_input
 
     def _pixel_forward(self, layers: nn.Sequential, h: Tensor, rings, row: int,
                        col: int) -> Tensor:
