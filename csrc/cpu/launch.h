@@ -117,34 +117,35 @@ void parallel_team(int threads, const Fn& fn) {
 // partner is descheduled for a time slice at every meeting). Each segment is sized to about
 // kSegmentSeconds by the last measured rate: long enough to span several scheduler time
 // slices (a 2 ms segment of a team beside a busy process often ran as fast as an idle one,
-// its next one 5x slower). The size not in use is tried again after `explore_every_`
-// segments (4, doubled up to 64 while it keeps losing: about 1% of the time at the slower
-// size once the choice is stable, a second or so to notice a change).
+// its next one 5x slower). Even 20 ms team segments stay bimodal there, so a size's rate is
+// the slower of its last two segments: one lucky segment must not win the choice. The size
+// not in use is tried again after `explore_every_` segments (4, doubled up to 128 while it
+// keeps losing: under 1% of the time at the slower size once the choice is stable, a few
+// seconds to notice a change).
 class TeamPolicy {
  public:
   explicit TeamPolicy(int team) : team_(std::max(1, team)) {}
 
   // The team size of the next segment.
   int size() const {
-    if (team_ == 1 || seconds_per_step_[1] < 0) return team_;  // the team first
-    if (seconds_per_step_[0] < 0) return 1;
+    if (team_ == 1 || last_[1][0] < 0) return team_;  // the team first
+    if (last_[0][0] < 0) return 1;
     return since_explore_ >= explore_every_ ? (best() == 1 ? team_ : 1) : best();
   }
   // The number of steps of the next segment on a team of `size`, at most `left`.
   int64_t steps(int size, int64_t left) const {
-    const double s = seconds_per_step_[size == 1 ? 0 : 1];
+    const double s = last_[size == 1 ? 0 : 1][0];
     const double n = s > 0 ? kSegmentSeconds / s : 4;  // unknown rate: a short first segment
     return std::max<int64_t>(1, std::min<int64_t>(left, static_cast<int64_t>(std::min(n, 1e6))));
   }
   // Records that `steps` steps took `seconds` on a team of `size`.
   void record(int size, int64_t steps, double seconds) {
-    double& s = seconds_per_step_[size == 1 ? 0 : 1];
+    double* last = last_[size == 1 ? 0 : 1];
     // A short segment (a call's first step, its remainder) mostly times waking the team up.
-    if (s >= 0 && seconds < kSegmentSeconds / 4) return;
-    const bool explored = team_ > 1 && seconds_per_step_[0] >= 0 && seconds_per_step_[1] >= 0 &&
-                          size != best();
-    const double rate = seconds / static_cast<double>(steps);
-    s = s < 0 ? rate : 0.5 * (s + rate);
+    if (last[0] >= 0 && seconds < kSegmentSeconds / 4) return;
+    const bool explored = team_ > 1 && last_[0][0] >= 0 && last_[1][0] >= 0 && size != best();
+    last[1] = last[0] < 0 ? seconds / static_cast<double>(steps) : last[0];
+    last[0] = seconds / static_cast<double>(steps);
     if (!explored) {
       ++since_explore_;
     } else {  // a change: look again soon; the same answer: look again later
@@ -155,10 +156,12 @@ class TeamPolicy {
 
  private:
   static constexpr double kSegmentSeconds = 20e-3;
-  static constexpr int kExploreFirst = 4, kExploreMax = 64;
-  int best() const { return seconds_per_step_[0] <= seconds_per_step_[1] ? 1 : team_; }
+  static constexpr int kExploreFirst = 4, kExploreMax = 128;
+  double rate(int i) const { return std::max(last_[i][0], last_[i][1]); }  // seconds per step
+  int best() const { return rate(0) <= rate(1) ? 1 : team_; }
   int team_;
-  double seconds_per_step_[2] = {-1, -1};  // one thread, the team; -1: not measured
+  // Seconds per step of the last two segments on one thread and on the team; -1: not measured.
+  double last_[2][2] = {{-1, -1}, {-1, -1}};
   int since_explore_ = 0, explore_every_ = kExploreFirst;
 };
 
