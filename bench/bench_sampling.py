@@ -29,7 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICES, at_cpu_level, measure_interleaved
+from conftest import DEVICES, at_cpu_level, measure_interleaved, record_speedup, time_calls
 from fastar import ops
 from fastar.models import GatedPixelCNN, PixelCNN, WaveNet
 
@@ -185,6 +185,57 @@ def test_wavenet_sampling_beside_a_busy_process(benchmark, busy):
             spinner.join()
 
 
+# --- the naive-vs-cached table (fast-pixel-cnn's, Ramachandran et al. 2017, Table 1) --------
+
+TABLE_BATCHES = [1, 4, 16, 64, 256]
+DEPTH_BATCH = 16  # the batch the depth rows are timed at
+NAIVE_PASSES = 2  # forward passes timed for naive sampling, scaled to a whole sample
+WAVENET_LENGTH = 2048  # samples of a generated clip
+
+
+def _table_model(name, data, depth):
+    torch.manual_seed(0)
+    if name == "WaveNet":
+        kw = {} if depth is None else {"dilations": tuple(2 ** (i % 10) for i in range(depth))}
+        return WaveNet(**kw).eval()
+    kw = {} if depth is None else {"num_layers": depth}
+    return PIXEL_MODELS[name](**PIXEL_DATA[data], **kw).eval()
+
+
+TABLE_ROWS = ([("WaveNet", "2048 samples, 256", d) for d in (None, 5, 10, 15)]
+              + [(m, data, d) for m in ("PixelCNN", "GatedPixelCNN")
+                 for data in ("28x28 binary", "32x32x3 256")
+                 for d in ((None, 5, 10, 15) if data == "28x28 binary" else (None,))])
+
+
+@pytest.mark.parametrize("name,data,depth", TABLE_ROWS,
+                         ids=["%s-%s-%s" % (m, d.split(",")[0].replace(" ", ""), depth or "default")
+                              for m, d, depth in TABLE_ROWS])
+def test_naive_vs_cached_sampling_table(name, data, depth):
+    """A row of the table a user reads first (printed before every other table): per batch,
+    the fused cached sampler's seconds per sample (a whole image, or a 2048-sample clip) and
+    its speedup over naive sampling, whose forward pass over the whole sample is timed
+    NAIVE_PASSES times and scaled by the values per sample. Default configurations at every
+    batch; depth 5, 10, 15 (layers, WaveNet's dilations 1..2^9 repeated) at batch 16."""
+    model = _table_model(name, data, depth)
+    audio = name == "WaveNet"
+    shape = (1, WAVENET_LENGTH) if audio else model.image_shape
+    D = math.prod(shape)
+    for batch in TABLE_BATCHES if depth is None else [DEPTH_BATCH]:
+        x = torch.randint(0, model.num_values, (batch, *shape))
+
+        def naive_pass():
+            with torch.no_grad():
+                model.conditionals(x)
+
+        naive = time_calls(naive_pass, min_rounds=NAIVE_PASSES, seconds=0) * D / batch
+        cached = time_calls(lambda: model.generate(batch, shape)) / batch
+        layers = len(model.config.dilations) if audio else model.config.num_layers
+        record_speedup(model=name, data=data, depth=layers, batch=batch, device="cpu",
+                       naive_s=naive, cached_s=cached, how="naive: the fastest of %d forward "
+                       "passes over the whole sample, times its values" % NAIVE_PASSES)
+
+
 PIXEL_MODELS = {"PixelCNN": PixelCNN, "GatedPixelCNN": GatedPixelCNN}
 PIXEL_DATA = {"28x28 binary": dict(image_shape=(1, 28, 28), num_values=2),
               "32x32x3 256": dict(image_shape=(3, 32, 32), num_values=256)}
@@ -197,8 +248,7 @@ def test_pixel_sampling(benchmark, name, data, batch):
     """Naive sampling (a forward pass over the whole image per value: timed over one pass
     and scaled by the C * H * W values of an image, so items/s counts images) against the
     cached step in Python (`generate(fused=False)`: every layer at the new pixel only) and,
-    for Gated PixelCNN, the fused loop (gated_pixelcnn_generate), default configurations.
-    PixelCNN has no fused loop yet."""
+    the fused loop (pixelcnn_generate, gated_pixelcnn_generate), default configurations."""
     torch.manual_seed(0)
     model = PIXEL_MODELS[name](**PIXEL_DATA[data]).eval()
     D = math.prod(model.image_shape)
@@ -214,5 +264,8 @@ def test_pixel_sampling(benchmark, name, data, batch):
     items = {"naive": batch / D, "cached-python": batch}
     if model.has_fused_sampler(torch.device("cpu"), torch.float32):
         fns["fused"], items["fused"] = (lambda: model.generate(batch, shape)), batch
+        for level in ops.cpu_capabilities()[:-1]:  # the kernel at every lower level too
+            fns["fused-" + level] = at_cpu_level(level, fns["fused"])
+            items["fused-" + level] = batch
     measure_interleaved(benchmark, group="%s %s cpu B=%d sampling" % (name, data, batch),
                         device="cpu", fns=fns, items=items)

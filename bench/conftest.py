@@ -201,11 +201,58 @@ def measure_interleaved(benchmark, *, group, device, fns, items=None, warmup=2,
                 interleaved_with=[i for i in runs if i != impl])
 
 
+def time_calls(fn, *, min_rounds=3, seconds=3.0, max_rounds=10):
+    """The fastest of at least min_rounds timed calls of fn (more while they fill less than
+    `seconds` times --time-scale, at most max_rounds), after one warm-up call unless that took
+    over 5 s (the big batches of the sampling table: a warm-up would double their cost)."""
+    t0 = time.perf_counter()
+    fn()
+    times = [] if time.perf_counter() - t0 < 5 else [time.perf_counter() - t0]
+    while len(times) < min_rounds or (sum(times) < seconds * _time_scale
+                                      and len(times) < max_rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def record_speedup(*, model, data, depth, batch, device, naive_s, cached_s, how):
+    """One cell of the naive-vs-cached sampling table (seconds per sample: an image or a clip),
+    printed first in the summary and saved with the other records."""
+    _record("sampling table: %s %s depth %d" % (model, data, depth), "B=%d" % batch, device,
+            cached_s, cached_s, 1, None, None, None, table=dict(
+                model=model, data=data, depth=depth, batch=batch, naive_s_per_sample=naive_s,
+                cached_s_per_sample=cached_s, speedup=naive_s / cached_s, how=how))
+
+
+def _speedup_table():
+    rows = {}
+    for r in _records:
+        if "table" in r:
+            t = r["table"]
+            rows.setdefault((t["model"], t["data"], t["depth"], r["device"]), {})[t["batch"]] = t
+    if not rows:
+        return None
+    batches = sorted({b for cells in rows.values() for b in cells})
+    header = "%-15s %-19s %5s" % ("model", "data", "depth") + "".join(
+        " | %15s" % ("batch %d" % b) for b in batches)
+    lines = [header, "-" * len(header)]
+    for (model, data, depth, _), cells in rows.items():
+        lines.append("%-15s %-19s %5d" % (model, data, depth) + "".join(
+            " | %8.4fs %5.0fx" % (cells[b]["cached_s_per_sample"], cells[b]["speedup"])
+            if b in cells else " | %15s" % "" for b in batches))
+    hows = sorted({t["how"] for cells in rows.values() for t in cells.values()})
+    devices = sorted({d for *_, d in rows})
+    return "\n".join(lines + ["cells: cached (fused) seconds per sample and its speedup over "
+                              "naive sampling; " + "; ".join(hows) + "; on " + ", ".join(devices)])
+
+
 def _table():
     lines = []
     groups = {}
     for r in _records:
-        groups.setdefault(r["group"], []).append(r)
+        if "table" not in r:  # the sampling table's cells are printed by _speedup_table
+            groups.setdefault(r["group"], []).append(r)
     header = "%-52s %-13s %10s %9s %11s %9s %9s %7s %7s %9s %9s" % (
         "group", "impl", "min ms", "vs eager", "vs compile", "vs naive", "vs queue", "GB/s",
         "% copy", "items/s", "peak MB")
@@ -257,6 +304,10 @@ def _save():
 def pytest_terminal_summary(terminalreporter):
     if not _records:
         return
+    speedups = _speedup_table()
+    if speedups:  # what a user reads first
+        terminalreporter.write_sep("=", "naive vs cached sampling")
+        terminalreporter.write_line(speedups)
     table = _table()  # also adds each record's speedup_vs
     terminalreporter.write_sep("=", "fastar comparison (ratio > 1: faster than the baseline)")
     terminalreporter.write_line(table)

@@ -64,4 +64,13 @@ TORCH_LIBRARY(fastar, m) {
       "gated_pixelcnn_generate(Tensor(a!) x, Tensor(b!) state, Tensor u, int start, int end, "
       "int num_given, "
       "Tensor[] weights, int[] layer_args, int num_values, Tensor? cond_bias=None) -> Tensor");
+
+  // PixelCNN's cached generation loop, with the same contract as gated_pixelcnn_generate's
+  // (x, state, u, start, end, num_given, the returned log p). weights: the first masked
+  // convolution and its bias, per residual block its 1x1 in, masked convolution and 1x1 out
+  // with their biases, then the head's two 1x1 layers (fastar/ops/pixelcnn.py packs them);
+  // kernel_sizes: the first convolution's, then each block's.
+  m.def(
+      "pixelcnn_generate(Tensor(a!) x, Tensor(b!) state, Tensor u, int start, int end, "
+      "int num_given, Tensor[] weights, int[] kernel_sizes, int num_values) -> Tensor");
 }

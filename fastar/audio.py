@@ -29,6 +29,7 @@ def mu_law_encode(x: Tensor, num_values: int = 256) -> Tensor:
     round((sign(x) log(1 + mu |x|) / log(1 + mu) + 1) / 2 * mu), mu = num_values - 1. NaN
     samples are refused (ValueError): no value stands for them."""
     mu = _mu("mu_law_encode", num_values)
+    _check_float_samples("mu_law_encode", x)
     if torch.isnan(x).any():
         raise ValueError("fastar.audio.mu_law_encode: expected samples in [-1, 1], got NaN")
     x = x.double().clamp(-1.0, 1.0)
@@ -51,6 +52,15 @@ def mu_law_decode(q: Tensor, num_values: int = 256) -> Tensor:
     return x.float()
 
 
+def _check_float_samples(fn: str, x) -> None:
+    """Samples are real floats in [-1, 1]: integer PCM (int16 values would clip to +-1) and
+    complex samples are refused rather than cast."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise ValueError("fastar.audio.%s: expected a float tensor of samples in [-1, 1], got %s"
+                         " (integer PCM: divide by 32768 first)"
+                         % (fn, x.dtype if torch.is_tensor(x) else type(x).__name__))
+
+
 def _open_wav(path: str, frames: bool):
     """(channels, sample width, rate, raw frames or None) of a WAV file; ValueError naming the
     file for anything wave cannot read."""
@@ -61,7 +71,7 @@ def _open_wav(path: str, frames: bool):
     except (wave.Error, EOFError, RuntimeError, struct.error) as e:
         # wave's messages omit the file; a damaged chunk id raises a bare RuntimeError
         raise ValueError("cannot read %s as a PCM WAV file: %s"
-                         % (path, str(e) or type(e).__name__)) from None
+                         % (path, str(e) or "a damaged chunk (%s)" % type(e).__name__)) from None
 
 
 def wav_rate(path: str) -> int:
@@ -101,6 +111,7 @@ def write_wav(path: str, samples: Tensor, rate: int = 8000) -> None:
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
         raise ValueError("fastar.audio.write_wav: expected an int rate >= 1 (samples per "
                          "second), got %r" % (rate,))
+    _check_float_samples("write_wav", samples)
     x = samples.detach().float().cpu()
     x = x.unsqueeze(0) if x.dim() == 1 else x
     if x.dim() != 2 or not 1 <= x.shape[0] <= _MAX_CHANNELS or x.shape[0] > max(x.shape[1], 1):

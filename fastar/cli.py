@@ -123,7 +123,9 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         _run(args)
-    except (FileNotFoundError, ImportError, data.DataError) as e:  # missing or unusable data
+    # missing or unusable data; a file that cannot be written (a full disk: atomic_write names
+    # it): one line, no traceback
+    except (OSError, ImportError, data.DataError) as e:
         raise SystemExit("python -m fastar %s: %s" % (args.command, e))
 
 

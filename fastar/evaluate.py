@@ -3,6 +3,7 @@ torchrun, split over the processes), a PNG grid of images or a WAV of audio clip
 
 import math
 import os
+import tempfile
 from typing import Optional, Tuple
 
 import torch
@@ -64,6 +65,12 @@ def check_samples_path(path: str, is_audio: bool) -> None:
     if not os.path.isdir(folder):
         raise ValueError("cannot write samples to %s: the folder %s does not exist"
                          % (path, folder))
+    try:  # the file is written beside path, then renamed: try that folder now
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError("cannot write samples to %s: the folder %s is not writable (%s)"
+                         % (path, folder, e.strerror)) from None
 
 
 def save_samples(model, path: str, n: Optional[int] = None, seed: int = 0,

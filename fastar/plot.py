@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fastar import testing
+from fastar._io import atomic_write
 
 _CELL = 28  # pixels per image position
 _TITLE = 22  # pixels above each panel for its title
@@ -52,7 +53,8 @@ def save_image_grid(images: Tensor, path: str, columns: int, num_values: int) ->
         grid[:, r * (H + 2) + 1 : r * (H + 2) + 1 + H, c * (W + 2) + 1 : c * (W + 2) + 1 + W] = (
             images[k] * scale).to(torch.uint8)
     array = grid[0] if C == 1 else grid.permute(1, 2, 0)
-    Image.fromarray(array.numpy()).save(path)
+    image = Image.fromarray(array.numpy())
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def save_heatmaps(panels: Sequence[Tuple[str, Tensor, Tuple[int, int]]], path: str) -> None:
@@ -67,7 +69,7 @@ def save_heatmaps(panels: Sequence[Tuple[str, Tensor, Tuple[int, int]]], path: s
     for i in images:
         out.paste(i, (x, 0))
         x += i.width + gap
-    out.save(path)
+    atomic_write(path, lambda f: out.save(f, format="PNG"))
 
 
 def receptive_field(module: nn.Module, input_shape: Sequence[int],

@@ -383,20 +383,27 @@ _GATED_CASES = [
 ]
 
 
+def _random_image_model(model_class, kw, shape, B, device, dtype, seed):
+    """A small image model with weights drawn from N(0, 0.5^2), images x and uniforms u."""
+    torch.manual_seed(seed)
+    model = model_class(**{"image_shape": shape, "hidden_channels": 6, **kw}).to(
+        device=device, dtype=dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randint(0, model.num_values, (B, *shape), device=device)
+    u = torch.rand(B, math.prod(shape), dtype=torch.float64, device=device)
+    return model, x, u
+
+
 def _gated_pixelcnn_args(kw, shape, B, device, dtype, num_given, seed):
     """Arguments of gated_pixelcnn_generate for a small random Gated PixelCNN (packed as the
     model packs them), drawing from position num_given on."""
     from fastar.models import GatedPixelCNN
     from fastar.ops import gated_pixelcnn as packing
-    torch.manual_seed(seed)
-    model = GatedPixelCNN(**{"image_shape": shape, "hidden_channels": 6, "num_layers": 3,
-                             "head_channels": 5, **kw}).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
+    model, x, u = _random_image_model(GatedPixelCNN, {"num_layers": 3, "head_channels": 5, **kw},
+                                      shape, B, device, dtype, seed)
     D = math.prod(shape)
-    x = torch.randint(0, model.num_values, (B, *shape), device=device)
-    u = torch.rand(B, D, dtype=torch.float64, device=device)
     cond_bias = None
     if model.num_classes is not None:
         cond = F.one_hot(torch.randint(0, 3, (B,)), 3).to(device=device, dtype=dtype)
@@ -408,22 +415,55 @@ def _gated_pixelcnn_args(kw, shape, B, device, dtype, num_given, seed):
 
 
 def gated_pixelcnn_samples(device, dtype, full=False):
+    return _pixel_loop_samples(ops.gated_pixelcnn_generate, _GATED_CASES, _gated_pixelcnn_args,
+                               device, dtype, full)
+
+
+def _pixel_loop_samples(op, cases, make_args, device, dtype, full):
     """Scoring given images (num_given = all: no draws) and, in float64, sampling after a
     prefix and continuing a call that stopped mid-row."""
-    out = [SampleInput(tuple(_gated_pixelcnn_args(kw, shape, B, device, dtype,
-                                                  math.prod(shape), i)), name + "-scored")
-           for i, (name, kw, shape, B) in enumerate(_GATED_CASES)]
+    out = [SampleInput(tuple(make_args(kw, shape, B, device, dtype, math.prod(shape), i)),
+                       name + "-scored")
+           for i, (name, kw, shape, B) in enumerate(cases)]
     if dtype == torch.float64:
-        for i, (name, kw, shape, B) in enumerate(_GATED_CASES):
-            args = _gated_pixelcnn_args(kw, shape, B, device, dtype, 2, 10 + i)
+        for i, (name, kw, shape, B) in enumerate(cases):
+            args = make_args(kw, shape, B, device, dtype, 2, 10 + i)
             out.append(SampleInput(tuple(args), name + "-sampled"))
             if full:  # the kernel's own state after 5 positions, continued
                 first = list(args)
                 first[0], first[1], first[4] = args[0].clone(), args[1].clone(), 5
-                ops.gated_pixelcnn_generate(*first)
+                op(*first)
                 out.append(SampleInput(tuple(first[:2] + [args[2], 5] + args[4:]),
                                        name + "-continued"))
     return out
+
+
+# --- pixelcnn_generate ------------------------------------------------------------------------
+
+# (name, PixelCNN keywords, image shape, batch): grey binary, colour (masked between channels)
+# with 4 values, a 5x5 first kernel with 3 values, no blocks.
+_PIXELCNN_CASES = [
+    ("grey", {}, (1, 3, 4), 2), ("colour", {"num_values": 4}, (3, 2, 3), 1),
+    ("three-values", {"num_values": 3, "num_layers": 0}, (1, 4, 3), 3),
+]
+
+
+def _pixelcnn_args(kw, shape, B, device, dtype, num_given, seed):
+    """Arguments of pixelcnn_generate for a small random PixelCNN (packed as the model packs
+    them), drawing from position num_given on."""
+    from fastar.models import PixelCNN
+    from fastar.ops import pixelcnn as packing
+    model, x, u = _random_image_model(PixelCNN, {"num_layers": 2, "head_channels": 6, **kw},
+                                      shape, B, device, dtype, seed)
+    D = math.prod(shape)
+    state = _float((B, packing.model_state_size(model)), dtype, device)  # cleared at 0
+    return [x, state, u, 0, D, num_given, packing.pack(model), packing.kernel_sizes(model),
+            model.num_values]
+
+
+def pixelcnn_samples(device, dtype, full=False):
+    return _pixel_loop_samples(ops.pixelcnn_generate, _PIXELCNN_CASES, _pixelcnn_args, device,
+                               dtype, full)
 
 
 OP_DB = [
@@ -459,5 +499,8 @@ OP_DB = [
     OpInfo("gated_pixelcnn_generate", reference.gated_pixelcnn_generate, gated_pixelcnn_samples,
            fn=ops.gated_pixelcnn_generate, mutated_args=(0,), cache_args=(1,),
            devices=("cpu",),
+           tol64=(1e-11, 1e-12)),
+    OpInfo("pixelcnn_generate", reference.pixelcnn_generate, pixelcnn_samples,
+           fn=ops.pixelcnn_generate, mutated_args=(0,), cache_args=(1,), devices=("cpu",),
            tol64=(1e-11, 1e-12)),
 ]

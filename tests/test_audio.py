@@ -116,6 +116,14 @@ def test_a_file_reached_by_two_paths_or_copied_lands_in_one_split(tmp_path, monk
         os.symlink(linked / "en_US_f_Allison", linked / name)
     copy = linked / "zz-copy.wav"  # byte-identical to a file under another name
     copy.write_bytes((linked / "en_US_f_Allison" / "digits" / "01.wav").read_bytes())
+    # the same samples behind a header with one more chunk (a LIST/INFO a tagger adds)
+    raw = (linked / "en_US_f_Allison" / "letters" / "02.wav").read_bytes()
+    at = raw.index(b"data")
+    tagged = raw[:at] + b"LIST" + (4).to_bytes(4, "little") + b"INFO" + raw[at:]
+    tagged = tagged[:4] + (len(tagged) - 8).to_bytes(4, "little") + tagged[8:]
+    (linked / "zz-tagged.wav").write_bytes(tagged)
+    assert torch.equal(audio.read_wav(str(linked / "zz-tagged.wav"))[0],
+                       audio.read_wav(str(linked / "en_US_f_Allison" / "letters" / "02.wav"))[0])
     splits = {}
     for root in (plain, linked):
         monkeypatch.setenv("FASTAR_SPEECH_DIR", str(root))
@@ -220,3 +228,12 @@ def test_threads_writing_one_file_never_tear_it(tmp_path):
         t.join()
     assert not errors, errors[:3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.wav"]
+
+
+def test_integer_and_complex_samples_are_refused_not_cast():
+    for x in (torch.tensor([1000, -1000, 5], dtype=torch.int16), torch.tensor([1, 0, 1]),
+              torch.tensor([True, False]), torch.tensor([0.5 + 1j])):
+        with pytest.raises(ValueError, match=r"write_wav: expected a float tensor of samples"):
+            audio.write_wav("unused.wav", x)
+        with pytest.raises(ValueError, match=r"mu_law_encode: expected a float tensor"):
+            audio.mu_law_encode(x)

@@ -282,7 +282,8 @@ def test_a_samples_path_is_checked_before_any_work(tmp_path):
     for path, audio, message in ((tmp_path / "grid.png", False, "it is a folder"),
                                  (tmp_path / "x.wav", False, r"written as PNG: expected a path "
                                                              r"ending in \.png"),
-                                 (tmp_path / "no" / "x.png", False, "does not exist")):
+                                 (tmp_path / "no" / "x.png", False, "does not exist"),
+                                 ("/proc/x.png", False, r"the folder /proc is not writable")):
         with pytest.raises(ValueError, match=message):
             evaluate.check_samples_path(str(path), audio)
     evaluate.check_samples_path(str(tmp_path / "X.PNG"), False)

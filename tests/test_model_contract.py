@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 from fastar import checkpoint
 from fastar.testing import (assert_autoregressive, assert_cached_matches_naive,
@@ -177,6 +178,26 @@ def test_every_sampler_refuses_a_model_with_a_non_finite_weight(info, variant, b
                                                 if model.has_cache else []):
         with pytest.raises(ValueError, match=r"%s.sample: the model's %s holds NaN or infinite "
                                              r"values" % (info.name, re.escape(name))):
+            model.generate(2, shape, cond, cached=cached, fused=use_fused)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_every_sampler_refuses_a_non_finite_weight_computed_by_a_parametrization(info, variant):
+    """weight_norm of a row of zeros is 0 / 0: every parameter is finite, the weight is not."""
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    shape = tuple(model.event_shape(shape[-1]))
+    cond = info.condition(model, 2, shape)
+    prefix, module = next((n, m) for n, m in model.named_modules()
+                          if isinstance(getattr(m, "weight", None), nn.Parameter))
+    torch.nn.utils.parametrizations.weight_norm(module)
+    with torch.no_grad():
+        module.parametrizations.weight.original1[0] = 0
+    fused = [False, None] if model.has_fused_sampler(model._device(), model._dtype()) else [None]
+    for cached, use_fused in [(False, None)] + ([(True, f) for f in fused]
+                                                if model.has_cache else []):
+        with pytest.raises(ValueError, match=r"%s.sample: the model's %s.weight holds NaN or "
+                                             r"infinite values" % (info.name, re.escape(prefix))):
             model.generate(2, shape, cond, cached=cached, fused=use_fused)
 
 

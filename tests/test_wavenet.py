@@ -1,16 +1,10 @@
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 
 from fastar import ops
 from fastar.models import WaveNet
 from fastar.models.wavenet import Condition
-from fastar.testing import assert_autoregressive
+from fastar.testing import assert_autoregressive, seconds_to_stop_on_ctrl_c
 
 
 
@@ -518,6 +512,8 @@ def test_sizes_lengths_prefixes_and_positions_are_checked():
                         ({"cond_channels": 0}, "got cond_channels=0"),
                         ({"local_channels": 0}, "got local_channels=0"),
                         ({"output": "dmol", "num_mixtures": 0}, "got num_mixtures=0"),
+                        ({"kernel_size": 2 ** 31}, r"kernel_size 2147483648 with 20 layers of "
+                         r"64 channels needs about .* convolution weights; at most 2\^31"),
                         ({"dilations": (1, 2 ** 40)}, r"dilations must be at most 2\^30 "
                          r"\(fastar::wavenet_generate's limit\), got 1099511627776: a receptive "
                          r"field of 1099511627779 samples")):
@@ -535,14 +531,16 @@ def test_sizes_lengths_prefixes_and_positions_are_checked():
     for length in (None, 0, 2.5, True, torch.zeros(2, 3)):
         with pytest.raises(ValueError, match=r"expected sequences of an int length >= 1"):
             model.sample(2, length=length)
-    with pytest.raises(ValueError, match=r"WaveNet: expected sequences of an int length >= 1 "
-                                         r"\(samples; .*\), got 0"):
-        model.log_prob(torch.zeros(2, 1, 0, dtype=torch.long))
+    for x, got in ((torch.zeros(2, 1, 0, dtype=torch.long), r"\(2, 1, 0\): .*got 0"),
+                   (torch.zeros(2, dtype=torch.long), r"\(2,\): .*got None")):
+        with pytest.raises(ValueError, match=r"WaveNet: x of shape %s" % got):
+            model.log_prob(x)
     assert model.sample(2, length=np_int(5)).shape == (2, 1, 5)
     prefix = torch.ones(2, 1, 5, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"num_given \(7\) counts given samples: an int, at most "
-                                         r"what the prefix holds \(5\)"):
-        model.sample(2, length=8, prefix=prefix, num_given=7)
+    for num_given in (7, -1, 2.5):
+        with pytest.raises(ValueError, match=r"expected an int num_given in \[0, 5\] \(the "
+                                             r"samples the prefix holds\), got %s" % num_given):
+            model.sample(2, length=8, prefix=prefix, num_given=num_given)
     with pytest.raises(ValueError, match=r"expected prefix of shape \(3, 1, <= 8\), got "
                                          r"\(2, 1, 5\)"):  # the prefix as given, not padded
         model.sample(3, length=8, prefix=prefix)
@@ -580,17 +578,38 @@ def test_ctrl_c_stops_a_long_generation_within_about_a_second(threads):
               "from fastar.models import WaveNet\n"
               "m = WaveNet().eval(); m.sample(1, length=64)\n"
               "print('go', flush=True); m.sample(1, length=400000)\n" % threads)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        assert proc.stdout.readline().strip() == "go"
-        time.sleep(1.5)  # well into the clip, past the first small chunks
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        took = time.monotonic() - sent
-    finally:
-        proc.kill()
-    assert "KeyboardInterrupt" in err, err
+    took = seconds_to_stop_on_ctrl_c(script)
     assert took < 3.0, "stopped %.1f s after Ctrl-C" % took
+
+
+def test_a_dilation_beyond_the_length_reads_zeros_without_allocating_them():
+    """Scoring 100 samples with a dilation of 2^30 padded each block by 2^30 steps (275 GB):
+    the taps that reach before the start for every output are dropped, and the result is
+    what any dilation beyond the length gives."""
+    torch.manual_seed(0)
+    huge = WaveNet(num_values=16, residual_channels=4, skip_channels=8,
+                   dilations=(1, 2 ** 30)).double().eval()
+    far = WaveNet(num_values=16, residual_channels=4, skip_channels=8,
+                  dilations=(1, 150)).double().eval()
+    far.load_state_dict(huge.state_dict())
+    x = torch.randint(0, 16, (2, 1, 100))
+    torch.testing.assert_close(huge.log_prob(x), far.log_prob(x), rtol=1e-13, atol=0)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(huge.sample(2, length=40, generator=g(), cached=False),
+                       far.sample(2, length=40, generator=g(), cached=False))
+
+
+def test_a_condition_on_another_device_is_refused_by_every_path():
+    model = WaveNet(num_values=4, residual_channels=4, skip_channels=6, dilations=(1, 2),
+                    cond_channels=3, local_channels=2, upsample=2).eval()
+    good = Condition(torch.randn(2, 3), torch.randn(2, 2, 3))
+    for cond, what in ((Condition(good.global_.to("meta"), good.local), "global"),
+                       (Condition(good.global_, good.local.to("meta")), "local")):
+        for fused in (None, False):
+            with pytest.raises(ValueError, match=r"WaveNet: expected the %s condition on the "
+                                                 r"model's device \(cpu\), got meta" % what):
+                model.generate(2, (1, 6), cond, fused=fused)
+        with pytest.raises(ValueError, match=r"the %s condition on the model's device" % what):
+            model.sample(2, cond, length=6, cached=False)
+        with pytest.raises(ValueError, match=r"the %s condition on the model's device" % what):
+            model.log_prob(torch.zeros(2, 1, 6, dtype=torch.long), cond)

@@ -7,48 +7,28 @@
 // are already masked, so a channel never reads its own or a later channel of its pixel).
 //
 // That state lives in the caller's `state` buffer (B, state size), so a call continues where the
-// last one stopped; a call from start = 0 clears it first. Its first value is the position the
-// last call stopped at (-1 after a failed call): a call from elsewhere is refused. (Rebuilding
-// it from x in every call made chunked generation quadratic: at batch 16 each call's rebuild
-// outgrew its half second.)
+// last one stopped (cpu/pixel_loop.h: the position marker, the checks, the draw). Rebuilding it
+// from x in every call made chunked generation quadratic: at batch 16 each call's rebuild
+// outgrew its half second.
 
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "common/checks.h"
-#include "common/dmol.h"
 #include "common/gated_activation.h"
-#include "common/wavenet.h"
-#include "cpu/isa.h"
+#include "cpu/pixel_loop.h"
 
 namespace fastar {
 namespace {
 
+using cpu::pixel_loop::rows_times;
+
 constexpr const char* kOp = "gated_pixelcnn_generate";
 constexpr int64_t kPerLayer = 8;  // v_w, v_b, link_w, link_b, h_w, h_b, out_w, out_b
 constexpr int64_t kHead = 4;      // head_w1, head_b1, head_w2, head_b2
-
-// out[r][o] += sum_i in[r][i] w[i * N + o] for the rows r < R (pointers: the rows of several
-// sequences, or of one row's columns): each row of w (the packed transpose) is read once for
-// all of them, from L1, and the loop over o is vectorized at the level compiled for.
-template <typename T>
-FASTAR_INLINE void rows_times(int64_t R, const T* const* in, int64_t K, const T* w, int64_t N,
-                              T* const* out) {
-  for (int64_t i = 0; i < K; ++i) {
-    const T* __restrict__ row = w + i * N;
-    for (int64_t r = 0; r < R; ++r) {
-      const T a = in[r][i];
-      T* __restrict__ o = out[r];
-      for (int64_t c = 0; c < N; ++c) o[c] += a * row[c];
-    }
-  }
-}
 
 struct Layer {
   int64_t k, half, in, ch, width;  // kernel size, its half, input channels, channels, h width
@@ -70,9 +50,7 @@ struct Model {
   const T* out_w(int64_t l) const { return w[l * kPerLayer + 6]; }
   const T* out_b(int64_t l) const { return w[l * kPerLayer + 7]; }
   const T* head(int64_t i) const { return w[L * kPerLayer + i]; }
-  FASTAR_INLINE T scaled(int64_t value) const {  // as PixelModel.scale_input
-    return T(value) * (T(2.0) / T(V - 1)) - T(1.0);
-  }
+  FASTAR_INLINE T scaled(int64_t value) const { return cpu::pixel_loop::scaled<T>(value, V); }
 };
 
 // One sequence's state: per layer its vertical ring, horizontal row and link (the file's
@@ -84,13 +62,11 @@ struct Sequence {
   std::vector<double> expo;
   const T* cond;  // (L, 2, 2ch): the layers' vertical and horizontal gate biases, or null
   int64_t* x;     // (C, H, W)
-  T* left_at;     // the state's first value: where the last call stopped, -1 while one runs
+  cpu::pixel_loop::Marker<T> marker;
 
   Sequence(const Model<T>& m, const T* cond, int64_t* x, T* state, bool clear)
-      : cond(cond), x(x), left_at(state) {
+      : cond(cond), x(x), marker(state, m.state_size, clear) {
     int64_t widest = m.C;
-    if (clear) std::fill(state, state + m.state_size, T(0));
-    *left_at = T(-1);  // until the call succeeds
     for (const Layer& l : m.layers) {
       v_rows.push_back(state + l.v_rows);
       h_row.push_back(state + l.h_row);
@@ -100,7 +76,7 @@ struct Sequence {
     for (auto* v : {&v_in, &v_pre, &v_out}) v->resize(m.W * widest);
     for (auto* v : {&pre, &gated, &h, &h_next}) v->resize(widest);
     z.resize(m.head_ch);
-    logits.resize(m.C * m.NL);
+    logits.resize(m.NL);
     dist.resize(m.V);
     expo.resize(m.V);
     for (int64_t l = 0; clear && l < m.L; ++l) {  // row 0 has no row above: the link's bias
@@ -149,7 +125,7 @@ FASTAR_INLINE void vertical_row(const Model<T>& m, std::vector<Sequence<T>>& gro
             out[g * W + j] = group[g].v_pre.data() + j * N;
           }
         }
-        rows_times(G * W, in.data(), ly.in, m.v_w(l) + (kr * ly.k + kx) * ly.in * N, N,
+        rows_times(G * W, in.data(), ly.in, m.v_w(l) + (kr * ly.k + kx) * ly.in * N, N, N,
                    out.data());
       }
     }
@@ -161,7 +137,7 @@ FASTAR_INLINE void vertical_row(const Model<T>& m, std::vector<Sequence<T>>& gro
         out[g * W + j] = s.link[l] + j * N;
       }
     }
-    rows_times(G * W, in.data(), N, m.link_w(l), N, out.data());
+    rows_times(G * W, in.data(), N, m.link_w(l), N, N, out.data());
     for (Sequence<T>& s : group) {
       for (int64_t j = 0; j < W; ++j) {
         const T* acc = s.v_pre.data() + j * N;
@@ -176,10 +152,10 @@ FASTAR_INLINE void vertical_row(const Model<T>& m, std::vector<Sequence<T>>& gro
 }
 
 // The horizontal stacks at pixel (r, j) of every sequence of the group, writing each layer's
-// input into its row; with head, the head's logits of the pixel's channels into `logits`.
+// input into its row, then the head's outputs of channel c into `logits`.
 template <typename T>
 FASTAR_INLINE void horizontal(const Model<T>& m, std::vector<Sequence<T>>& group, int64_t j,
-                              bool head, std::vector<const T*>& in, std::vector<T*>& out) {
+                              int64_t c, std::vector<const T*>& in, std::vector<T*>& out) {
   const int64_t G = static_cast<int64_t>(group.size());
   in.resize(G);
   out.resize(G);
@@ -200,7 +176,7 @@ FASTAR_INLINE void horizontal(const Model<T>& m, std::vector<Sequence<T>>& group
         in[g] = group[g].h_row[l] + (j + kx) * ly.in;
         out[g] = group[g].pre.data();
       }
-      rows_times(G, in.data(), ly.in, m.h_w(l) + kx * ly.in * N, N, out.data());
+      rows_times(G, in.data(), ly.in, m.h_w(l) + kx * ly.in * N, N, N, out.data());
     }
     for (int64_t g = 0; g < G; ++g) {
       Sequence<T>& s = group[g];
@@ -213,31 +189,30 @@ FASTAR_INLINE void horizontal(const Model<T>& m, std::vector<Sequence<T>>& group
       in[g] = s.gated.data();
       out[g] = s.h_next.data();
     }
-    rows_times(G, in.data(), ly.ch, m.out_w(l), ly.ch, out.data());
+    rows_times(G, in.data(), ly.ch, m.out_w(l), ly.ch, ly.ch, out.data());
     for (Sequence<T>& s : group) {
       if (ly.residual)
         for (int64_t o = 0; o < ly.ch; ++o) s.h_next[o] = s.h[o] + s.h_next[o];
       std::swap(s.h, s.h_next);
     }
   }
-  if (!head) return;
   const int64_t ch = m.layers[m.L - 1].ch;
   for (int64_t g = 0; g < G; ++g) {
     Sequence<T>& s = group[g];
-    for (int64_t o = 0; o < ch; ++o) s.h[o] = s.h[o] < T(0) ? T(0) : s.h[o];
+    for (int64_t o = 0; o < ch; ++o) s.h[o] = cpu::pixel_loop::relu(s.h[o]);
     std::copy(m.head(1), m.head(1) + m.head_ch, s.z.data());
     in[g] = s.h.data();
     out[g] = s.z.data();
   }
-  rows_times(G, in.data(), ch, m.head(0), m.head_ch, out.data());
+  rows_times(G, in.data(), ch, m.head(0), m.head_ch, m.head_ch, out.data());
   for (int64_t g = 0; g < G; ++g) {
     Sequence<T>& s = group[g];
-    for (int64_t o = 0; o < m.head_ch; ++o) s.z[o] = s.z[o] < T(0) ? T(0) : s.z[o];
-    std::copy(m.head(3), m.head(3) + m.C * m.NL, s.logits.data());
+    for (int64_t o = 0; o < m.head_ch; ++o) s.z[o] = cpu::pixel_loop::relu(s.z[o]);
+    std::copy(m.head(3) + c * m.NL, m.head(3) + (c + 1) * m.NL, s.logits.data());
     in[g] = s.z.data();
     out[g] = s.logits.data();
   }
-  rows_times(G, in.data(), m.head_ch, m.head(2), m.C * m.NL, out.data());
+  rows_times(G, in.data(), m.head_ch, m.head(2) + c * m.NL, m.C * m.NL, m.NL, out.data());
 }
 
 // Generates positions [start, end) of the sequences [b0, b1), together (one group: each
@@ -263,42 +238,13 @@ FASTAR_INLINE bool generate_group(const Model<T>& m, int64_t* x_all, T* state_al
       if (j > 0) s.image_pixel(m, r, j - 1);  // complete now
       s.image_pixel(m, r, j);
     }
-    horizontal(m, group, j, true, in, out);
-    for (int64_t b = b0; b < b1; ++b) {
-      Sequence<T>& s = group[b - b0];
-      const T* values = wavenet::value_logits(s.logits.data() + c * m.NL, m.NL, m.V, 0, bins,
-                                              0, 1, s.dist.data());
-      const int64_t at = (c * m.H + r) * m.W + j;
-      const bool draw = t >= num_given;
-      double lp = 0;
-      const int64_t value = wavenet::inverse_cdf(values, m.V, u_all[b * D + t], draw,
-                                                 draw ? 0 : s.x[at], s.expo.data(), &lp);
-      if (value < 0) return false;
-      s.x[at] = value;
-      logp_all[b * (end - start) + t - start] = T(lp);
-    }
+    horizontal(m, group, j, c, in, out);
+    if (!cpu::pixel_loop::draw_values(group, b0, m.C, m.H, m.W, m.NL, m.V, bins, u_all, t,
+                                      num_given, start, end, logp_all))
+      return false;
   }
-  for (Sequence<T>& s : group) *s.left_at = T(end);
+  for (Sequence<T>& s : group) s.marker.finish(end);
   return true;
-}
-
-// The batch split into one group per thread, each run at the CPU's level.
-template <typename T>
-void generate(const Model<T>& m, int64_t* x_all, T* state_all, const double* u_all, int64_t B,
-              int64_t start, int64_t end, int64_t num_given, const T* cond_all, T* logp_all,
-              char* failed) {
-  const cpu::Capability level = cpu::capability();
-  const int64_t groups = std::min<int64_t>(B, std::max(1, at::get_num_threads()));
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t b0 = B * g / groups, b1 = B * (g + 1) / groups;
-      const bool ok = cpu::dispatch(level, [&](auto) FASTAR_INLINE_LAMBDA {
-        return generate_group<T>(m, x_all, state_all, u_all, b0, b1, start, end, num_given,
-                                 cond_all, logp_all);
-      });
-      if (!ok) failed[g] = 1;
-    }
-  });
 }
 
 at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor& state_in,
@@ -307,25 +253,7 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
                                        at::TensorList weights_in, c10::IntArrayRef layer_args,
                                        int64_t num_values,
                                        const std::optional<at::Tensor>& cond_in) {
-  TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kLong, "fastar::", kOp,
-              ": expected x to be int64 of shape (batch, C, H, W), but got ",
-              dtype_name(x_in.scalar_type()), " of shape ", x_in.sizes());
-  for (const at::Tensor& t : weights_in)
-    TORCH_CHECK(t.device().is_cpu(), "fastar::", kOp, ": expected CPU weights, but got one on ",
-                t.device());
-  TORCH_CHECK(x_in.device().is_cpu() && u_in.device().is_cpu(), "fastar::", kOp,
-              ": expected x and u on the CPU, but got ", x_in.device(), " and ", u_in.device());
-  // x and state are written: no element may alias another or any input.
-  at::assert_no_internal_overlap(x_in);
-  at::assert_no_internal_overlap(state_in);
-  at::assert_no_overlap(x_in, state_in);
-  std::vector<at::Tensor> inputs(weights_in.begin(), weights_in.end());
-  inputs.push_back(u_in);
-  if (cond_in.has_value() && cond_in->defined()) inputs.push_back(*cond_in);
-  for (const at::Tensor& t : inputs) {
-    at::assert_no_overlap(x_in, t);
-    at::assert_no_overlap(state_in, t);
-  }
+  cpu::pixel_loop::check_tensors(kOp, x_in, state_in, u_in, weights_in, cond_in);
   // Contiguous working copies (x and state written back where they were not contiguous).
   const at::Tensor x = x_in.contiguous(), u = u_in.contiguous(), state = state_in.contiguous();
   std::vector<at::Tensor> weights;
@@ -340,21 +268,8 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == L * kPerLayer + kHead, "fastar::", kOp,
               ": expected ", L * kPerLayer + kHead, " packed weights for ", L,
               " layers, but got ", weights.size());
-  const auto dtype = weights[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fastar::", kOp,
-              ": expected float32 or float64 weights, but got ", dtype_name(dtype));
-  for (const at::Tensor& w : weights)
-    TORCH_CHECK(w.scalar_type() == dtype, "fastar::", kOp, ": expected weights of one dtype (",
-                dtype_name(dtype), "), but got ", dtype_name(w.scalar_type()));
-  TORCH_CHECK(u.dim() == 2 && u.size(0) == B && u.size(1) == D && u.scalar_type() == at::kDouble,
-              "fastar::", kOp, ": expected float64 u of shape (", B, ", ", D, "), but got ",
-              dtype_name(u.scalar_type()), " of shape ", u.sizes());
-  TORCH_CHECK(0 <= start && start <= end && end <= D, "fastar::", kOp,
-              ": expected 0 <= start <= end <= ", D, ", but got start ", start, " and end ", end);
-  TORCH_CHECK(0 <= num_given && num_given <= D, "fastar::", kOp, ": expected num_given in [0, ",
-              D, "], but got ", num_given);
-  TORCH_CHECK(num_values >= 2, "fastar::", kOp, ": expected num_values >= 2, but got ",
-              num_values);
+  const auto dtype = cpu::pixel_loop::check_weight_dtype(kOp, weights);
+  cpu::pixel_loop::check_range(kOp, u, B, D, start, end, num_given, num_values);
   int64_t in = C, state_size = 1;  // [0]: the position the state was left at
   std::vector<Layer> layers;
   for (int64_t l = 0; l < L; ++l) {
@@ -386,11 +301,8 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
     state_size += v_size + h_size + W * 2 * ch;
     in = ch;
   }
-  TORCH_CHECK(state.dim() == 2 && state.size(0) == B && state.size(1) == state_size &&
-                  state.scalar_type() == dtype && state.device().is_cpu(),
-              "fastar::", kOp, ": expected state of shape (", B, ", ", state_size,
-              ") in the weights' dtype (fastar.ops.gated_pixelcnn.state_size), but got ",
-              dtype_name(state.scalar_type()), " of shape ", state.sizes());
+  cpu::pixel_loop::check_state(kOp, state, B, state_size, dtype,
+                               "fastar.ops.gated_pixelcnn.state_size");
   const at::Tensor &w1 = weights[L * kPerLayer], &w2 = weights[L * kPerLayer + 2];
   TORCH_CHECK(w1.dim() == 2 && w1.size(0) == in && w2.dim() == 2 && w2.size(0) == w1.size(1) &&
                   w2.size(1) % C == 0 &&
@@ -412,45 +324,22 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
       TORCH_CHECK(ly.ch == layers[0].ch, "fastar::", kOp,
                   ": cond_bias needs layers of one width");
   }
-  // The values before start and the given ones are kept or read back as logits' indices: out
-  // of range they must not reach the loop; u = 1 (or NaN) would draw no value.
-  // The caches must be the ones a call that stopped at `start` left (or none, at 0).
-  for (int64_t b = 0; start > 0 && b < B; ++b) {
-    const double at = AT_DISPATCH_FLOATING_TYPES(dtype, "gated_pixelcnn_state", [&] {
-      return double(state.const_data_ptr<scalar_t>()[b * state_size]);
-    });
-    TORCH_CHECK(at == double(start), "fastar::", kOp, ": expected state left by a call that ",
-                "stopped at start = ", start, ", but sequence ", b, "'s state was left at ",
-                at == -1 ? std::string("-1 (a failed call)") : std::to_string(int64_t(at)));
-  }
-  const int64_t known = std::min(std::max(start, num_given), end);
-  const int64_t* xv = x.const_data_ptr<int64_t>();
-  const double* uv = u.const_data_ptr<double>();
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = 0; t < known; ++t) {
-      const int64_t v = xv[b * D + (t % C) * H * W + t / C];
-      TORCH_CHECK(0 <= v && v < num_values, "fastar::", kOp, ": expected the given values (the ",
-                  known, " first in generation order) in [0, ", num_values, "), but got ", v);
-    }
-    for (int64_t t = std::max(start, num_given); t < end; ++t)  // where values are drawn
-      TORCH_CHECK(uv[b * D + t] >= 0 && uv[b * D + t] < 1, "fastar::", kOp,
-                  ": expected u in [0, 1), but got ", uv[b * D + t]);
-  }
+  cpu::pixel_loop::check_contents(kOp, x, state, u, start, end, num_given, num_values);
   at::Tensor logp = at::empty({B, end - start}, weights[0].options());
-  std::vector<char> failed(B, 0);
+  bool ok = true;
   AT_DISPATCH_FLOATING_TYPES(dtype, "gated_pixelcnn_generate_cpu", [&] {
     Model<scalar_t> m{C, H, W, num_values, NL, L, w1.size(1), state_size, layers, {}};
     for (const at::Tensor& w : weights) m.w.push_back(w.const_data_ptr<scalar_t>());
-    generate<scalar_t>(m, x.data_ptr<int64_t>(), state.data_ptr<scalar_t>(),
-                       u.const_data_ptr<double>(), B, start, end,
-                       num_given, has_cond ? cond_bias->const_data_ptr<scalar_t>() : nullptr,
-                       logp.data_ptr<scalar_t>(), failed.data());
+    const scalar_t* cond = has_cond ? cond_bias->const_data_ptr<scalar_t>() : nullptr;
+    ok = cpu::pixel_loop::run_groups(B, [&](int64_t b0, int64_t b1) FASTAR_INLINE_LAMBDA {
+      return generate_group<scalar_t>(m, x.data_ptr<int64_t>(), state.data_ptr<scalar_t>(),
+                                      u.const_data_ptr<double>(), b0, b1, start, end, num_given,
+                                      cond, logp.data_ptr<scalar_t>());
+    });
   });
   if (!x_in.is_same(x)) x_in.copy_(x);
   if (!state_in.is_same(state)) state_in.copy_(state);
-  TORCH_CHECK(std::none_of(failed.begin(), failed.end(), [](char f) { return f != 0; }),
-              "fastar::", kOp, ": the model's output defines no distribution (NaN or infinite ",
-              "logits) at some step: are the weights and conditions finite?");
+  cpu::pixel_loop::raise_unless_ok(kOp, ok);
   return logp;
 }
 

@@ -138,11 +138,14 @@ class TeamPolicy {
     const double n = s > 0 ? kSegmentSeconds / s : 4;  // unknown rate: a short first segment
     return std::max<int64_t>(1, std::min<int64_t>(left, static_cast<int64_t>(std::min(n, 1e6))));
   }
-  // Records that `steps` steps took `seconds` on a team of `size`.
-  void record(int size, int64_t steps, double seconds) {
+  // Records that `steps` steps took `seconds` on a team of `size`; `remainder`: the segment
+  // was cut short by the end of the call.
+  void record(int size, int64_t steps, double seconds, bool remainder) {
     double* last = last_[size == 1 ? 0 : 1];
-    // A short segment (a call's first step, its remainder) mostly times waking the team up.
-    if (last[0] >= 0 && seconds < kSegmentSeconds / 4) return;
+    // A call's short remainder mostly times waking the team up. A full segment is recorded
+    // however short: it ran that fast (dropping it would keep the old rate, and so the short
+    // segments, forever).
+    if (last[0] >= 0 && remainder && seconds < kSegmentSeconds / 4) return;
     const bool explored = team_ > 1 && last_[0][0] >= 0 && last_[1][0] >= 0 && size != best();
     last[1] = last[0] < 0 ? seconds / static_cast<double>(steps) : last[0];
     last[0] = seconds / static_cast<double>(steps);
@@ -190,7 +193,7 @@ void run_on_best_team(const TeamKey& key, int team, int64_t begin, int64_t end, 
         std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
     {
       std::lock_guard<std::mutex> lock(mutex);
-      policies.at({key, team}).record(size, steps, seconds);
+      policies.at({key, team}).record(size, steps, seconds, t + steps == end);
     }
     if (!go_on) return;
     t += steps;

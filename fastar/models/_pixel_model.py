@@ -1,12 +1,20 @@
 """What the convolutional image models share: scaling integer pixels to [-1, 1] and the layout
 of their logits."""
 
+import dataclasses
 from typing import Optional, Tuple
 
 from torch import Tensor
 
 from fastar.models.base import AutoregressiveModel
+from fastar.models.cache import Cache
 from fastar.nn.conv import channels_last
+
+
+@dataclasses.dataclass
+class PixelCache(Cache):
+    state: Optional[Tensor] = None  # the fused op's caches (it clears them at position 0)
+    packed: Optional[list] = None  # the weights, packed once per generation
 
 
 class PixelModel(AutoregressiveModel):
@@ -34,6 +42,24 @@ class PixelModel(AutoregressiveModel):
         return values.to(dtype) * (2.0 / (self.num_values - 1)) - 1.0
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+    def run(self, cache: Cache, start: int, end: int) -> None:
+        """The model's fused loop (its `fused_op`) where cache.fused, else the step or naive
+        loop. The weights are packed once per generation (they cannot change within it) and
+        the op's state allocated then (the op clears it at position 0)."""
+        if not cache.fused:
+            return super().run(cache, start, end)
+        if cache.packed is None:
+            cache.packed = self._packed.get(self)
+            cache.state = cache.packed[0].new_empty(cache.x.shape[0], self._fused_state_size())
+        with cache.advancing(start, end):
+            self._fused_generate(cache, start, end)
+
+    def _fused_state_size(self) -> int:
+        raise NotImplementedError
+
+    def _fused_generate(self, cache: PixelCache, start: int, end: int) -> None:
         raise NotImplementedError
 
     def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:

@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from fastar import sampling
 from fastar.models import heads
@@ -82,6 +83,25 @@ def _check_types(name: str, config) -> None:
             raise TypeError("%s: %s must be %s, got %r" % (name, f.name, kind.__name__, v))
 
 
+_SIZE_TUPLES = ("image_shape", "hidden_sizes")
+_SIZES = ("num_masks", "num_classes", "num_mixtures")
+
+
+def _check_sizes(name: str, config) -> None:
+    """ValueError for a size that builds no model (or a raw error much later): the image shape
+    (C, H, W) and hidden sizes as ints >= 1, channel counts and the like >= 1."""
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if f.name in _SIZE_TUPLES:
+            if not all(as_count(s) is not None and s >= 1 for s in v) or (
+                    f.name == "image_shape" and len(v) != 3):
+                raise ValueError("%s: %s must be %s ints >= 1, got %r" % (
+                    name, f.name, "three (C, H, W)" if f.name == "image_shape" else "a tuple of",
+                    v))
+        elif (f.name.endswith("_channels") or f.name in _SIZES) and isinstance(v, int) and v < 1:
+            raise ValueError("%s: %s must be >= 1, got %r" % (name, f.name, v))
+
+
 class AutoregressiveModel(nn.Module):
     """Base of every model; see the module docstring for the contract. Subclasses set
     ``config_class`` and define ``event_shape``, ``conditionals`` and, for cached sampling,
@@ -105,6 +125,7 @@ class AutoregressiveModel(nn.Module):
         elif overrides:
             config = dataclasses.replace(config, **overrides)
         _check_types(type(self).__name__, config)
+        _check_sizes(type(self).__name__, config)
         if config.num_values < 2:
             raise ValueError("%s: num_values must be >= 2 (a distribution over one value has "
                              "nothing to learn), got %d" % (type(self).__name__, config.num_values))
@@ -182,7 +203,10 @@ class AutoregressiveModel(nn.Module):
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise ValueError("%s: expected integer x (values in [0, %d)), got dtype %s"
                              % (name, self.num_values, x.dtype))
-        expected = self.event_shape(x.shape[-1] if x.dim() >= 2 else None)
+        try:
+            expected = self.event_shape(x.shape[-1] if x.dim() >= 2 else None)
+        except ValueError as e:  # no event of x's length (audio of 0 samples)
+            raise ValueError("%s: x of shape %s: %s" % (name, tuple(x.shape), e)) from None
         if x.dim() != 1 + len(expected) or tuple(x.shape[1:]) != tuple(expected):
             raise ValueError("%s: expected x of shape (B, %s), got %s" % (
                 name, ", ".join(map(str, expected)), tuple(x.shape)))
@@ -194,13 +218,13 @@ class AutoregressiveModel(nn.Module):
                                  % (name, self.num_values, low, high))
 
     def check_finite(self, caller: str) -> None:
-        """ValueError naming the first parameter or buffer that holds a NaN or an infinity: no
+        """ValueError naming the first parameter, buffer or computed weight (a parametrization's
+        output, the weight a legacy weight_norm hook left) that holds a NaN or an infinity: no
         sampler draws from such a model (where the naive loop finds no distribution, the fused
         kernel could skip the term that makes it undefined and draw anyway). Entries no
-        forward pass reads (a masked convolution's rows below its centre) are checked too. One reduction and
-        one host sync per call; meta tensors have no values to check."""
-        named = [(name, t) for name, t in itertools.chain(self.named_parameters(),
-                                                         self.named_buffers())
+        forward pass reads (a masked convolution's rows below its centre) are checked too.
+        One reduction and one host sync per call; meta tensors have no values to check."""
+        named = [(name, t) for name, t in self._named_weights()
                  if t.is_floating_point() and t.device.type != "meta" and t.numel()]
         if not named:
             return
@@ -210,6 +234,16 @@ class AutoregressiveModel(nn.Module):
             raise ValueError("%s: the model's %s holds NaN or infinite values: refused (where "
                              "they are read, the samplers could not agree on a draw)"
                              % (caller, name))
+
+    def _named_weights(self):
+        yield from itertools.chain(self.named_parameters(), self.named_buffers())
+        for prefix, module in self.named_modules():
+            if parametrize.is_parametrized(module):
+                for name in module.parametrizations:
+                    yield "%s.%s" % (prefix, name), getattr(module, name)
+            for name, value in vars(module).items():  # e.g. a legacy weight_norm's weight
+                if torch.is_tensor(value) and not isinstance(value, nn.Parameter):
+                    yield "%s.%s" % (prefix, name), value
 
     def log_prob(self, x: Tensor, cond: Any = None, *, check_values: bool = True) -> Tensor:
         """Natural-log likelihood (B,) of integer x (B, *event_shape). check_values=False skips
@@ -307,7 +341,7 @@ class AutoregressiveModel(nn.Module):
         where cached) holding x (the prefix copied in), the uniforms and the order."""
         event_shape = tuple(event_shape)
         expected = tuple(self.event_shape(event_shape[-1] if event_shape else None))
-        if event_shape != expected:
+        if event_shape != expected or any(as_count(s) is None for s in event_shape):
             raise ValueError("%s.generate: expected event_shape %s, got %s"
                              % (type(self).__name__, expected, event_shape))
         prefix, num_given = self.complete_prefix(n, prefix, num_given, event_shape)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fastar import ops
 from fastar.ops import gated_pixelcnn as gated_pixelcnn_ops
-from fastar.models._pixel_model import PixelModel
+from fastar.models._pixel_model import PixelCache, PixelModel
 from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
 from fastar.nn.blocks import h_conv_weight
@@ -53,10 +53,8 @@ class _GatedLayerCache:
 
 
 @dataclasses.dataclass
-class _GatedCache(Cache):
+class _GatedCache(PixelCache):
     cond_bias: Optional[Tensor] = None  # (n, layers, 2, 2ch): the fused op's gate biases
-    state: Optional[Tensor] = None  # the fused op's caches (it clears them at position 0)
-    packed: Optional[list] = None  # the weights, packed once per generation
 
 
 def _pointwise_weight(conv: nn.Conv2d) -> Tensor:
@@ -182,19 +180,13 @@ class GatedPixelCNN(PixelModel):
                                            for e in cache.layers], 1).contiguous()
         return cache
 
-    def run(self, cache: Cache, start: int, end: int) -> None:
-        """The fused loop (`fastar.ops.gated_pixelcnn_generate`) where cache.fused, else the
-        step or naive loop."""
-        if not cache.fused:
-            return super().run(cache, start, end)
-        if cache.packed is None:  # once per generation: the weights cannot change within it
-            cache.packed = self._packed.get(self)
-            cache.state = cache.packed[0].new_empty(
-                cache.x.shape[0], gated_pixelcnn_ops.model_state_size(self))
-        with cache.advancing(start, end):
-            gated_pixelcnn_ops.gated_pixelcnn_generate(
-                cache.x, cache.state, cache.u, start, end, cache.num_given, cache.packed,
-                gated_pixelcnn_ops.layer_args(self), self.num_values, cache.cond_bias)
+    def _fused_state_size(self) -> int:
+        return gated_pixelcnn_ops.model_state_size(self)
+
+    def _fused_generate(self, cache: Cache, start: int, end: int) -> None:
+        gated_pixelcnn_ops.gated_pixelcnn_generate(
+            cache.x, cache.state, cache.u, start, end, cache.num_given, cache.packed,
+            gated_pixelcnn_ops.layer_args(self), self.num_values, cache.cond_bias)
 
     @torch.no_grad()
     def step(self, cache: Cache, i: int) -> Tensor:

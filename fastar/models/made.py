@@ -175,9 +175,11 @@ class MADE(AutoregressiveModel):
         if index is not None and not (isinstance(index, Tensor) and index.dim() == 0
                                       and not index.is_floating_point() and not index.is_complex()
                                       and index.dtype != torch.bool
+                                      and index.device.type != "meta"
                                       and 0 <= int(index) < self.num_masks):
-            raise RuntimeError("MADE: the state dict's mask_index must be an integer in [0, %d) "
-                               "(this model's num_masks), got %r" % (self.num_masks, index))
+            raise RuntimeError("MADE: the state dict's mask_index must be a 0-dim integer tensor "
+                               "with a value (not on meta) in [0, %d) (this model's num_masks), "
+                               "got %r" % (self.num_masks, index))
 
     def _draw_degrees(self):
         """Degrees per layer (Germain et al., sec. 4): inputs get their position in the

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastar.models._pixel_model import PixelModel
-from fastar.models.cache import Cache
+from fastar.models._pixel_model import PixelCache, PixelModel
+from fastar.models.cache import Cache, PackedWeights
+from fastar.ops import pixelcnn as pixelcnn_ops
 from fastar.nn import MaskedConv2d
 from fastar.nn.conv import run_fusing_relu
 
@@ -49,6 +50,7 @@ class _ResidualBlock(nn.Module):
 
 class PixelCNN(PixelModel):
     config_class = PixelCNNConfig
+    fused_op = "pixelcnn_generate"
 
     def __init__(self, config: Optional[PixelCNNConfig] = None, **overrides):
         super().__init__(config, **overrides)
@@ -60,6 +62,7 @@ class PixelCNN(PixelModel):
             *[_ResidualBlock(c.hidden_channels, groups) for _ in range(c.num_layers)],
             nn.ReLU(), MaskedConv2d(c.hidden_channels, c.head_channels, 1, "B", groups),
             nn.ReLU(), MaskedConv2d(c.head_channels, C * self.num_logits, 1, "B", groups))
+        self._packed = PackedWeights(pixelcnn_ops.pack)
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         self.check_condition(cond, x.shape[0], x.shape[1:])
@@ -74,13 +77,21 @@ class PixelCNN(PixelModel):
         zeros, as the padded convolution does."""
         C, H, W = self.image_shape
         p = next(self.parameters())
-        cache = Cache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=p.device),
-                      order=self.generation_order(self.image_shape).tolist())
+        cache = PixelCache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=p.device),
+                           order=self.generation_order(self.image_shape).tolist())
         for conv in self._spatial_convs():
             (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
             cache.layers.append(p.new_zeros(n, conv.in_channels, dh * (kh // 2) + 1,
                                             W + 2 * dw * (kw // 2)))
         return cache
+
+    def _fused_state_size(self) -> int:
+        return pixelcnn_ops.model_state_size(self)
+
+    def _fused_generate(self, cache: Cache, start: int, end: int) -> None:
+        pixelcnn_ops.pixelcnn_generate(cache.x, cache.state, cache.u, start, end, cache.num_given,
+                                       cache.packed, pixelcnn_ops.kernel_sizes(self),
+                                       self.num_values)
 
     def _spatial_convs(self) -> List[MaskedConv2d]:
         return [m for m in self.net.modules()

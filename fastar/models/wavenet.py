@@ -31,6 +31,8 @@ from fastar.models.base import AutoregressiveModel, as_count
 from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import CausalConv1d, WaveNetBlock
 from fastar.ops.wavenet import MAX_DILATION
+
+MAX_WEIGHTS = 2 ** 31  # a config needing more (a huge kernel_size) is refused, not allocated
 from fastar.ring import RingBuffer
 
 
@@ -63,6 +65,13 @@ class WaveNetConfig:
             raise ValueError("WaveNet: kernel_size, dilations and upsample must be >= 1")
         if not self.dilations:
             raise ValueError("WaveNet: dilations must name at least one layer, got ()")
+        weights = self.kernel_size * (self.num_values + 2 * self.residual_channels
+                                      * len(self.dilations)) * max(self.residual_channels, 1)
+        if weights > MAX_WEIGHTS:
+            raise ValueError("WaveNet: kernel_size %d with %d layers of %d channels needs about "
+                             "%.3g convolution weights; at most 2^31 are supported"
+                             % (self.kernel_size, len(self.dilations), self.residual_channels,
+                                weights))
         sizes = {"residual_channels": self.residual_channels,
                  "skip_channels": self.skip_channels, "cond_channels": self.cond_channels,
                  "local_channels": self.local_channels}
@@ -149,8 +158,8 @@ class WaveNet(AutoregressiveModel):
     def event_shape(self, length: Optional[int] = None) -> Tuple[int, ...]:
         n = as_count(length)
         if n is None or n < 1:
-            raise ValueError("WaveNet: expected sequences of an int length >= 1 (samples; "
-                             "sample(n, cond, length=T) takes it), got %r" % (length,))
+            raise ValueError("WaveNet: expected sequences of an int length >= 1 (samples: x's "
+                             "last dimension; sample(n, cond, length=T)), got %r" % (length,))
         return (1, n)
 
     @property
@@ -197,6 +206,10 @@ class WaveNet(AutoregressiveModel):
                              "for %d samples at %d samples per frame, got %s"
                              % (batch, c.local_channels, frames, length, c.upsample,
                                 shape(local)))
+        for what, t in (("global", global_), ("local", local)):
+            if t is not None and t.device != self._device():
+                raise ValueError("WaveNet: expected the %s condition on the model's device (%s), "
+                                 "got %s" % (what, self._device(), t.device))
         if check_values and not torch.compiler.is_compiling():
             for what, t in (("global", global_), ("local", local)):
                 if t is not None and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
@@ -222,9 +235,9 @@ class WaveNet(AutoregressiveModel):
             except ValueError as e:
                 raise ValueError("WaveNet.sample: prefix: %s" % e) from None
         given = as_count(num_given)
-        if num_given is not None and (given is None or given > prefix.shape[2]):
-            raise ValueError("WaveNet.sample: num_given (%r) counts given samples: an int, at most "
-                             "what the prefix holds (%d)" % (num_given, prefix.shape[2]))
+        if num_given is not None and (given is None or not 0 <= given <= prefix.shape[2]):
+            raise ValueError("WaveNet.sample: expected an int num_given in [0, %d] (the samples "
+                             "the prefix holds), got %r" % (prefix.shape[2], num_given))
         num_given = prefix.shape[2] if num_given is None else num_given
         return F.pad(prefix, (0, length - prefix.shape[2])), num_given
 
@@ -268,8 +281,14 @@ class WaveNet(AutoregressiveModel):
         c = self.config
         sizes = [d * (c.kernel_size - 1) for d in c.dilations]
         # Times before 0 are never read from a ring: no clearing (torch.empty).
-        buffers = torch.empty(n, sum(sizes), c.residual_channels, dtype=dtype,
-                              device=weight.device)
+        try:
+            buffers = torch.empty(n, sum(sizes), c.residual_channels, dtype=dtype,
+                                  device=weight.device)
+        except RuntimeError as e:  # the allocator's message names neither cause nor model
+            raise ValueError("WaveNet.sample: the caches of %d sequences need %d x %d values "
+                             "(the dilations %s times kernel_size - 1): %s"
+                             % (n, sum(sizes), c.residual_channels, list(c.dilations),
+                                str(e).splitlines()[0])) from None
         cache = _WaveNetCache(
             x=torch.zeros(n, 1, length, dtype=torch.long, device=weight.device), cond=cond,
             buffers=buffers, global_bias=global_bias, local=local)

@@ -291,8 +291,14 @@ class CausalConv1d(nn.Conv1d):
         self.shift = shift
 
     def forward(self, x: Tensor) -> Tensor:
-        left = self.dilation[0] * (self.kernel_size[0] - 1) + int(self.shift)
-        return super().forward(F.pad(x, (left, -int(self.shift))))
+        (k,), (d,), shift = self.kernel_size, self.dilation, int(self.shift)
+        # Taps that reach before the sequence's start for every output read only zeros: they
+        # are dropped, so a dilation far beyond the length pads by the length, not by d (k - 1)
+        # (2^30 would allocate terabytes).
+        reach = min(k, max(x.shape[-1] - 1 - shift, 0) // d + 1)
+        weight = self.weight if reach == k else self.weight[:, :, k - reach:]
+        x = F.pad(x, (d * (reach - 1) + shift, -shift))
+        return F.conv1d(x, weight, self.bias, dilation=d)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", shift=%s" % self.shift

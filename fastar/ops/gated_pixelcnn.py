@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from fastar import reference
-from fastar.ops._common import check_same_device, declare_dtypes, use_reference
+from fastar.ops import _pixel_loop
+from fastar.ops._common import declare_dtypes, use_reference
 
-DTYPES = declare_dtypes("gated_pixelcnn_generate", (torch.float32, torch.float64))
+DTYPES = declare_dtypes("gated_pixelcnn_generate", _pixel_loop.DTYPES)
 PER_LAYER = ("v_w", "v_b", "link_w", "link_b", "h_w", "h_b", "out_w", "out_b")
 HEAD = ("head_w1", "head_b1", "head_w2", "head_b2")
 
@@ -100,33 +101,14 @@ def layer_args(model) -> List[int]:
 def _fake(x, state, u, start, end, num_given, weights, layer_args, num_values, cond_bias=None):
     """The kernel's checks of shapes, dtypes, devices and ranges (csrc/cpu/gated_pixelcnn.cpp,
     same messages where a table of refusals tests both), without the values."""
-    op = "fastar::gated_pixelcnn_generate"
-    check_same_device("gated_pixelcnn_generate", "x", x, state=state, u=u, cond_bias=cond_bias,
-                      **{"weights[%d]" % i: w for i, w in enumerate(weights)})
-    torch._check(x.dim() == 4 and x.dtype == torch.int64, lambda: "%s: expected x to be int64 "
-                 "of shape (batch, C, H, W), but got %s of shape %s"
-                 % (op, str(x.dtype).replace("torch.", ""), list(x.shape)))
-    B, C, H, W = x.shape
-    D = C * H * W
+    name = "gated_pixelcnn_generate"
+    op = "fastar::" + name
     L = len(layer_args) // 2
     torch._check(len(layer_args) % 2 == 0 and L > 0, lambda: "%s: expected layer_args as "
                  "(kernel_size, residual) pairs, but got %d values" % (op, len(layer_args)))
-    torch._check(len(weights) == L * len(PER_LAYER) + len(HEAD), lambda: "%s: expected %d "
-                 "packed weights for %d layers, but got %d"
-                 % (op, L * len(PER_LAYER) + len(HEAD), L, len(weights)))
-    torch._check(weights[0].dtype in DTYPES, lambda: "%s: expected float32 or float64 weights, "
-                 "but got %s" % (op, str(weights[0].dtype).replace("torch.", "")))
-    torch._check(u.dim() == 2 and tuple(u.shape) == (B, D) and u.dtype == torch.float64,
-                 lambda: "%s: expected float64 u of shape (%d, %d)" % (op, B, D))
-    torch._check(0 <= start <= end <= D, lambda: "%s: expected 0 <= start <= end <= %d, but got "
-                 "start %d and end %d" % (op, D, start, end))
-    torch._check(0 <= num_given <= D, lambda: "%s: expected num_given in [0, %d], but got %d"
-                 % (op, D, num_given))
-    torch._check(num_values >= 2, lambda: "%s: expected num_values >= 2, but got %d"
-                 % (op, num_values))
-    for i, w in enumerate(weights):
-        torch._check(w.dtype == weights[0].dtype, lambda: "%s: expected weights of one dtype "
-                     "(%s), but got %s at %d" % (op, weights[0].dtype, w.dtype, i))
+    _pixel_loop.check_loop_args(name, x, state, u, start, end, num_given, num_values, weights,
+                                L * len(PER_LAYER) + len(HEAD), "%d layers" % L, cond_bias)
+    B, C, H, W = x.shape
     cin, channels = C, []
     for l in range(L):
         k, half = layer_args[2 * l], layer_args[2 * l] // 2
@@ -151,24 +133,13 @@ def _fake(x, state, u, start, end, num_given, weights, layer_args, num_values, c
                      "keeps its width" % op)
         channels.append(ch)
         cin = ch
-    w1, b1, w2, b2 = weights[-4:]
-    torch._check(w1.dim() == 2 and w1.shape[0] == cin and w2.dim() == 2
-                 and w2.shape[0] == w1.shape[1] and w2.shape[1] % C == 0
-                 and tuple(b1.shape) == (w1.shape[1],) and tuple(b2.shape) == (w2.shape[1],),
-                 lambda: "%s: expected the head's packed weights (%d, head), (head), (head, C * "
-                 "outputs), (C * outputs)" % (op, cin))
-    NL = w2.shape[1] // C
-    torch._check(NL == num_values or (num_values == 2 and NL == 1), lambda: "%s: expected %d "
-                 "outputs per channel (1 for 2 values), but got %d" % (op, num_values, NL))
+    _pixel_loop.check_state(name, state, B, state_size((C, H, W), layer_args, channels),
+                            weights[0].dtype)
+    _pixel_loop.check_head(name, weights[-4:], cin, C, num_values)
     if cond_bias is not None:
         torch._check(tuple(cond_bias.shape) == (B, L, 2, 2 * channels[0])
                      and cond_bias.dtype == weights[0].dtype
                      and all(ch == channels[0] for ch in channels),
                      lambda: "%s: expected cond_bias (%d, %d, 2, %d) on the CPU in the weights' "
                      "dtype" % (op, B, L, 2 * channels[0]))
-    size = state_size((C, H, W), layer_args, channels)
-    torch._check(state.dim() == 2 and tuple(state.shape) == (B, size)
-                 and state.dtype == weights[0].dtype,
-                 lambda: "%s: expected state of shape (%d, %d) in the weights' dtype"
-                 % (op, B, size))
     return weights[0].new_empty((B, end - start))

@@ -3,7 +3,7 @@ packed weights of fastar/ops/gated_pixelcnn.py: naively, one forward pass of the
 per value (the layers as fastar.nn.GatedPixelCNNLayer computes them), so it checks the fused
 loop's caches against no cache at all."""
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,19 +53,28 @@ def gated_pixelcnn_generate(x: Tensor, state: Tensor, u: Tensor, start: int, end
     """Positions start .. end - 1 of x (B, C, H, W), raster order with channels last, in place;
     returns log p of their values (B, end - start). See fastar.ops.gated_pixelcnn_generate;
     state (the fused loop's caches) is not read: every value is computed from x."""
+    return naive_generate(lambda: _logits(x, weights, layer_args, num_values, cond_bias), x, u,
+                          start, end, num_given, num_values, weights[0].dtype)
+
+
+def naive_generate(logits: Callable[[], Tensor], x: Tensor, u: Tensor, start: int, end: int,
+                   num_given: int, num_values: int, dtype: torch.dtype) -> Tensor:
+    """The image samplers' loop, naively: per position t of [start, end) the head outputs of
+    the whole image x as it stands (logits(): (B, C * outputs, H, W)), value t drawn by
+    inverse CDF from u[:, t] unless given; log p of the values (B, end - start) in dtype."""
     B, C, H, W = x.shape
     flat = x.view(B, C, H * W)
     logps = []
     for t in range(start, end):
         pixel, c = divmod(t, C)
-        out = _logits(x, weights, layer_args, num_values, cond_bias)
+        out = logits()
         outputs = out.view(B, C, out.shape[1] // C, H * W)[:, c, :, pixel]
-        logits = (torch.cat([torch.zeros_like(outputs), outputs], dim=1)
+        values = (torch.cat([torch.zeros_like(outputs), outputs], dim=1)
                   if outputs.shape[1] == 1 and num_values == 2 else outputs)
         if t >= num_given:
-            flat[:, c, pixel] = categorical(logits, u[:, t])
-        logps.append(torch.log_softmax(logits.double(), dim=1).gather(
+            flat[:, c, pixel] = categorical(values, u[:, t])
+        logps.append(torch.log_softmax(values.double(), dim=1).gather(
             1, flat[:, c, pixel, None])[:, 0])
     if not logps:
-        return x.new_empty((B, 0), dtype=weights[0].dtype)
-    return torch.stack(logps, dim=1).to(weights[0].dtype)
+        return x.new_empty((B, 0), dtype=dtype)
+    return torch.stack(logps, dim=1).to(dtype)

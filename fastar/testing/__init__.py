@@ -4,6 +4,11 @@ pure-PyTorch reference ops, use `fastar.ops.implementation("reference")`.)"""
 
 import copy
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -223,3 +228,23 @@ class GatedPixelCNNStack(nn.Module):
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return h
+
+
+def seconds_to_stop_on_ctrl_c(script: str, after: float = 1.5) -> float:
+    """Runs a Python script in a subprocess (from the repository root) that prints "go" when its
+    long call starts, sends it SIGINT `after` seconds later, and returns how many seconds it
+    took to stop; AssertionError unless it stopped with a KeyboardInterrupt."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=root)
+    try:
+        assert proc.stdout.readline().strip() == "go", proc.stderr.read()
+        time.sleep(after)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err, err
+    return took
