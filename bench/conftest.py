@@ -308,9 +308,11 @@ def pytest_terminal_summary(terminalreporter):
     if speedups:  # what a user reads first
         terminalreporter.write_sep("=", "naive vs cached sampling")
         terminalreporter.write_line(speedups)
-    table = _table()  # also adds each record's speedup_vs
-    terminalreporter.write_sep("=", "fastar comparison (ratio > 1: faster than the baseline)")
-    terminalreporter.write_line(table)
+    if any("table" not in r for r in _records):
+        table = _table()  # also adds each record's speedup_vs
+        terminalreporter.write_sep("=", "fastar comparison (ratio > 1: faster than the "
+                                        "baseline)")
+        terminalreporter.write_line(table)
     _save()
     terminalreporter.write_line("results saved to %s" % os.path.relpath(_session["path"]))
 

@@ -38,3 +38,19 @@ def test_a_bad_argument_is_refused_by_kernel_and_fake_alike(device, name, change
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fastar.masked_linear(args["x"], args["weight"], args["mask"], args["bias"],
                                        list(args["blocks"]))
+
+
+BACKWARD_CASES = [
+    ("grad_out shape", dict(grad_out=torch.ones(3, 5, dtype=torch.float64)),
+     r"masked_linear_backward: expected grad_out of shape \(3, 4\)"),
+]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("name,change,message", BACKWARD_CASES, ids=[c[0] for c in BACKWARD_CASES])
+def test_a_bad_gradient_is_refused_by_kernel_and_fake_alike(device, name, change, message):
+    args = {**_args(), "grad_out": torch.ones(3, 4, dtype=torch.float64), **change}
+    args = {k: v.to(device) if torch.is_tensor(v) else v for k, v in args.items()}
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fastar.masked_linear_backward(args["grad_out"], args["x"], args["weight"],
+                                                args["mask"], list(args["blocks"]))

@@ -560,41 +560,61 @@ def test_gated_pixelcnn_colour_masking_links_a_pixels_channels_and_stays_normali
     assert abs(total - 1) > 1e-3
 
 
-@pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_the_fused_gated_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
+def _gated_loop_args():
     from fastar.ops import gated_pixelcnn as packing
     model = GatedPixelCNN(image_shape=(1, 3, 4), hidden_channels=4, num_layers=2,
                           head_channels=4).double()
     B, D = 2, 12
-    good = dict(x=torch.zeros(B, 1, 3, 4, dtype=torch.long),
+    return dict(x=torch.zeros(B, 1, 3, 4, dtype=torch.long),
                 state=torch.zeros(B, packing.model_state_size(model), dtype=torch.float64),
                 u=torch.rand(B, D, dtype=torch.float64), start=0, end=D, num_given=0,
                 weights=packing.pack(model), layer_args=packing.layer_args(model), num_values=2)
-    for change, message in (
-            (dict(x=torch.zeros(B, 3, 4, dtype=torch.long)), r"expected x to be int64 of shape"),
-            (dict(x=torch.zeros(B, 1, 3, 4)), r"expected x to be int64 of shape"),
-            (dict(u=torch.rand(B, D + 1, dtype=torch.float64)), r"expected float64 u of shape "
-                                                                  r"\(2, 12\)"),
-            (dict(u=torch.rand(B, D)), r"expected float64 u"),
-            (dict(end=D + 1), r"expected 0 <= start <= end <= 12"),
-            (dict(start=3, end=2), r"expected 0 <= start <= end <= 12"),
-            (dict(num_given=-1), r"expected num_given in \[0, 12\]"),
-            (dict(num_values=1), r"expected num_values >= 2"),
-            (dict(weights=good["weights"][:-1]), r"expected 20 packed weights for 2 layers"),
-            (dict(layer_args=[3]), r"expected layer_args as \(kernel_size, residual\) pairs"),
-            (dict(weights=[w.float() for w in good["weights"]],
-                  state=good["state"].float()), None),  # float32 is fine
-            (dict(weights=[w.half() for w in good["weights"]]), r"expected float32 or float64"),
-            (dict(state=good["state"][:, 1:]), r"expected state of shape \(2, \d+\)"),
-            (dict(num_values=3), r"expected 3 outputs per channel \(1 for 2 values\), but got 1"),
-            (dict(layer_args=[7, 1, 3, 1]), r"a residual layer keeps its width"),
-            (dict(layer_args=[4, 0, 3, 1]), r"expected odd kernel sizes >= 3, but got 4"),
-            (dict(weights=good["weights"][:1] + [good["weights"][1].float()]
-                  + good["weights"][2:]), r"expected weights of one dtype"),
-            (dict(weights=[good["weights"][0][1:]] + good["weights"][1:]),
-             r"expected layer 0's v_w of shape"),
-            (dict(cond_bias=torch.zeros(B, 2, 2, 7, dtype=torch.float64)),
-             r"expected cond_bias \(2, 2, 2, 8\)")):
+
+
+def gated_loop_refusals():
+    """(good arguments, [(change, message or None for accepted)]) of gated_pixelcnn_generate:
+    what its kernel and its fake refuse alike (test_ops checks that every refusal of the
+    kernel's source has a case here)."""
+    good = _gated_loop_args()
+    B, D = 2, 12
+    return good, [
+        (dict(x=torch.zeros(B, 3, 4, dtype=torch.long)), r"expected x to be int64 of shape"),
+        (dict(x=torch.zeros(B, 1, 3, 4)), r"expected x to be int64 of shape"),
+        (dict(u=torch.rand(B, D + 1, dtype=torch.float64)), r"expected float64 u of shape "
+                                                              r"\(2, 12\)"),
+        (dict(u=torch.rand(B, D)), r"expected float64 u"),
+        (dict(end=D + 1), r"expected 0 <= start <= end <= 12"),
+        (dict(start=3, end=2), r"expected 0 <= start <= end <= 12"),
+        (dict(num_given=-1), r"expected num_given in \[0, 12\]"),
+        (dict(num_values=1), r"expected num_values >= 2"),
+        (dict(weights=good["weights"][:-1]), r"expected 20 packed weights for 2 layers"),
+        (dict(layer_args=[3]), r"expected layer_args as \(kernel_size, residual\) pairs"),
+        (dict(weights=[w.float() for w in good["weights"]],
+              state=good["state"].float()), None),  # float32 is fine
+        (dict(weights=[w.half() for w in good["weights"]]), r"expected float32 or float64"),
+        (dict(state=good["state"][:, 1:]), r"expected state of shape \(2, \d+\)"),
+        (dict(num_values=3), r"expected 3 outputs per channel \(1 for 2 values\), but got 1"),
+        (dict(layer_args=[7, 1, 3, 1]), r"a residual layer keeps its width"),
+        (dict(layer_args=[4, 0, 3, 1]), r"expected odd kernel sizes >= 3, but got 4"),
+        (dict(weights=good["weights"][:1] + [good["weights"][1].float()]
+              + good["weights"][2:]), r"expected weights of one dtype"),
+        (dict(weights=[good["weights"][0][1:]] + good["weights"][1:]),
+         r"expected layer 0's v_w of shape"),
+        (dict(weights=good["weights"][:4] + [good["weights"][4][1:]] + good["weights"][5:]),
+         r"expected layer 0's h_w of shape"),
+        (dict(weights=good["weights"][:1] + [good["weights"][1][1:]] + good["weights"][2:]),
+         r"expected layer 0's packed weight 1 of shape \[8\]"),
+        (dict(weights=good["weights"][:-4] + [good["weights"][-4][1:]] + good["weights"][-3:]),
+         r"expected the head's packed weights"),
+        (dict(cond_bias=torch.zeros(B, 2, 2, 7, dtype=torch.float64)),
+         r"expected cond_bias \(2, 2, 2, 8\)")]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_the_fused_gated_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
+    good, cases = gated_loop_refusals()
+    B, D = 2, 12
+    for change, message in cases:
         args = {k: v.to(device) if torch.is_tensor(v) else
                 [t.to(device) for t in v] if k == "weights" else v
                 for k, v in {**good, **change}.items()}
@@ -639,39 +659,77 @@ def test_a_fused_image_loop_refuses_a_state_it_did_not_leave(name):
         op(x, state, u, 5, 12, 0, weights, args, 2)
 
 
-@pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_the_fused_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
+def image_loop_value_cases(good):
+    """(change, message) of what only values show to gated_pixelcnn_generate and
+    pixelcnn_generate (the CPU kernels check them, the fakes cannot), from good arguments."""
+    big = good["x"].clone()
+    big.view(2, -1)[1, 2] = 5
+    nan_head = [w.clone() for w in good["weights"]]
+    nan_head[-1].fill_(float("nan"))
+    return [
+        (dict(start=3), r"expected state left by a call that stopped at start = 3"),
+        (dict(x=big, num_given=3),
+         r"expected the given values \(the 3 first in generation order\) in \[0, 2\), but got 5"),
+        (dict(u=torch.ones(2, 12, dtype=torch.float64)), r"expected u in \[0, 1\), but got 1"),
+        (dict(weights=nan_head), r"the model's output defines no distribution")]
+
+
+@pytest.mark.parametrize("name", ["gated_pixelcnn_generate", "pixelcnn_generate"])
+def test_a_fused_image_loop_refuses_given_values_and_uniforms_it_cannot_use(name):
+    good = (_gated_loop_args if name == "gated_pixelcnn_generate" else _pixelcnn_loop_args)()
+    op = getattr(torch.ops.fastar, name)
+    for change, message in image_loop_value_cases(good):
+        with pytest.raises(RuntimeError, match="fastar::%s: %s" % (name, message)):
+            op(**{**good, **change, "state": good["state"].clone()})
+
+
+def _pixelcnn_loop_args():
     from fastar.ops import pixelcnn as packing
     model = PixelCNN(image_shape=(1, 3, 4), hidden_channels=4, num_layers=2,
                      head_channels=4).double()
     B, D = 2, 12
-    w = packing.pack(model)
-    good = dict(x=torch.zeros(B, 1, 3, 4, dtype=torch.long),
+    return dict(x=torch.zeros(B, 1, 3, 4, dtype=torch.long),
                 state=torch.zeros(B, packing.model_state_size(model), dtype=torch.float64),
                 u=torch.rand(B, D, dtype=torch.float64), start=0, end=D, num_given=0,
-                weights=w, kernel_sizes=packing.kernel_sizes(model), num_values=2)
-    for change, message in (
-            (dict(x=torch.zeros(B, 3, 4, dtype=torch.long)), r"expected x to be int64 of shape"),
-            (dict(u=torch.rand(B, D + 1, dtype=torch.float64)), r"expected float64 u of shape "
-                                                                  r"\(2, 12\)"),
-            (dict(end=D + 1), r"expected 0 <= start <= end <= 12"),
-            (dict(num_given=D + 1), r"expected num_given in \[0, 12\]"),
-            (dict(num_values=1), r"expected num_values >= 2"),
-            (dict(kernel_sizes=[]), r"expected kernel_sizes of the first convolution"),
-            (dict(weights=w[:-1]), r"expected 18 packed weights for 2 blocks"),
-            (dict(kernel_sizes=[7, 3]), r"expected 12 packed weights for 1 blocks"),
-            (dict(weights=[t.float() for t in w], state=good["state"].float()), None),
-            (dict(weights=[t.half() for t in w]), r"expected float32 or float64"),
-            (dict(weights=w[:1] + [w[1].float()] + w[2:]), r"expected weights of one dtype"),
-            (dict(kernel_sizes=[7, 3, 4]), r"expected odd kernel sizes >= 3, but got 4"),
-            (dict(kernel_sizes=[5, 3, 3]), r"expected the first convolution \(packed weight "
-                                            r"0\) of shape"),
-            (dict(weights=w[:2] + [w[2][:, 1:]] + w[3:]), r"expected a block's first 1x1"),
-            (dict(weights=w[:12] + [w[12][1:]] + w[13:]), r"expected a block's last 1x1"),
-            (dict(state=good["state"][:, 1:]), r"expected state of shape \(2, \d+\)"),
-            (dict(weights=w[:-2] + [w[-2][:, :1].expand(4, 3).contiguous(), w[-1][:1].repeat(3)]),
-             r"expected 2 outputs per channel \(1 for 2 values\), but got 3"),
-            (dict(weights=w[:-4] + [w[-4][1:]] + w[-3:]), r"expected the head's packed weights")):
+                weights=packing.pack(model), kernel_sizes=packing.kernel_sizes(model),
+                num_values=2)
+
+
+def pixelcnn_loop_refusals():
+    """As gated_loop_refusals, for pixelcnn_generate."""
+    good = _pixelcnn_loop_args()
+    B, D, w = 2, 12, good["weights"]
+    return good, [
+        (dict(x=torch.zeros(B, 3, 4, dtype=torch.long)), r"expected x to be int64 of shape"),
+        (dict(u=torch.rand(B, D + 1, dtype=torch.float64)), r"expected float64 u of shape "
+                                                              r"\(2, 12\)"),
+        (dict(end=D + 1), r"expected 0 <= start <= end <= 12"),
+        (dict(num_given=D + 1), r"expected num_given in \[0, 12\]"),
+        (dict(num_values=1), r"expected num_values >= 2"),
+        (dict(kernel_sizes=[]), r"expected kernel_sizes of the first convolution"),
+        (dict(weights=w[:-1]), r"expected 18 packed weights for 2 blocks"),
+        (dict(kernel_sizes=[7, 3]), r"expected 12 packed weights for 1 blocks"),
+        (dict(weights=[t.float() for t in w], state=good["state"].float()), None),
+        (dict(weights=[t.half() for t in w]), r"expected float32 or float64"),
+        (dict(weights=w[:1] + [w[1].float()] + w[2:]), r"expected weights of one dtype"),
+        (dict(kernel_sizes=[7, 3, 4]), r"expected odd kernel sizes >= 3, but got 4"),
+        (dict(weights=w[:1] + [w[1][None]] + w[2:]), r"expected the first bias \(packed "
+                                                      r"weight 1\) of shape"),
+        (dict(kernel_sizes=[5, 3, 3]), r"expected the first convolution \(packed weight "
+                                        r"0\) of shape"),
+        (dict(weights=w[:2] + [w[2][:, 1:]] + w[3:]), r"expected a block's first 1x1"),
+        (dict(weights=w[:12] + [w[12][1:]] + w[13:]), r"expected a block's last 1x1"),
+        (dict(state=good["state"][:, 1:]), r"expected state of shape \(2, \d+\)"),
+        (dict(weights=w[:-2] + [w[-2][:, :1].expand(4, 3).contiguous(), w[-1][:1].repeat(3)]),
+         r"expected 2 outputs per channel \(1 for 2 values\), but got 3"),
+        (dict(weights=w[:-4] + [w[-4][1:]] + w[-3:]), r"expected the head's packed weights")]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_the_fused_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
+    good, cases = pixelcnn_loop_refusals()
+    B, D = 2, 12
+    for change, message in cases:
         args = {k: v.to(device) if torch.is_tensor(v) else
                 [t.to(device) for t in v] if k == "weights" else v
                 for k, v in {**good, **change}.items()}

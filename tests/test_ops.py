@@ -2,6 +2,8 @@
 tails, sampler statistics, error messages) is tested in its own file."""
 
 import contextlib
+import os
+import re
 
 import pytest
 import torch
@@ -314,3 +316,93 @@ def test_masked_linear_refuses_a_mask_that_requires_grad():
     y = ops.masked_linear(x, w, mask, None, ops.staircase_blocks(mask.detach(), 2))
     with pytest.raises(RuntimeError, match="the mask gets no gradient"):
         y.sum().backward()
+
+
+# --- every refusal of a kernel's source has a case in a refusal table ---------------------------
+
+_CHECK_SOURCES = {
+    "wavenet_generate": ["csrc/common/wavenet_args.cpp"],
+    "masked_linear": ["csrc/masked_linear.cpp"],
+    "gated_pixelcnn_generate": ["csrc/cpu/gated_pixelcnn.cpp", "csrc/cpu/pixel_loop.h"],
+    "pixelcnn_generate": ["csrc/cpu/pixelcnn.cpp", "csrc/cpu/pixel_loop.h"],
+}
+
+
+def _kernel_refusals(op):
+    """Each TORCH_CHECK of op's sources as (path, regex of its message): its string literals
+    in order, whatever the code puts between them matched by anything."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = []
+    for path in _CHECK_SOURCES[op]:
+        with open(os.path.join(root, path)) as f:
+            source = f.read()
+        for check in re.finditer(r"TORCH_CHECK\((.*?)\);", source, re.S):
+            literals, end = [], None
+            for m in re.finditer(r'"((?:[^"\\]|\\.)*)"', check.group(1)):
+                if end is not None and "?" in check.group(1)[end:m.start()]:
+                    break  # a ternary's text: either may come
+                literals.append(bytes(m.group(1), "utf-8").decode("unicode_escape"))
+                end = m.end()
+            literals = [t for t in literals if t != "fastar::"]
+            if literals:
+                out.append((path, "".join(literals),
+                            ".*".join(re.escape(t) for t in literals)))
+    return out
+
+
+def _table_errors(op):
+    """The messages op raises on the CPU for every case of its refusal tables (test_wavenet,
+    test_masked_linear, test_models)."""
+    import test_masked_linear
+    import test_models
+    import test_wavenet
+
+    def raised(fn):
+        try:
+            fn()
+        except RuntimeError as e:
+            return str(e).splitlines()[0]
+        return ""
+
+    if op == "wavenet_generate":
+        model, n, T, call = test_wavenet.refusal_call()
+        cases = test_wavenet._refusal_cases(model, n, T) + test_wavenet._value_refusal_cases(n, T)
+        return [raised(lambda: call(**kwargs)) for _, kwargs, _ in cases]
+    if op == "masked_linear":
+        out = []
+        for _, change, _ in test_masked_linear.CASES:
+            a = {**test_masked_linear._args(), **change}
+            out.append(raised(lambda: torch.ops.fastar.masked_linear(
+                a["x"], a["weight"], a["mask"], a["bias"], list(a["blocks"]))))
+        for _, change, _ in test_masked_linear.BACKWARD_CASES:
+            a = {**test_masked_linear._args(), "grad_out": None, **change}
+            out.append(raised(lambda: torch.ops.fastar.masked_linear_backward(
+                a["grad_out"], a["x"], a["weight"], a["mask"], list(a["blocks"]))))
+        return out
+    good, cases = (test_models.gated_loop_refusals if op == "gated_pixelcnn_generate"
+                   else test_models.pixelcnn_loop_refusals)()
+    fn = getattr(torch.ops.fastar, op)
+    return [raised(lambda: fn(**{**good, **change, "state": good["state"].clone()}))
+            for change, _ in cases + test_models.image_loop_value_cases(good)]
+
+
+# Checks no cpu-and-meta table can reach, and where they are tested instead.
+_TESTED_ELSEWHERE = (
+    # meta weights beside CPU x: test_a_meta_tensor_beside_a_real_one_raises (op_db rows)
+    "expected CPU weights", "expected x and u on the CPU", "on the same device as the weights",
+    # GatedPixelCNN builds layers of one width: only hand-packed weights of several widths
+    # with a condition reach it (its cond_bias indexing assumes one width)
+    "cond_bias needs layers of one width",
+)
+
+
+@pytest.mark.parametrize("op", list(_CHECK_SOURCES))
+def test_every_refusal_in_a_kernels_source_has_a_case_in_its_table(op):
+    """The refusal tables run each case on the CPU kernel and the fake (meta) one alike; this
+    reads the kernel's checks from its source and runs the tables' cases, so a check added
+    without a case that raises it fails here."""
+    errors = _table_errors(op)
+    missing = [(path, text) for path, text, pattern in _kernel_refusals(op)
+               if not any(re.search(pattern, e) for e in errors)
+               and not any(t in text for t in _TESTED_ELSEWHERE)]
+    assert not missing, "refusals without a case in %s's table: %s" % (op, missing)

@@ -310,6 +310,40 @@ def test_a_generation_from_the_start_never_reads_what_the_rings_held(kernel_size
     assert torch.equal(results[0][1], results[1][1])
 
 
+def _value_refusal_cases(n, T):
+    """(name, call arguments, message) of what only the values show (x and u of _medium)."""
+    return [("given values", dict(x=torch.full((n, T), 40), num_given=3),
+             r"expected the given values x\[:, :3\] in \[0, 32\), but got values in \[40, 40\]"),
+            ("values before start", dict(x=torch.full((n, T), 10 ** 12), start=5),
+             r"expected the given values x\[:, :5\] in \[0, 32\)"),
+            ("u = 1", dict(u=torch.ones(n, T, dtype=torch.float64)), r"expected u in \[0, 1\)"),
+            ("u NaN", dict(u=torch.full((n, T), float("nan"), dtype=torch.float64)),
+             r"expected u in \[0, 1\)")]
+
+
+def refusal_call():
+    """(model, n, T, call): call(device="cpu", **changes) runs wavenet_generate on _medium's
+    packed weights with good arguments but the changes (the refusal tables' cases)."""
+    model = _medium()
+    c, n, T = model.config, 2, 8
+    w = list(model.packed_weights())
+    x, u = torch.zeros(n, T, dtype=torch.long), torch.rand(n, T, dtype=torch.float64)
+
+    def call(x=x, buffers=None, u=u, start=0, end=T, num_given=0, weights=w, device="cpu",
+             **kw):
+        buffers = _buffers(model, n) if buffers is None else buffers
+        args = [x.clone(), buffers, u, start, end, num_given, weights,
+                kw.pop("dilations", c.dilations)]
+        move = (lambda t: t.to(device)) if device != "cpu" else (lambda t: t)
+        args = [move(a) if torch.is_tensor(a) else [move(t) for t in a] if isinstance(a, list)
+                else a for a in args]
+        kw = {k: None if v is None else move(v) for k, v in kw.items()
+              if k != "num_mixtures"} | ({"num_mixtures": kw["num_mixtures"]}
+                                         if "num_mixtures" in kw else {})
+        return ops.wavenet_generate(*args, **kw)
+    return model, n, T, call
+
+
 def _refusal_cases(model, n, T):
     """(name, call arguments, message) of what wavenet_generate refuses, from its shape, dtype
     and range checks (csrc/common/wavenet_args.cpp, fastar.ops.wavenet.check_args)."""
@@ -336,6 +370,12 @@ def _refusal_cases(model, n, T):
          r"expected out_weight of shape \(3, 32, \*\)"),
         ("no dilations", dict(dilations=()), "expected at least one dilation"),
         ("weights", dict(weights=w[:9]), r"expected 10 packed weights \(embed, .*\), but got 9"),
+        ("empty embed", dict(weights=[w[0][:, :, :0]] + w[1:]),
+         "expected embed with no empty dim"),
+        ("no skip channels", dict(weights=w[:4] + [w[4][:, :, :w[0].shape[2]]] + w[5:]),
+         r"expected out_weight's last dim \(\d+\) to exceed residual_channels"),
+        ("softmax head", dict(weights=w[:8] + [w[8][:, :3], w[9][:3]]),
+         r"expected a softmax head of num_values \(32\) outputs"),
         ("half weights", dict(weights=[t.half() for t in w]),
          "expected float32 or float64 weights"),
         ("weight dtype", dict(weights=w[:7] + [w[7].float()] + w[8:]),
@@ -357,23 +397,9 @@ def _refusal_cases(model, n, T):
 def test_the_fused_loop_rejects_what_it_cannot_generate_from():
     """Every refusal alike from the CPU kernel, the fake (meta) kernel that torch.compile
     traces with, and the reference: none returns numbers for what another refuses."""
-    model = _medium()
-    c, n, T = model.config, 2, 8
-    w = list(model.packed_weights())
-    x, u = torch.zeros(n, T, dtype=torch.long), torch.rand(n, T, dtype=torch.float64)
-
-    def call(x=x, buffers=None, u=u, start=0, end=T, num_given=0, weights=w, device="cpu",
-             **kw):
-        buffers = _buffers(model, n) if buffers is None else buffers
-        args = [x.clone(), buffers, u, start, end, num_given, weights,
-                kw.pop("dilations", c.dilations)]
-        move = (lambda t: t.to(device)) if device != "cpu" else (lambda t: t)
-        args = [move(a) if torch.is_tensor(a) else [move(t) for t in a] if isinstance(a, list)
-                else a for a in args]
-        kw = {k: None if v is None else move(v) for k, v in kw.items()
-              if k != "num_mixtures"} | ({"num_mixtures": kw["num_mixtures"]}
-                                         if "num_mixtures" in kw else {})
-        return ops.wavenet_generate(*args, **kw)
+    model, n, T, call = refusal_call()
+    c, w = model.config, list(model.packed_weights())
+    u = torch.rand(n, T, dtype=torch.float64)
 
     for name, kwargs, message in _refusal_cases(model, n, T):
         for where in ("cpu", "meta", "reference"):
@@ -384,14 +410,7 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
                 else:
                     call(device=where, **kwargs)
     # What only values show: the CPU kernel's and the reference's checks (meta has no values).
-    for name, kwargs, message in (
-            ("given values", dict(x=torch.full((n, T), 40), num_given=3),
-             r"expected the given values x\[:, :3\] in \[0, 32\), but got values in \[40, 40\]"),
-            ("values before start", dict(x=torch.full((n, T), 10 ** 12), start=5),
-             r"expected the given values x\[:, :5\] in \[0, 32\)"),
-            ("u = 1", dict(u=torch.ones(n, T, dtype=torch.float64)), r"expected u in \[0, 1\)"),
-            ("u NaN", dict(u=torch.full((n, T), float("nan"), dtype=torch.float64)),
-             r"expected u in \[0, 1\)")):
+    for name, kwargs, message in _value_refusal_cases(n, T):
         with pytest.raises(RuntimeError, match=message):
             call(**kwargs)
         with pytest.raises(RuntimeError, match=message), ops.implementation("reference"):

@@ -291,7 +291,8 @@ at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor&
         {5, {2 * ch}}, {6, {ch, ch}},          {7, {ch}}};
     for (const auto& [i, shape] : expected)
       TORCH_CHECK(weights[l * kPerLayer + i].sizes() == c10::IntArrayRef(shape), "fastar::", kOp,
-                  ": expected layer ", l, "'s packed weight ", i, " of shape ", shape,
+                  ": expected layer ", l, "'s packed weight ", i, " of shape ",
+                  c10::IntArrayRef(shape),
                   ", but got ", weights[l * kPerLayer + i].sizes());
     const bool residual = layer_args[2 * l + 1] != 0;
     TORCH_CHECK(!residual || in == ch, "fastar::", kOp, ": a residual layer keeps its width");

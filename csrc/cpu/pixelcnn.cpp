@@ -233,7 +233,7 @@ at::Tensor pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor& state
   const int64_t inner = L > 0 && weights[kFirst + 1].dim() == 1 ? weights[kFirst + 1].size(0) : 0;
   auto expect = [&](int64_t i, std::vector<int64_t> shape, const char* what) {
     TORCH_CHECK(weights[i].sizes() == c10::IntArrayRef(shape), "fastar::", kOp, ": expected ",
-                what, " (packed weight ", i, ") of shape ", shape, ", but got ",
+                what, " (packed weight ", i, ") of shape ", c10::IntArrayRef(shape), ", but got ",
                 weights[i].sizes());
   };
   TORCH_CHECK(hidden > 0, "fastar::", kOp, ": expected the first bias (packed weight 1) of shape ",
