@@ -122,8 +122,12 @@ def _extension():
         ext_cls = cpp_extension.CUDAExtension
     else:
         ext_cls = cpp_extension.CppExtension
-    print("fastar: CUDA kernels %s (%s)%s" % (
-        "ON" if with_cuda else "OFF", why, ", archs " + archs if archs else ""))
+    cpp = [f for f in sources if not f.endswith(".cu")]
+    print("fastar: compiling %d C++ files (every CPU kernel)" % len(cpp))
+    print("fastar: CUDA kernels %s (%s)%s%s" % (
+        "ON" if with_cuda else "OFF", why,
+        ": %d .cu files for archs %s" % (len(sources) - len(cpp), archs) if archs else "",
+        "; FASTAR_FORCE_CPU=1 skips them (most of the build's time)" if with_cuda else ""))
     build_info = {
         "version": _version(),
         "torch": torch.__version__,

@@ -103,6 +103,8 @@ def _runner(fn, device):
 
 
 def pytest_addoption(parser):
+    parser.addoption("--benchmark-tables", action="store_true",
+                     help="also print pytest-benchmark's own per-test tables")
     parser.addoption("--time-scale", type=float, default=1.0,
                      help="scales the seconds each benchmark fills (still 5 rounds at least); "
                           ".ci/gpu passes 0.3 to fit its time limit")
@@ -248,34 +250,41 @@ def _speedup_table():
 
 
 def _table():
-    lines = []
+    """One line per record: the fastest round per item where the group times items (a sampler's
+    samples: per sample, whatever a call generates), its ratios to the group's baselines, and
+    the columns some row fills (GB/s, % of a copy's, items/s, peak MB)."""
     groups = {}
     for r in _records:
         if "table" not in r:  # the sampling table's cells are printed by _speedup_table
             groups.setdefault(r["group"], []).append(r)
-    header = "%-52s %-13s %10s %9s %11s %9s %9s %7s %7s %9s %9s" % (
-        "group", "impl", "min ms", "vs eager", "vs compile", "vs naive", "vs queue", "GB/s",
-        "% copy", "items/s", "peak MB")
-    lines += [header, "-" * len(header)]
-    for group, rows in groups.items():
+    names = ["group", "impl", "min ms", *("vs " + b.split("-")[0] for b in BASELINES), "GB/s",
+             "% copy", "items/s", "peak MB"]
+    rows = []
+    for group, records in groups.items():
         # Time per item where rows time different numbers of items per call (samplers).
-        base = {r["impl"]: r["min_s"] / r.get("items", 1) for r in rows}
+        base = {r["impl"]: r["min_s"] / r.get("items", 1) for r in records}
         # A "copy" row (a plain copy measured beside the op): the bandwidth the op is held to.
-        copy_gbs = next((r["GB_per_s"] for r in rows if r["impl"] == "copy"), None)
-        for r in rows:
+        copy_gbs = next((r["GB_per_s"] for r in records if r["impl"] == "copy"), None)
+        for r in records:
             per_item = r["min_s"] / r.get("items", 1)
             ratios = ["%.2fx" % (base[b] / per_item) if b in base else "-" for b in BASELINES]
-            gbs = "%.1f" % r["GB_per_s"] if "GB_per_s" in r else "-"
             of_copy = "-"
             if copy_gbs and "GB_per_s" in r and r["impl"] != "copy":
                 r["GB_per_s_of_copy"] = r["GB_per_s"] / copy_gbs
                 of_copy = "%.0f%%" % (100 * r["GB_per_s_of_copy"])
-            rate = "%.0f" % r["items_per_s"] if "items_per_s" in r else "-"
-            peak = ("%.0f" % (r["peak_memory_bytes"] / 2**20)
-                    if "peak_memory_bytes" in r else "-")
-            lines.append("%-52s %-13s %10.2f %9s %11s %9s %9s %7s %7s %9s %9s" % (
-                group, r["impl"], r["min_s"] * 1e3, *ratios, gbs, of_copy, rate, peak))
+            rows.append([group, r["impl"], "%.4g%s" % (per_item * 1e3, "/item" if "items" in r
+                                                     else ""), *ratios,
+                         "%.1f" % r["GB_per_s"] if "GB_per_s" in r else "-", of_copy,
+                         "%.0f" % r["items_per_s"] if "items_per_s" in r else "-",
+                         "%.0f" % (r["peak_memory_bytes"] / 2**20)
+                         if "peak_memory_bytes" in r else "-"])
             r["speedup_vs"] = {b: base[b] / per_item for b in BASELINES if b in base}
+    keep = [i for i in range(len(names)) if i < 3 or any(row[i] != "-" for row in rows)]
+    widths = [max(len(names[i]), *(len(row[i]) for row in rows)) for i in keep]
+    fmt = "  ".join("%%-%ds" % w if i < 2 else "%%%ds" % w for i, w in zip(keep, widths))
+    header = fmt % tuple(names[i] for i in keep)
+    lines = [header, "-" * len(header)]
+    lines += [fmt % tuple(row[i] for i in keep) for row in rows]
     return "\n".join(lines)
 
 
@@ -315,6 +324,14 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(table)
     _save()
     terminalreporter.write_line("results saved to %s" % os.path.relpath(_session["path"]))
+
+
+def pytest_sessionstart(session):
+    """pytest-benchmark's own tables (seconds per test, interleaved rounds counted as one) are
+    off unless asked for: the tables above say what was measured."""
+    bench = getattr(session.config, "_benchmarksession", None)
+    if bench is not None and not session.config.getoption("--benchmark-tables"):
+        bench.display = lambda terminalreporter: None
 
 
 @pytest.fixture(autouse=True)

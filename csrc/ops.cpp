@@ -2,6 +2,7 @@
 // fake (meta) kernels and autograd are registered from Python, one module per op family
 // (fastar/ops/<family>.py).
 
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastar, m) {
@@ -73,4 +74,12 @@ TORCH_LIBRARY(fastar, m) {
   m.def(
       "pixelcnn_generate(Tensor(a!) x, Tensor(b!) state, Tensor u, int start, int end, "
       "int num_given, Tensor[] weights, int[] kernel_sizes, int num_values) -> Tensor");
+}
+
+// The generation loops draw integers and are not differentiable: their Autograd kernel makes a
+// backward pass through them raise, naming the op (the default fallback only warned, and let
+// the pass run with no gradient for what came in).
+TORCH_LIBRARY_IMPL(fastar, Autograd, m) {
+  for (const char* op : {"wavenet_generate", "gated_pixelcnn_generate", "pixelcnn_generate"})
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }

@@ -58,6 +58,9 @@ def _default_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+_DEVICE_HELP = "where to run: cpu, cuda or cuda:N (the default: cuda where a GPU is visible)"
+
+
 def _device(text):
     try:
         device = torch.device(text)
@@ -69,28 +72,45 @@ def _device(text):
     return text
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or not action.option_strings
+                or any(action.default is v for v in (None, argparse.SUPPRESS, False))
+                or action.default == ""):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m fastar", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    kw = {"formatter_class": _HelpWithDefaults}
 
     d = sub.add_parser("demo", help="train (or reuse) a small Gated PixelCNN on binarized "
-                                    "MNIST, score it and draw samples")
+                                    "MNIST, score it and draw samples", **kw)
     d.add_argument("--out", default="fastar-demo", help="where the checkpoint and PNG go")
     d.add_argument("--steps", type=_int_at_least(1), default=None,
                    help="training steps (default: about two minutes' worth on a 2-core CPU)")
     d.add_argument("--test-limit", type=_int_at_least(0), default=0,
                    help="score the first N test images only (0: all 10,000)")
-    d.add_argument("--device", type=_device, default=_default_device())
+    d.add_argument("--device", type=_device, default=_default_device(), help=_DEVICE_HELP)
 
-    t = sub.add_parser("train", help="train a model; resumes from OUT/checkpoint.pt")
-    t.add_argument("model", choices=sorted(models.MODELS))
-    t.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
-    t.add_argument("--epochs", type=_int_at_least(1), default=10)
+    t = sub.add_parser("train", help="train a model; resumes from OUT/checkpoint.pt", **kw)
+    t.add_argument("model", choices=sorted(models.MODELS), help="the model to train")
+    t.add_argument("--dataset", required=True, choices=sorted(data.DATASETS),
+                   help="the data set (its train, valid and test splits)")
+    t.add_argument("--epochs", type=_int_at_least(1), default=10,
+                   help="passes over the train split")
     t.add_argument("--batch-size", type=_int_at_least(1), default=64,
-                   help="global, over all processes")
-    t.add_argument("--eval-batch-size", type=_int_at_least(1), default=256)
-    t.add_argument("--lr", type=_positive_float, default=1e-3)
-    t.add_argument("--seed", type=_seed, default=0)
+                   help="examples per step, global over all processes")
+    t.add_argument("--eval-batch-size", type=_int_at_least(1), default=256,
+                   help="examples per forward pass when scoring the valid split")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam's learning rate")
+    t.add_argument("--seed", type=_seed, default=0,
+                   help="seeds the weights, the data order and dropout")
     t.add_argument("--limit", type=_int_at_least(0), default=0,
                    help="use the first N examples of each split only (0: all)")
     t.add_argument("--model-args", type=_model_args, default={},
@@ -98,16 +118,19 @@ def _parser():
     t.add_argument("--out", default=os.path.join("runs", "default"),
                    help="where checkpoints go (default: runs/default, relative to the working "
                         "directory; ignored by git in a checkout)")
-    t.add_argument("--device", type=_device, default=_default_device())
+    t.add_argument("--device", type=_device, default=_default_device(), help=_DEVICE_HELP)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--conditional", action="store_true",
                    help="condition on the class labels (gated_pixelcnn)")
 
-    e = sub.add_parser("eval", help="NLL in nats and bits/dim of a checkpoint")
-    e.add_argument("checkpoint")
-    e.add_argument("--split", default="test", choices=data.SPLITS)
-    e.add_argument("--batch-size", type=_int_at_least(1), default=256)
-    e.add_argument("--limit", type=_int_at_least(0), default=0)
+    e = sub.add_parser("eval", help="NLL in nats and bits/dim (images) or bits/sample (audio) "
+                                    "of a checkpoint", **kw)
+    e.add_argument("checkpoint", help="a checkpoint.pt or best.pt written by train or demo")
+    e.add_argument("--split", default="test", choices=data.SPLITS, help="the split scored")
+    e.add_argument("--batch-size", type=_int_at_least(1), default=256,
+                   help="examples per forward pass")
+    e.add_argument("--limit", type=_int_at_least(0), default=0,
+                   help="score the first N examples of the split only (0: all)")
     e.add_argument("--samples", default="", help="write samples here: a PNG grid of 16 images, "
                    "or for audio a WAV of one clip")
     e.add_argument("--sample-length", type=_int_at_least(1), default=8000,
@@ -115,7 +138,7 @@ def _parser():
     e.add_argument("--complete", default="", help="image models: write a PNG grid of 8 images "
                    "of the split with their bottom half hidden and completed 4 times (rows: "
                    "original, occluded, completions)")
-    e.add_argument("--device", type=_device, default=_default_device())
+    e.add_argument("--device", type=_device, default=_default_device(), help=_DEVICE_HELP)
     return parser
 
 
@@ -159,7 +182,7 @@ def _run(args):
             model, state = checkpoint.load_model(args.checkpoint, args.device)
         except checkpoint.RunError as e:
             raise SystemExit("python -m fastar eval: %s" % e)
-        is_audio = len(model.event_shape(args.sample_length)) == 2
+        is_audio = evaluate.is_audio(model)
         for flag, path in (("samples", args.samples), ("complete", args.complete)):
             try:  # before minutes of scoring and sampling
                 if path and flag == "complete" and is_audio:
@@ -172,8 +195,8 @@ def _run(args):
         x, y = evaluate.load_split(state["dataset"], args.split, args.limit,
                                    bool(num_classes))
         nats, bpd = evaluate.evaluate(model, x, args.batch_size, args.device, y=y)
-        print("%s %s (%d examples): %.2f nats, %.4f bits/dim" % (
-            state["dataset"], args.split, len(x), nats, bpd))
+        print("%s %s (%d examples): %.2f nats, %.4f %s" % (
+            state["dataset"], args.split, len(x), nats, bpd, evaluate.bits_unit(model)))
         if args.samples:
             evaluate.save_samples(model, args.samples, num_classes=num_classes,
                                   length=args.sample_length)

@@ -51,6 +51,16 @@ def evaluate(model, x, batch_size, device, rank=0, world_size=1, y=None,
     return nats, bits_per_dim(nats, x[0].numel())
 
 
+def bits_unit(model) -> str:
+    """What bits are counted per: an audio sample, or a dimension (a channel of a pixel) of an
+    image; the one unit of the CLI, the demo and README per modality."""
+    return "bits/sample" if is_audio(model) else "bits/dim"
+
+
+def is_audio(model) -> bool:
+    return len(model.event_shape(1)) == 2  # (1, T)
+
+
 def check_samples_path(path: str, is_audio: bool) -> None:
     """ValueError unless path ends in the suffix of what the model makes (.wav for audio,
     .png for images) and its folder exists: checked before sampling, not after."""
@@ -59,7 +69,7 @@ def check_samples_path(path: str, is_audio: bool) -> None:
         raise ValueError("samples of %s model are written as %s: expected a path ending in %s, "
                          "got %r" % ("an audio" if is_audio else "an image", suffix.upper()[1:],
                                      suffix, path))
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(os.path.realpath(path))  # where atomic_write writes, links followed
     if os.path.isdir(path):
         raise ValueError("cannot write samples to %s: it is a folder" % path)
     if not os.path.isdir(folder):
@@ -80,14 +90,15 @@ def save_samples(model, path: str, n: Optional[int] = None, seed: int = 0,
     Images: n (default 16) as a PNG grid, one column per class for a class-conditional model.
     Audio (event (1, T)): n (default 1) mu-law clips of `length` samples one after another, a
     quarter second of silence between, as a 16-bit WAV at `rate`."""
-    is_audio = len(model.event_shape(length)) == 2  # (1, T)
-    check_samples_path(path, is_audio)  # before minutes of sampling
+    audio_model = is_audio(model)
+    check_samples_path(path, audio_model)  # before minutes of sampling
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
-    if is_audio:
+    if audio_model:
         from fastar import audio
 
-        samples = model.sample(n or 1, length=length, generator=generator, **sample_args).cpu()
+        samples = model.sample(n or 1, length=length, generator=generator, progress="sampling",
+                               **sample_args).cpu()
         gap = torch.zeros(rate // 4)
         waves = [audio.mu_law_decode(s[0], model.num_values) for s in samples]
         audio.write_wav(path, torch.cat([w for clip in waves for w in (clip, gap)][:-1]), rate)
@@ -100,7 +111,7 @@ def save_samples(model, path: str, n: Optional[int] = None, seed: int = 0,
         columns = num_classes
         cond = torch.arange(num_classes, device=device).repeat(max(1, n // num_classes))
         n = len(cond)
-    samples = model.sample(n, cond, generator=generator, **sample_args)
+    samples = model.sample(n, cond, generator=generator, progress="sampling", **sample_args)
     plot.save_image_grid(samples.cpu(), path, columns, model.num_values)
     return samples
 
@@ -120,7 +131,7 @@ def save_completions(model, x: torch.Tensor, path: str, completions: int = 4, se
     cond = None if y is None else y.to(device).repeat_interleave(completions, 0)
     generator = torch.Generator(device).manual_seed(seed)
     done = model.sample(len(prefix), cond, prefix=prefix, num_given=given,
-                        generator=generator).cpu()
+                        generator=generator, progress="completing").cpu()
     occluded = x.clone()
     occluded[:, :, H // 2:] = 0
     rows = [torch.cat([x[k : k + 1], occluded[k : k + 1],

@@ -97,7 +97,8 @@ def blind_spot_figure(path: str, layers: int = 5, size: int = 11) -> List[Tensor
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastar.plot", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fastar.plot",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="figure", required=True)
     blind = sub.add_parser("blind-spot", help="PixelCNN's blind spot vs Gated PixelCNN")
     blind.add_argument("path")

@@ -23,7 +23,7 @@ import torch
 from fastar import checkpoint
 from fastar._io import CorruptFileError, atomic_save, checked_load
 from fastar.checkpoint import RunError, SettingsError, build_model  # noqa: F401 (re-exported)
-from fastar.evaluate import evaluate, labels_of, load_split
+from fastar.evaluate import bits_unit, evaluate, labels_of, load_split
 from fastar.nn import bits_per_dim
 
 _CRASH_ENV = "FASTAR_TEST_KILL_AT_STEP"  # test hook: SIGKILL itself at this global step
@@ -224,8 +224,8 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
                            % (epoch + 1, _last_good(ckpt_path, epoch)))
         if rank == 0:
             print("epoch %d: train %.2f nats%s" % (epoch + 1, train_nats, (
-                ", valid %.2f nats (%.4f bits/dim)%s" % (valid_nats, valid_bpd,
-                                                        ", best" if best else "")
+                ", valid %.2f nats (%.4f %s)%s" % (valid_nats, valid_bpd, bits_unit(model),
+                                                  ", best" if best else "")
                 if s.validate else "")), flush=True)
             if best:
                 atomic_save({"model": model.state_dict(), "epoch": epoch, **meta}, best_path)

@@ -337,7 +337,8 @@ def _wavenet_args(kw, B, T, device, dtype, num_given, seed):
     buffers = _float((B, sum(d * (c.kernel_size - 1) for d in c.dilations),
                       c.residual_channels), dtype, device)  # garbage: never read from start = 0
     g = None if c.cond_channels is None else torch.stack(
-        [b.cond_bias(_float((B, c.cond_channels), dtype, device)) for b in model.blocks], 1)
+        [b.cond_bias(_float((B, c.cond_channels), dtype, device)) for b in model.blocks],
+        1).detach()
     local = local_w = None
     if c.local_channels is not None:
         local = _float((B, c.local_channels, T), dtype, device)

@@ -122,6 +122,9 @@ def test_a_file_reached_by_two_paths_or_copied_lands_in_one_split(tmp_path, monk
     tagged = raw[:at] + b"LIST" + (4).to_bytes(4, "little") + b"INFO" + raw[at:]
     tagged = tagged[:4] + (len(tagged) - 8).to_bytes(4, "little") + tagged[8:]
     (linked / "zz-tagged.wav").write_bytes(tagged)
+    # and in stereo: the data set mixes it down to the same mono clip
+    mono = audio.read_wav(str(linked / "en_US_f_Allison" / "letters" / "04.wav"))[0][0]
+    audio.write_wav(str(linked / "zz-stereo.wav"), torch.stack([mono, mono]), 8000)
     assert torch.equal(audio.read_wav(str(linked / "zz-tagged.wav"))[0],
                        audio.read_wav(str(linked / "en_US_f_Allison" / "letters" / "02.wav"))[0])
     splits = {}

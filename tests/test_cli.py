@@ -1,3 +1,4 @@
+import argparse
 import os
 import re
 import subprocess
@@ -242,10 +243,12 @@ def test_wavenet_trains_on_speech_and_writes_a_wav(tmp_path):
                   '"dilations": [1, 2, 4]}', "--out", str(tmp_path / "run"), env=env)
     assert out.returncode == 0, out.stderr
     assert "valid" in out.stdout and "nats" in out.stdout
+    assert "bits/sample" in out.stdout and "bits/dim" not in out.stdout  # audio's unit
     wav = tmp_path / "sample.wav"
     out = _fastar("eval", str(tmp_path / "run" / "best.pt"), "--samples", str(wav),
                   "--sample-length", "50", env=env)
     assert out.returncode == 0, out.stderr
+    assert "bits/sample" in out.stdout and "bits/dim" not in out.stdout
     samples, rate = audio.read_wav(str(wav))
     assert rate == 8000 and samples.shape == (1, 50)
     for path, message in ((tmp_path / "x.png", r"samples of an audio model are written as WAV: "
@@ -279,11 +282,14 @@ def test_a_samples_path_is_checked_before_any_work(tmp_path):
     from fastar import evaluate
 
     (tmp_path / "grid.png").mkdir()
+    os.symlink("/proc", tmp_path / "to-proc")
     for path, audio, message in ((tmp_path / "grid.png", False, "it is a folder"),
                                  (tmp_path / "x.wav", False, r"written as PNG: expected a path "
                                                              r"ending in \.png"),
                                  (tmp_path / "no" / "x.png", False, "does not exist"),
-                                 ("/proc/x.png", False, r"the folder /proc is not writable")):
+                                 ("/proc/x.png", False, r"the folder /proc is not writable"),
+                                 (tmp_path / "to-proc" / "x.png", False,
+                                  r"the folder /proc is not writable")):  # through a link
         with pytest.raises(ValueError, match=message):
             evaluate.check_samples_path(str(path), audio)
     evaluate.check_samples_path(str(tmp_path / "X.PNG"), False)
@@ -302,3 +308,20 @@ def test_completions_keep_the_top_half_and_draw_the_rest(tmp_path):
     assert torch.equal(done[:, :, :2], x.repeat_interleave(5, 0)[:, :, :2])
     from PIL import Image
     assert Image.open(tmp_path / "c.png").size == (7 * 6, 3 * 6)
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    from fastar import cli
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        for action in command._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, "%s %s has no help" % (name, action.option_strings or action.dest)
+            if action.option_strings and action.default not in (None, False, ""):
+                assert "default" in command._get_formatter()._get_help_string(action), (
+                    name, action.option_strings)
+        if name == "train":
+            assert "passes over the train split (default: 10)" in " ".join(text.split())

@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch import nn
 
 from fastar import checkpoint
@@ -106,6 +107,23 @@ def test_cached_sampling_draws_what_naive_sampling_draws(info, variant, n):
             pytest.skip("%s has no cached sampler yet" % info.name)
         length = shape[-1] if info.audio else None
         assert_cached_matches_naive(model, n, info.condition(model, n, shape), length=length)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_the_samplers_follow_a_weight_changed_through_a_buffer(info, variant):
+    """Pruning keeps its mask in a buffer: a second prune changes the weight without touching
+    a parameter, and the fused sampler's packed weights must follow it."""
+    shape = _sample_shape(info)
+    model = info.make(variant, shape)
+    if not model.has_cache:
+        pytest.skip("%s has no cached sampler yet" % info.name)
+    module = next(m for m in model.modules()
+                  if isinstance(getattr(m, "weight", None), nn.Parameter))
+    length = shape[-1] if info.audio else None
+    cond = info.condition(model, 3, shape)
+    for amount in (0.2, 0.9):
+        torch.nn.utils.prune.l1_unstructured(module, "weight", amount=amount)
+        assert_cached_matches_naive(model, 3, cond, length=length, seeds=(0,))
 
 
 @pytest.mark.parametrize("info,variant", cases())

@@ -659,6 +659,24 @@ def test_a_fused_image_loop_refuses_a_state_it_did_not_leave(name):
         op(x, state, u, 5, 12, 0, weights, args, 2)
 
 
+@pytest.mark.parametrize("name", ["gated_pixelcnn_generate", "pixelcnn_generate"])
+def test_a_fused_image_loop_refuses_x_and_state_that_share_memory_through_any_view(name):
+    """A non-contiguous view defeats at::assert_no_overlap; the kernel would copy x back over
+    the caches it just wrote."""
+    good = (_gated_loop_args if name == "gated_pixelcnn_generate" else _pixelcnn_loop_args)()
+    op = getattr(torch.ops.fastar, name)
+    state = good["state"]
+    x = state.view(torch.long)[:, 1:13].view(2, 1, 3, 4)  # inside the state, non-contiguous
+    with pytest.raises(RuntimeError, match=r"expected x and state in separate memory"):
+        op(**{**good, "x": x, "state": state})
+    u = state.view(-1)[1:73].view(2, 36)[:, ::3].contiguous()  # a copy of its values: fine
+    u.uniform_(0, 0.99)
+    op(**{**good, "u": u})
+    with pytest.raises(RuntimeError, match=r"expected state \(written\) to share no memory "
+                                           r"with an input"):
+        op(**{**good, "u": state.view(-1)[1:73].view(2, 36)[:, ::3]})  # a view of it
+
+
 def image_loop_value_cases(good):
     """(change, message) of what only values show to gated_pixelcnn_generate and
     pixelcnn_generate (the CPU kernels check them, the fakes cannot), from good arguments."""
@@ -765,7 +783,13 @@ def test_fused_float32_sampling_agrees_with_naive_sampling_on_almost_every_value
     (MADE, {"num_masks": 0}, r"MADE: num_masks must be >= 1, got 0"),
     (MADE, {"hidden_sizes": (-3,)}, r"hidden_sizes must be a tuple of ints >= 1, got \(-3,\)"),
     (PixelCNN, {"hidden_channels": 0}, r"PixelCNN: hidden_channels must be >= 1, got 0"),
-    (GatedPixelCNN, {"num_classes": 0}, r"num_classes must be >= 1, got 0")])
+    (GatedPixelCNN, {"num_classes": 0}, r"num_classes must be >= 1, got 0"),
+    (PixelCNN, {"hidden_channels": 1}, r"with blocks, hidden_channels >= 2"),
+    (PixelCNN, {"num_layers": -3}, r"num_layers must be >= 0"),
+    (PixelCNN, {"image_shape": (3, 8, 8), "hidden_channels": 9},
+     r"expected widths divisible by 3, got hidden_channels // 2=4"),
+    (PixelCNN, {"image_shape": (3, 8, 8), "hidden_channels": 12, "head_channels": 8},
+     r"got head_channels=8")])
 def test_sizes_that_build_no_model_are_refused(model_class, kw, message):
     with pytest.raises(ValueError, match=message):
         model_class(**kw)

@@ -4,6 +4,7 @@ tails, sampler statistics, error messages) is tested in its own file."""
 import contextlib
 import os
 import re
+import warnings
 
 import pytest
 import torch
@@ -406,3 +407,19 @@ def test_every_refusal_in_a_kernels_source_has_a_case_in_its_table(op):
                if not any(re.search(pattern, e) for e in errors)
                and not any(t in text for t in _TESTED_ELSEWHERE)]
     assert not missing, "refusals without a case in %s's table: %s" % (op, missing)
+
+
+@pytest.mark.parametrize("info", [i for i in OP_DB if i.mutating],
+                         ids=[i.name for i in OP_DB if i.mutating])
+def test_a_backward_pass_through_a_generation_loop_raises_naming_it(info):
+    """The loops draw integers: no gradient flows through them. A backward pass raises (the
+    default autograd fallback warned, then ran with no gradient)."""
+    sample = info.sample_inputs("cpu", torch.float64)[0]
+    args = list(info.fresh(sample.args))
+    weights = [w.detach().requires_grad_() for w in args[6]]
+    args[6] = weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fallback's "not registered to Autograd" warning
+        logp = info.op(*args)
+        with pytest.raises(RuntimeError, match=r"fastar::%s.*not implemented" % info.name):
+            logp.sum().backward()

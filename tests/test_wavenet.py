@@ -421,6 +421,11 @@ def test_the_fused_loop_rejects_what_it_cannot_generate_from():
     with pytest.raises(RuntimeError, match="unsupported operation"):
         ops.wavenet_generate(torch.zeros(1, T, dtype=torch.long).expand(n, T),  # aliased
                              _buffers(model, n), u, 0, T, 0, w, c.dilations)
+    # Views that at::assert_no_overlap cannot reason about (non-contiguous) are refused too.
+    buffers = _buffers(model, n)
+    with pytest.raises(RuntimeError, match=r"expected x and buffers in separate memory"):
+        ops.wavenet_generate(buffers.view(torch.long)[:, 0, :T], buffers, u, 0, T, 0, w,
+                             c.dilations)
     # A condition that is a view of the buffers would change under the kernel's writes.
     buffers = _buffers(model, n)
     global_bias = buffers.view(-1)[:n * 5 * 64].view(n, 5, 64)
@@ -531,8 +536,11 @@ def test_sizes_lengths_prefixes_and_positions_are_checked():
                         ({"cond_channels": 0}, "got cond_channels=0"),
                         ({"local_channels": 0}, "got local_channels=0"),
                         ({"output": "dmol", "num_mixtures": 0}, "got num_mixtures=0"),
-                        ({"kernel_size": 2 ** 31}, r"kernel_size 2147483648 with 20 layers of "
-                         r"64 channels needs about .* convolution weights; at most 2\^31"),
+                        ({"kernel_size": 2 ** 31}, r"needs about .* weights \(kernel_size "
+                         r"2147483648, 20 layers, .*\); at most 2\^31 are supported"),
+                        ({"skip_channels": 2 ** 28}, r"needs about .* weights .*skip_channels "
+                         r"268435456"),
+                        ({"cond_channels": 2 ** 28}, r"condition channels 268435456\); at most"),
                         ({"dilations": (1, 2 ** 40)}, r"dilations must be at most 2\^30 "
                          r"\(fastar::wavenet_generate's limit\), got 1099511627776: a receptive "
                          r"field of 1099511627779 samples")):

@@ -169,17 +169,11 @@ WaveNetGenerateArgs prepare_wavenet_generate(
   }
 
   // x and buffers are written: no element may alias another or any input.
-  at::assert_no_internal_overlap(x);
-  at::assert_no_internal_overlap(buffers);
-  at::assert_no_overlap(x, buffers);
   std::vector<at::Tensor> inputs{u, embed, embed_bias, conv_weight, conv_bias, out_weight,
                                  out_bias, head_weight1, head_bias1, head_weight2, head_bias2};
   for (const auto* t : {&global_bias, &local, &local_weight})
     if (t->has_value() && (*t)->defined()) inputs.push_back(**t);
-  for (const at::Tensor& t : inputs) {
-    at::assert_no_overlap(x, t);
-    at::assert_no_overlap(buffers, t);
-  }
+  check_written_apart(kOp, {{"x", x}, {"buffers", buffers}}, inputs);
   // The values before start and the given ones are read as indices: out-of-range ones must not
   // reach the kernels.
   const int64_t known = std::min(std::max(start, num_given), end);

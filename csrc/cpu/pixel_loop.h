@@ -8,7 +8,6 @@
 // only from where the last one stopped, and a call from start = 0 clears the state.
 
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
@@ -65,16 +64,10 @@ inline void check_tensors(const char* op, const at::Tensor& x, const at::Tensor&
                 t.device());
   TORCH_CHECK(x.device().is_cpu() && u.device().is_cpu(), "fastar::", op,
               ": expected x and u on the CPU, but got ", x.device(), " and ", u.device());
-  at::assert_no_internal_overlap(x);
-  at::assert_no_internal_overlap(state);
-  at::assert_no_overlap(x, state);
   std::vector<at::Tensor> inputs(weights.begin(), weights.end());
   inputs.push_back(u);
   if (extra.has_value() && extra->defined()) inputs.push_back(*extra);
-  for (const at::Tensor& t : inputs) {
-    at::assert_no_overlap(x, t);
-    at::assert_no_overlap(state, t);
-  }
+  check_written_apart(op, {{"x", x}, {"state", state}}, inputs);
 }
 
 // The packed weights: float32 or float64, all of one dtype; returns it.
@@ -211,7 +204,8 @@ bool run_groups(int64_t B, const Group& group) {
 
 inline void raise_unless_ok(const char* op, bool ok) {
   TORCH_CHECK(ok, "fastar::", op, ": the model's output defines no distribution (NaN or ",
-              "infinite logits) at some step: are the weights and conditions finite?");
+              "infinite logits) at some step: are the weights and conditions finite, and small ",
+              "enough that the logits do not overflow?");
 }
 
 }  // namespace pixel_loop

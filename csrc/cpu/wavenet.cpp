@@ -425,7 +425,8 @@ void generate(const WaveNetGenerateArgs& g, const at::Tensor& logp) {
     });
   }
   TORCH_CHECK(!failed, "fastar::wavenet_generate: the model's output defines no distribution ",
-              "(NaN or infinite logits) at some step: are the weights and conditions finite?");
+              "(NaN or infinite logits) at some step: are the weights and conditions finite, and ",
+              "small enough that the logits do not overflow?");
 }
 
 void launch_cpu(const WaveNetGenerateArgs& args, const at::Tensor& logp) {

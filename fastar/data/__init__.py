@@ -126,7 +126,7 @@ def _distinct_files(paths) -> List[str]:
     folder holds `en` and `en_US` as links to one folder) and of each audio content (a copy
     under another name, its header rewritten or not), so that no clip lands in two splits (a
     test clip heard in training)."""
-    from fastar.audio import _open_wav
+    from fastar.audio import read_wav
 
     seen_real, seen_content, files = set(), set(), []
     for path in sorted(paths):
@@ -134,9 +134,8 @@ def _distinct_files(paths) -> List[str]:
         if real in seen_real:
             continue
         seen_real.add(real)
-        try:  # the samples, not the file: a header's extra chunks change no clip
-            channels, width, _, raw = _open_wav(real, frames=True)
-            content = b"%d %d " % (channels, width) + raw
+        try:  # the clip's samples as the data set reads them (mono): not the file's bytes
+            content = read_wav(real)[0].mean(0).numpy().tobytes()
         except ValueError:  # unreadable: identified by its bytes (reading it reports it)
             with open(real, "rb") as f:
                 content = f.read()

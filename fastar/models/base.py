@@ -268,11 +268,12 @@ class AutoregressiveModel(nn.Module):
     def sample(self, n: int, cond: Any = None, *, length: Optional[int] = None,
                cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
                num_given: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> Tensor:
+               generator: Optional[torch.Generator] = None,
+               progress: Optional[str] = None) -> Tensor:
         """(n, *event_shape) int64 samples; length: T of audio models (images have a fixed
         shape). See `generate` for the other arguments."""
         return self.generate(n, self.event_shape(length), cond, cached=cached, prefix=prefix,
-                             num_given=num_given, generator=generator)
+                             num_given=num_given, generator=generator, progress=progress)
 
     def check_prefix(self, n: int, event_shape: Sequence[int], prefix: Optional[Tensor],
                      num_given: Optional[int]) -> None:
@@ -309,7 +310,7 @@ class AutoregressiveModel(nn.Module):
     def generate(self, n: int, event_shape: Sequence[int], cond: Any = None, *,
                  cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
                  num_given: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 fused: Optional[bool] = None) -> Tensor:
+                 fused: Optional[bool] = None, progress: Optional[str] = None) -> Tensor:
         """The generation loop (see the module docstring). prefix: (n, *event_shape) values
         whose first num_given positions in generation order are kept (the top r rows of an
         image in raster order: num_given = r * W * C); cached=None uses the cache where the
@@ -318,19 +319,27 @@ class AutoregressiveModel(nn.Module):
         (n, *event_shape). The weights must not change while a generation runs (between the
         run calls of one prepare): the caches hold what the old ones computed. A weight
         recomputed by a legacy forward pre-hook (torch.nn.utils.weight_norm, prune) is read as
-        its last forward left it by the cached and fused samplers."""
+        its last forward left it by the cached and fused samplers. progress: a label for a
+        progress bar (values generated of each sequence, shown once a generation has run for 2
+        s), or None for none."""
+        from tqdm import tqdm
+
         cache = self.prepare(n, event_shape, cond, cached=cached, prefix=prefix,
                              num_given=num_given, generator=generator, fused=fused)
         D = cache.u.shape[1]
         start, size = 0, 1
-        while start < D:  # chunks of about seconds_per_call: Python sees Ctrl-C in between
-            end = min(D, start + size)
-            began = time.perf_counter()
-            self.run(cache, start, end)
-            took = time.perf_counter() - began
-            start = end
-            # float min first: an infinite (or NaN) seconds_per_call grows by 4x per call
-            size = max(1, int(min(4.0 * size, size * self.seconds_per_call / max(took, 1e-6))))
+        with tqdm(total=D, desc=progress, unit="value", delay=2, leave=False,
+                  disable=progress is None) as bar:
+            while start < D:  # chunks of about seconds_per_call: Python sees Ctrl-C in between
+                end = min(D, start + size)
+                began = time.perf_counter()
+                self.run(cache, start, end)
+                took = time.perf_counter() - began
+                bar.update(end - start)
+                start = end
+                # float min first: an infinite (or NaN) seconds_per_call grows by 4x per call
+                size = max(1, int(min(4.0 * size,
+                                      size * self.seconds_per_call / max(took, 1e-6))))
         return cache.x
 
     def prepare(self, n: int, event_shape: Sequence[int], cond: Any = None, *,

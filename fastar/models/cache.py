@@ -9,6 +9,7 @@ without the models.
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import operator
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -89,8 +90,8 @@ class Cache:
 
 class PackedWeights:
     """A fused op's weights, packed by `pack(module)` once and packed again only when a
-    parameter changed: in place (an optimizer step), through ``.data`` (which bumps no version
-    counter), or a new tensor behind it. A copy of the parameters is kept and compared on each
+    parameter or a buffer changed (a mask, a pruning mask): in place (an optimizer step),
+    through ``.data`` (which bumps no version counter), or a new tensor behind it. A copy of the parameters is kept and compared on each
     get (0.85 ms for WaveNet's 3.6 MB against 3.0 ms to repack, AMD EPYC AVX2): the cache costs
     the parameters' memory once more. Not pickled: a saved model repacks when next used."""
 
@@ -100,7 +101,7 @@ class PackedWeights:
         self._packed: Tuple[Optional[Tensor], ...] = ()
 
     def get(self, module: nn.Module) -> Tuple[Optional[Tensor], ...]:
-        params = tuple(module.parameters())
+        params = tuple(itertools.chain(module.parameters(), module.buffers()))
         with torch.no_grad():
             if not (len(params) == len(self._copy) and all(
                     p.shape == c.shape and p.dtype == c.dtype and p.device == c.device

@@ -360,7 +360,8 @@ class MADE(AutoregressiveModel):
     def sample(self, n: int, cond: Optional[Tensor] = None, *, length: Optional[int] = None,
                cached: Optional[bool] = None, prefix: Optional[Tensor] = None,
                num_given: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> Tensor:
+               generator: Optional[torch.Generator] = None,
+               progress: Optional[str] = None) -> Tensor:
         """(n, C, H, W) int64 samples, one dimension at a time in each sample's ordering. With
         several masks each sample first draws its mask uniformly, which samples the ensemble's
         averaged distribution exactly; then the rows of each mask are generated together, each
@@ -380,5 +381,6 @@ class MADE(AutoregressiveModel):
             x[rows] = self.generate(len(rows), self.image_shape,
                                     _Mask(i) if self.num_masks > 1 else None, cached=cached,
                                     prefix=None if prefix is None else prefix[rows],
-                                    num_given=num_given, generator=generator)
+                                    num_given=num_given, generator=generator,
+                                    progress=progress)
         return x

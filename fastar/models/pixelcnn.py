@@ -57,6 +57,18 @@ class PixelCNN(PixelModel):
         c = self.config
         C = c.image_shape[0]
         groups = 3 if C == 3 else 1
+        if c.num_layers < 0 or (c.num_layers > 0 and c.hidden_channels < 2):
+            raise ValueError("PixelCNN: num_layers must be >= 0 and, with blocks, "
+                             "hidden_channels >= 2 (a block's inner width is half of it); got "
+                             "num_layers=%d, hidden_channels=%d" % (c.num_layers,
+                                                                     c.hidden_channels))
+        widths = {"hidden_channels": c.hidden_channels, "head_channels": c.head_channels}
+        if c.num_layers > 0:
+            widths["hidden_channels // 2"] = c.hidden_channels // 2
+        bad = ["%s=%d" % kv for kv in widths.items() if kv[1] % groups]
+        if bad:
+            raise ValueError("PixelCNN: a colour model splits its feature maps into R, G, B "
+                             "groups: expected widths divisible by 3, got %s" % ", ".join(bad))
         self.net = nn.Sequential(
             MaskedConv2d(C, c.hidden_channels, 7, "A", groups),
             *[_ResidualBlock(c.hidden_channels, groups) for _ in range(c.num_layers)],

@@ -65,13 +65,16 @@ class WaveNetConfig:
             raise ValueError("WaveNet: kernel_size, dilations and upsample must be >= 1")
         if not self.dilations:
             raise ValueError("WaveNet: dilations must name at least one layer, got ()")
-        weights = self.kernel_size * (self.num_values + 2 * self.residual_channels
-                                      * len(self.dilations)) * max(self.residual_channels, 1)
+        R, S, L = self.residual_channels, self.skip_channels, len(self.dilations)
+        conditions = (self.cond_channels or 0) + (self.local_channels or 0)
+        weights = (self.kernel_size * (self.num_values + 2 * R * L) * max(R, 0)
+                   + L * R * (R + S) + L * 2 * R * conditions
+                   + S * (S + self.num_values * max(3 * self.num_mixtures, 1)))
         if weights > MAX_WEIGHTS:
-            raise ValueError("WaveNet: kernel_size %d with %d layers of %d channels needs about "
-                             "%.3g convolution weights; at most 2^31 are supported"
-                             % (self.kernel_size, len(self.dilations), self.residual_channels,
-                                weights))
+            raise ValueError("WaveNet: this config needs about %.3g weights (kernel_size %d, %d "
+                             "layers, residual_channels %d, skip_channels %d, condition "
+                             "channels %d); at most 2^31 are supported"
+                             % (weights, self.kernel_size, L, R, S, conditions))
         sizes = {"residual_channels": self.residual_channels,
                  "skip_channels": self.skip_channels, "cond_channels": self.cond_channels,
                  "local_channels": self.local_channels}
