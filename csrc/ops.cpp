@@ -76,10 +76,12 @@ TORCH_LIBRARY(fastar, m) {
       "int num_given, Tensor[] weights, int[] kernel_sizes, int num_values) -> Tensor");
 }
 
-// The generation loops draw integers and are not differentiable: their Autograd kernel makes a
-// backward pass through them raise, naming the op (the default fallback only warned, and let
-// the pass run with no gradient for what came in).
+// Ops with no derivative: the generation loops draw integers, and dmol_log_prob_with_grad
+// returns a gradient (dmol_log_prob's autograd uses it). Their Autograd kernel makes a backward
+// pass through them raise, naming the op (the default fallback only warned, and let the pass
+// run with no gradient for what came in).
 TORCH_LIBRARY_IMPL(fastar, Autograd, m) {
-  for (const char* op : {"wavenet_generate", "gated_pixelcnn_generate", "pixelcnn_generate"})
+  for (const char* op : {"wavenet_generate", "gated_pixelcnn_generate", "pixelcnn_generate",
+                         "dmol_log_prob_with_grad"})
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }

@@ -85,6 +85,8 @@ class _HelpWithDefaults(argparse.HelpFormatter):
 
 
 def _parser():
+    from fastar.demo import DEFAULT_STEPS as DEFAULT_DEMO_STEPS
+
     parser = argparse.ArgumentParser(prog="python -m fastar", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     kw = {"formatter_class": _HelpWithDefaults}
@@ -93,7 +95,8 @@ def _parser():
                                     "MNIST, score it and draw samples", **kw)
     d.add_argument("--out", default="fastar-demo", help="where the checkpoint and PNG go")
     d.add_argument("--steps", type=_int_at_least(1), default=None,
-                   help="training steps (default: about two minutes' worth on a 2-core CPU)")
+                   help="training steps (default: %d, about three minutes on a 2-core CPU)"
+                   % DEFAULT_DEMO_STEPS)
     d.add_argument("--test-limit", type=_int_at_least(0), default=0,
                    help="score the first N test images only (0: all 10,000)")
     d.add_argument("--device", type=_device, default=_default_device(), help=_DEVICE_HELP)
@@ -131,8 +134,9 @@ def _parser():
                    help="examples per forward pass")
     e.add_argument("--limit", type=_int_at_least(0), default=0,
                    help="score the first N examples of the split only (0: all)")
-    e.add_argument("--samples", default="", help="write samples here: a PNG grid of 16 images, "
-                   "or for audio a WAV of one clip")
+    e.add_argument("--samples", default="", help="write samples here: a PNG grid of 16 images "
+                   "(of a class-conditional model: one per class), or for audio a WAV of one "
+                   "clip")
     e.add_argument("--sample-length", type=_int_at_least(1), default=8000,
                    help="samples of an audio clip (8000: one second)")
     e.add_argument("--complete", default="", help="image models: write a PNG grid of 8 images "
@@ -194,7 +198,8 @@ def _run(args):
         num_classes = state["config"].get("num_classes")
         x, y = evaluate.load_split(state["dataset"], args.split, args.limit,
                                    bool(num_classes))
-        nats, bpd = evaluate.evaluate(model, x, args.batch_size, args.device, y=y)
+        nats, bpd = evaluate.evaluate(model, x, args.batch_size, args.device, y=y,
+                                      progress="scoring the %s split" % args.split)
         print("%s %s (%d examples): %.2f nats, %.4f %s" % (
             state["dataset"], args.split, len(x), nats, bpd, evaluate.bits_unit(model)))
         if args.samples:

@@ -1,6 +1,6 @@
 """`python -m fastar demo`: a small Gated PixelCNN on binarized MNIST, end to end.
 
-Trains it with `fastar.train` for a fixed number of steps (about two minutes on a 2-core CPU;
+Trains it with `fastar.train` for a fixed number of steps (about three minutes on a 2-core CPU;
 reused when the checkpoint of the same settings is already in OUT), scores the test split,
 prints the result beside the papers' figures, and writes a PNG of samples.
 """

@@ -176,6 +176,7 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
         model.train()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
             s.seed * 100003 + epoch))
+        unit = bits_unit(model)  # bits/dim (images) or bits/sample (audio)
         bar = tqdm(range(steps_per_epoch), desc="epoch %d/%d" % (epoch + 1, s.epochs),
                    disable=s.quiet or rank != 0)
         epoch_nll = torch.zeros((), dtype=torch.float64, device=device)
@@ -205,15 +206,18 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
             opt.step()
             epoch_nll += nll.detach()
             nats = nll.item() / max(len(mine), 1)
-            bar.set_postfix(nats="%.2f" % nats, bpd="%.4f" % bits_per_dim(nats, x[0].numel()))
+            bar.set_postfix({"nats": "%.2f" % nats,
+                             unit: "%.4f" % bits_per_dim(nats, x[0].numel())})
         if world_size > 1:
             torch.distributed.all_reduce(epoch_nll)
         train_nats = epoch_nll.item() / len(x)
         history.append({"epoch": epoch, "train_nats": train_nats})
         best = False
         if s.validate:
-            valid_nats, valid_bpd = evaluate(model, x_valid, s.eval_batch_size, device, rank,
-                                             world_size, y_valid, check_values=False)
+            valid_nats, valid_bpd = evaluate(
+                model, x_valid, s.eval_batch_size, device, rank, world_size, y_valid,
+                progress=None if s.quiet or rank != 0 else "scoring the valid split",
+                check_values=False)
             history[-1]["valid_nats"] = valid_nats
             if not math.isfinite(valid_nats):
                 raise RunError("the valid split scores %s nats after epoch %d: stopped; %s"
@@ -224,7 +228,7 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
                            % (epoch + 1, _last_good(ckpt_path, epoch)))
         if rank == 0:
             print("epoch %d: train %.2f nats%s" % (epoch + 1, train_nats, (
-                ", valid %.2f nats (%.4f %s)%s" % (valid_nats, valid_bpd, bits_unit(model),
+                ", valid %.2f nats (%.4f %s)%s" % (valid_nats, valid_bpd, unit,
                                                   ", best" if best else "")
                 if s.validate else "")), flush=True)
             if best:

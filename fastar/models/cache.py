@@ -91,9 +91,11 @@ class Cache:
 class PackedWeights:
     """A fused op's weights, packed by `pack(module)` once and packed again only when a
     parameter or a buffer changed (a mask, a pruning mask): in place (an optimizer step),
-    through ``.data`` (which bumps no version counter), or a new tensor behind it. A copy of the parameters is kept and compared on each
-    get (0.85 ms for WaveNet's 3.6 MB against 3.0 ms to repack, AMD EPYC AVX2): the cache costs
-    the parameters' memory once more. Not pickled: a saved model repacks when next used."""
+    through ``.data`` (which bumps no version counter), or a new tensor behind it. A copy of
+    the parameters and buffers is kept and compared on each get (0.85 ms for WaveNet's 3.6 MB
+    against 3.0 ms to repack, AMD EPYC AVX2): the cache costs their memory once more. A weight
+    computed from a plain attribute (not a parameter or buffer) is not followed. Not pickled:
+    a saved model repacks when next used."""
 
     def __init__(self, pack: Callable[[nn.Module], Tuple[Optional[Tensor], ...]]):
         self.pack = pack
