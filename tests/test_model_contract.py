@@ -82,6 +82,13 @@ def _sample_shape(info):
     return (1, 10) if info.audio else (1, 3, 4)
 
 
+def _every_sampler(model):
+    """(cached, fused) of every sampler the model has: naive, and where it has a cache the
+    default loop and, beside a fused one, the Python step loop."""
+    fused = [False, None] if model.has_fused_sampler(model._device(), model._dtype()) else [None]
+    return [(False, None)] + ([(True, f) for f in fused] if model.has_cache else [])
+
+
 def _cached_shapes(info):
     """The sample shape, and for images a colour one too (a pixel's channels in turn)."""
     return [_sample_shape(info)] + ([] if info.audio else [(3, 2, 3)])
@@ -191,9 +198,7 @@ def test_every_sampler_refuses_a_model_with_a_non_finite_weight(info, variant, b
     name, param = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()][-2]
     with torch.no_grad():
         param.view(-1)[0] = bad
-    fused = [False, None] if model.has_fused_sampler(model._device(), model._dtype()) else [None]
-    for cached, use_fused in [(False, None)] + ([(True, f) for f in fused]
-                                                if model.has_cache else []):
+    for cached, use_fused in _every_sampler(model):
         with pytest.raises(ValueError, match=r"%s.sample: the model's %s holds NaN or infinite "
                                              r"values" % (info.name, re.escape(name))):
             model.generate(2, shape, cond, cached=cached, fused=use_fused)
@@ -211,9 +216,7 @@ def test_every_sampler_refuses_a_non_finite_weight_computed_by_a_parametrization
     torch.nn.utils.parametrizations.weight_norm(module)
     with torch.no_grad():
         module.parametrizations.weight.original1[0] = 0
-    fused = [False, None] if model.has_fused_sampler(model._device(), model._dtype()) else [None]
-    for cached, use_fused in [(False, None)] + ([(True, f) for f in fused]
-                                                if model.has_cache else []):
+    for cached, use_fused in _every_sampler(model):
         with pytest.raises(ValueError, match=r"%s.sample: the model's %s.weight holds NaN or "
                                              r"infinite values" % (info.name, re.escape(prefix))):
             model.generate(2, shape, cond, cached=cached, fused=use_fused)
@@ -326,9 +329,7 @@ def test_a_run_that_failed_leaves_no_gap_behind(info, variant):
     shape = tuple(model.event_shape(shape[-1]))
     cond = info.condition(model, 2, shape)
     params = [p for p in model.parameters() if p.is_floating_point()]
-    fused = [False, None] if model.has_fused_sampler(model._device(), model._dtype()) else [None]
-    for cached, use_fused in [(False, None)] + ([(True, f) for f in fused]
-                                                if model.has_cache else []):
+    for cached, use_fused in _every_sampler(model):
         cache = model.prepare(2, shape, cond, cached=cached, fused=use_fused)
         with torch.no_grad():
             saved = [p.clone() for p in params]

@@ -610,37 +610,11 @@ def gated_loop_refusals():
          r"expected cond_bias \(2, 2, 2, 8\)")]
 
 
-@pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_the_fused_gated_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
-    good, cases = gated_loop_refusals()
-    B, D = 2, 12
-    for change, message in cases:
-        args = {k: v.to(device) if torch.is_tensor(v) else
-                [t.to(device) for t in v] if k == "weights" else v
-                for k, v in {**good, **change}.items()}
-        if message is None:
-            assert torch.ops.fastar.gated_pixelcnn_generate(**args).shape == (B, D)
-            continue
-        with pytest.raises(RuntimeError, match="fastar::gated_pixelcnn_generate: " + message):
-            torch.ops.fastar.gated_pixelcnn_generate(**args)
-
-
 @pytest.mark.parametrize("name", ["gated_pixelcnn_generate", "pixelcnn_generate"])
 def test_a_fused_image_loop_refuses_a_state_it_did_not_leave(name):
-    from fastar.ops import gated_pixelcnn, pixelcnn
-    if name == "pixelcnn_generate":
-        model = PixelCNN(image_shape=(1, 3, 4), hidden_channels=4, num_layers=2,
-                         head_channels=4).double()
-        weights, args = pixelcnn.pack(model), pixelcnn.kernel_sizes(model)
-        size = pixelcnn.model_state_size(model)
-    else:
-        model = GatedPixelCNN(image_shape=(1, 3, 4), hidden_channels=4, num_layers=2,
-                              head_channels=4).double()
-        weights, args = gated_pixelcnn.pack(model), gated_pixelcnn.layer_args(model)
-        size = gated_pixelcnn.model_state_size(model)
-    x = torch.zeros(2, 1, 3, 4, dtype=torch.long)
-    state = torch.empty(2, size, dtype=torch.float64)
-    u = torch.rand(2, 12, dtype=torch.float64)
+    good = LOOP_ARGS[name]()
+    x, state, u = good["x"], good["state"], good["u"]
+    weights, args = good["weights"], good.get("layer_args", good.get("kernel_sizes"))
     op = getattr(torch.ops.fastar, name)
     op(x, state, u, 0, 5, 0, weights, args, 2)
     for start in (4, 6):  # back, or a gap
@@ -663,7 +637,7 @@ def test_a_fused_image_loop_refuses_a_state_it_did_not_leave(name):
 def test_a_fused_image_loop_refuses_x_and_state_that_share_memory_through_any_view(name):
     """A non-contiguous view defeats at::assert_no_overlap; the kernel would copy x back over
     the caches it just wrote."""
-    good = (_gated_loop_args if name == "gated_pixelcnn_generate" else _pixelcnn_loop_args)()
+    good = LOOP_ARGS[name]()
     op = getattr(torch.ops.fastar, name)
     state = good["state"]
     x = state.view(torch.long)[:, 1:13].view(2, 1, 3, 4)  # inside the state, non-contiguous
@@ -694,7 +668,7 @@ def image_loop_value_cases(good):
 
 @pytest.mark.parametrize("name", ["gated_pixelcnn_generate", "pixelcnn_generate"])
 def test_a_fused_image_loop_refuses_given_values_and_uniforms_it_cannot_use(name):
-    good = (_gated_loop_args if name == "gated_pixelcnn_generate" else _pixelcnn_loop_args)()
+    good = LOOP_ARGS[name]()
     op = getattr(torch.ops.fastar, name)
     for change, message in image_loop_value_cases(good):
         with pytest.raises(RuntimeError, match="fastar::%s: %s" % (name, message)):
@@ -743,19 +717,27 @@ def pixelcnn_loop_refusals():
         (dict(weights=w[:-4] + [w[-4][1:]] + w[-3:]), r"expected the head's packed weights")]
 
 
+LOOP_ARGS = {"gated_pixelcnn_generate": _gated_loop_args,
+             "pixelcnn_generate": _pixelcnn_loop_args}
+LOOP_REFUSALS = {"gated_pixelcnn_generate": gated_loop_refusals,
+                 "pixelcnn_generate": pixelcnn_loop_refusals}
+
+
 @pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_the_fused_pixelcnn_loop_refuses_alike_on_cpu_and_meta(device):
-    good, cases = pixelcnn_loop_refusals()
+@pytest.mark.parametrize("name", list(LOOP_REFUSALS))
+def test_a_fused_image_loop_refuses_alike_on_cpu_and_meta(name, device):
+    good, cases = LOOP_REFUSALS[name]()
     B, D = 2, 12
+    op = getattr(torch.ops.fastar, name)
     for change, message in cases:
         args = {k: v.to(device) if torch.is_tensor(v) else
                 [t.to(device) for t in v] if k == "weights" else v
                 for k, v in {**good, **change}.items()}
         if message is None:
-            assert torch.ops.fastar.pixelcnn_generate(**args).shape == (B, D)
+            assert op(**args).shape == (B, D)
             continue
-        with pytest.raises(RuntimeError, match="fastar::pixelcnn_generate: " + message):
-            torch.ops.fastar.pixelcnn_generate(**args)
+        with pytest.raises(RuntimeError, match="fastar::%s: %s" % (name, message)):
+            op(**args)
 
 
 @pytest.mark.parametrize("model_class", [PixelCNN, GatedPixelCNN])

@@ -380,8 +380,7 @@ def _table_errors(op):
             out.append(raised(lambda: torch.ops.fastar.masked_linear_backward(
                 a["grad_out"], a["x"], a["weight"], a["mask"], list(a["blocks"]))))
         return out
-    good, cases = (test_models.gated_loop_refusals if op == "gated_pixelcnn_generate"
-                   else test_models.pixelcnn_loop_refusals)()
+    good, cases = test_models.LOOP_REFUSALS[op]()
     fn = getattr(torch.ops.fastar, op)
     return [raised(lambda: fn(**{**good, **change, "state": good["state"].clone()}))
             for change, _ in cases + test_models.image_loop_value_cases(good)]
