@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include "cpu/isa.h"
+#include "cpu/pixel_loop.h"
 
 namespace {
 
@@ -39,11 +40,21 @@ PyObject* set_cpu_capability(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// (on) -> previous: whether the image samplers' CPU kernels run the CUDA kernels' team bodies
+// (cpu/pixel_loop.h, run_device_bodies); for the tests.
+PyObject* set_run_device_bodies(PyObject*, PyObject* args) {
+  int on = 0;
+  if (!PyArg_ParseTuple(args, "p", &on)) return nullptr;
+  return PyBool_FromLong(fastar::cpu::pixel_loop::run_device_bodies().exchange(on != 0));
+}
+
 PyMethodDef methods[] = {
     {"_cpu_capability", cpu_capability, METH_NOARGS,
      "(level in use, best level this CPU runs) of the CPU kernels"},
     {"_set_cpu_capability", set_cpu_capability, METH_VARARGS,
      "sets the level of the CPU kernels: default, avx2 or avx512"},
+    {"_set_run_device_bodies", set_run_device_bodies, METH_VARARGS,
+     "whether the image samplers' CPU kernels run the CUDA kernels' bodies; returns the last"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef fastar_c_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -1,4 +1,5 @@
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -30,6 +31,19 @@ CPU_LEVELS = cpu_capabilities()
 def cpu_level(request):
     with force_cpu_capability(request.param):
         yield request.param
+
+
+@contextlib.contextmanager
+def device_bodies():
+    """The image samplers' CPU kernels run the CUDA kernels' loop bodies (one host thread per
+    sequence, csrc/common/team.h) instead of their own loops: the GPU's formulas and indexing,
+    checked without a GPU."""
+    from fastar import _C
+    before = _C._set_run_device_bodies(True)
+    try:
+        yield
+    finally:
+        _C._set_run_device_bodies(before)
 
 
 @pytest.fixture(autouse=True)

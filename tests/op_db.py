@@ -499,9 +499,8 @@ OP_DB = [
     # (the reference recomputes from x), compared through what later calls draw from it.
     OpInfo("gated_pixelcnn_generate", reference.gated_pixelcnn_generate, gated_pixelcnn_samples,
            fn=ops.gated_pixelcnn_generate, mutated_args=(0,), cache_args=(1,),
-           devices=("cpu",),
            tol64=(1e-11, 1e-12)),
     OpInfo("pixelcnn_generate", reference.pixelcnn_generate, pixelcnn_samples,
-           fn=ops.pixelcnn_generate, mutated_args=(0,), cache_args=(1,), devices=("cpu",),
+           fn=ops.pixelcnn_generate, mutated_args=(0,), cache_args=(1,),
            tol64=(1e-11, 1e-12)),
 ]

@@ -15,6 +15,7 @@ from torch import nn
 from fastar import checkpoint
 from fastar.testing import (assert_autoregressive, assert_cached_matches_naive,
                             assert_step_matches_forward)
+from conftest import device_bodies
 from model_db import cases
 
 _MAX_ENUMERATED = 20000  # inputs summed over for exact normalization
@@ -114,6 +115,16 @@ def test_cached_sampling_draws_what_naive_sampling_draws(info, variant, n):
             pytest.skip("%s has no cached sampler yet" % info.name)
         length = shape[-1] if info.audio else None
         assert_cached_matches_naive(model, n, info.condition(model, n, shape), length=length)
+
+
+@pytest.mark.parametrize("info,variant", cases(lambda i: i.name in ("PixelCNN", "GatedPixelCNN")))
+def test_the_cuda_kernels_body_draws_what_naive_sampling_draws(info, variant):
+    """The image loops' CUDA kernel bodies, run on the CPU, through the model (its packing,
+    labels, colours, a prefix): the fused sampler a CUDA model uses."""
+    with device_bodies():
+        for shape in _cached_shapes(info):
+            model = info.make(variant, shape)
+            assert_cached_matches_naive(model, 3, info.condition(model, 3, shape))
 
 
 @pytest.mark.parametrize("info,variant", cases())

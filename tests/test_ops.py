@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import CPU_LEVELS, CUDA
+from conftest import CPU_LEVELS, CUDA, device_bodies
 from fastar.ops import force_cpu_capability
 from op_db import OP_DB, OpInfo
 
@@ -296,6 +296,39 @@ def test_cuda_matches_cpu(info):
                 torch.testing.assert_close(a.cpu(), b, rtol=info.cuda_tol, atol=info.cuda_tol)
 
 
+# Ops whose CUDA kernel is a team body (csrc/common/team.h) that the CPU kernel can run too.
+TEAM_BODY_OPS = [i for i in OP_DB if i.name in ("gated_pixelcnn_generate", "pixelcnn_generate")]
+
+
+@pytest.mark.parametrize("info", TEAM_BODY_OPS, ids=lambda i: i.name)
+def test_the_cuda_kernels_body_run_on_the_cpu_matches_the_reference(info):
+    """The formulas and the indexing of the CUDA kernel, checked without a GPU (its barriers
+    are .ci/gpu's racecheck's): float64 against the reference, on every sample."""
+    with device_bodies():
+        for sample in info.sample_inputs("cpu", torch.float64, full=True):
+            for path in info.paths():
+                _check_against(info, path, sample.args, info.reference, info.tol64,
+                               info.grad_tol64)
+
+
+@pytest.mark.parametrize("info", TEAM_BODY_OPS, ids=lambda i: i.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_cuda_kernels_body_leaves_the_cpu_loops_state(info, dtype):
+    """One state layout on every device: the CUDA body and the CPU loop write the same state
+    (so a call may continue on the other device), the same draws and log p (float32: to the
+    rounding of the CPU level's fused multiply-adds)."""
+    tol = info.tol64 if dtype == torch.float64 else (info.cuda_tol, info.cuda_tol)
+    for sample in info.sample_inputs("cpu", dtype, full=True):
+        cpu_args = info.fresh(sample.args)
+        cpu_out = info.op(*cpu_args)
+        with device_bodies():
+            body_args = info.fresh(sample.args)
+            body_out = info.op(*body_args)
+        torch.testing.assert_close(body_out, cpu_out, rtol=tol[0], atol=tol[1])
+        for i in info.mutated_args + info.cache_args:
+            torch.testing.assert_close(body_args[i], cpu_args[i], rtol=tol[0], atol=tol[1])
+
+
 # --- masked_linear's block description -----------------------------------------------------------
 
 def test_staircase_blocks_accept_only_zero_one_prefix_masks():
@@ -324,8 +357,9 @@ def test_masked_linear_refuses_a_mask_that_requires_grad():
 _CHECK_SOURCES = {
     "wavenet_generate": ["csrc/common/wavenet_args.cpp"],
     "masked_linear": ["csrc/masked_linear.cpp"],
-    "gated_pixelcnn_generate": ["csrc/cpu/gated_pixelcnn.cpp", "csrc/cpu/pixel_loop.h"],
-    "pixelcnn_generate": ["csrc/cpu/pixelcnn.cpp", "csrc/cpu/pixel_loop.h"],
+    "gated_pixelcnn_generate": ["csrc/common/gated_pixelcnn_args.cpp",
+                                "csrc/common/pixel_args.cpp"],
+    "pixelcnn_generate": ["csrc/common/pixelcnn_args.cpp", "csrc/common/pixel_args.cpp"],
 }
 
 
@@ -389,7 +423,8 @@ def _table_errors(op):
 # Checks no cpu-and-meta table can reach, and where they are tested instead.
 _TESTED_ELSEWHERE = (
     # meta weights beside CPU x: test_a_meta_tensor_beside_a_real_one_raises (op_db rows)
-    "expected CPU weights", "expected x and u on the CPU", "on the same device as the weights",
+    "expected the weights on x's device", "expected u and state on x's device",
+    "on the same device as the weights",
     # GatedPixelCNN builds layers of one width: only hand-packed weights of several widths
     # with a condition reach it (its cond_bias indexing assumes one width)
     "cond_bias needs layers of one width",

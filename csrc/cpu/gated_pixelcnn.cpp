@@ -19,22 +19,15 @@
 #include <vector>
 
 #include "common/gated_activation.h"
+#include "common/pixel_args.h"
 #include "cpu/pixel_loop.h"
 
 namespace fastar {
 namespace {
 
 using cpu::pixel_loop::rows_times;
-
-constexpr const char* kOp = "gated_pixelcnn_generate";
-constexpr int64_t kPerLayer = 8;  // v_w, v_b, link_w, link_b, h_w, h_b, out_w, out_b
-constexpr int64_t kHead = 4;      // head_w1, head_b1, head_w2, head_b2
-
-struct Layer {
-  int64_t k, half, in, ch, width;  // kernel size, its half, input channels, channels, h width
-  bool residual;
-  int64_t v_rows, h_row, link;  // offsets of its parts in a sequence's state
-};
+using pixel::gated_pixelcnn::kPerLayer;
+using Layer = pixel::GatedLayer;
 
 template <typename T>
 struct Model {
@@ -50,7 +43,7 @@ struct Model {
   const T* out_w(int64_t l) const { return w[l * kPerLayer + 6]; }
   const T* out_b(int64_t l) const { return w[l * kPerLayer + 7]; }
   const T* head(int64_t i) const { return w[L * kPerLayer + i]; }
-  FASTAR_INLINE T scaled(int64_t value) const { return cpu::pixel_loop::scaled<T>(value, V); }
+  FASTAR_INLINE T scaled(int64_t value) const { return pixel::scaled<T>(value, V); }
 };
 
 // One sequence's state: per layer its vertical ring, horizontal row and link (the file's
@@ -199,7 +192,7 @@ FASTAR_INLINE void horizontal(const Model<T>& m, std::vector<Sequence<T>>& group
   const int64_t ch = m.layers[m.L - 1].ch;
   for (int64_t g = 0; g < G; ++g) {
     Sequence<T>& s = group[g];
-    for (int64_t o = 0; o < ch; ++o) s.h[o] = cpu::pixel_loop::relu(s.h[o]);
+    for (int64_t o = 0; o < ch; ++o) s.h[o] = pixel::relu(s.h[o]);
     std::copy(m.head(1), m.head(1) + m.head_ch, s.z.data());
     in[g] = s.h.data();
     out[g] = s.z.data();
@@ -207,7 +200,7 @@ FASTAR_INLINE void horizontal(const Model<T>& m, std::vector<Sequence<T>>& group
   rows_times(G, in.data(), ch, m.head(0), m.head_ch, m.head_ch, out.data());
   for (int64_t g = 0; g < G; ++g) {
     Sequence<T>& s = group[g];
-    for (int64_t o = 0; o < m.head_ch; ++o) s.z[o] = cpu::pixel_loop::relu(s.z[o]);
+    for (int64_t o = 0; o < m.head_ch; ++o) s.z[o] = pixel::relu(s.z[o]);
     std::copy(m.head(3) + c * m.NL, m.head(3) + (c + 1) * m.NL, s.logits.data());
     in[g] = s.z.data();
     out[g] = s.logits.data();
@@ -247,107 +240,37 @@ FASTAR_INLINE bool generate_group(const Model<T>& m, int64_t* x_all, T* state_al
   return true;
 }
 
-at::Tensor gated_pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor& state_in,
-                                       const at::Tensor& u_in,
-                                       int64_t start, int64_t end, int64_t num_given,
-                                       at::TensorList weights_in, c10::IntArrayRef layer_args,
-                                       int64_t num_values,
-                                       const std::optional<at::Tensor>& cond_in) {
-  cpu::pixel_loop::check_tensors(kOp, x_in, state_in, u_in, weights_in, cond_in);
-  // Contiguous working copies (x and state written back where they were not contiguous).
-  const at::Tensor x = x_in.contiguous(), u = u_in.contiguous(), state = state_in.contiguous();
-  std::vector<at::Tensor> weights;
-  for (const at::Tensor& t : weights_in) weights.push_back(t.contiguous());
-  std::optional<at::Tensor> cond_bias;
-  if (cond_in.has_value() && cond_in->defined()) cond_bias = cond_in->contiguous();
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), D = C * H * W;
-  TORCH_CHECK(layer_args.size() % 2 == 0 && !layer_args.empty(), "fastar::", kOp,
-              ": expected layer_args as (kernel_size, residual) pairs, but got ",
-              layer_args.size(), " values");
-  const int64_t L = static_cast<int64_t>(layer_args.size()) / 2;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == L * kPerLayer + kHead, "fastar::", kOp,
-              ": expected ", L * kPerLayer + kHead, " packed weights for ", L,
-              " layers, but got ", weights.size());
-  const auto dtype = cpu::pixel_loop::check_weight_dtype(kOp, weights);
-  cpu::pixel_loop::check_range(kOp, u, B, D, start, end, num_given, num_values);
-  int64_t in = C, state_size = 1;  // [0]: the position the state was left at
-  std::vector<Layer> layers;
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t k = layer_args[2 * l], half = k / 2;
-    TORCH_CHECK(k >= 3 && k % 2 == 1, "fastar::", kOp, ": expected odd kernel sizes >= 3, but got ",
-                k, " at layer ", l);
-    const at::Tensor& v_w = weights[l * kPerLayer];
-    TORCH_CHECK(v_w.dim() == 2 && v_w.size(0) == (half + 1) * k * in && v_w.size(1) % 2 == 0,
-                "fastar::", kOp, ": expected layer ", l, "'s v_w of shape (", (half + 1) * k * in,
-                ", 2 * channels), but got ", v_w.sizes());
-    const int64_t ch = v_w.size(1) / 2;
-    const at::Tensor& h_w = weights[l * kPerLayer + 4];
-    TORCH_CHECK(h_w.dim() == 2 && h_w.size(1) == 2 * ch && h_w.size(0) % in == 0 &&
-                    (h_w.size(0) / in == half || h_w.size(0) / in == half + 1),
-                "fastar::", kOp, ": expected layer ", l, "'s h_w of shape (width * ", in, ", ",
-                2 * ch, ") with width ", half, " or ", half + 1, ", but got ", h_w.sizes());
-    const std::vector<std::pair<int64_t, std::vector<int64_t>>> expected{
-        {1, {2 * ch}}, {2, {2 * ch, 2 * ch}}, {3, {2 * ch}},
-        {5, {2 * ch}}, {6, {ch, ch}},          {7, {ch}}};
-    for (const auto& [i, shape] : expected)
-      TORCH_CHECK(weights[l * kPerLayer + i].sizes() == c10::IntArrayRef(shape), "fastar::", kOp,
-                  ": expected layer ", l, "'s packed weight ", i, " of shape ",
-                  c10::IntArrayRef(shape),
-                  ", but got ", weights[l * kPerLayer + i].sizes());
-    const bool residual = layer_args[2 * l + 1] != 0;
-    TORCH_CHECK(!residual || in == ch, "fastar::", kOp, ": a residual layer keeps its width");
-    const int64_t v_size = (half + 1) * (W + 2 * half) * in, h_size = (W + half) * in;
-    layers.push_back({k, half, in, ch, h_w.size(0) / in, residual, state_size,
-                      state_size + v_size, state_size + v_size + h_size});
-    state_size += v_size + h_size + W * 2 * ch;
-    in = ch;
-  }
-  cpu::pixel_loop::check_state(kOp, state, B, state_size, dtype,
-                               "fastar.ops.gated_pixelcnn.state_size");
-  const at::Tensor &w1 = weights[L * kPerLayer], &w2 = weights[L * kPerLayer + 2];
-  TORCH_CHECK(w1.dim() == 2 && w1.size(0) == in && w2.dim() == 2 && w2.size(0) == w1.size(1) &&
-                  w2.size(1) % C == 0 &&
-                  weights[L * kPerLayer + 1].sizes() == c10::IntArrayRef{w1.size(1)} &&
-                  weights[L * kPerLayer + 3].sizes() == c10::IntArrayRef{w2.size(1)},
-              "fastar::", kOp, ": expected the head's packed weights (", in,
-              ", head), (head), (head, C * outputs), (C * outputs), but got ", w1.sizes(), ", ",
-              w2.sizes());
-  const int64_t NL = w2.size(1) / C;
-  TORCH_CHECK(NL == num_values || (num_values == 2 && NL == 1), "fastar::", kOp,
-              ": expected ", num_values, " outputs per channel (1 for 2 values), but got ", NL);
-  const bool has_cond = cond_bias.has_value();
-  if (has_cond) {
-    TORCH_CHECK(cond_bias->sizes() == c10::IntArrayRef({B, L, 2, 2 * layers[0].ch}) &&
-                    cond_bias->scalar_type() == dtype && cond_bias->device().is_cpu(),
-                "fastar::", kOp, ": expected cond_bias (", B, ", ", L, ", 2, ", 2 * layers[0].ch,
-                ") on the CPU in the weights' dtype, but got ", cond_bias->sizes());
-    for (const Layer& ly : layers)
-      TORCH_CHECK(ly.ch == layers[0].ch, "fastar::", kOp,
-                  ": cond_bias needs layers of one width");
-  }
-  cpu::pixel_loop::check_contents(kOp, x, state, u, start, end, num_given, num_values);
-  at::Tensor logp = at::empty({B, end - start}, weights[0].options());
+bool launch_cpu(const GatedPixelCNNGenerateArgs& a, const at::Tensor& logp) {
   bool ok = true;
-  AT_DISPATCH_FLOATING_TYPES(dtype, "gated_pixelcnn_generate_cpu", [&] {
-    Model<scalar_t> m{C, H, W, num_values, NL, L, w1.size(1), state_size, layers, {}};
-    for (const at::Tensor& w : weights) m.w.push_back(w.const_data_ptr<scalar_t>());
-    const scalar_t* cond = has_cond ? cond_bias->const_data_ptr<scalar_t>() : nullptr;
-    ok = cpu::pixel_loop::run_groups(B, [&](int64_t b0, int64_t b1) FASTAR_INLINE_LAMBDA {
-      return generate_group<scalar_t>(m, x.data_ptr<int64_t>(), state.data_ptr<scalar_t>(),
-                                      u.const_data_ptr<double>(), b0, b1, start, end, num_given,
-                                      cond, logp.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES(a.dtype, "gated_pixelcnn_generate_cpu", [&] {
+    std::vector<const scalar_t*> w;
+    for (const at::Tensor& t : a.weights) w.push_back(t.const_data_ptr<scalar_t>());
+    const scalar_t* cond = a.cond_bias.defined() ? a.cond_bias.const_data_ptr<scalar_t>() : nullptr;
+    if (cpu::pixel_loop::run_device_bodies()) {
+      pixel::GatedPixelCNNLoop<scalar_t> n{
+          loop_args<scalar_t>(a, w.data(), logp,
+                              pixel::GatedPixelCNNLoop<scalar_t>::scratch_size(
+                                  a.W, a.widest, a.head_ch, a.NL, a.V)),
+          a.L, a.widest, a.layers.data(), cond};
+      ok = cpu::pixel_loop::run_host_teams(a.B, n, [](const auto& n, int64_t b, HostTeam team) {
+        return pixel::gated_pixelcnn_sequence(n, b, team);
+      });
+      return;
+    }
+    const Model<scalar_t> m{a.C, a.H, a.W, a.V, a.NL, a.L, a.head_ch, a.state_size, a.layers, w};
+    ok = cpu::pixel_loop::run_groups(a.B, [&](int64_t b0, int64_t b1) FASTAR_INLINE_LAMBDA {
+      return generate_group<scalar_t>(m, a.x.data_ptr<int64_t>(), a.state.data_ptr<scalar_t>(),
+                                      a.u.const_data_ptr<double>(), b0, b1, a.start, a.end,
+                                      a.num_given, cond, logp.data_ptr<scalar_t>());
     });
   });
-  if (!x_in.is_same(x)) x_in.copy_(x);
-  if (!state_in.is_same(state)) state_in.copy_(state);
-  cpu::pixel_loop::raise_unless_ok(kOp, ok);
-  return logp;
+  return ok;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastar, CPU, m) {
-  m.impl("gated_pixelcnn_generate", &gated_pixelcnn_generate_cpu);
+  m.impl("gated_pixelcnn_generate", &gated_pixelcnn_generate_kernel<launch_cpu>);
 }
 
 }  // namespace fastar

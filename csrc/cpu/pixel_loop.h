@@ -1,11 +1,9 @@
 #pragma once
-// What the fused image samplers share (gated_pixelcnn.cpp, pixelcnn.cpp): their argument
-// checks, the state's position marker, the product that runs one weight matrix over the rows
-// of several sequences, the draw, and the split of the batch into one group per thread.
-//
-// A sampler's state (B, state size) holds per sequence the position the last call stopped at
-// (-1 while a call runs, and after a failed one), then the layers' caches; a call continues
-// only from where the last one stopped, and a call from start = 0 clears the state.
+// What the fused image samplers' CPU loops share (gated_pixelcnn.cpp, pixelcnn.cpp): the
+// state's position marker, the product that runs one weight matrix over the rows of several
+// sequences, the draw, the split of the batch into one group per thread, and the switch that
+// runs the CUDA kernels' team bodies instead (common/pixel_generate.h: their arguments, the
+// state's layout and the per-value math).
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -15,9 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "common/checks.h"
-#include "common/dmol.h"
-#include "common/wavenet.h"
+#include <atomic>
+
+#include "common/pixel_generate.h"
+#include "common/team.h"
 #include "cpu/isa.h"
 
 namespace fastar {
@@ -41,101 +40,6 @@ FASTAR_INLINE void rows_times(int64_t R, const T* const* in, int64_t K, const T*
   }
 }
 
-template <typename T>
-FASTAR_INLINE T scaled(int64_t value, int64_t V) {  // as PixelModel.scaled
-  return T(value) * (T(2.0) / T(V - 1)) - T(1.0);
-}
-
-template <typename T>
-FASTAR_INLINE T relu(T v) {
-  return v < T(0) ? T(0) : v;
-}
-
-// x (B, C, H, W) int64 and the state written, u and the weights read: devices, layout, no
-// aliasing between what is written and anything else.
-inline void check_tensors(const char* op, const at::Tensor& x, const at::Tensor& state,
-                          const at::Tensor& u, at::TensorList weights,
-                          const std::optional<at::Tensor>& extra) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kLong, "fastar::", op,
-              ": expected x to be int64 of shape (batch, C, H, W), but got ",
-              dtype_name(x.scalar_type()), " of shape ", x.sizes());
-  for (const at::Tensor& t : weights)
-    TORCH_CHECK(t.device().is_cpu(), "fastar::", op, ": expected CPU weights, but got one on ",
-                t.device());
-  TORCH_CHECK(x.device().is_cpu() && u.device().is_cpu(), "fastar::", op,
-              ": expected x and u on the CPU, but got ", x.device(), " and ", u.device());
-  std::vector<at::Tensor> inputs(weights.begin(), weights.end());
-  inputs.push_back(u);
-  if (extra.has_value() && extra->defined()) inputs.push_back(*extra);
-  check_written_apart(op, {{"x", x}, {"state", state}}, inputs);
-}
-
-// The packed weights: float32 or float64, all of one dtype; returns it.
-inline at::ScalarType check_weight_dtype(const char* op, at::TensorList weights) {
-  const auto dtype = weights[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "fastar::", op,
-              ": expected float32 or float64 weights, but got ", dtype_name(dtype));
-  for (const at::Tensor& w : weights)
-    TORCH_CHECK(w.scalar_type() == dtype, "fastar::", op, ": expected weights of one dtype (",
-                dtype_name(dtype), "), but got ", dtype_name(w.scalar_type()));
-  return dtype;
-}
-
-// u (B, D) float64 and the range of positions.
-inline void check_range(const char* op, const at::Tensor& u, int64_t B, int64_t D, int64_t start,
-                        int64_t end, int64_t num_given, int64_t num_values) {
-  TORCH_CHECK(u.dim() == 2 && u.size(0) == B && u.size(1) == D && u.scalar_type() == at::kDouble,
-              "fastar::", op, ": expected float64 u of shape (", B, ", ", D, "), but got ",
-              dtype_name(u.scalar_type()), " of shape ", u.sizes());
-  TORCH_CHECK(0 <= start && start <= end && end <= D, "fastar::", op,
-              ": expected 0 <= start <= end <= ", D, ", but got start ", start, " and end ", end);
-  TORCH_CHECK(0 <= num_given && num_given <= D, "fastar::", op, ": expected num_given in [0, ",
-              D, "], but got ", num_given);
-  TORCH_CHECK(num_values >= 2, "fastar::", op, ": expected num_values >= 2, but got ",
-              num_values);
-}
-
-// The state's shape and dtype (`size_fn` names the Python function that computes its size).
-inline void check_state(const char* op, const at::Tensor& state, int64_t B, int64_t state_size,
-                        at::ScalarType dtype, const char* size_fn) {
-  TORCH_CHECK(state.dim() == 2 && state.size(0) == B && state.size(1) == state_size &&
-                  state.scalar_type() == dtype && state.device().is_cpu(),
-              "fastar::", op, ": expected state of shape (", B, ", ", state_size,
-              ") in the weights' dtype (", size_fn, "), but got ",
-              dtype_name(state.scalar_type()), " of shape ", state.sizes());
-}
-
-// What the loop reads before it runs: a state left by a call that stopped at `start`; the
-// values before start and the given ones in range (they are read back as the logits'
-// indices); u in [0, 1) where values are drawn (u = 1, or NaN, would draw no value).
-inline void check_contents(const char* op, const at::Tensor& x, const at::Tensor& state,
-                           const at::Tensor& u, int64_t start, int64_t end, int64_t num_given,
-                           int64_t num_values) {
-  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), D = C * HW;
-  const int64_t state_size = state.size(1);
-  for (int64_t b = 0; start > 0 && b < B; ++b) {
-    const double at = AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "pixel_loop_state", [&] {
-      return double(state.const_data_ptr<scalar_t>()[b * state_size]);
-    });
-    TORCH_CHECK(at == double(start), "fastar::", op, ": expected state left by a call that ",
-                "stopped at start = ", start, ", but sequence ", b, "'s state was left at ",
-                at == -1 ? std::string("-1 (a failed call)") : std::to_string(int64_t(at)));
-  }
-  const int64_t known = std::min(std::max(start, num_given), end);
-  const int64_t* xv = x.const_data_ptr<int64_t>();
-  const double* uv = u.const_data_ptr<double>();
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = 0; t < known; ++t) {
-      const int64_t v = xv[b * D + (t % C) * HW + t / C];
-      TORCH_CHECK(0 <= v && v < num_values, "fastar::", op, ": expected the given values (the ",
-                  known, " first in generation order) in [0, ", num_values, "), but got ", v);
-    }
-    for (int64_t t = std::max(start, num_given); t < end; ++t)
-      TORCH_CHECK(uv[b * D + t] >= 0 && uv[b * D + t] < 1, "fastar::", op,
-                  ": expected u in [0, 1), but got ", uv[b * D + t]);
-  }
-}
-
 // One sequence's state: clears it at start = 0 and marks it "running" (-1) until finish().
 template <typename T>
 struct Marker {
@@ -147,17 +51,6 @@ struct Marker {
   void finish(int64_t end) { *left_at = T(end); }
 };
 
-// Value t of a sequence: drawn from u where draw, else x's value read back; its log p into
-// *log_prob. `outputs` are the NL head outputs of its channel. -1 where they define no
-// distribution.
-template <typename T>
-FASTAR_INLINE int64_t draw_value(const T* outputs, int64_t NL, int64_t V, const dmol::Bins<T>& bins,
-                                 double u, bool draw, int64_t given, T* dist, double* expo,
-                                 double* log_prob) {
-  const T* logits = wavenet::value_logits(outputs, NL, V, 0, bins, 0, 1, dist);
-  return wavenet::inverse_cdf(logits, V, u, draw, draw ? 0 : given, expo, log_prob);
-}
-
 // Value t (channel c of pixel (r, j)) of each sequence of a group (the rows b0 .. of the batch),
 // from its `logits` (the head's outputs of channel c): drawn from u where t >= num_given, else
 // x's value read back; log p into logp (B, end - start). False where the outputs define no
@@ -167,13 +60,14 @@ FASTAR_INLINE bool draw_values(Sequences& group, int64_t b0, int64_t C, int64_t 
                                int64_t NL, int64_t V, const dmol::Bins<T>& bins,
                                const double* u_all, int64_t t, int64_t num_given, int64_t start,
                                int64_t end, T* logp_all) {
-  const int64_t D = C * H * W, p = t / C, c = t % C, at = (c * H + p / W) * W + p % W;
+  const int64_t D = C * H * W, at = pixel::position(t, C, H, W).index;
   for (int64_t g = 0; g < static_cast<int64_t>(group.size()); ++g) {
     auto& s = group[g];
     const int64_t b = b0 + g;
     double lp = 0;
-    const int64_t value = draw_value(s.logits.data(), NL, V, bins, u_all[b * D + t],
-                                     t >= num_given, s.x[at], s.dist.data(), s.expo.data(), &lp);
+    const int64_t value = pixel::draw_value(s.logits.data(), NL, V, bins, u_all[b * D + t],
+                                            t >= num_given, s.x[at], s.dist.data(),
+                                            s.expo.data(), &lp);
     if (value < 0) return false;
     s.x[at] = value;
     logp_all[b * (end - start) + t - start] = T(lp);
@@ -183,8 +77,7 @@ FASTAR_INLINE bool draw_values(Sequences& group, int64_t b0, int64_t C, int64_t 
 
 // Runs group(b0, b1) (returns false where a step defined no distribution) over the batch split
 // into one group per thread (each weight read once per step for a whole group), at the CPU's
-// level. Returns whether every group succeeded (the caller writes x and the state back, then
-// raise_unless_ok).
+// level. Returns whether every group succeeded.
 template <typename Group>
 bool run_groups(int64_t B, const Group& group) {
   const cpu::Capability level = cpu::capability();
@@ -202,10 +95,30 @@ bool run_groups(int64_t B, const Group& group) {
   return std::none_of(failed.begin(), failed.end(), [](char f) { return f != 0; });
 }
 
-inline void raise_unless_ok(const char* op, bool ok) {
-  TORCH_CHECK(ok, "fastar::", op, ": the model's output defines no distribution (NaN or ",
-              "infinite logits) at some step: are the weights and conditions finite, and small ",
-              "enough that the logits do not overflow?");
+// Whether the CPU kernels run the CUDA kernels' team bodies (common/pixel_generate.h), one
+// host thread per sequence, instead of their own loops: the tests set it
+// (fastar._C._set_run_device_bodies) to check on the CPU the formulas and the indexing that
+// the GPU runs.
+inline std::atomic<bool>& run_device_bodies() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+
+// loop's team body over every sequence, on host teams of one thread, in parallel; loop's
+// scratch, expo and flags allocated here. Returns whether every sequence succeeded.
+template <typename Loop, typename Body>
+bool run_host_teams(int64_t B, Loop loop, const Body& body) {
+  using T = std::remove_pointer_t<decltype(loop.scratch_all)>;
+  std::vector<T> scratch(std::max<int64_t>(B * loop.scratch, 1));
+  std::vector<double> expo(std::max<int64_t>(B * loop.V, 1));
+  std::vector<int> flags(std::max<int64_t>(B, 1));
+  loop.scratch_all = scratch.data(), loop.expo_all = expo.data(), loop.flag_all = flags.data();
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      if (!body(loop, b, HostTeam{})) ok = false;
+  });
+  return ok;
 }
 
 }  // namespace pixel_loop

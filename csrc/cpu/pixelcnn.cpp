@@ -18,24 +18,17 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/pixel_args.h"
 #include "cpu/pixel_loop.h"
 
 namespace fastar {
 namespace {
 
-using cpu::pixel_loop::relu;
 using cpu::pixel_loop::rows_times;
-
-constexpr const char* kOp = "pixelcnn_generate";
-constexpr int64_t kFirst = 2;     // first_w, first_b
-constexpr int64_t kPerBlock = 6;  // w_in, b_in, w_conv, b_conv, w_out, b_out
-constexpr int64_t kHead = 4;      // head_w1, head_b1, head_w2, head_b2
-
-struct Conv {  // a spatial convolution
-  int64_t k, half, in, out;
-  int64_t ring, above;  // offsets of its ring and its row of sums in a sequence's state
-  int64_t ring_rows() const { return half + 1; }
-};
+using pixel::Conv;
+using pixel::relu;
+using pixel::pixelcnn::kFirst;
+using pixel::pixelcnn::kPerBlock;
 
 template <typename T>
 struct Model {
@@ -75,13 +68,13 @@ struct Sequence {
   // half + j).
   T* at(const Model<T>& m, int64_t s, int64_t r, int64_t j) {
     const Conv& cv = m.convs[s];
-    return ring[s] + ((r % cv.ring_rows()) * (m.W + 2 * cv.half) + j) * cv.in;
+    return ring[s] + (cv.at(r, j, m.W) - cv.ring);
   }
 
   void image_pixel(const Model<T>& m, int64_t r, int64_t j) {
     T* p = at(m, 0, r, m.convs[0].half + j);
     for (int64_t c = 0; c < m.C; ++c)
-      p[c] = cpu::pixel_loop::scaled<T>(x[(c * m.H + r) * m.W + j], m.V);
+      p[c] = pixel::scaled<T>(x[(c * m.H + r) * m.W + j], m.V);
   }
 };
 
@@ -211,89 +204,35 @@ FASTAR_INLINE bool generate_group(const Model<T>& m, int64_t* x_all, T* state_al
   return true;
 }
 
-at::Tensor pixelcnn_generate_cpu(const at::Tensor& x_in, const at::Tensor& state_in,
-                                 const at::Tensor& u_in, int64_t start, int64_t end,
-                                 int64_t num_given, at::TensorList weights_in,
-                                 c10::IntArrayRef kernel_sizes, int64_t num_values) {
-  cpu::pixel_loop::check_tensors(kOp, x_in, state_in, u_in, weights_in, std::nullopt);
-  // Contiguous working copies (x and state written back where they were not contiguous).
-  const at::Tensor x = x_in.contiguous(), u = u_in.contiguous(), state = state_in.contiguous();
-  std::vector<at::Tensor> weights;
-  for (const at::Tensor& t : weights_in) weights.push_back(t.contiguous());
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), D = C * H * W;
-  TORCH_CHECK(!kernel_sizes.empty(), "fastar::", kOp,
-              ": expected kernel_sizes of the first convolution and each block's, but got none");
-  const int64_t L = static_cast<int64_t>(kernel_sizes.size()) - 1;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kFirst + L * kPerBlock + kHead, "fastar::",
-              kOp, ": expected ", kFirst + L * kPerBlock + kHead, " packed weights for ", L,
-              " blocks, but got ", weights.size());
-  const auto dtype = cpu::pixel_loop::check_weight_dtype(kOp, weights);
-  cpu::pixel_loop::check_range(kOp, u, B, D, start, end, num_given, num_values);
-  const int64_t hidden = weights[1].dim() == 1 ? weights[1].size(0) : -1;
-  const int64_t inner = L > 0 && weights[kFirst + 1].dim() == 1 ? weights[kFirst + 1].size(0) : 0;
-  auto expect = [&](int64_t i, std::vector<int64_t> shape, const char* what) {
-    TORCH_CHECK(weights[i].sizes() == c10::IntArrayRef(shape), "fastar::", kOp, ": expected ",
-                what, " (packed weight ", i, ") of shape ", c10::IntArrayRef(shape), ", but got ",
-                weights[i].sizes());
-  };
-  TORCH_CHECK(hidden > 0, "fastar::", kOp, ": expected the first bias (packed weight 1) of shape ",
-              "(hidden,), but got ", weights[1].sizes());
-  int64_t state_size = 1;  // [0]: the position the state was left at
-  std::vector<Conv> convs;
-  for (int64_t s = 0; s <= L; ++s) {
-    const int64_t k = kernel_sizes[s], half = k / 2;
-    TORCH_CHECK(k >= 3 && k % 2 == 1, "fastar::", kOp, ": expected odd kernel sizes >= 3, but got ",
-                k, " at convolution ", s);
-    const int64_t in = s == 0 ? C : inner, out = s == 0 ? hidden : inner;
-    expect(s == 0 ? 0 : kFirst + (s - 1) * kPerBlock + 2, {(half + 1) * k * in, out},
-           s == 0 ? "the first convolution" : "a block's convolution");
-    convs.push_back({k, half, in, out, state_size,
-                     state_size + (half + 1) * (W + 2 * half) * in});
-    state_size += (half + 1) * (W + 2 * half) * in + W * out;
-  }
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t o = kFirst + l * kPerBlock;
-    expect(o, {hidden, inner}, "a block's first 1x1");
-    expect(o + 1, {inner}, "a block's first bias");
-    expect(o + 3, {inner}, "a block's convolution bias");
-    expect(o + 4, {inner, hidden}, "a block's last 1x1");
-    expect(o + 5, {hidden}, "a block's last bias");
-  }
-  cpu::pixel_loop::check_state(kOp, state, B, state_size, dtype,
-                               "fastar.ops.pixelcnn.state_size");
-  const int64_t o = kFirst + L * kPerBlock;
-  TORCH_CHECK(weights[o].dim() == 2 && weights[o].size(0) == hidden &&
-                  weights[o + 2].dim() == 2 && weights[o + 2].size(0) == weights[o].size(1) &&
-                  weights[o + 2].size(1) % C == 0 &&
-                  weights[o + 1].sizes() == c10::IntArrayRef{weights[o].size(1)} &&
-                  weights[o + 3].sizes() == c10::IntArrayRef{weights[o + 2].size(1)},
-              "fastar::", kOp, ": expected the head's packed weights (", hidden,
-              ", head), (head), (head, C * outputs), (C * outputs), but got ",
-              weights[o].sizes(), ", ", weights[o + 2].sizes());
-  const int64_t NL = weights[o + 2].size(1) / C;
-  TORCH_CHECK(NL == num_values || (num_values == 2 && NL == 1), "fastar::", kOp,
-              ": expected ", num_values, " outputs per channel (1 for 2 values), but got ", NL);
-  cpu::pixel_loop::check_contents(kOp, x, state, u, start, end, num_given, num_values);
-  at::Tensor logp = at::empty({B, end - start}, weights[0].options());
+bool launch_cpu(const PixelCNNGenerateArgs& a, const at::Tensor& logp) {
   bool ok = true;
-  AT_DISPATCH_FLOATING_TYPES(dtype, "pixelcnn_generate_cpu", [&] {
-    Model<scalar_t> m{C, H, W, num_values, NL, L, hidden, inner, weights[o].size(1), state_size,
-                      convs, {}};
-    for (const at::Tensor& w : weights) m.w.push_back(w.const_data_ptr<scalar_t>());
-    ok = cpu::pixel_loop::run_groups(B, [&](int64_t b0, int64_t b1) FASTAR_INLINE_LAMBDA {
-      return generate_group<scalar_t>(m, x.data_ptr<int64_t>(), state.data_ptr<scalar_t>(),
-                                      u.const_data_ptr<double>(), b0, b1, start, end, num_given,
-                                      logp.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES(a.dtype, "pixelcnn_generate_cpu", [&] {
+    std::vector<const scalar_t*> w;
+    for (const at::Tensor& t : a.weights) w.push_back(t.const_data_ptr<scalar_t>());
+    if (cpu::pixel_loop::run_device_bodies()) {
+      pixel::PixelCNNLoop<scalar_t> n{
+          loop_args<scalar_t>(a, w.data(), logp,
+                              pixel::PixelCNNLoop<scalar_t>::scratch_size(
+                                  a.hidden, a.inner, a.head_ch, a.NL, a.V)),
+          a.L, a.hidden, a.inner, a.convs.data()};
+      ok = cpu::pixel_loop::run_host_teams(a.B, n, [](const auto& n, int64_t b, HostTeam team) {
+        return pixel::pixelcnn_sequence(n, b, team);
+      });
+      return;
+    }
+    const Model<scalar_t> m{a.C, a.H, a.W, a.V, a.NL, a.L, a.hidden, a.inner, a.head_ch,
+                            a.state_size, a.convs, w};
+    ok = cpu::pixel_loop::run_groups(a.B, [&](int64_t b0, int64_t b1) FASTAR_INLINE_LAMBDA {
+      return generate_group<scalar_t>(m, a.x.data_ptr<int64_t>(), a.state.data_ptr<scalar_t>(),
+                                      a.u.const_data_ptr<double>(), b0, b1, a.start, a.end,
+                                      a.num_given, logp.data_ptr<scalar_t>());
     });
   });
-  if (!x_in.is_same(x)) x_in.copy_(x);
-  if (!state_in.is_same(state)) state_in.copy_(state);
-  cpu::pixel_loop::raise_unless_ok(kOp, ok);
-  return logp;
+  return ok;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastar, CPU, m) { m.impl("pixelcnn_generate", &pixelcnn_generate_cpu); }
+TORCH_LIBRARY_IMPL(fastar, CPU, m) { m.impl("pixelcnn_generate", &pixelcnn_generate_kernel<launch_cpu>); }
 
 }  // namespace fastar

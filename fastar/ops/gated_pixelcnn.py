@@ -2,7 +2,7 @@
 (Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models": each
 layer keeps what the next value needs, so a value costs the layers at its pixel only). The
 public function, the packing of a model's weights, and the fake kernel; the CPU kernel is
-csrc/cpu/gated_pixelcnn.cpp. `fastar.models.GatedPixelCNN.run` calls it."""
+csrc/cpu/gated_pixelcnn.cpp, the CUDA kernel csrc/cuda/pixel_generate.cu. `fastar.models.GatedPixelCNN.run` calls it."""
 
 from typing import List, Optional, Sequence
 
@@ -45,7 +45,7 @@ def gated_pixelcnn_generate(x: Tensor, state: Tensor, u: Tensor, start: int, end
         cond_bias: (B, layers, 2, 2 ch): each layer's vertical and horizontal gate biases
             from the condition, or None.
 
-    Not differentiable; CPU, float32 and float64.
+    Not differentiable; CPU and CUDA, float32 and float64.
     """
     if use_reference():
         return reference.gated_pixelcnn_generate(x, state, u, start, end, num_given,
@@ -140,6 +140,6 @@ def _fake(x, state, u, start, end, num_given, weights, layer_args, num_values, c
         torch._check(tuple(cond_bias.shape) == (B, L, 2, 2 * channels[0])
                      and cond_bias.dtype == weights[0].dtype
                      and all(ch == channels[0] for ch in channels),
-                     lambda: "%s: expected cond_bias (%d, %d, 2, %d) on the CPU in the weights' "
+                     lambda: "%s: expected cond_bias (%d, %d, 2, %d) on x's device in the weights' "
                      "dtype" % (op, B, L, 2 * channels[0]))
     return weights[0].new_empty((B, end - start))

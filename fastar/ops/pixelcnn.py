@@ -1,7 +1,8 @@
 """pixelcnn_generate: PixelCNN's whole cached generation loop in one op call (Ramachandran et
 al. 2017's caches: each masked convolution keeps its input's last rows and its sums over the
 rows above, so a value costs the layers at its pixel only). The public function, the packing
-of a model's weights, and the fake kernel; the CPU kernel is csrc/cpu/pixelcnn.cpp.
+of a model's weights, and the fake kernel; the CPU kernel is
+csrc/cpu/pixelcnn.cpp, the CUDA kernel csrc/cuda/pixel_generate.cu.
 `fastar.models.PixelCNN.run` calls it."""
 
 from typing import List, Sequence
@@ -39,7 +40,7 @@ def pixelcnn_generate(x: Tensor, state: Tensor, u: Tensor, start: int, end: int,
             then the head's two 1x1 layers.
         kernel_sizes: the first convolution's, then each block's (odd, >= 3).
 
-    Not differentiable; CPU, float32 and float64.
+    Not differentiable; CPU and CUDA, float32 and float64.
     """
     if use_reference():
         return reference.pixelcnn_generate(x, state, u, start, end, num_given, list(weights),
