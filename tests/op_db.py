@@ -467,6 +467,29 @@ def pixelcnn_samples(device, dtype, full=False):
                                dtype, full)
 
 
+# --- row_lstm ---------------------------------------------------------------------------------
+
+# (batch, h, H, W, k, groups): the paper's k = 3; colour groups; one pixel; a kernel wider than
+# the row; k = 1 (no neighbours).
+_ROW_LSTM_CASES = [(2, 3, 4, 5, 3, 1), (2, 6, 5, 3, 3, 3), (3, 2, 1, 1, 5, 1), (1, 4, 3, 2, 5, 1),
+                   (2, 3, 3, 4, 1, 3)]
+
+
+def row_lstm_samples(device, dtype, full=False):
+    out = []
+    for B, h, H, W, k, groups in _ROW_LSTM_CASES:
+        x = _float((B, 4 * h, H, W), dtype, device, 2.0)
+        out.append(SampleInput((x, _float((4 * h, h, k), dtype, device, 0.5),
+                                _float((4 * h,), dtype, device), groups),
+                               "%dx%dx%d-h%d-k%d-g%d" % (B, H, W, h, k, groups),
+                               gradcheck=B * h * H * W <= 72))
+    B, h, H, W, k, groups = _ROW_LSTM_CASES[0]
+    saturated = _float((B, 4 * h, H, W), dtype, device, 40.0)  # gates at 0 and 1, tanh at +-1
+    out.append(SampleInput((channels_last(saturated), _float((4 * h, h, k), dtype, device, 5.0),
+                            _float((4 * h,), dtype, device), groups), "saturated-channels-last"))
+    return out
+
+
 OP_DB = [
     OpInfo("gated_activation", reference.gated_activation, gated_samples,
            fn=ops.gated_activation, grad_args=(0, 1), tol64=(1e-13, 1e-15),
@@ -491,6 +514,10 @@ OP_DB = [
            grad_args=(0, 1, 2), double_backward=True),
     OpInfo("relu_linear_backward", reference.relu_linear_backward,
            relu_linear_backward_samples, batch_outputs=(0,)),
+    # The public function returns h only (tests/test_row_lstm.py); its backward is checked
+    # through the forward's (gradcheck, opcheck's autograd tests).
+    OpInfo("row_lstm", reference.row_lstm, row_lstm_samples, grad_args=(0, 1, 2),
+           tol64=(1e-12, 1e-14), grad_tol64=(1e-11, 1e-13)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1),

@@ -360,6 +360,7 @@ _CHECK_SOURCES = {
     "gated_pixelcnn_generate": ["csrc/common/gated_pixelcnn_args.cpp",
                                 "csrc/common/pixel_args.cpp"],
     "pixelcnn_generate": ["csrc/common/pixelcnn_args.cpp", "csrc/common/pixel_args.cpp"],
+    "row_lstm": ["csrc/common/row_lstm_loop.cpp"],
 }
 
 
@@ -403,6 +404,17 @@ def _table_errors(op):
         model, n, T, call = test_wavenet.refusal_call()
         cases = test_wavenet._refusal_cases(model, n, T) + test_wavenet._value_refusal_cases(n, T)
         return [raised(lambda: call(**kwargs)) for _, kwargs, _ in cases]
+    if op == "row_lstm":
+        import test_row_lstm
+        out = []
+        for change, _ in test_row_lstm.CASES:
+            a = {**test_row_lstm.good_args(), **change}
+            out.append(raised(lambda: torch.ops.fastar.row_lstm(
+                a["x"], a["weight"], a["bias"], a["groups"])))
+        for change, _ in test_row_lstm.BACKWARD_CASES:
+            out.append(raised(lambda: torch.ops.fastar.row_lstm_backward(
+                **{**test_row_lstm.backward_args(), **change})))
+        return out
     if op == "masked_linear":
         out = []
         for _, change, _ in test_masked_linear.CASES:

@@ -37,12 +37,13 @@ from fastar.ops.gated_pixelcnn import gated_pixelcnn_generate  # noqa: E402
 from fastar.ops.masked_linear import masked_linear, staircase_blocks  # noqa: E402
 from fastar.ops.pixelcnn import pixelcnn_generate  # noqa: E402
 from fastar.ops.relu import relu_linear  # noqa: E402
+from fastar.ops.row_lstm import row_lstm  # noqa: E402
 from fastar.ops.wavenet import wavenet_generate  # noqa: E402
 
 __all__ = ["cpu_capabilities", "cpu_capability", "current_implementation", "devices",
            "dmol_log_prob", "force_cpu_capability", "gated_activation",
            "gated_pixelcnn_generate", "implementation", "is_composite", "kernels",
-           "masked_linear", "op_dtypes", "pixelcnn_generate", "relu_linear",
+           "masked_linear", "op_dtypes", "pixelcnn_generate", "relu_linear", "row_lstm",
            "staircase_blocks", "supports", "wavenet_generate"]
 
 

@@ -1,0 +1,84 @@
+// CUDA kernels of row_lstm: common/lstm.h's cell over a row's pixels, one thread per hidden
+// unit of a pixel; the rows and their products in common/row_lstm_loop.cpp. Not yet run on a
+// GPU: the CPU tests check the same cell math.
+
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "common/lstm.h"
+#include "common/row_lstm_loop.h"
+#include "cuda/launch.h"
+
+namespace fastar {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(T* z, const T* c_prev, T* c, T* h, int64_t total, int64_t units, int64_t hg) {
+  cuda::grid_stride(total, [&](int64_t u) {
+    const int64_t n = u / units, m = u % units;
+    lstm::forward(z + n * 4 * units, m, hg, c_prev ? c_prev[u] : T(0), c + u, h + u);
+  });
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const T* act, const T* c, const T* c_prev, const T* dh, T* dc, T* dz,
+                    int64_t total, int64_t units, int64_t hg) {
+  cuda::grid_stride(total, [&](int64_t u) {
+    const int64_t n = u / units, m = u % units;
+    lstm::backward(act + n * 4 * units, m, hg, c[u], c_prev ? c_prev[u] : T(0), dh[u], dc + u,
+                   dz + n * 4 * units);
+  });
+}
+
+void forward_row(const at::Tensor& z, const at::Tensor& c_prev, const at::Tensor& c,
+                 const at::Tensor& h, int64_t groups) {
+  const int64_t units = h.size(1);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "row_lstm_cuda", [&] {
+    cuda::launch<kThreads>(forward_kernel<scalar_t>, z.device(), h.numel(),
+                           z.data_ptr<scalar_t>(),
+                           c_prev.defined() ? c_prev.const_data_ptr<scalar_t>() : nullptr,
+                           c.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h.numel(), units,
+                           units / groups);
+  });
+}
+
+void backward_row(const at::Tensor& act, const at::Tensor& c, const at::Tensor& c_prev,
+                  const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& dz,
+                  int64_t groups) {
+  const int64_t units = c.size(1);
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "row_lstm_backward_cuda", [&] {
+    cuda::launch<kThreads>(backward_kernel<scalar_t>, act.device(), c.numel(),
+                           act.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
+                           c_prev.defined() ? c_prev.const_data_ptr<scalar_t>() : nullptr,
+                           dh.const_data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+                           dz.data_ptr<scalar_t>(), c.numel(), units, units / groups);
+  });
+}
+
+constexpr RowCells kCells{forward_row, backward_row};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_cuda(const at::Tensor& x,
+                                                             const at::Tensor& weight,
+                                                             const at::Tensor& bias,
+                                                             int64_t groups) {
+  return row_lstm_forward(x, weight, bias, groups, kCells);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_backward_cuda(
+    const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& c, const at::Tensor& gates,
+    const at::Tensor& weight, int64_t groups) {
+  return row_lstm_backward(grad_h, h, c, gates, weight, groups, kCells);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastar, CUDA, m) {
+  m.impl("row_lstm", &row_lstm_cuda);
+  m.impl("row_lstm_backward", &row_lstm_backward_cuda);
+}
+
+}  // namespace fastar

@@ -1,0 +1,40 @@
+"""row_lstm as a Python loop of torch ops over the rows (the tests' oracle, the benches'
+baseline)."""
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GATES = 4  # output, forget, input, cell: the order inside each colour group (csrc/common/lstm.h)
+
+
+def gate_channels(hidden: int, groups: int) -> Tensor:
+    """(4, hidden) indices: [q, m] is gate q of hidden unit m among the 4 * hidden gate
+    channels, laid out by colour group, then gate, then unit."""
+    hg = hidden // groups
+    m = torch.arange(hidden)
+    return torch.stack([((m // hg) * GATES + q) * hg + m % hg for q in range(GATES)])
+
+
+def row_lstm(x: Tensor, weight: Tensor, bias: Tensor,
+             groups: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
+    """(h, c, gates) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias +
+    conv1d(h of row i - 1, weight, padding k // 2) (zeros above row 0), then the LSTM cell."""
+    B, _, H, W = x.shape
+    hidden, k = weight.shape[1], weight.shape[2]
+    index = gate_channels(hidden, groups).to(x.device)
+    h_prev = c_prev = x.new_zeros(B, hidden, W)
+    hs, cs, acts = [], [], []
+    for i in range(H):
+        z = x[:, :, i] + bias[:, None] + F.conv1d(h_prev, weight, padding=k // 2)
+        o, f, i_gate = (torch.sigmoid(z[:, index[q]]) for q in range(3))
+        g = torch.tanh(z[:, index[3]])
+        c_prev = f * c_prev + i_gate * g
+        h_prev = o * torch.tanh(c_prev)
+        act = torch.empty_like(z).index_copy(1, index.flatten(), torch.cat([o, f, i_gate, g], 1))
+        hs.append(h_prev)
+        cs.append(c_prev)
+        acts.append(act)
+    return torch.stack(hs, 2), torch.stack(cs, 2), torch.stack(acts, 2)

@@ -1,0 +1,97 @@
+"""row_lstm beyond the generic op checks: the public function, the refusals (each check of
+csrc/common/row_lstm_loop.cpp has a case: tests/test_ops.py reads them), and the meaning of
+the layout (a gate of a colour group reads the units of that group only)."""
+
+import pytest
+import torch
+
+from fastar import ops, reference
+
+
+def good_args(dtype=torch.float64, groups=1, h=3, k=3):
+    return {"x": torch.randn(2, 4 * h, 3, 4, dtype=dtype),
+            "weight": torch.randn(4 * h, h, k, dtype=dtype),
+            "bias": torch.randn(4 * h, dtype=dtype), "groups": groups}
+
+
+# (change to good_args(), message)
+CASES = [
+    ({"x": torch.randn(2, 12, 3, 4).half()}, r"expected float32 or float64 gates, but got float16"),
+    ({"weight": torch.randn(12, 3, 3)}, r"expected weight to have x's dtype \(float64\)"),
+    ({"bias": torch.randn(12)}, r"expected bias to have x's dtype"),
+    ({"weight": torch.randn(12, 3, 2, dtype=torch.float64)},
+     r"expected weight of shape \(4 h, h, k\) with k odd, but got \[12, 3, 2\]"),
+    ({"weight": torch.randn(12, 4, 3, dtype=torch.float64)},
+     r"expected weight of shape \(4 h, h, k\) with k odd, but got \[12, 4, 3\]"),
+    ({"x": torch.randn(2, 8, 3, 4, dtype=torch.float64)},
+     r"expected gates of shape \(batch, 12, H, W\), but got \[2, 8, 3, 4\]"),
+    ({"x": torch.randn(12, 3, 4, dtype=torch.float64)}, r"expected gates of shape"),
+    ({"bias": torch.randn(8, dtype=torch.float64)},
+     r"expected bias of shape \(12\), but got \[8\]"),
+    ({"groups": 2}, r"expected groups 1 or 3 dividing h = 3, but got 2"),
+    ({"groups": 3, "weight": torch.randn(16, 4, 3, dtype=torch.float64),
+      "x": torch.randn(2, 16, 3, 4, dtype=torch.float64), "bias": torch.randn(16).double()},
+     r"expected groups 1 or 3 dividing h = 4, but got 3"),
+]
+
+BACKWARD_CASES = [
+    ({"grad_h": torch.randn(2, 3, 3, 5, dtype=torch.float64)},
+     r"row_lstm_backward: expected grad_h of shape \(2, 3, 3, 4\), but got \[2, 3, 3, 5\]"),
+    ({"c": torch.randn(2, 3, 3, 4)}, r"row_lstm_backward: expected c to have x's dtype"),
+]
+
+
+def backward_args():
+    a = good_args()
+    h, c, gates = torch.ops.fastar.row_lstm(a["x"], a["weight"], a["bias"], 1)
+    return {"grad_h": torch.randn_like(h), "h": h, "c": c, "gates": gates,
+            "weight": a["weight"], "groups": 1}
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("change,message", CASES)
+def test_bad_arguments_are_refused_naming_the_op(change, message, device):
+    a = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+         for k, v in {**good_args(), **change}.items()}
+    with pytest.raises(RuntimeError, match="fastar::row_lstm: " + message):
+        torch.ops.fastar.row_lstm(a["x"], a["weight"], a["bias"], a["groups"])
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("change,message", BACKWARD_CASES)
+def test_bad_backward_arguments_are_refused(change, message, device):
+    a = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+         for k, v in {**backward_args(), **change}.items()}
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fastar.row_lstm_backward(**a)
+
+
+def test_the_public_function_returns_h_on_both_implementations():
+    a = good_args()
+    h = torch.ops.fastar.row_lstm(a["x"], a["weight"], a["bias"], 1)[0]
+    torch.testing.assert_close(ops.row_lstm(**a), h, rtol=0, atol=0)
+    with ops.implementation("reference"):
+        torch.testing.assert_close(ops.row_lstm(**a), h, rtol=1e-12, atol=1e-14)
+
+
+def test_c_and_the_gates_are_not_differentiable():
+    a = good_args()
+    x = a["x"].requires_grad_()
+    h, c, gates = torch.ops.fastar.row_lstm(x, a["weight"], a["bias"], 1)
+    assert h.requires_grad and not c.requires_grad and not gates.requires_grad
+
+
+def test_a_colour_group_reads_only_its_own_units_of_the_row_above():
+    """With groups = 3, the gates of group g read all units of the row above (the row is
+    complete), but a unit's cell only its own group's gates: changing the gate inputs of group
+    2 at a pixel leaves groups 0 and 1 of that pixel alone."""
+    a = good_args(groups=3, h=6)
+    index = reference.row_lstm.__globals__["gate_channels"](6, 3)  # (4, h)
+    h0 = ops.row_lstm(**a)
+    x = a["x"].clone()
+    x[:, index[:, 4:].flatten(), 1, 2] += 1.0  # group 2's gates at pixel (1, 2)
+    h1 = ops.row_lstm(**{**a, "x": x})
+    assert torch.equal(h0[:, :4, 1, 2], h1[:, :4, 1, 2])
+    assert not torch.equal(h0[:, 4:, 1, 2], h1[:, 4:, 1, 2])
+    assert torch.equal(h0[:, :, :1], h1[:, :, :1])  # rows above: untouched
+    assert torch.equal(h0[:, :, 1, :2], h1[:, :, 1, :2])  # earlier pixels of the row too
