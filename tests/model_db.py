@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fastar.models import MADE, GatedPixelCNN, PixelCNN, WaveNet
+from fastar.models import MADE, GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
 from fastar.models.wavenet import Condition
 
 
@@ -83,6 +83,15 @@ def _leak_gated(model):
     first.mask_type = "B"
 
 
+def _row_lstm(shape, **kw):
+    return RowLSTM(**{"image_shape": shape, "hidden_channels": 6, "num_layers": 2,
+                      "head_channels": 6, **kw})
+
+
+def _leak_row_lstm(model):
+    model.first.mask.fill_(1)  # the first layer sees the pixel it predicts
+
+
 def _wavenet(shape, **kw):
     return WaveNet(**{"num_values": 2, "residual_channels": 4, "skip_channels": 6,
                       "dilations": (1, 2, 1, 4), **kw})
@@ -112,6 +121,9 @@ MODEL_DB = [
     ModelInfo("GatedPixelCNN", _gated, {
         "plain": {}, "classes": {"num_classes": 3}, "vector": {"cond_channels": 5}},
         tiny_shapes=[(1, 3, 3), (3, 2, 2)], condition=_gated_condition, leak=_leak_gated),
+    ModelInfo("RowLSTM", _row_lstm, {"binary": {}, "three-values": {"num_values": 3},
+                                      "k5": {"kernel_size": 5, "num_layers": 1}},
+              tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_row_lstm),
     ModelInfo("WaveNet", _wavenet, {
         "k2": {}, "k3": {"kernel_size": 3}, "global-local": {
             "kernel_size": 3, "cond_channels": 3, "local_channels": 2, "upsample": 2},

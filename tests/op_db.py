@@ -490,6 +490,16 @@ def row_lstm_samples(device, dtype, full=False):
     return out
 
 
+def row_lstm_backward_samples(device, dtype, full=False):
+    """The gradient of h for the outputs of each row_lstm sample."""
+    out = []
+    for s in row_lstm_samples(device, dtype, full):
+        x, weight, bias, groups = s.args
+        h, c, gates = torch.ops.fastar.row_lstm(x, weight, bias, groups)
+        out.append(SampleInput((torch.randn_like(h), h, c, gates, weight, groups), s.name))
+    return out
+
+
 OP_DB = [
     OpInfo("gated_activation", reference.gated_activation, gated_samples,
            fn=ops.gated_activation, grad_args=(0, 1), tol64=(1e-13, 1e-15),
@@ -514,10 +524,11 @@ OP_DB = [
            grad_args=(0, 1, 2), double_backward=True),
     OpInfo("relu_linear_backward", reference.relu_linear_backward,
            relu_linear_backward_samples, batch_outputs=(0,)),
-    # The public function returns h only (tests/test_row_lstm.py); its backward is checked
-    # through the forward's (gradcheck, opcheck's autograd tests).
+    # The public function returns h only (tests/test_row_lstm.py).
     OpInfo("row_lstm", reference.row_lstm, row_lstm_samples, grad_args=(0, 1, 2),
            tol64=(1e-12, 1e-14), grad_tol64=(1e-11, 1e-13)),
+    OpInfo("row_lstm_backward", reference.row_lstm_backward, row_lstm_backward_samples,
+           batch_outputs=(0,), tol64=(1e-11, 1e-13)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1),

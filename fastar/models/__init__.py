@@ -10,10 +10,12 @@ from fastar.models.cache import Cache
 from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from fastar.models.made import MADE, MADEConfig
 from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig
+from fastar.models.row_lstm import RowLSTM, RowLSTMConfig
 from fastar.models.wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN,
-          "wavenet": WaveNet}
+          "row_lstm": RowLSTM, "wavenet": WaveNet}
 
 __all__ = ["MODELS", "AutoregressiveModel", "Cache", "GatedPixelCNN", "GatedPixelCNNConfig",
-           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "WaveNet", "WaveNetConfig"]
+           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "RowLSTM", "RowLSTMConfig",
+           "WaveNet", "WaveNetConfig"]

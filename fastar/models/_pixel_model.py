@@ -8,7 +8,7 @@ from torch import Tensor
 
 from fastar.models.base import AutoregressiveModel
 from fastar.models.cache import Cache
-from fastar.nn.conv import channels_last
+from fastar.nn.conv import MaskedConv2d, channels_last
 
 
 @dataclasses.dataclass
@@ -43,6 +43,20 @@ class PixelModel(AutoregressiveModel):
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
+
+    def complete_previous_pixel(self, cache: Cache, i: int, first: MaskedConv2d,
+                                ring: Tensor) -> None:
+        """Writes the pixel before position order[i] into the image's ring (`first`, the
+        first convolution's, `MaskedConv2d.new_ring`): it is complete now, its last channel
+        drawn after its last step wrote it there (no other layer's input at a pixel depends on
+        that pixel's values)."""
+        if i == 0:
+            return
+        C, H, W = self.image_shape
+        before = cache.order[i - 1] % (H * W)
+        k = first.dilation[1] * (first.kernel_size[1] // 2)
+        ring[:, :, before // W % ring.shape[2], k + before % W] = self.scaled(
+            cache.x[:, :, before // W, before % W], ring.dtype)
 
     def run(self, cache: Cache, start: int, end: int) -> None:
         """The model's fused loop (its `fused_op`) where cache.fused, else the step or naive

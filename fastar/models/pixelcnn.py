@@ -92,9 +92,7 @@ class PixelCNN(PixelModel):
         cache = PixelCache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=p.device),
                            order=self.generation_order(self.image_shape).tolist())
         for conv in self._spatial_convs():
-            (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
-            cache.layers.append(p.new_zeros(n, conv.in_channels, dh * (kh // 2) + 1,
-                                            W + 2 * dw * (kw // 2)))
+            cache.layers.append(conv.new_ring(n, W))
         return cache
 
     def _fused_state_size(self) -> int:
@@ -119,14 +117,7 @@ class PixelCNN(PixelModel):
         i = cache.position(i, "PixelCNN.step")
         position = cache.order[i]
         c, row, col = position // (H * W), position // W % H, position % W
-        if i > 0:  # the previous pixel is complete now: its last channel was drawn after its
-            # last step wrote it into the image's ring (the first layer's; no other layer's
-            # input at a pixel depends on that pixel's values)
-            before = cache.order[i - 1] % (H * W)
-            image_ring, first = cache.layers[0], self.net[0]
-            k = first.dilation[1] * (first.kernel_size[1] // 2)
-            image_ring[:, :, before // W % image_ring.shape[2], k + before % W] = self.scaled(
-                cache.x[:, :, before // W, before % W], image_ring.dtype)
+        self.complete_previous_pixel(cache, i, self.net[0], cache.layers[0])
         pixel = self.scaled(cache.x[:, :, row, col], cache.layers[0].dtype)
         out = self._pixel_forward(self.net, pixel, iter(cache.layers), row, col)
         return out.view(-1, C, self.num_logits)[:, c]
@@ -142,12 +133,5 @@ class PixelCNN(PixelModel):
             elif m.kernel_size == (1, 1):
                 h = F.linear(h, m.cropped_weight()[:, :, 0, 0], m.bias)
             else:
-                ring = next(rings)
-                (kh, kw), (dh, dw) = m.kernel_size, m.dilation
-                ring[:, :, row % ring.shape[2], dw * (kw // 2) + col] = h
-                # weight row r reads input row row - dh * (kh // 2 - r) (a slot not yet written
-                # this generation, zeros, for rows before 0), column col + dw * (c - kw // 2)
-                rows = [(row - dh * (kh // 2 - r)) % ring.shape[2] for r in range(kh // 2 + 1)]
-                window = ring[:, :, rows][:, :, :, col : col + dw * (kw - 1) + 1 : dw]
-                h = torch.einsum("ocrk,ncrk->no", m.cropped_weight(), window) + m.bias
+                h = m.at_pixel(next(rings), h, row, col)
         return h

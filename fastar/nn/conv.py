@@ -247,6 +247,28 @@ class MaskedConv2d(nn.Conv2d):
         return super().extra_repr() + ", mask_type=%s, color_groups=%d" % (
             self.mask_type, self.color_groups)
 
+    # --- one pixel at a time: the cached samplers' rung ---------------------------------------
+
+    def new_ring(self, n: int, width: int) -> Tensor:
+        """Zeros (n, in, dilation * (k // 2) + 1, width + 2 dilation (k // 2)): the input rows
+        that at_pixel reads, each padded by zero columns (rows before 0 read the zeros of
+        slots not yet written)."""
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        return self.weight.new_zeros(n, self.in_channels, dh * (kh // 2) + 1,
+                                     width + 2 * dw * (kw // 2))
+
+    def at_pixel(self, ring: Tensor, h: Tensor, row: int, col: int) -> Tensor:
+        """The output (n, out) at (row, col) after writing this pixel's input h (n, in) into
+        ring (`new_ring`, holding the rows above and this row's columns so far)."""
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        ring[:, :, row % ring.shape[2], dw * (kw // 2) + col] = h
+        # weight row r reads input row row - dh * (kh // 2 - r) (a slot not yet written this
+        # generation, zeros, for rows before 0), column col + dw * (c - kw // 2)
+        rows = [(row - dh * (kh // 2 - r)) % ring.shape[2] for r in range(kh // 2 + 1)]
+        window = ring[:, :, rows][:, :, :, col : col + dw * (kw - 1) + 1 : dw]
+        out = torch.einsum("ocrk,ncrk->no", self.cropped_weight(), window)
+        return out if self.bias is None else out + self.bias
+
 
 def run_fusing_relu(layers: nn.Sequential, x: Tensor, add_to: Optional[Tensor] = None) -> Tensor:
     """layers(x) (+ add_to), where each nn.ReLU right before a 1x1 MaskedConv2d or

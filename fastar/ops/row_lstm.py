@@ -12,6 +12,7 @@ from fastar.ops._common import (check_same_device, declare_dtypes, dtype_name,
                                 register_no_double_backward, use_reference)
 
 DTYPES = declare_dtypes("row_lstm", (torch.float32, torch.float64))
+declare_dtypes("row_lstm_backward", DTYPES)
 
 
 def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1) -> Tensor:

@@ -38,3 +38,32 @@ def row_lstm(x: Tensor, weight: Tensor, bias: Tensor,
         cs.append(c_prev)
         acts.append(act)
     return torch.stack(hs, 2), torch.stack(cs, 2), torch.stack(acts, 2)
+
+
+def row_lstm_backward(grad_h: Tensor, h: Tensor, c: Tensor, gates: Tensor, weight: Tensor,
+                      groups: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs:
+    back-propagation through the rows, bottom up, written out with torch ops."""
+    B, hidden, H, W = h.shape
+    pad = weight.shape[2] // 2
+    index = gate_channels(hidden, groups).to(h.device)
+    grad_weight = torch.zeros_like(weight)
+    dc = dh_below = h.new_zeros(B, hidden, W)  # through the row below's forget gate / conv
+    rows = []
+    for i in reversed(range(H)):
+        o, f, i_gate, g = (gates[:, index[q], i] for q in range(4))
+        c_above = c[:, :, i - 1] if i > 0 else torch.zeros_like(dc)
+        dh = grad_h[:, :, i] + dh_below
+        tanh_c = torch.tanh(c[:, :, i])
+        dcell = dh * o * (1 - tanh_c * tanh_c) + dc
+        parts = [dh * tanh_c * o * (1 - o), dcell * c_above * f * (1 - f),
+                 dcell * g * i_gate * (1 - i_gate), dcell * i_gate * (1 - g * g)]
+        dz = torch.empty_like(gates[:, :, i]).index_copy(1, index.flatten(), torch.cat(parts, 1))
+        dc = dcell * f
+        if i > 0:
+            h_above = h[:, :, i - 1]
+            grad_weight += torch.nn.grad.conv1d_weight(h_above, weight.shape, dz, padding=pad)
+            dh_below = torch.nn.grad.conv1d_input(h_above.shape, weight, dz, padding=pad)
+        rows.append(dz)
+    grad_x = torch.stack(rows[::-1], 2)
+    return grad_x, grad_weight, grad_x.sum((0, 2, 3))
