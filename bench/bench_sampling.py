@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from conftest import DEVICES, at_cpu_level, measure_interleaved, record_speedup, time_calls
 from fastar import ops
-from fastar.models import GatedPixelCNN, PixelCNN, WaveNet
+from fastar.models import GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
 
 BATCHES = [1, 16, 64, 256]
 SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
@@ -205,7 +205,8 @@ def _table_model(name, data, depth):
 TABLE_ROWS = ([("WaveNet", "2048 samples, 256", d) for d in (None, 5, 10, 15)]
               + [(m, data, d) for m in ("PixelCNN", "GatedPixelCNN")
                  for data in ("28x28 binary", "32x32x3 256")
-                 for d in ((None, 5, 10, 15) if data == "28x28 binary" else (None,))])
+                 for d in ((None, 5, 10, 15) if data == "28x28 binary" else (None,))]
+              + [("RowLSTM", "28x28 binary", None)])
 
 
 @pytest.mark.parametrize("name,data,depth", TABLE_ROWS,
@@ -231,12 +232,13 @@ def test_naive_vs_cached_sampling_table(name, data, depth):
         naive = time_calls(naive_pass, min_rounds=NAIVE_PASSES, seconds=0) * D / batch
         cached = time_calls(lambda: model.generate(batch, shape)) / batch
         layers = len(model.config.dilations) if audio else model.config.num_layers
-        record_speedup(model=name, data=data, depth=layers, batch=batch, device="cpu",
+        fused = model.has_fused_sampler(torch.device("cpu"), torch.float32)
+        record_speedup(model=name if fused else name + " (step)", data=data, depth=layers, batch=batch, device="cpu",
                        naive_s=naive, cached_s=cached, how="naive: the fastest of %d forward "
                        "passes over the whole sample, times its values" % NAIVE_PASSES)
 
 
-PIXEL_MODELS = {"PixelCNN": PixelCNN, "GatedPixelCNN": GatedPixelCNN}
+PIXEL_MODELS = {"PixelCNN": PixelCNN, "GatedPixelCNN": GatedPixelCNN, "RowLSTM": RowLSTM}
 PIXEL_DATA = {"28x28 binary": dict(image_shape=(1, 28, 28), num_values=2),
               "32x32x3 256": dict(image_shape=(3, 32, 32), num_values=256)}
 PIXEL_BATCHES = {"28x28 binary": [1, 16], "32x32x3 256": [1]}  # the Python step: slow

@@ -7,6 +7,8 @@ masks, same data; items/s is images per second.
 Sizes: MADE with one 8000-unit hidden layer (issue 13's target) and as README trains it (500
 units, direct connections); PixelCNN and Gated PixelCNN as README trains them (32 channels, 5
 layers, 64 head channels). Batch 64 of 28x28 binary images.
+
+Also the Row LSTM's recurrence op against a Python loop of torch ops, at each CPU level.
 """
 
 import pytest
@@ -14,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import measure_interleaved
-from fastar.models import MADE, GatedPixelCNN, PixelCNN
+from conftest import at_cpu_level, measure_interleaved
+from fastar import ops, reference
+from fastar.models import MADE, GatedPixelCNN, PixelCNN, RowLSTM
 
+CPU_LEVELS = ops.cpu_capabilities()
 BATCH = 64
 SHAPE = (1, 28, 28)
 
@@ -173,3 +177,33 @@ def test_training_step(benchmark, name):
         steps[impl] = step
     measure_interleaved(benchmark, group="train %s cpu B=%d step" % (name, BATCH), device="cpu",
                         fns=steps, items=BATCH)
+
+
+# --- the Row LSTM's recurrence ------------------------------------------------------------------
+
+@pytest.mark.parametrize("level", CPU_LEVELS)
+def test_row_lstm_recurrence(benchmark, level):
+    """fastar.ops.row_lstm against the same recurrence as a Python loop of torch ops over the
+    rows (fastar.reference.row_lstm, autograd for the backward), forward + backward, in
+    alternating rounds: RowLSTM's default layer (h = 16, k = 3) on batch 16 of 28x28, its
+    input-to-state gates channels-last as the masked convolution leaves them."""
+    config = RowLSTM().config
+    h, k, B = config.hidden_channels, config.kernel_size, 16
+    x = torch.randn(B, 4 * h, 28, 28).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = (torch.randn(4 * h, h, k) / (h * k) ** 0.5).requires_grad_()
+    bias = torch.zeros(4 * h, requires_grad=True)
+    grad = torch.randn(B, h, 28, 28)
+
+    def step(fn):
+        def run():
+            for t in (x, weight, bias):
+                t.grad = None
+            fn(x, weight, bias, 1).backward(grad)
+        return run
+
+    fastar = at_cpu_level(level, step(ops.row_lstm))
+    eager = step(lambda *a: reference.row_lstm(*a)[0])
+    measure_interleaved(benchmark, group="row_lstm cpu B=%d 28x28 h=%d forward+backward %s"
+                        % (B, h, level), device="cpu", fns={"fastar": fastar, "eager": eager},
+                        items=B)

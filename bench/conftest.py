@@ -246,7 +246,8 @@ def _speedup_table():
             if b in cells else " | %16s" % "" for b in batches))
     hows = sorted({t["how"] for cells in rows.values() for t in cells.values()})
     devices = sorted({d for *_, d in rows})
-    lines.append("cells: cached (fused) seconds per sample and its speedup over naive sampling; "
+    lines.append("cells: cached seconds per sample (the fused loop; '(step)': the Python step "
+                 "loop, where a model has no fused one yet) and its speedup over naive sampling; "
                  + "; ".join(hows) + "; on " + ", ".join(devices))
     for (model, data, depth, device), cells in rows.items():  # the headline of each model
         if len(cells) > 1:

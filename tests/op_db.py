@@ -495,8 +495,8 @@ def row_lstm_backward_samples(device, dtype, full=False):
     out = []
     for s in row_lstm_samples(device, dtype, full):
         x, weight, bias, groups = s.args
-        h, c, gates = torch.ops.fastar.row_lstm(x, weight, bias, groups)
-        out.append(SampleInput((torch.randn_like(h), h, c, gates, weight, groups), s.name))
+        h, c, z = torch.ops.fastar.row_lstm(x, weight, bias, groups)
+        out.append(SampleInput((torch.randn_like(h), h, c, z, weight, groups), s.name))
     return out
 
 

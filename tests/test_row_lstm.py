@@ -43,8 +43,8 @@ BACKWARD_CASES = [
 
 def backward_args():
     a = good_args()
-    h, c, gates = torch.ops.fastar.row_lstm(a["x"], a["weight"], a["bias"], 1)
-    return {"grad_h": torch.randn_like(h), "h": h, "c": c, "gates": gates,
+    h, c, z = torch.ops.fastar.row_lstm(a["x"], a["weight"], a["bias"], 1)
+    return {"grad_h": torch.randn_like(h), "h": h, "c": c, "z": z,
             "weight": a["weight"], "groups": 1}
 
 
@@ -74,11 +74,11 @@ def test_the_public_function_returns_h_on_both_implementations():
         torch.testing.assert_close(ops.row_lstm(**a), h, rtol=1e-12, atol=1e-14)
 
 
-def test_c_and_the_gates_are_not_differentiable():
+def test_c_and_the_pre_activations_are_not_differentiable():
     a = good_args()
     x = a["x"].requires_grad_()
-    h, c, gates = torch.ops.fastar.row_lstm(x, a["weight"], a["bias"], 1)
-    assert h.requires_grad and not c.requires_grad and not gates.requires_grad
+    h, c, z = torch.ops.fastar.row_lstm(x, a["weight"], a["bias"], 1)
+    assert h.requires_grad and not c.requires_grad and not z.requires_grad
 
 
 def test_a_colour_group_reads_only_its_own_units_of_the_row_above():

@@ -1,7 +1,8 @@
 #pragma once
 // The LSTM cell of the PixelRNN layers (van den Oord et al. 2016, eq. 3), per hidden unit:
 //   o, f, i = sigmoid(z_o, z_f, z_i), g = tanh(z_g), c = f c_prev + i g, h = o tanh(c),
-// and its gradient. Shared by the CPU and CUDA kernels of row_lstm.
+// and its gradient from the pre-activations z (kept by the forward). Shared by the CPU and
+// CUDA kernels of row_lstm.
 //
 // A pixel's 4h gate pre-activations are laid out group by group (groups = 3 for a colour
 // model's R, G, B thirds, else 1), gate by gate inside a group, unit by unit inside a gate:
@@ -34,31 +35,46 @@ FASTAR_HD T tanh(T x) {
   return math::copysign(t.num / t.den, x);
 }
 
-// Unit m of one pixel: z (4h pre-activations) replaced by the activated gates; returns c and h.
+// An activation's value and derivative, the derivative from the fractions (f / (1 + f)^2,
+// 4e / (1 + e)^2) rather than from the value (y (1 - y), 1 - y^2), which cancels where the
+// activation saturates: the backward recomputes them from the pre-activations.
 template <typename T>
-FASTAR_HD void forward(T* z, int64_t m, int64_t hg, T c_prev, T* c, T* h) {
-  const int64_t io = gate_index(m, kOutput, hg), i_f = gate_index(m, kForget, hg),
-                ii = gate_index(m, kInput, hg), ig = gate_index(m, kCell, hg);
-  const T o = sigmoid(z[io]), f = sigmoid(z[i_f]), i = sigmoid(z[ii]), g = tanh(z[ig]);
-  z[io] = o, z[i_f] = f, z[ii] = i, z[ig] = g;
-  *c = f * c_prev + i * g;
-  *h = o * tanh(*c);
+struct Slope {
+  T value, slope;
+};
+
+template <typename T>
+FASTAR_HD Slope<T> sigmoid_slope(T x) {
+  const math::SigmoidFraction<T> s = math::sigmoid_fraction(x);
+  return {s.num / s.den, s.f / (s.den * s.den)};
 }
 
-// Gradient of unit m: from dh (of h) and *dc (of c, through the next row's forget gate) to the
-// pre-activations dz; *dc becomes the gradient of c_prev. act: the activated gates.
 template <typename T>
-FASTAR_HD void backward(const T* act, int64_t m, int64_t hg, T c, T c_prev, T dh, T* dc,
-                        T* dz) {
-  const int64_t io = gate_index(m, kOutput, hg), i_f = gate_index(m, kForget, hg),
-                ii = gate_index(m, kInput, hg), ig = gate_index(m, kCell, hg);
-  const T o = act[io], f = act[i_f], i = act[ii], g = act[ig], tc = tanh(c);
-  const T dcell = dh * o * (T(1) - tc * tc) + *dc;
-  dz[io] = dh * tc * o * (T(1) - o);
-  dz[i_f] = dcell * c_prev * f * (T(1) - f);
-  dz[ii] = dcell * g * i * (T(1) - i);
-  dz[ig] = dcell * i * (T(1) - g * g);
-  *dc = dcell * f;
+FASTAR_HD Slope<T> tanh_slope(T x) {
+  const math::TanhFraction<T> t = math::tanh_abs_fraction(math::abs(x));
+  return {math::copysign(t.num / t.den, x), T(4) * t.e / (t.den * t.den)};
+}
+
+// One unit from its four gate pre-activations: c and h.
+template <typename T>
+FASTAR_HD void forward(T z_o, T z_f, T z_i, T z_g, T c_prev, T& c, T& h) {
+  c = sigmoid(z_f) * c_prev + sigmoid(z_i) * tanh(z_g);
+  h = sigmoid(z_o) * tanh(c);
+}
+
+// One unit's gradient: from dh (of h) and dc (of c, through the next row's forget gate) to its
+// gates' pre-activations (dz_*); dc becomes the gradient of c_prev.
+template <typename T>
+FASTAR_HD void backward(T z_o, T z_f, T z_i, T z_g, T c, T c_prev, T dh, T& dc, T& dz_o,
+                        T& dz_f, T& dz_i, T& dz_g) {
+  const Slope<T> o = sigmoid_slope(z_o), f = sigmoid_slope(z_f), i = sigmoid_slope(z_i),
+                 g = tanh_slope(z_g), tc = tanh_slope(c);
+  const T dcell = dh * o.value * tc.slope + dc;
+  dz_o = dh * tc.value * o.slope;
+  dz_f = dcell * c_prev * f.slope;
+  dz_i = dcell * g.value * i.slope;
+  dz_g = dcell * i.value * g.slope;
+  dc = dcell * f.value;
 }
 
 }  // namespace lstm

@@ -16,21 +16,32 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(T* z, const T* c_prev, T* c, T* h, int64_t total, int64_t units, int64_t hg) {
+    forward_kernel(const T* z, const T* c_prev, T* c, T* h, int64_t total, int64_t units, int64_t hg) {
   cuda::grid_stride(total, [&](int64_t u) {
     const int64_t n = u / units, m = u % units;
-    lstm::forward(z + n * 4 * units, m, hg, c_prev ? c_prev[u] : T(0), c + u, h + u);
+    const T* zn = z + n * 4 * units;
+    lstm::forward(zn[lstm::gate_index(m, lstm::kOutput, hg)],
+                  zn[lstm::gate_index(m, lstm::kForget, hg)],
+                  zn[lstm::gate_index(m, lstm::kInput, hg)],
+                  zn[lstm::gate_index(m, lstm::kCell, hg)], c_prev ? c_prev[u] : T(0), c[u],
+                  h[u]);
   });
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(const T* act, const T* c, const T* c_prev, const T* dh, T* dc, T* dz,
-                    int64_t total, int64_t units, int64_t hg) {
+    backward_kernel(const T* z, const T* c, const T* c_prev, const T* dh, const T* dh_below,
+                    T* dc, T* dz, int64_t total, int64_t units, int64_t hg) {
   cuda::grid_stride(total, [&](int64_t u) {
     const int64_t n = u / units, m = u % units;
-    lstm::backward(act + n * 4 * units, m, hg, c[u], c_prev ? c_prev[u] : T(0), dh[u], dc + u,
-                   dz + n * 4 * units);
+    const T* a = z + n * 4 * units;
+    T* d = dz + n * 4 * units;
+    const int64_t io = lstm::gate_index(m, lstm::kOutput, hg),
+                  i_f = lstm::gate_index(m, lstm::kForget, hg),
+                  ii = lstm::gate_index(m, lstm::kInput, hg),
+                  ig = lstm::gate_index(m, lstm::kCell, hg);
+    lstm::backward(a[io], a[i_f], a[ii], a[ig], c[u], c_prev ? c_prev[u] : T(0),
+                   dh_below ? dh[u] + dh_below[u] : dh[u], dc[u], d[io], d[i_f], d[ii], d[ig]);
   });
 }
 
@@ -39,22 +50,24 @@ void forward_row(const at::Tensor& z, const at::Tensor& c_prev, const at::Tensor
   const int64_t units = h.size(1);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "row_lstm_cuda", [&] {
     cuda::launch<kThreads>(forward_kernel<scalar_t>, z.device(), h.numel(),
-                           z.data_ptr<scalar_t>(),
+                           z.const_data_ptr<scalar_t>(),
                            c_prev.defined() ? c_prev.const_data_ptr<scalar_t>() : nullptr,
                            c.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h.numel(), units,
                            units / groups);
   });
 }
 
-void backward_row(const at::Tensor& act, const at::Tensor& c, const at::Tensor& c_prev,
-                  const at::Tensor& dh, const at::Tensor& dc, const at::Tensor& dz,
-                  int64_t groups) {
+void backward_row(const at::Tensor& z, const at::Tensor& c, const at::Tensor& c_prev,
+                  const at::Tensor& dh, const at::Tensor& dh_below, const at::Tensor& dc,
+                  const at::Tensor& dz, int64_t groups) {
   const int64_t units = c.size(1);
-  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "row_lstm_backward_cuda", [&] {
-    cuda::launch<kThreads>(backward_kernel<scalar_t>, act.device(), c.numel(),
-                           act.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "row_lstm_backward_cuda", [&] {
+    cuda::launch<kThreads>(backward_kernel<scalar_t>, z.device(), c.numel(),
+                           z.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
                            c_prev.defined() ? c_prev.const_data_ptr<scalar_t>() : nullptr,
-                           dh.const_data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
+                           dh.const_data_ptr<scalar_t>(),
+                           dh_below.defined() ? dh_below.const_data_ptr<scalar_t>() : nullptr,
+                           dc.data_ptr<scalar_t>(),
                            dz.data_ptr<scalar_t>(), c.numel(), units, units / groups);
   });
 }

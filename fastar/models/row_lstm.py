@@ -72,12 +72,18 @@ class RowLSTMLayer(nn.Module):
 class _RowLayerCache:
     """A layer's state while sampling: its inputs of the current row (n, 2h, W + 2 half, zero
     columns left of the image), the states of the row above and of the current row (n, h, W),
-    and the state-to-state gates from the row above (n, 4h, W, bias included)."""
+    the state-to-state gates from the row above (n, W, 4h, bias included), and its weights as
+    the step multiplies them (packed once per generation): the input-to-state taps up to the
+    pixel (2h (half + 1), 4h) and the output 1x1 (h, 2h), the gates reordered gate by gate
+    (o, f, i, g, each h units in the model's unit order) by `perm`."""
     inputs: Tensor
     h_above: Tensor
     c_above: Tensor
     h_row: Tensor
     c_row: Tensor
+    perm: Tensor
+    taps: Tensor
+    out_weight: Tensor
     from_above: Optional[Tensor] = None
 
 
@@ -122,9 +128,14 @@ class RowLSTM(PixelModel):
                       order=self.generation_order(self.image_shape).tolist())
         cache.layers.append(self.first.new_ring(n, W))
         h, half = self.config.hidden_channels, self.config.kernel_size // 2
-        for _ in self.layers:
+        for layer in self.layers:
             states = [p.new_zeros(n, h, W) for _ in range(4)]
-            cache.layers.append(_RowLayerCache(p.new_zeros(n, 2 * h, W + 2 * half), *states))
+            perm = gate_channels(h, layer.groups).flatten().to(p.device)
+            taps = layer.input_to_state.cropped_weight()[perm, :, 0, : half + 1]
+            cache.layers.append(_RowLayerCache(
+                p.new_zeros(n, 2 * h, W + 2 * half), *states, perm=perm,
+                taps=taps.reshape(4 * h, -1).t().contiguous(),
+                out_weight=layer.output.cropped_weight()[:, :, 0, 0].t().contiguous()))
         return cache
 
     @torch.no_grad()
@@ -147,16 +158,14 @@ class RowLSTM(PixelModel):
         half, hidden = self.config.kernel_size // 2, self.config.hidden_channels
         for layer, entry in zip(self.layers, cache.layers[1:]):
             entry.inputs[:, :, half + col] = out
-            taps = layer.input_to_state.cropped_weight()[:, :, 0, : half + 1]  # columns ..col
-            z = torch.einsum("oct,nct->no", taps, entry.inputs[:, :, col : col + half + 1])
-            z = z + entry.from_above[:, :, col]
-            index = gate_channels(hidden, layer.groups).to(z.device)
-            o, f, i_gate = (torch.sigmoid(z[:, index[q]]) for q in range(3))
-            cell = f * entry.c_above[:, :, col] + i_gate * torch.tanh(z[:, index[3]])
+            window = entry.inputs[:, :, col : col + half + 1].reshape(len(out), len(entry.taps))
+            z = torch.addmm(entry.from_above[:, col], window, entry.taps)  # columns ..col
+            o, f, i_gate = torch.sigmoid(z[:, : 3 * hidden]).split(hidden, 1)
+            cell = torch.addcmul(f * entry.c_above[:, :, col], i_gate,
+                                 torch.tanh(z[:, 3 * hidden :]))
             state = o * torch.tanh(cell)
             entry.c_row[:, :, col], entry.h_row[:, :, col] = cell, state
-            out = out + F.linear(state, layer.output.cropped_weight()[:, :, 0, 0],
-                                 layer.output.bias)
+            out = torch.addmm(out + layer.output.bias, state, entry.out_weight)
         for m in self.head:
             out = F.relu(out) if isinstance(m, nn.ReLU) else F.linear(
                 out, m.cropped_weight()[:, :, 0, 0], m.bias)
@@ -172,4 +181,5 @@ class RowLSTM(PixelModel):
         else:
             entry.h_above.zero_()
             entry.c_above.zero_()
-        entry.from_above = layer.state_to_state(entry.h_above)
+        entry.from_above = layer.state_to_state(entry.h_above)[:, entry.perm].transpose(
+            1, 2).contiguous()

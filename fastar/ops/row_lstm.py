@@ -33,17 +33,19 @@ def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1) -> Tensor
         groups: 1, or 3 for a colour model (h divisible by 3): hidden unit m belongs to group
             m // (h / groups), and its gates to the same group.
 
-    Differentiable in x, weight and bias (first order). Returns h channels-last in memory
-    order (rows, batch, W, h), the op's working layout.
+    Differentiable in x, weight and bias (first order). Returns h in the op's working
+    layout, (H, W, B, h) in memory (csrc/common/row_lstm_loop.h).
     """
     if use_reference():
         return reference.row_lstm(x, weight, bias, groups)[0]
     return torch.ops.fastar.row_lstm(x, weight, bias, groups)[0]
 
 
-def _rows_layout(x: Tensor, B: int, channels: int, H: int, W: int) -> Tensor:
-    """An empty (B, channels, H, W) in the op's layout: (H, B, W, channels) in memory."""
-    return x.new_empty((H, B, W, channels)).permute(1, 3, 0, 2)
+def _rows_layout(x: Tensor, B: int, channels: int, H: int, W: int, pad: int = 0) -> Tensor:
+    """An empty (B, channels, H, W) in the op's layout: (H, W, B, channels) in memory, in a
+    buffer with `pad` columns on both sides (the states, csrc/common/row_lstm_loop.h)."""
+    buffer = x.new_empty((H, W + 2 * pad, B, channels))
+    return buffer[:, pad:pad + W].permute(2, 3, 0, 1)
 
 
 def _same_device_dtype(op, x, **others):
@@ -77,35 +79,35 @@ def _fake(x, weight, bias, groups):
     torch._check(tuple(bias.shape) == (4 * h,), lambda: "fastar::row_lstm: expected bias of "
                  "shape (%d), but got %s" % (4 * h, list(bias.shape)))
     B, _, H, W = x.shape
-    return (_rows_layout(x, B, h, H, W), _rows_layout(x, B, h, H, W),
+    return (_rows_layout(x, B, h, H, W, weight.shape[2] // 2), _rows_layout(x, B, h, H, W),
             _rows_layout(x, B, 4 * h, H, W))
 
 
 @torch.library.register_fake("fastar::row_lstm_backward")
-def _backward_fake(grad_h, h_out, c_out, gates, weight, groups):
-    h = _check("row_lstm_backward", gates, weight, groups)
-    B, _, H, W = gates.shape
+def _backward_fake(grad_h, h_out, c_out, z, weight, groups):
+    h = _check("row_lstm_backward", z, weight, groups)
+    B, _, H, W = z.shape
     for name, t in (("grad_h", grad_h), ("h", h_out), ("c", c_out)):
-        _same_device_dtype("row_lstm_backward", gates, **{name: t})
+        _same_device_dtype("row_lstm_backward", z, **{name: t})
         torch._check(tuple(t.shape) == (B, h, H, W), lambda: "fastar::row_lstm_backward: "
                      "expected %s of shape (%d, %d, %d, %d), but got %s"
                      % (name, B, h, H, W, list(t.shape)))
-    return (_rows_layout(gates, B, 4 * h, H, W), weight.new_empty(weight.shape),
+    return (_rows_layout(z, B, 4 * h, H, W), weight.new_empty(weight.shape),
             weight.new_empty((4 * h,)))
 
 
 def _setup_context(ctx, inputs, output):
     _, weight, _, groups = inputs
-    h, c, gates = output
-    ctx.save_for_backward(h, c, gates, weight)
+    h, c, z = output
+    ctx.save_for_backward(h, c, z, weight)
     ctx.groups = groups
-    ctx.mark_non_differentiable(c, gates)
+    ctx.mark_non_differentiable(c, z)
 
 
 def _backward(ctx, grad_h, grad_c, grad_gates):
-    h, c, gates, weight = ctx.saved_tensors
+    h, c, z, weight = ctx.saved_tensors
     grad_x, grad_weight, grad_bias = torch.ops.fastar.row_lstm_backward(
-        grad_h, h, c, gates, weight, ctx.groups)
+        grad_h, h, c, z, weight, ctx.groups)
     return grad_x, grad_weight, grad_bias, None
 
 

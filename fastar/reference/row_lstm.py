@@ -20,27 +20,26 @@ def gate_channels(hidden: int, groups: int) -> Tensor:
 
 def row_lstm(x: Tensor, weight: Tensor, bias: Tensor,
              groups: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
-    """(h, c, gates) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias +
+    """(h, c, z) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias +
     conv1d(h of row i - 1, weight, padding k // 2) (zeros above row 0), then the LSTM cell."""
     B, _, H, W = x.shape
     hidden, k = weight.shape[1], weight.shape[2]
     index = gate_channels(hidden, groups).to(x.device)
     h_prev = c_prev = x.new_zeros(B, hidden, W)
-    hs, cs, acts = [], [], []
+    hs, cs, zs = [], [], []
     for i in range(H):
         z = x[:, :, i] + bias[:, None] + F.conv1d(h_prev, weight, padding=k // 2)
         o, f, i_gate = (torch.sigmoid(z[:, index[q]]) for q in range(3))
         g = torch.tanh(z[:, index[3]])
         c_prev = f * c_prev + i_gate * g
         h_prev = o * torch.tanh(c_prev)
-        act = torch.empty_like(z).index_copy(1, index.flatten(), torch.cat([o, f, i_gate, g], 1))
         hs.append(h_prev)
         cs.append(c_prev)
-        acts.append(act)
-    return torch.stack(hs, 2), torch.stack(cs, 2), torch.stack(acts, 2)
+        zs.append(z)
+    return torch.stack(hs, 2), torch.stack(cs, 2), torch.stack(zs, 2)
 
 
-def row_lstm_backward(grad_h: Tensor, h: Tensor, c: Tensor, gates: Tensor, weight: Tensor,
+def row_lstm_backward(grad_h: Tensor, h: Tensor, c: Tensor, z: Tensor, weight: Tensor,
                       groups: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs:
     back-propagation through the rows, bottom up, written out with torch ops."""
@@ -51,14 +50,15 @@ def row_lstm_backward(grad_h: Tensor, h: Tensor, c: Tensor, gates: Tensor, weigh
     dc = dh_below = h.new_zeros(B, hidden, W)  # through the row below's forget gate / conv
     rows = []
     for i in reversed(range(H)):
-        o, f, i_gate, g = (gates[:, index[q], i] for q in range(4))
+        o, f, i_gate = (torch.sigmoid(z[:, index[q], i]) for q in range(3))
+        g = torch.tanh(z[:, index[3], i])
         c_above = c[:, :, i - 1] if i > 0 else torch.zeros_like(dc)
         dh = grad_h[:, :, i] + dh_below
         tanh_c = torch.tanh(c[:, :, i])
         dcell = dh * o * (1 - tanh_c * tanh_c) + dc
         parts = [dh * tanh_c * o * (1 - o), dcell * c_above * f * (1 - f),
                  dcell * g * i_gate * (1 - i_gate), dcell * i_gate * (1 - g * g)]
-        dz = torch.empty_like(gates[:, :, i]).index_copy(1, index.flatten(), torch.cat(parts, 1))
+        dz = torch.empty_like(z[:, :, i]).index_copy(1, index.flatten(), torch.cat(parts, 1))
         dc = dcell * f
         if i > 0:
             h_above = h[:, :, i - 1]
