@@ -76,15 +76,19 @@ TORCH_LIBRARY(fastar, m) {
       "int num_given, Tensor[] weights, int[] kernel_sizes, int num_values) -> Tensor");
 
   // The Row LSTM's recurrence (PixelRNN, section 3.1): from its input-to-state gates x
-  // (B, 4h, H, W), row by row, z_i = x_i + bias + conv1d(h_{i-1}, weight) (weight (4h, h, k),
-  // k odd, zero padding), then the LSTM cell (csrc/common/lstm.h, gates laid out by colour
-  // group: groups 1 or 3). Returns h, c (B, h, H, W) and the gates' pre-activations z
+  // (B, 4h, H, W), row by row, z_i = x_i + bias + conv1d(h_{i-1}, weight) (weight (4h, h, k);
+  // tap t at column j reads column j + t - left, zeros outside: left = k / 2 centres an odd
+  // kernel, left = k - 1 reads only columns <= j, as the Diagonal BiLSTM's skewed columns do),
+  // then the LSTM cell (csrc/common/lstm.h, gates laid out by colour group: groups 1 or 3). Returns h, c (B, h, H, W) and the gates' pre-activations z
   // (B, 4h, H, W), which the backward reads; only h is differentiable (fastar/ops/row_lstm.py).
-  m.def("row_lstm(Tensor x, Tensor weight, Tensor bias, int groups) -> (Tensor, Tensor, Tensor)");
-  // (grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs.
   m.def(
-      "row_lstm_backward(Tensor grad_h, Tensor h, Tensor c, Tensor z, Tensor weight, "
-      "int groups) -> (Tensor, Tensor, Tensor)");
+      "row_lstm(Tensor x, Tensor weight, Tensor bias, int groups, int left) -> "
+      "(Tensor, Tensor, Tensor)");
+  // (grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs c and
+  // z (h is recomputed from them: the caller may write h in place).
+  m.def(
+      "row_lstm_backward(Tensor grad_h, Tensor c, Tensor z, Tensor weight, int groups, "
+      "int left) -> (Tensor, Tensor, Tensor)");
 }
 
 // Ops with no derivative: the generation loops draw integers, and dmol_log_prob_with_grad

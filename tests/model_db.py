@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fastar.models import MADE, GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
+from fastar.models import MADE, DiagonalBiLSTM, GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
 from fastar.models.wavenet import Condition
 
 
@@ -88,8 +88,13 @@ def _row_lstm(shape, **kw):
                       "head_channels": 6, **kw})
 
 
-def _leak_row_lstm(model):
+def _leak_first_layer(model):
     model.first.mask.fill_(1)  # the first layer sees the pixel it predicts
+
+
+def _diagonal(shape, **kw):
+    return DiagonalBiLSTM(**{"image_shape": shape, "hidden_channels": 6, "num_layers": 2,
+                             "head_channels": 6, **kw})
 
 
 def _wavenet(shape, **kw):
@@ -123,7 +128,9 @@ MODEL_DB = [
         tiny_shapes=[(1, 3, 3), (3, 2, 2)], condition=_gated_condition, leak=_leak_gated),
     ModelInfo("RowLSTM", _row_lstm, {"binary": {}, "three-values": {"num_values": 3},
                                       "k5": {"kernel_size": 5, "num_layers": 1}},
-              tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_row_lstm),
+              tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_first_layer),
+    ModelInfo("DiagonalBiLSTM", _diagonal, {"binary": {}, "three-values": {"num_values": 3}},
+              tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_first_layer),
     ModelInfo("WaveNet", _wavenet, {
         "k2": {}, "k3": {"kernel_size": 3}, "global-local": {
             "kernel_size": 3, "cond_channels": 3, "local_channels": 2, "upsample": 2},

@@ -469,24 +469,27 @@ def pixelcnn_samples(device, dtype, full=False):
 
 # --- row_lstm ---------------------------------------------------------------------------------
 
-# (batch, h, H, W, k, groups): the paper's k = 3; colour groups; one pixel; a kernel wider than
-# the row; k = 1 (no neighbours).
-_ROW_LSTM_CASES = [(2, 3, 4, 5, 3, 1), (2, 6, 5, 3, 3, 3), (3, 2, 1, 1, 5, 1), (1, 4, 3, 2, 5, 1),
-                   (2, 3, 3, 4, 1, 3)]
+# (batch, h, H, W, k, left, groups): the paper's centred k = 3; colour groups; one pixel; a
+# kernel wider than the row; k = 1 (no neighbours); the Diagonal BiLSTM's k = 2 reading the
+# pixel and the one before; taps all right of the pixel.
+_ROW_LSTM_CASES = [(2, 3, 4, 5, 3, 1, 1), (2, 6, 5, 3, 3, 1, 3), (3, 2, 1, 1, 5, 2, 1),
+                   (1, 4, 3, 2, 5, 2, 1), (2, 3, 3, 4, 1, 0, 3), (2, 3, 4, 5, 2, 1, 1),
+                   (1, 3, 3, 4, 3, 0, 3)]
 
 
 def row_lstm_samples(device, dtype, full=False):
     out = []
-    for B, h, H, W, k, groups in _ROW_LSTM_CASES:
+    for B, h, H, W, k, left, groups in _ROW_LSTM_CASES:
         x = _float((B, 4 * h, H, W), dtype, device, 2.0)
         out.append(SampleInput((x, _float((4 * h, h, k), dtype, device, 0.5),
-                                _float((4 * h,), dtype, device), groups),
-                               "%dx%dx%d-h%d-k%d-g%d" % (B, H, W, h, k, groups),
+                                _float((4 * h,), dtype, device), groups, left),
+                               "%dx%dx%d-h%d-k%d-left%d-g%d" % (B, H, W, h, k, left, groups),
                                gradcheck=B * h * H * W <= 72))
-    B, h, H, W, k, groups = _ROW_LSTM_CASES[0]
+    B, h, H, W, k, left, groups = _ROW_LSTM_CASES[0]
     saturated = _float((B, 4 * h, H, W), dtype, device, 40.0)  # gates at 0 and 1, tanh at +-1
     out.append(SampleInput((channels_last(saturated), _float((4 * h, h, k), dtype, device, 5.0),
-                            _float((4 * h,), dtype, device), groups), "saturated-channels-last"))
+                            _float((4 * h,), dtype, device), groups, left),
+                           "saturated-channels-last"))
     return out
 
 
@@ -494,9 +497,9 @@ def row_lstm_backward_samples(device, dtype, full=False):
     """The gradient of h for the outputs of each row_lstm sample."""
     out = []
     for s in row_lstm_samples(device, dtype, full):
-        x, weight, bias, groups = s.args
-        h, c, z = torch.ops.fastar.row_lstm(x, weight, bias, groups)
-        out.append(SampleInput((torch.randn_like(h), h, c, z, weight, groups), s.name))
+        x, weight, bias, groups, left = s.args
+        h, c, z = torch.ops.fastar.row_lstm(x, weight, bias, groups, left)
+        out.append(SampleInput((torch.randn_like(h), c, z, weight, groups, left), s.name))
     return out
 
 

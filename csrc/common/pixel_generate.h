@@ -418,6 +418,7 @@ FASTAR_HD bool gated_pixelcnn_sequence(const GatedPixelCNNLoop<T>& n, int64_t b,
       team.sync();
       n.linear(team, gated_out, ly.ch, n.weight(l, 6), ly.ch, n.weight(l, 7), ly.ch, h_next,
                identity);
+      // No barrier: for_each over the same ly.ch gives each member the outputs it just wrote.
       if (ly.residual) for_each(team, ly.ch, [&](int64_t o) { h_next[o] = h[o] + h_next[o]; });
       team.sync();
       T* swap = h;

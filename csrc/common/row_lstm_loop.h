@@ -5,8 +5,8 @@
 // math over one row). See csrc/ops.cpp for the schemas.
 //
 // Working layout: (H, W, batch, channels), so that a row is a (W batch, channels) matrix and
-// the row shifted by a tap is one too (the states are kept with k / 2 zero columns on both
-// sides): the convolution needs no copies.
+// the row shifted by a tap is one too (the states are kept with zero columns on both sides,
+// `left` of them before the image): the convolution needs no copies.
 
 #include <ATen/core/Tensor.h>
 
@@ -31,11 +31,11 @@ struct RowCells {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_forward(const at::Tensor& x,
                                                                 const at::Tensor& weight,
                                                                 const at::Tensor& bias,
-                                                                int64_t groups,
+                                                                int64_t groups, int64_t left,
                                                                 const RowCells& cells);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_backward(
-    const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& c, const at::Tensor& gates,
-    const at::Tensor& weight, int64_t groups, const RowCells& cells);
+    const at::Tensor& grad_h, const at::Tensor& c, const at::Tensor& z, const at::Tensor& weight,
+    int64_t groups, int64_t left, const RowCells& cells);
 
 }  // namespace fastar

@@ -90,14 +90,14 @@ constexpr RowCells kCells{forward_row, backward_row};
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_cpu(const at::Tensor& x,
                                                             const at::Tensor& weight,
                                                             const at::Tensor& bias,
-                                                            int64_t groups) {
-  return row_lstm_forward(x, weight, bias, groups, kCells);
+                                                            int64_t groups, int64_t left) {
+  return row_lstm_forward(x, weight, bias, groups, left, kCells);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_backward_cpu(
-    const at::Tensor& grad_h, const at::Tensor& h, const at::Tensor& c, const at::Tensor& gates,
-    const at::Tensor& weight, int64_t groups) {
-  return row_lstm_backward(grad_h, h, c, gates, weight, groups, kCells);
+    const at::Tensor& grad_h, const at::Tensor& c, const at::Tensor& z, const at::Tensor& weight,
+    int64_t groups, int64_t left) {
+  return row_lstm_backward(grad_h, c, z, weight, groups, left, kCells);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "common/pixel_args.h"
@@ -57,7 +58,11 @@ at::Tensor to_device(const std::vector<Item>& items, const at::Device& device) {
 // allocated here; returns whether every sequence's outputs defined a distribution.
 template <typename T, typename Loop>
 bool launch_blocks(void (*kernel)(const Loop, int*), Loop n, const PixelGenerateArgs& a) {
-  if (a.B == 0 || a.start == a.end) return true;
+  // start == end still runs: a call from 0 clears the state and marks it, as the CPU's does.
+  if (a.B == 0) return true;
+  TORCH_CHECK(a.B <= std::numeric_limits<int>::max(), "fastar: a generation loop's batch of ",
+              a.B, " sequences exceeds one launch's blocks (", std::numeric_limits<int>::max(),
+              ")");
   const auto opts = a.x.options();
   const at::Tensor scratch = at::empty({a.B * n.scratch}, opts.dtype(a.dtype));
   const at::Tensor expo = at::empty({a.B * a.V}, opts.dtype(at::kDouble));

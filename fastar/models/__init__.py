@@ -7,6 +7,7 @@ holds the keywords and the paper's defaults)."""
 
 from fastar.models.base import AutoregressiveModel
 from fastar.models.cache import Cache
+from fastar.models.diagonal_bilstm import DiagonalBiLSTM, DiagonalBiLSTMConfig
 from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from fastar.models.made import MADE, MADEConfig
 from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig
@@ -14,8 +15,9 @@ from fastar.models.row_lstm import RowLSTM, RowLSTMConfig
 from fastar.models.wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN,
-          "row_lstm": RowLSTM, "wavenet": WaveNet}
+          "row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM, "wavenet": WaveNet}
 
-__all__ = ["MODELS", "AutoregressiveModel", "Cache", "GatedPixelCNN", "GatedPixelCNNConfig",
+__all__ = ["MODELS", "AutoregressiveModel", "Cache", "DiagonalBiLSTM", "DiagonalBiLSTMConfig",
+           "GatedPixelCNN", "GatedPixelCNNConfig",
            "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "RowLSTM", "RowLSTMConfig",
            "WaveNet", "WaveNetConfig"]

@@ -22,12 +22,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastar import ops, reference
+from fastar import reference
+from fastar.ops.row_lstm import has_kernel, row_lstm
 from fastar.models._pixel_model import PixelModel
 from fastar.models.cache import Cache
 from fastar.nn import MaskedConv2d
 from fastar.nn.conv import run_fusing_relu
 from fastar.reference.row_lstm import gate_channels
+
+
+def lstm_cell(z: Tensor, c_prev: Tensor) -> Tuple[Tensor, Tensor]:
+    """(c, h) of the LSTM cell from pre-activations z (n, 4h) laid out gate by gate (o, f, i, g)
+    and the previous cell c_prev (n, h): the cached steps' cell (the op's, csrc/common/lstm.h,
+    lays gates out by colour group first)."""
+    hidden = c_prev.shape[1]
+    o, f, i = torch.sigmoid(z[:, : 3 * hidden]).split(hidden, 1)
+    c = torch.addcmul(f * c_prev, i, torch.tanh(z[:, 3 * hidden :]))
+    return c, o * torch.tanh(c)
 
 
 @dataclasses.dataclass
@@ -60,8 +71,8 @@ class RowLSTMLayer(nn.Module):
         """h (B, h, H, W) from the input-to-state gates: the fused op where it runs, else the
         reference loop (float16 and bfloat16)."""
         args = (gates, self.state_to_state.weight, self.state_to_state.bias, self.groups)
-        if ops.supports("row_lstm", gates.device, gates.dtype):
-            return ops.row_lstm(*args)
+        if has_kernel(gates):
+            return row_lstm(*args)
         return reference.row_lstm(*args)[0]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,7 +113,9 @@ class RowLSTM(PixelModel):
                                        ("head_channels", c.head_channels)) if kv[1] % groups]
         if bad:
             raise ValueError("RowLSTM: a colour model splits its feature maps into R, G, B "
-                             "groups: expected widths divisible by 3, got %s" % ", ".join(bad))
+                             "groups: expected widths divisible by 3, got %s (the defaults are "
+                             "the paper's binarized-MNIST ones: pass e.g. hidden_channels=18, "
+                             "head_channels=33 for colour)" % ", ".join(bad))
         h = c.hidden_channels
         self.first = MaskedConv2d(C, 2 * h, 7, "A", groups)
         self.layers = nn.ModuleList(RowLSTMLayer(h, c.kernel_size, groups)
@@ -155,15 +168,12 @@ class RowLSTM(PixelModel):
         self.complete_previous_pixel(cache, i, self.first, cache.layers[0])
         pixel = self.scaled(cache.x[:, :, row, col], cache.layers[0].dtype)
         out = self.first.at_pixel(cache.layers[0], pixel, row, col)
-        half, hidden = self.config.kernel_size // 2, self.config.hidden_channels
+        half = self.config.kernel_size // 2
         for layer, entry in zip(self.layers, cache.layers[1:]):
             entry.inputs[:, :, half + col] = out
             window = entry.inputs[:, :, col : col + half + 1].reshape(len(out), len(entry.taps))
             z = torch.addmm(entry.from_above[:, col], window, entry.taps)  # columns ..col
-            o, f, i_gate = torch.sigmoid(z[:, : 3 * hidden]).split(hidden, 1)
-            cell = torch.addcmul(f * entry.c_above[:, :, col], i_gate,
-                                 torch.tanh(z[:, 3 * hidden :]))
-            state = o * torch.tanh(cell)
+            cell, state = lstm_cell(z, entry.c_above[:, :, col])
             entry.c_row[:, :, col], entry.h_row[:, :, col] = cell, state
             out = torch.addmm(out + layer.output.bias, state, entry.out_weight)
         for m in self.head:

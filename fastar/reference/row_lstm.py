@@ -1,7 +1,7 @@
 """row_lstm as a Python loop of torch ops over the rows (the tests' oracle, the benches'
 baseline)."""
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,17 +18,26 @@ def gate_channels(hidden: int, groups: int) -> Tensor:
     return torch.stack([((m // hg) * GATES + q) * hg + m % hg for q in range(GATES)])
 
 
-def row_lstm(x: Tensor, weight: Tensor, bias: Tensor,
-             groups: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
-    """(h, c, z) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias +
-    conv1d(h of row i - 1, weight, padding k // 2) (zeros above row 0), then the LSTM cell."""
+def _pad(h: Tensor, k: int, left: int) -> Tensor:
+    return F.pad(h, (left, k - 1 - left))
+
+
+def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1,
+             left: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """(h, c, z) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias + conv1d(h of row
+    i - 1 padded by (left, k - 1 - left) zeros, weight) (zeros above row 0), then the LSTM
+    cell. left: None for k // 2."""
     B, _, H, W = x.shape
     hidden, k = weight.shape[1], weight.shape[2]
+    left = k // 2 if left is None else left
+    if H == 0 or W == 0:
+        empty = x.new_zeros(B, hidden, H, W)
+        return empty, empty.clone(), x + bias[:, None, None]
     index = gate_channels(hidden, groups).to(x.device)
     h_prev = c_prev = x.new_zeros(B, hidden, W)
     hs, cs, zs = [], [], []
     for i in range(H):
-        z = x[:, :, i] + bias[:, None] + F.conv1d(h_prev, weight, padding=k // 2)
+        z = x[:, :, i] + bias[:, None] + F.conv1d(_pad(h_prev, k, left), weight)
         o, f, i_gate = (torch.sigmoid(z[:, index[q]]) for q in range(3))
         g = torch.tanh(z[:, index[3]])
         c_prev = f * c_prev + i_gate * g
@@ -39,15 +48,18 @@ def row_lstm(x: Tensor, weight: Tensor, bias: Tensor,
     return torch.stack(hs, 2), torch.stack(cs, 2), torch.stack(zs, 2)
 
 
-def row_lstm_backward(grad_h: Tensor, h: Tensor, c: Tensor, z: Tensor, weight: Tensor,
-                      groups: int = 1) -> Tuple[Tensor, Tensor, Tensor]:
-    """(grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs:
-    back-propagation through the rows, bottom up, written out with torch ops."""
-    B, hidden, H, W = h.shape
-    pad = weight.shape[2] // 2
-    index = gate_channels(hidden, groups).to(h.device)
+def row_lstm_backward(grad_h: Tensor, c: Tensor, z: Tensor, weight: Tensor, groups: int = 1,
+                      left: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs c
+    and z: back-propagation through the rows, bottom up, written out with torch ops."""
+    B, hidden, H, W = c.shape
+    k = weight.shape[2]
+    left = k // 2 if left is None else left
+    if H == 0 or W == 0:
+        return torch.zeros_like(z), torch.zeros_like(weight), z.new_zeros(z.shape[1])
+    index = gate_channels(hidden, groups).to(c.device)
     grad_weight = torch.zeros_like(weight)
-    dc = dh_below = h.new_zeros(B, hidden, W)  # through the row below's forget gate / conv
+    dc = dh_below = c.new_zeros(B, hidden, W)  # through the row below's forget gate / conv
     rows = []
     for i in reversed(range(H)):
         o, f, i_gate = (torch.sigmoid(z[:, index[q], i]) for q in range(3))
@@ -61,9 +73,10 @@ def row_lstm_backward(grad_h: Tensor, h: Tensor, c: Tensor, z: Tensor, weight: T
         dz = torch.empty_like(z[:, :, i]).index_copy(1, index.flatten(), torch.cat(parts, 1))
         dc = dcell * f
         if i > 0:
-            h_above = h[:, :, i - 1]
-            grad_weight += torch.nn.grad.conv1d_weight(h_above, weight.shape, dz, padding=pad)
-            dh_below = torch.nn.grad.conv1d_input(h_above.shape, weight, dz, padding=pad)
+            o_above = torch.sigmoid(z[:, index[0], i - 1])
+            h_above = _pad(o_above * torch.tanh(c[:, :, i - 1]), k, left)
+            grad_weight += torch.nn.grad.conv1d_weight(h_above, weight.shape, dz)
+            dh_below = torch.nn.grad.conv1d_input(h_above.shape, weight, dz)[:, :, left:left + W]
         rows.append(dz)
     grad_x = torch.stack(rows[::-1], 2)
     return grad_x, grad_weight, grad_x.sum((0, 2, 3))
