@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from conftest import DEVICES, at_cpu_level, measure_interleaved, record_speedup, time_calls
 from fastar import ops
-from fastar.models import GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
+from fastar.models import DiagonalBiLSTM, GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
 
 BATCHES = [1, 16, 64, 256]
 SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
@@ -206,7 +206,7 @@ TABLE_ROWS = ([("WaveNet", "2048 samples, 256", d) for d in (None, 5, 10, 15)]
               + [(m, data, d) for m in ("PixelCNN", "GatedPixelCNN")
                  for data in ("28x28 binary", "32x32x3 256")
                  for d in ((None, 5, 10, 15) if data == "28x28 binary" else (None,))]
-              + [("RowLSTM", "28x28 binary", None)])
+              + [(m, "28x28 binary", None) for m in ("RowLSTM", "DiagonalBiLSTM")])
 
 
 @pytest.mark.parametrize("name,data,depth", TABLE_ROWS,
@@ -238,7 +238,8 @@ def test_naive_vs_cached_sampling_table(name, data, depth):
                        "passes over the whole sample, times its values" % NAIVE_PASSES)
 
 
-PIXEL_MODELS = {"PixelCNN": PixelCNN, "GatedPixelCNN": GatedPixelCNN, "RowLSTM": RowLSTM}
+PIXEL_MODELS = {"PixelCNN": PixelCNN, "GatedPixelCNN": GatedPixelCNN, "RowLSTM": RowLSTM,
+                "DiagonalBiLSTM": DiagonalBiLSTM}
 PIXEL_DATA = {"28x28 binary": dict(image_shape=(1, 28, 28), num_values=2),
               "32x32x3 256": dict(image_shape=(3, 32, 32), num_values=256)}
 PIXEL_BATCHES = {"28x28 binary": [1, 16], "32x32x3 256": [1]}  # the Python step: slow

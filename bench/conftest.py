@@ -237,11 +237,11 @@ def _speedup_table():
     if not rows:
         return None
     batches = sorted({b for cells in rows.values() for b in cells})
-    header = "%-15s %-19s %5s" % ("model", "data", "depth") + "".join(
+    header = "%-21s %-19s %5s" % ("model", "data", "depth") + "".join(
         " | %16s" % ("batch %d" % b) for b in batches)
     lines = [header, "-" * len(header)]
     for (model, data, depth, _), cells in rows.items():
-        lines.append("%-15s %-19s %5d" % (model, data, depth) + "".join(
+        lines.append("%-21s %-19s %5d" % (model, data, depth) + "".join(
             " | %8.4fs %5.0fx" % (cells[b]["cached_s_per_sample"], cells[b]["speedup"])
             if b in cells else " | %16s" % "" for b in batches))
     hows = sorted({t["how"] for cells in rows.values() for t in cells.values()})
