@@ -233,7 +233,8 @@ def test_naive_vs_cached_sampling_table(name, data, depth):
         cached = time_calls(lambda: model.generate(batch, shape)) / batch
         layers = len(model.config.dilations) if audio else model.config.num_layers
         fused = model.has_fused_sampler(torch.device("cpu"), torch.float32)
-        record_speedup(model=name if fused else name + " (step)", data=data, depth=layers, batch=batch, device="cpu",
+        record_speedup(model=name if fused else name + " (step)", data=data, depth=layers,
+                       batch=batch, device="cpu",
                        naive_s=naive, cached_s=cached, how="naive: the fastest of %d forward "
                        "passes over the whole sample, times its values" % NAIVE_PASSES)
 

@@ -79,8 +79,9 @@ TORCH_LIBRARY(fastar, m) {
   // (B, 4h, H, W), row by row, z_i = x_i + bias + conv1d(h_{i-1}, weight) (weight (4h, h, k);
   // tap t at column j reads column j + t - left, zeros outside: left = k / 2 centres an odd
   // kernel, left = k - 1 reads only columns <= j, as the Diagonal BiLSTM's skewed columns do),
-  // then the LSTM cell (csrc/common/lstm.h, gates laid out by colour group: groups 1 or 3). Returns h, c (B, h, H, W) and the gates' pre-activations z
-  // (B, 4h, H, W), which the backward reads; only h is differentiable (fastar/ops/row_lstm.py).
+  // then the LSTM cell (csrc/common/lstm.h, gates laid out by colour group: groups 1 or 3).
+  // Returns h, c (B, h, H, W) and the gates' pre-activations z (B, 4h, H, W), which the
+  // backward reads; only h is differentiable (fastar/ops/row_lstm.py).
   m.def(
       "row_lstm(Tensor x, Tensor weight, Tensor bias, int groups, int left) -> "
       "(Tensor, Tensor, Tensor)");

@@ -471,7 +471,7 @@ def pixelcnn_samples(device, dtype, full=False):
 
 # (batch, h, H, W, k, left, groups): the paper's centred k = 3; colour groups; one pixel; a
 # kernel wider than the row; k = 1 (no neighbours); the Diagonal BiLSTM's k = 2 reading the
-# pixel and the one before; taps all right of the pixel.
+# pixel and the one before; taps at or right of the pixel.
 _ROW_LSTM_CASES = [(2, 3, 4, 5, 3, 1, 1), (2, 6, 5, 3, 3, 1, 3), (3, 2, 1, 1, 5, 2, 1),
                    (1, 4, 3, 2, 5, 2, 1), (2, 3, 3, 4, 1, 0, 3), (2, 3, 4, 5, 2, 1, 1),
                    (1, 3, 3, 4, 3, 0, 3)]

@@ -5,7 +5,8 @@ the layout (a gate of a colour group reads the units of that group only)."""
 import pytest
 import torch
 
-from fastar import ops, reference
+from fastar import ops
+from fastar.reference.row_lstm import gate_channels
 
 
 def good_args(dtype=torch.float64, groups=1, h=3, k=3):
@@ -44,7 +45,8 @@ BACKWARD_CASES = [
     ({"z": torch.randn(2, 12, 2, 4, dtype=torch.float64)},
      r"row_lstm_backward: expected c of shape \(2, 3, 2, 4\) as z's \(2, 12, 2, 4\), "
      r"but got \[2, 3, 3, 4\]"),
-    ({"c": torch.randn(2, 3, 3, 4)}, r"row_lstm_backward: expected c in z's dtype \(float64\), but got float32"),
+    ({"c": torch.randn(2, 3, 3, 4)},
+     r"row_lstm_backward: expected c in z's dtype \(float64\), but got float32"),
 ]
 
 
@@ -102,7 +104,7 @@ def test_a_colour_group_reads_only_its_own_units_of_the_row_above():
     complete), but a unit's cell only its own group's gates: changing the gate inputs of group
     2 at a pixel leaves groups 0 and 1 of that pixel alone."""
     a = good_args(groups=3, h=6)
-    index = reference.row_lstm.__globals__["gate_channels"](6, 3)  # (4, h)
+    index = gate_channels(6, 3)  # (4, h)
     h0 = ops.row_lstm(**a)
     x = a["x"].clone()
     x[:, index[:, 4:].flatten(), 1, 2] += 1.0  # group 2's gates at pixel (1, 2)

@@ -12,6 +12,7 @@ GatedPixelCNNGenerateArgs prepare_gated_pixelcnn_generate(
     int64_t end, int64_t num_given, at::TensorList weights, c10::IntArrayRef layer_args,
     int64_t num_values, const std::optional<at::Tensor>& cond_in) {
   using namespace pixel::gated_pixelcnn;
+  using pixel::kHead;
   constexpr const char* op = "gated_pixelcnn_generate";
   GatedPixelCNNGenerateArgs a;
   check_tensors(op, x, state, u, weights, cond_in);

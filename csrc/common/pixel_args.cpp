@@ -106,7 +106,7 @@ void check_contents(const char* op, const PixelGenerateArgs& a) {
   const double* uv = u.const_data_ptr<double>();
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < known; ++t) {
-      const int64_t v = xv[b * D + (t % C) * HW + t / C];
+      const int64_t v = xv[b * D + pixel::position(t, C, a.H, a.W).index];
       TORCH_CHECK(0 <= v && v < a.V, "fastar::", op, ": expected the given values (the ",
                   known, " first in generation order) in [0, ", a.V, "), but got ", v);
     }

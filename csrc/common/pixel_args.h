@@ -53,8 +53,8 @@ void prepare_common(const char* op, PixelGenerateArgs& a, const at::Tensor& x,
 // The state's shape and dtype (`size_fn` names the Python function that computes its size).
 void check_state(const char* op, const at::Tensor& state, int64_t B, int64_t state_size,
                  at::ScalarType dtype, const char* size_fn);
-// The head's packed weights (weights[o .. o + 4]) after a stack `width` wide; returns the
-// outputs per channel.
+// The head's four packed weights (weights[o], ..., weights[o + 3]) after a stack `width`
+// wide; returns the outputs per channel.
 int64_t check_head(const char* op, const std::vector<at::Tensor>& weights, size_t o,
                    int64_t width, int64_t C, int64_t num_values);
 // Last, what the loop reads: the state's marker, the given values, u where values are drawn.

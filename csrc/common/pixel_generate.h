@@ -77,19 +77,20 @@ struct GatedLayer {
   int64_t k, half, in, ch, width, residual, v_rows, h_row, link;
 };
 
+// Both ops' packed weights end with the head's: head_w1, head_b1, head_w2, head_b2.
+constexpr int64_t kHead = 4;
+
 // pixelcnn_generate's packed weights (fastar/ops/pixelcnn.py): the first convolution's weight
 // and bias, per block kPerBlock, then the head's kHead.
 namespace pixelcnn {
 constexpr int64_t kFirst = 2;     // first_w, first_b
 constexpr int64_t kPerBlock = 6;  // w_in, b_in, w_conv, b_conv, w_out, b_out
-constexpr int64_t kHead = 4;      // head_w1, head_b1, head_w2, head_b2
 }  // namespace pixelcnn
 
 // gated_pixelcnn_generate's packed weights (fastar/ops/gated_pixelcnn.py): per layer
 // kPerLayer, then the head's kHead.
 namespace gated_pixelcnn {
 constexpr int64_t kPerLayer = 8;  // v_w, v_b, link_w, link_b, h_w, h_b, out_w, out_b
-constexpr int64_t kHead = 4;      // head_w1, head_b1, head_w2, head_b2
 }  // namespace gated_pixelcnn
 
 // What a team body reads and writes, as pointers on the team's device; per sequence b its

@@ -13,6 +13,7 @@ PixelCNNGenerateArgs prepare_pixelcnn_generate(const at::Tensor& x, const at::Te
                                                c10::IntArrayRef kernel_sizes,
                                                int64_t num_values) {
   using namespace pixel::pixelcnn;
+  using pixel::kHead;
   constexpr const char* op = "pixelcnn_generate";
   PixelCNNGenerateArgs a;
   check_tensors(op, x, state, u, weights, std::nullopt);

@@ -7,12 +7,12 @@
 // are already masked, so a channel never reads its own or a later channel of its pixel).
 //
 // That state lives in the caller's `state` buffer (B, state size), so a call continues where the
-// last one stopped (cpu/pixel_loop.h: the position marker, the checks, the draw). Rebuilding it
+// last one stopped (common/pixel_generate.h: its layout and the draw; common/pixel_args.cpp:
+// the checks; cpu/pixel_loop.h: the position marker). Rebuilding it
 // from x in every call made chunked generation quadratic: at batch 16 each call's rebuild
 // outgrew its half second.
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -31,7 +31,7 @@ using Layer = pixel::GatedLayer;
 
 template <typename T>
 struct Model {
-  int64_t C, H, W, V, NL, L, head_ch, state_size;
+  int64_t C, H, W, V, NL, L, head_ch, state_size, widest;  // widest: max(C, 2 ch of a layer)
   std::vector<Layer> layers;
   std::vector<const T*> w;  // the packed weights, in the op's order
   const T* v_w(int64_t l) const { return w[l * kPerLayer + 0]; }
@@ -59,15 +59,13 @@ struct Sequence {
 
   Sequence(const Model<T>& m, const T* cond, int64_t* x, T* state, bool clear)
       : cond(cond), x(x), marker(state, m.state_size, clear) {
-    int64_t widest = m.C;
     for (const Layer& l : m.layers) {
       v_rows.push_back(state + l.v_rows);
       h_row.push_back(state + l.h_row);
       link.push_back(state + l.link);
-      widest = std::max(widest, 2 * l.ch);
     }
-    for (auto* v : {&v_in, &v_pre, &v_out}) v->resize(m.W * widest);
-    for (auto* v : {&pre, &gated, &h, &h_next}) v->resize(widest);
+    for (auto* v : {&v_in, &v_pre, &v_out}) v->resize(m.W * m.widest);
+    for (auto* v : {&pre, &gated, &h, &h_next}) v->resize(m.widest);
     z.resize(m.head_ch);
     logits.resize(m.NL);
     dist.resize(m.V);
@@ -257,7 +255,8 @@ bool launch_cpu(const GatedPixelCNNGenerateArgs& a, const at::Tensor& logp) {
       });
       return;
     }
-    const Model<scalar_t> m{a.C, a.H, a.W, a.V, a.NL, a.L, a.head_ch, a.state_size, a.layers, w};
+    const Model<scalar_t> m{a.C,       a.H,          a.W,      a.V,      a.NL, a.L,
+                            a.head_ch, a.state_size, a.widest, a.layers, w};
     ok = cpu::pixel_loop::run_groups(a.B, [&](int64_t b0, int64_t b1) FASTAR_INLINE_LAMBDA {
       return generate_group<scalar_t>(m, a.x.data_ptr<int64_t>(), a.state.data_ptr<scalar_t>(),
                                       a.u.const_data_ptr<double>(), b0, b1, a.start, a.end,

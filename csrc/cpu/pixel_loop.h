@@ -5,15 +5,12 @@
 // runs the CUDA kernels' team bodies instead (common/pixel_generate.h: their arguments, the
 // state's layout and the per-value math).
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
 
 #include <algorithm>
-#include <string>
-#include <vector>
-
 #include <atomic>
+#include <type_traits>
+#include <vector>
 
 #include "common/pixel_generate.h"
 #include "common/team.h"

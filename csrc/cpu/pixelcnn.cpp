@@ -12,7 +12,6 @@
 // so a call continues where the last one stopped.
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -233,6 +232,8 @@ bool launch_cpu(const PixelCNNGenerateArgs& a, const at::Tensor& logp) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastar, CPU, m) { m.impl("pixelcnn_generate", &pixelcnn_generate_kernel<launch_cpu>); }
+TORCH_LIBRARY_IMPL(fastar, CPU, m) {
+  m.impl("pixelcnn_generate", &pixelcnn_generate_kernel<launch_cpu>);
+}
 
 }  // namespace fastar

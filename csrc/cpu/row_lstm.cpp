@@ -17,13 +17,16 @@ namespace {
 // Colour groups of pixels per task of at::parallel_for: a row of a batch is a few hundred.
 constexpr int64_t kGrain = 32;
 
-// The hg units of one pixel's colour group: each gate's units are contiguous (common/lstm.h's
-// layout) and the pointers do not alias, so the loop vectorizes at the level compiled for.
+// The hg units of one pixel's colour group (z: its 4 hg gates, common/lstm.h's layout): each
+// gate's units are contiguous and the pointers do not alias, so the loop vectorizes at the
+// level compiled for.
 template <typename T>
 FASTAR_INLINE void forward_units(const T* __restrict__ z, const T* __restrict__ c_prev,
                                  T* __restrict__ c, T* __restrict__ h, int64_t hg) {
+  const T *z_o = z + lstm::kOutput * hg, *z_f = z + lstm::kForget * hg,
+          *z_i = z + lstm::kInput * hg, *z_g = z + lstm::kCell * hg;
   for (int64_t m = 0; m < hg; ++m)
-    lstm::forward(z[m], z[hg + m], z[2 * hg + m], z[3 * hg + m], c_prev[m], c[m], h[m]);
+    lstm::forward(z_o[m], z_f[m], z_i[m], z_g[m], c_prev[m], c[m], h[m]);
 }
 
 template <typename T>
@@ -31,10 +34,13 @@ FASTAR_INLINE void backward_units(const T* __restrict__ z, const T* __restrict__
                                   const T* __restrict__ c_prev, const T* __restrict__ dh,
                                   const T* __restrict__ dh_below, T* __restrict__ dc,
                                   T* __restrict__ dz, int64_t hg) {
+  const T *z_o = z + lstm::kOutput * hg, *z_f = z + lstm::kForget * hg,
+          *z_i = z + lstm::kInput * hg, *z_g = z + lstm::kCell * hg;
+  T *dz_o = dz + lstm::kOutput * hg, *dz_f = dz + lstm::kForget * hg,
+    *dz_i = dz + lstm::kInput * hg, *dz_g = dz + lstm::kCell * hg;
   for (int64_t m = 0; m < hg; ++m)
-    lstm::backward(z[m], z[hg + m], z[2 * hg + m], z[3 * hg + m], c[m], c_prev[m],
-                   dh[m] + dh_below[m], dc[m], dz[m], dz[hg + m], dz[2 * hg + m],
-                   dz[3 * hg + m]);
+    lstm::backward(z_o[m], z_f[m], z_i[m], z_g[m], c[m], c_prev[m], dh[m] + dh_below[m], dc[m],
+                   dz_o[m], dz_f[m], dz_i[m], dz_g[m]);
 }
 
 // t's data, or zeros of its shape where it is undefined (the row above the image).

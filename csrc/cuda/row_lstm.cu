@@ -1,6 +1,7 @@
 // CUDA kernels of row_lstm: common/lstm.h's cell over a row's pixels, one thread per hidden
-// unit of a pixel; the rows and their products in common/row_lstm_loop.cpp. Not yet run on a
-// GPU: the CPU tests check the same cell math.
+// unit of a pixel (its gates found by lstm::gate_index, the layout the CPU kernels walk by
+// gate blocks); the rows and their products in common/row_lstm_loop.cpp, shared with the CPU.
+// Not yet run on a GPU: the CPU tests check the same cell math and loop.
 
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -16,7 +17,8 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const T* z, const T* c_prev, T* c, T* h, int64_t total, int64_t units, int64_t hg) {
+    forward_kernel(const T* z, const T* c_prev, T* c, T* h, int64_t total, int64_t units,
+                   int64_t hg) {
   cuda::grid_stride(total, [&](int64_t u) {
     const int64_t n = u / units, m = u % units;
     const T* zn = z + n * 4 * units;
@@ -34,14 +36,15 @@ __global__ void __launch_bounds__(kThreads)
                     T* dc, T* dz, int64_t total, int64_t units, int64_t hg) {
   cuda::grid_stride(total, [&](int64_t u) {
     const int64_t n = u / units, m = u % units;
-    const T* a = z + n * 4 * units;
-    T* d = dz + n * 4 * units;
-    const int64_t io = lstm::gate_index(m, lstm::kOutput, hg),
-                  i_f = lstm::gate_index(m, lstm::kForget, hg),
-                  ii = lstm::gate_index(m, lstm::kInput, hg),
-                  ig = lstm::gate_index(m, lstm::kCell, hg);
-    lstm::backward(a[io], a[i_f], a[ii], a[ig], c[u], c_prev ? c_prev[u] : T(0),
-                   dh_below ? dh[u] + dh_below[u] : dh[u], dc[u], d[io], d[i_f], d[ii], d[ig]);
+    const T* zn = z + n * 4 * units;
+    T* dzn = dz + n * 4 * units;
+    const int64_t at_o = lstm::gate_index(m, lstm::kOutput, hg),
+                  at_f = lstm::gate_index(m, lstm::kForget, hg),
+                  at_i = lstm::gate_index(m, lstm::kInput, hg),
+                  at_g = lstm::gate_index(m, lstm::kCell, hg);
+    lstm::backward(zn[at_o], zn[at_f], zn[at_i], zn[at_g], c[u], c_prev ? c_prev[u] : T(0),
+                   dh_below ? dh[u] + dh_below[u] : dh[u], dc[u], dzn[at_o], dzn[at_f],
+                   dzn[at_i], dzn[at_g]);
   });
 }
 

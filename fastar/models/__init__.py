@@ -7,11 +7,11 @@ holds the keywords and the paper's defaults)."""
 
 from fastar.models.base import AutoregressiveModel
 from fastar.models.cache import Cache
-from fastar.models.diagonal_bilstm import DiagonalBiLSTM, DiagonalBiLSTMConfig
 from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from fastar.models.made import MADE, MADEConfig
 from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig
-from fastar.models.row_lstm import RowLSTM, RowLSTMConfig
+from fastar.models.pixelrnn import (DiagonalBiLSTM, DiagonalBiLSTMConfig, RowLSTM,
+                                     RowLSTMConfig)
 from fastar.models.wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN,

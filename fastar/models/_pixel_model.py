@@ -53,10 +53,8 @@ class PixelModel(AutoregressiveModel):
         if i == 0:
             return
         C, H, W = self.image_shape
-        before = cache.order[i - 1] % (H * W)
-        k = first.dilation[1] * (first.kernel_size[1] // 2)
-        ring[:, :, before // W % ring.shape[2], k + before % W] = self.scaled(
-            cache.x[:, :, before // W, before % W], ring.dtype)
+        row, col = divmod(cache.order[i - 1] % (H * W), W)
+        first.write_ring(ring, self.scaled(cache.x[:, :, row, col], ring.dtype), row, col)
 
     def run(self, cache: Cache, start: int, end: int) -> None:
         """The model's fused loop (its `fused_op`) where cache.fused, else the step or naive

@@ -257,11 +257,15 @@ class MaskedConv2d(nn.Conv2d):
         return self.weight.new_zeros(n, self.in_channels, dh * (kh // 2) + 1,
                                      width + 2 * dw * (kw // 2))
 
+    def write_ring(self, ring: Tensor, h: Tensor, row: int, col: int) -> None:
+        """Writes the input h (n, in) at (row, col) into its slot of ring (`new_ring`)."""
+        ring[:, :, row % ring.shape[2], self.dilation[1] * (self.kernel_size[1] // 2) + col] = h
+
     def at_pixel(self, ring: Tensor, h: Tensor, row: int, col: int) -> Tensor:
         """The output (n, out) at (row, col) after writing this pixel's input h (n, in) into
         ring (`new_ring`, holding the rows above and this row's columns so far)."""
         (kh, kw), (dh, dw) = self.kernel_size, self.dilation
-        ring[:, :, row % ring.shape[2], dw * (kw // 2) + col] = h
+        self.write_ring(ring, h, row, col)
         # weight row r reads input row row - dh * (kh // 2 - r) (a slot not yet written this
         # generation, zeros, for rows before 0), column col + dw * (c - kw // 2)
         rows = [(row - dh * (kh // 2 - r)) % ring.shape[2] for r in range(kh // 2 + 1)]

@@ -2,7 +2,8 @@
 (Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models": each
 layer keeps what the next value needs, so a value costs the layers at its pixel only). The
 public function, the packing of a model's weights, and the fake kernel; the CPU kernel is
-csrc/cpu/gated_pixelcnn.cpp, the CUDA kernel csrc/cuda/pixel_generate.cu. `fastar.models.GatedPixelCNN.run` calls it."""
+csrc/cpu/gated_pixelcnn.cpp, the CUDA kernel csrc/cuda/pixel_generate.cu.
+`fastar.models.GatedPixelCNN.run` calls it."""
 
 from typing import List, Optional, Sequence
 

@@ -30,16 +30,16 @@ def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1,
              left: Optional[int] = None) -> Tensor:
     """The hidden states h (B, h, H, W) of a Row LSTM layer from its input-to-state gates.
 
-    For each row i (top to bottom), with h and c of the row above (zeros above row 0)::
+    For each row r (top to bottom), with h and c of the row above (zeros above row 0)::
 
-        z = x[:, :, i] + bias + conv1d(h_above padded by (left, k - 1 - left), weight)
+        z = x[:, :, r] + bias + conv1d(h_above padded by (left, k - 1 - left), weight)
         o, f, i, g = sigmoid, sigmoid, sigmoid, tanh of z's four gates
         c = f * c_above + i * g;  h = o * tanh(c)
 
     Args:
         x: (B, 4h, H, W) input-to-state gates (a masked convolution's output), float32 or
             float64; gate channels laid out by colour group, then gate (o, f, i, g), then unit
-            (`fastar.reference.row_lstm.gate_channels`).
+            (`gate_channels` in the module fastar/reference/row_lstm.py).
         weight: (4h, h, k) the state-to-state convolution (the paper's k = 3).
         bias: (4h,).
         groups: 1, or 3 for a colour model (h divisible by 3): hidden unit m belongs to group
@@ -125,7 +125,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(c, z)
 
 
-def _backward(ctx, grad_h, grad_c, grad_gates):
+def _backward(ctx, grad_h, grad_c, grad_z):
     c, z, weight = ctx.saved_tensors
     grad_x, grad_weight, grad_bias = torch.ops.fastar.row_lstm_backward(
         grad_h, c, z, weight, ctx.groups, ctx.left)
