@@ -8,7 +8,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fastar.models import MADE, DiagonalBiLSTM, GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
+from fastar.models import (MADE, DiagonalBiLSTM, GatedPixelCNN, Histogram, PixelCNN, RasterLSTM,
+                           RasterWaveNet, RowLSTM, WaveNet)
 from fastar.models.wavenet import Condition
 
 
@@ -115,6 +116,42 @@ def _leak_wavenet(model):
     model.input.shift = False  # the first layer sees the value it predicts
 
 
+def _histogram(shape, **kw):
+    return Histogram(**{"image_shape": shape, **kw})
+
+
+def _leak_histogram(model):
+    table = model.logits  # each value moves its own logits: the model has no path that could
+
+    def leaky_logits(x, cond=None):
+        B, C, H, W = x.shape
+        slopes = torch.linspace(2, 3, model.num_logits, dtype=model.weight.dtype)
+        own = model.scaled(x, model.weight.dtype).unsqueeze(2) * slopes.view(1, 1, -1, 1, 1)
+        return table(x, cond) + own.reshape(B, -1, H, W)
+    model.logits = leaky_logits
+
+
+def _raster_lstm(shape, **kw):
+    return RasterLSTM(**{"image_shape": shape, "hidden_channels": 5, **kw})
+
+
+def _leak_raster_lstm(model):
+    inputs = model._inputs  # value t's input carries x[t] instead of x[t - 1]
+
+    def leaky_inputs(previous, first, t):
+        return inputs(torch.cat([previous[:, 1:], previous[:, :1]], 1), first, t)
+    model._inputs = leaky_inputs
+
+
+def _raster_wavenet(shape, **kw):
+    return RasterWaveNet(**{"image_shape": shape, "residual_channels": 4, "skip_channels": 6,
+                            "dilations": (1, 2, 4), **kw})
+
+
+def _leak_raster_wavenet(model):
+    model.wavenet.input.shift = False  # the first layer sees the value it predicts
+
+
 MODEL_DB = [
     ModelInfo("MADE", _made, {
         "one-mask": {}, "masks-orders-direct": {"num_masks": 3, "natural_ordering": False,
@@ -131,6 +168,18 @@ MODEL_DB = [
               tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_first_layer),
     ModelInfo("DiagonalBiLSTM", _diagonal, {"binary": {}, "three-values": {"num_values": 3}},
               tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_first_layer),
+    ModelInfo("Histogram", _histogram, {"binary": {}, "three-values": {"num_values": 3}},
+              tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_histogram,
+              gradients_reach_input=False),  # none reaches it: it reads no value
+    ModelInfo("RasterLSTM", _raster_lstm, {
+        "plain": {}, "location": {"location": True},
+        "two-layers-three-values": {"num_layers": 2, "num_values": 3, "location": True}},
+        tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_raster_lstm),
+    ModelInfo("RasterWaveNet", _raster_wavenet, {
+        "location": {}, "plain": {"location": False},
+        "k3-three-values": {"kernel_size": 3, "num_values": 3}},
+        tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_raster_wavenet,
+        gradients_reach_input=False),
     ModelInfo("WaveNet", _wavenet, {
         "k2": {}, "k3": {"kernel_size": 3}, "global-local": {
             "kernel_size": 3, "cond_channels": 3, "local_channels": 2, "upsample": 2},

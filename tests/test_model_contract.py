@@ -206,7 +206,8 @@ def test_every_sampler_refuses_a_model_with_a_non_finite_weight(info, variant, b
     model = info.make(variant, shape)
     shape = tuple(model.event_shape(shape[-1]))
     cond = info.condition(model, 2, shape)
-    name, param = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()][-2]
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    name, param = params[-2 if len(params) > 1 else 0]  # a weight, not the last bias
     with torch.no_grad():
         param.view(-1)[0] = bad
     for cached, use_fused in _every_sampler(model):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastar import data
-from fastar.models import (MADE, AutoregressiveModel, DiagonalBiLSTM, GatedPixelCNN, PixelCNN,
-                           RowLSTM)
+from fastar.models import (MADE, AutoregressiveModel, DiagonalBiLSTM, GatedPixelCNN, Histogram,
+                           PixelCNN, RasterLSTM, RasterWaveNet, RowLSTM)
 from fastar.nn import CausalConv1d
 from fastar.testing import assert_step_matches_forward, seconds_to_stop_on_ctrl_c
 
@@ -35,6 +35,10 @@ SMALL = {
                                      head_channels=6),
     "DiagonalBiLSTM": lambda shape: DiagonalBiLSTM(image_shape=shape, hidden_channels=6,
                                                    num_layers=2, head_channels=6),
+    "Histogram": lambda shape: Histogram(image_shape=shape),
+    "RasterLSTM": lambda shape: RasterLSTM(image_shape=shape, hidden_channels=16, location=True),
+    "RasterWaveNet": lambda shape: RasterWaveNet(image_shape=shape, residual_channels=8,
+                                                 skip_channels=16, dilations=(1, 2, 4, 8)),
 }
 
 
@@ -253,7 +257,8 @@ def test_a_wrong_step_is_caught():
         assert_step_matches_forward(model, torch.ones(3, 1, 2, 3, dtype=torch.long))
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+# The histogram's best loss on this data is its entropy, 0.8 of the first: see test_baselines.
+@pytest.mark.parametrize("name", [name for name in SMALL if name != "Histogram"])
 def test_a_few_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
     model = SMALL[name]((1, 4, 4)).train()

@@ -6,6 +6,8 @@ one random stream, and a config dataclass (``model.config``) that rebuilds the m
 holds the keywords and the paper's defaults)."""
 
 from fastar.models.base import AutoregressiveModel
+from fastar.models.baselines import (Histogram, HistogramConfig, RasterLSTM, RasterLSTMConfig,
+                                     RasterWaveNet, RasterWaveNetConfig)
 from fastar.models.cache import Cache
 from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from fastar.models.made import MADE, MADEConfig
@@ -15,9 +17,11 @@ from fastar.models.pixelrnn import (DiagonalBiLSTM, DiagonalBiLSTMConfig, RowLST
 from fastar.models.wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN,
-          "row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM, "wavenet": WaveNet}
+          "row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM, "wavenet": WaveNet,
+          "histogram": Histogram, "raster_lstm": RasterLSTM, "raster_wavenet": RasterWaveNet}
 
 __all__ = ["MODELS", "AutoregressiveModel", "Cache", "DiagonalBiLSTM", "DiagonalBiLSTMConfig",
-           "GatedPixelCNN", "GatedPixelCNNConfig",
-           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "RowLSTM", "RowLSTMConfig",
+           "GatedPixelCNN", "GatedPixelCNNConfig", "Histogram", "HistogramConfig",
+           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "RasterLSTM",
+           "RasterLSTMConfig", "RasterWaveNet", "RasterWaveNetConfig", "RowLSTM", "RowLSTMConfig",
            "WaveNet", "WaveNetConfig"]

@@ -4,6 +4,7 @@ of their logits."""
 import dataclasses
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from fastar.models.base import AutoregressiveModel
@@ -43,6 +44,12 @@ class PixelModel(AutoregressiveModel):
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
+
+    def new_cache(self, n: int, kind=Cache, **entries) -> Cache:
+        """A cache of kind for n images: x zeros on the model's device, the generation order
+        (which steps read before generate sets it), and the model's entries."""
+        return kind(x=torch.zeros(n, *self.image_shape, dtype=torch.long, device=self._device()),
+                    order=self.generation_order(self.image_shape).tolist(), **entries)
 
     def complete_previous_pixel(self, cache: Cache, i: int, first: MaskedConv2d,
                                 ring: Tensor) -> None:

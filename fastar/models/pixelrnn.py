@@ -220,10 +220,8 @@ class _PixelRNN(PixelModel):
 
     def _new_cache(self, n: int) -> Cache:
         """x and the image's ring for the first convolution; the layers' entries follow."""
-        C, H, W = self.image_shape
-        cache = Cache(x=torch.zeros(n, C, H, W, dtype=torch.long, device=self.first.weight.device),
-                      order=self.generation_order(self.image_shape).tolist())
-        cache.layers.append(self.first.new_ring(n, W))
+        cache = self.new_cache(n)
+        cache.layers.append(self.first.new_ring(n, self.image_shape[2]))
         return cache
 
     @torch.no_grad()
