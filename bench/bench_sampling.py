@@ -22,6 +22,7 @@ PixelCNN and Gated PixelCNN (test_pixel_sampling): naive against the cached Pyth
 """
 
 import collections
+import functools
 import math
 import multiprocessing
 
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 
 from conftest import DEVICES, at_cpu_level, measure_interleaved, record_speedup, time_calls
 from fastar import ops
-from fastar.models import DiagonalBiLSTM, GatedPixelCNN, PixelCNN, RowLSTM, WaveNet
+from fastar.models import (DiagonalBiLSTM, GatedPixelCNN, PixelCNN, RasterLSTM, RasterWaveNet,
+                           RowLSTM, WaveNet)
 
 BATCHES = [1, 16, 64, 256]
 SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
@@ -198,6 +200,8 @@ def _table_model(name, data, depth):
     if name == "WaveNet":
         kw = {} if depth is None else {"dilations": tuple(2 ** (i % 10) for i in range(depth))}
         return WaveNet(**kw).eval()
+    if name in BASELINES:
+        return BASELINES[name](**PIXEL_DATA[data]).eval()
     kw = {} if depth is None else {"num_layers": depth}
     return PIXEL_MODELS[name](**PIXEL_DATA[data], **kw).eval()
 
@@ -206,7 +210,8 @@ TABLE_ROWS = ([("WaveNet", "2048 samples, 256", d) for d in (None, 5, 10, 15)]
               + [(m, data, d) for m in ("PixelCNN", "GatedPixelCNN")
                  for data in ("28x28 binary", "32x32x3 256")
                  for d in ((None, 5, 10, 15) if data == "28x28 binary" else (None,))]
-              + [(m, "28x28 binary", None) for m in ("RowLSTM", "DiagonalBiLSTM")])
+              + [(m, "28x28 binary", None) for m in ("RowLSTM", "DiagonalBiLSTM")]
+              + [(m, "28x28 binary", None) for m in ("RasterLSTM", "RasterWaveNet")])
 
 
 @pytest.mark.parametrize("name,data,depth", TABLE_ROWS,
@@ -231,7 +236,8 @@ def test_naive_vs_cached_sampling_table(name, data, depth):
 
         naive = time_calls(naive_pass, min_rounds=NAIVE_PASSES, seconds=0) * D / batch
         cached = time_calls(lambda: model.generate(batch, shape)) / batch
-        layers = len(model.config.dilations) if audio else model.config.num_layers
+        config = model.config
+        layers = len(config.dilations) if hasattr(config, "dilations") else config.num_layers
         fused = model.has_fused_sampler(torch.device("cpu"), torch.float32)
         record_speedup(model=name if fused else name + " (step)", data=data, depth=layers,
                        batch=batch, device="cpu",
@@ -241,6 +247,9 @@ def test_naive_vs_cached_sampling_table(name, data, depth):
 
 PIXEL_MODELS = {"PixelCNN": PixelCNN, "GatedPixelCNN": GatedPixelCNN, "RowLSTM": RowLSTM,
                 "DiagonalBiLSTM": DiagonalBiLSTM}
+# The lecture's baselines (fastar.models.baselines): the location variants, default widths.
+BASELINES = {"RasterLSTM": functools.partial(RasterLSTM, location=True),
+             "RasterWaveNet": RasterWaveNet}
 PIXEL_DATA = {"28x28 binary": dict(image_shape=(1, 28, 28), num_values=2),
               "32x32x3 256": dict(image_shape=(3, 32, 32), num_values=256)}
 PIXEL_BATCHES = {"28x28 binary": [1, 16], "32x32x3 256": [1]}  # the Python step: slow

@@ -80,16 +80,18 @@ TORCH_LIBRARY(fastar, m) {
   // tap t at column j reads column j + t - left, zeros outside: left = k / 2 centres an odd
   // kernel, left = k - 1 reads only columns <= j, as the Diagonal BiLSTM's skewed columns do),
   // then the LSTM cell (csrc/common/lstm.h, gates laid out by colour group: groups 1 or 3).
-  // Returns h, c (B, h, H, W) and the gates' pre-activations z (B, 4h, H, W), which the
-  // backward reads; only h is differentiable (fastar/ops/row_lstm.py).
+  // Returns h, c (B, h, H, W), the gates' pre-activations z (B, 4h, H, W) and the states
+  // h again in the working layout (H, W + k - 1, B, h: zero columns around, `left` before;
+  // common/row_lstm_loop.h), which the backward reads; only h is differentiable
+  // (fastar/ops/row_lstm.py). h is a tensor of its own: the caller may write it in place.
   m.def(
       "row_lstm(Tensor x, Tensor weight, Tensor bias, int groups, int left) -> "
-      "(Tensor, Tensor, Tensor)");
-  // (grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs c and
-  // z (h is recomputed from them: the caller may write h in place).
+      "(Tensor, Tensor, Tensor, Tensor)");
+  // (grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs c, z
+  // and states.
   m.def(
-      "row_lstm_backward(Tensor grad_h, Tensor c, Tensor z, Tensor weight, int groups, "
-      "int left) -> (Tensor, Tensor, Tensor)");
+      "row_lstm_backward(Tensor grad_h, Tensor c, Tensor z, Tensor states, Tensor weight, "
+      "int groups, int left) -> (Tensor, Tensor, Tensor)");
 }
 
 // Ops with no derivative: the generation loops draw integers, and dmol_log_prob_with_grad

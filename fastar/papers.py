@@ -15,12 +15,14 @@ class Row:
     model: str  # fastar.models.MODELS name, or None where fastar has no such model yet
     config: Dict[str, Any]
     dataset: str
-    paper_nats: float
+    paper_nats: Optional[float]  # None: a baseline for scale, with no published figure
     note: Optional[str] = None  # what is not settled about the row
 
 
 _MADE = "Germain, Gregor, Murray, Larochelle 2015, MADE"
 _PIXELRNN = "van den Oord, Kalchbrenner, Kavukcuoglu 2016, Pixel Recurrent Neural Networks"
+_LECTURE = "CS294-158 Deep Unsupervised Learning (Berkeley, Spring 2020), lecture 2"
+_FOR_SCALE = "the lecture shows samples, no likelihood: a row for scale"
 
 BINARIZED_MNIST: Dict[str, Row] = {row_name: row for row_name, row in (
     ("made-1h-1mask", Row("MADE, 1 hidden layer, 1 mask (Germain et al. 2015, Table 6)", _MADE,
@@ -48,4 +50,14 @@ BINARIZED_MNIST: Dict[str, Row] = {row_name: row for row_name, row in (
                             _PIXELRNN, "Table 4", "diagonal_bilstm", {}, "binarized_mnist",
                             79.20, "the paper does not list its MNIST widths: h = 16, 7 layers "
                             "as we read section 5")),
+    ("histogram", Row("Per-position histogram (CS294-158 lecture 2)", _LECTURE, "-",
+                      "histogram", {}, "binarized_mnist", None, _FOR_SCALE)),
+    ("raster-lstm", Row("LSTM over the raster scan (CS294-158 lecture 2)", _LECTURE, "-",
+                        "raster_lstm", {}, "binarized_mnist", None, _FOR_SCALE)),
+    ("raster-lstm-location", Row("LSTM over the raster scan with pixel location (CS294-158 "
+                                 "lecture 2)", _LECTURE, "-", "raster_lstm",
+                                 {"location": True}, "binarized_mnist", None, _FOR_SCALE)),
+    ("raster-wavenet", Row("WaveNet over the raster scan, pixel location as local condition "
+                           "(CS294-158 lecture 2)", _LECTURE, "-", "raster_wavenet", {},
+                           "binarized_mnist", None, _FOR_SCALE)),
 )}

@@ -49,6 +49,8 @@ class OpInfo:
     cache_args: Tuple[int, ...] = ()
     # Outputs that carry the batch dim (None: all); a weight's gradient does not.
     batch_outputs: Optional[Tuple[int, ...]] = None
+    # Arguments whose batch is not their dim 0: argument index -> its batch dim.
+    batch_dims: Dict[int, int] = dataclasses.field(default_factory=dict)
     cuda_tol: float = 1e-5  # float32 CUDA against CPU: the same formulas, rounded differently
     # (rtol, atol) of outputs and of gradients in float64; relative accuracy bound per
     # reduced dtype (on top of flash-attention's rule, see test_ops.test_reduced_precision).
@@ -498,8 +500,9 @@ def row_lstm_backward_samples(device, dtype, full=False):
     out = []
     for s in row_lstm_samples(device, dtype, full):
         x, weight, bias, groups, left = s.args
-        h, c, z = torch.ops.fastar.row_lstm(x, weight, bias, groups, left)
-        out.append(SampleInput((torch.randn_like(h), c, z, weight, groups, left), s.name))
+        h, c, z, states = torch.ops.fastar.row_lstm(x, weight, bias, groups, left)
+        out.append(SampleInput((torch.randn_like(h), c, z, states, weight, groups, left),
+                               s.name))
     return out
 
 
@@ -527,11 +530,12 @@ OP_DB = [
            grad_args=(0, 1, 2), double_backward=True),
     OpInfo("relu_linear_backward", reference.relu_linear_backward,
            relu_linear_backward_samples, batch_outputs=(0,)),
-    # The public function returns h only (tests/test_row_lstm.py).
+    # The public function returns h only (tests/test_row_lstm.py); states (H, W + k - 1, B, h)
+    # hold the batch in dimension 2.
     OpInfo("row_lstm", reference.row_lstm, row_lstm_samples, grad_args=(0, 1, 2),
-           tol64=(1e-12, 1e-14), grad_tol64=(1e-11, 1e-13)),
+           batch_outputs=(0, 1, 2), tol64=(1e-12, 1e-14), grad_tol64=(1e-11, 1e-13)),
     OpInfo("row_lstm_backward", reference.row_lstm_backward, row_lstm_backward_samples,
-           batch_outputs=(0,), tol64=(1e-11, 1e-13)),
+           batch_outputs=(0,), batch_dims={3: 2}, tol64=(1e-11, 1e-13)),
     # Outputs: log p (B, T - start); x (the draws) and the ring buffers it leaves.
     OpInfo("wavenet_generate", reference.wavenet_generate, wavenet_samples,
            fn=ops.wavenet_generate, mutated_args=(0, 1),

@@ -821,3 +821,13 @@ def test_pixel_rnns_compile_fullgraph_and_train_alike(name):
     grads = [torch.autograd.grad(v.sum(), list(model.parameters())) for v in (ours, eager)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_every_row_of_the_papers_tables_builds_its_model():
+    from fastar import papers
+    from fastar.models import MODELS
+
+    for name, row in papers.BINARIZED_MNIST.items():
+        model = MODELS[row.model](**row.config)
+        assert model.image_shape == (1, 28, 28) and model.num_values == 2, name
+        assert row.paper_nats is None or 75 < row.paper_nats < 95, name

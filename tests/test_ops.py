@@ -229,16 +229,19 @@ def test_double_backward_is_right_or_raises_instead_of_returning_zeros(info, dev
             torch.autograd.grad(sum(g.sum() for g in grads), inputs)
 
 
-def _empty_batch(args):
-    """Every tensor argument that carries the batch dim (the first tensor's dim 0) cut to 0."""
+def _empty_batch(args, batch_dims):
+    """Every tensor argument that carries the batch dim (the first tensor's dim 0; batch_dims:
+    index -> dim for the others) cut to 0."""
     B = next(a for a in args if isinstance(a, torch.Tensor)).shape[0]
-    return tuple(a[:0] if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == B
-                 else a for a in args)
+    return tuple(a.narrow(batch_dims.get(i, 0), 0, 0) if isinstance(a, torch.Tensor)
+                 and a.dim() > batch_dims.get(i, 0) and a.shape[batch_dims.get(i, 0)] == B
+                 else a for i, a in enumerate(args))
 
 
 @pytest.mark.parametrize("info,device", CASES)
 def test_empty_batch(info, device):
-    args = _with_grad(_empty_batch(info.sample_inputs(device, torch.float32)[0].args), info)
+    args = _with_grad(_empty_batch(info.sample_inputs(device, torch.float32)[0].args,
+                                   info.batch_dims), info)
     for path in info.paths():
         out = _run(path, args, info)
         expected = _run(info.reference, args, info)

@@ -47,13 +47,18 @@ BACKWARD_CASES = [
      r"but got \[2, 3, 3, 4\]"),
     ({"c": torch.randn(2, 3, 3, 4)},
      r"row_lstm_backward: expected c in z's dtype \(float64\), but got float32"),
+    ({"states": torch.randn(3, 4, 2, 3, dtype=torch.float64)},
+     r"row_lstm_backward: expected states of shape \(3, 6, 2, 3\) \(H, W \+ k - 1, batch, h\), "
+     r"but got \[3, 4, 2, 3\]"),
+    ({"states": torch.randn(3, 6, 2, 3)},
+     r"row_lstm_backward: expected states in z's dtype \(float64\), but got float32"),
 ]
 
 
 def backward_args():
     a = good_args()
-    h, c, z = torch.ops.fastar.row_lstm(**a)
-    return {"grad_h": torch.randn_like(h), "c": c, "z": z,
+    h, c, z, states = torch.ops.fastar.row_lstm(**a)
+    return {"grad_h": torch.randn_like(h), "c": c, "z": z, "states": states,
             "weight": a["weight"], "groups": 1, "left": a["left"]}
 
 
@@ -95,8 +100,8 @@ def test_the_outputs_are_tensors_of_their_own_that_may_be_written_in_place():
 def test_c_and_the_pre_activations_are_not_differentiable():
     a = good_args()
     x = a["x"].requires_grad_()
-    h, c, z = torch.ops.fastar.row_lstm(**{**a, "x": x})
-    assert h.requires_grad and not c.requires_grad and not z.requires_grad
+    h, c, z, states = torch.ops.fastar.row_lstm(**{**a, "x": x})
+    assert h.requires_grad and not any(t.requires_grad for t in (c, z, states))
 
 
 def test_a_colour_group_reads_only_its_own_units_of_the_row_above():

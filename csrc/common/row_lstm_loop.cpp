@@ -62,11 +62,9 @@ at::Tensor tap(const at::Tensor& padded, int64_t r, int64_t t, int64_t W) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_forward(const at::Tensor& x,
-                                                                const at::Tensor& weight,
-                                                                const at::Tensor& bias,
-                                                                int64_t groups, int64_t left,
-                                                                const RowCells& cells) {
+RowLSTMOutputs row_lstm_forward(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias, int64_t groups, int64_t left,
+                                const RowCells& cells) {
   constexpr const char* op = "row_lstm";
   check_args(op, "x", x, weight, groups, left);
   check_like(op, "bias", bias, "x", x);
@@ -89,12 +87,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_forward(const at::Tensor
                   tap(hs, i, left, W), groups);
   }
   rows_of(h_out).copy_(hs.narrow(1, left, W));
-  return {h_out, c_out, z_out};
+  return {h_out, c_out, z_out, hs};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_backward(
-    const at::Tensor& grad_h, const at::Tensor& c_out, const at::Tensor& z_out,
-    const at::Tensor& weight, int64_t groups, int64_t left, const RowCells& cells) {
+RowLSTMGrads row_lstm_backward(const at::Tensor& grad_h, const at::Tensor& c_out,
+                               const at::Tensor& z_out, const at::Tensor& states,
+                               const at::Tensor& weight, int64_t groups, int64_t left,
+                               const RowCells& cells) {
   constexpr const char* op = "row_lstm_backward";
   check_args(op, "z", z_out, weight, groups, left);
   const int64_t B = z_out.size(0), H = z_out.size(2), W = z_out.size(3), h = weight.size(1),
@@ -106,16 +105,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_backward(
                 name, " of shape (", B, ", ", h, ", ", H, ", ", W, ") as z's (", B, ", ",
                 4 * h, ", ", H, ", ", W, "), but got ", t.sizes());
   }
+  check_like(op, "states", states, "z", z_out);
+  TORCH_CHECK(states.sizes() == c10::IntArrayRef({H, W + k - 1, B, h}), "fastar::", op,
+              ": expected states of shape (", H, ", ", W + k - 1, ", ", B, ", ", h,
+              ") (H, W + k - 1, batch, h), but got ", states.sizes());
   // Contiguous rows (copies only where the tensors came in another layout).
   const at::Tensor g = rows_of(grad_h).contiguous(), cs = rows_of(c_out).contiguous(),
                    z = rows_of(z_out).contiguous();
-  // h recomputed from z and c by the forward's cells (bit for bit: h is not saved, so the
-  // caller may write it in place).
-  const at::Tensor hs = padded_states(z_out, H, W, B, h, k, left);
-  const at::Tensor c_again = at::empty({N, h}, z_out.options());
-  for (int64_t i = 0; i < H; ++i)
-    cells.forward(z[i].view({N, 4 * h}), i > 0 ? cs[i - 1].view({N, h}) : at::Tensor(), c_again,
-                  tap(hs, i, left, W), groups);
+  const at::Tensor hs = states.contiguous();
   const at::Tensor dz_out = rows_layout(z_out, B, 4 * h, H, W), dz = rows_of(dz_out);
   const at::Tensor dc = at::zeros({N, h}, z_out.options());
   const at::Tensor w = weight.permute({2, 0, 1}).contiguous();  // per tap (4h, h)

@@ -28,14 +28,29 @@ struct RowCells {
                    const at::Tensor& dz, int64_t groups);
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_forward(const at::Tensor& x,
-                                                                const at::Tensor& weight,
-                                                                const at::Tensor& bias,
-                                                                int64_t groups, int64_t left,
-                                                                const RowCells& cells);
+using RowLSTMOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using RowLSTMGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_backward(
-    const at::Tensor& grad_h, const at::Tensor& c, const at::Tensor& z, const at::Tensor& weight,
-    int64_t groups, int64_t left, const RowCells& cells);
+RowLSTMOutputs row_lstm_forward(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias, int64_t groups, int64_t left,
+                                const RowCells& cells);
+
+RowLSTMGrads row_lstm_backward(const at::Tensor& grad_h, const at::Tensor& c,
+                               const at::Tensor& z, const at::Tensor& states,
+                               const at::Tensor& weight, int64_t groups, int64_t left,
+                               const RowCells& cells);
+
+// A device's registrations of both ops over its cells (one definition for every device).
+template <const RowCells& cells>
+RowLSTMOutputs row_lstm_kernel(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias, int64_t groups, int64_t left) {
+  return row_lstm_forward(x, weight, bias, groups, left, cells);
+}
+template <const RowCells& cells>
+RowLSTMGrads row_lstm_backward_kernel(const at::Tensor& grad_h, const at::Tensor& c,
+                                      const at::Tensor& z, const at::Tensor& states,
+                                      const at::Tensor& weight, int64_t groups, int64_t left) {
+  return row_lstm_backward(grad_h, c, z, states, weight, groups, left, cells);
+}
 
 }  // namespace fastar

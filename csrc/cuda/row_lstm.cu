@@ -77,24 +77,11 @@ void backward_row(const at::Tensor& z, const at::Tensor& c, const at::Tensor& c_
 
 constexpr RowCells kCells{forward_row, backward_row};
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_cuda(const at::Tensor& x,
-                                                             const at::Tensor& weight,
-                                                             const at::Tensor& bias,
-                                                             int64_t groups, int64_t left) {
-  return row_lstm_forward(x, weight, bias, groups, left, kCells);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_lstm_backward_cuda(
-    const at::Tensor& grad_h, const at::Tensor& c, const at::Tensor& z, const at::Tensor& weight,
-    int64_t groups, int64_t left) {
-  return row_lstm_backward(grad_h, c, z, weight, groups, left, kCells);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastar, CUDA, m) {
-  m.impl("row_lstm", &row_lstm_cuda);
-  m.impl("row_lstm_backward", &row_lstm_backward_cuda);
+  m.impl("row_lstm", &row_lstm_kernel<kCells>);
+  m.impl("row_lstm_backward", &row_lstm_backward_kernel<kCells>);
 }
 
 }  // namespace fastar

@@ -99,12 +99,13 @@ def _fake(x, weight, bias, groups, left):
     torch._check(tuple(bias.shape) == (4 * h,), lambda: "fastar::row_lstm: expected bias of "
                  "shape (%d), but got %s" % (4 * h, list(bias.shape)))
     B, _, H, W = x.shape
+    k = weight.shape[2]
     return (_rows_layout(x, B, h, H, W), _rows_layout(x, B, h, H, W),
-            _rows_layout(x, B, 4 * h, H, W))
+            _rows_layout(x, B, 4 * h, H, W), x.new_empty((H, W + k - 1, B, h)))
 
 
 @torch.library.register_fake("fastar::row_lstm_backward")
-def _backward_fake(grad_h, c_out, z, weight, groups, left):
+def _backward_fake(grad_h, c_out, z, states, weight, groups, left):
     op = "row_lstm_backward"
     h = _check(op, "z", z, weight, groups, left)
     B, _, H, W = z.shape
@@ -113,22 +114,27 @@ def _backward_fake(grad_h, c_out, z, weight, groups, left):
         torch._check(tuple(t.shape) == (B, h, H, W), lambda: "fastar::%s: expected %s of shape "
                      "(%d, %d, %d, %d) as z's (%d, %d, %d, %d), but got %s"
                      % (op, name, B, h, H, W, B, 4 * h, H, W, list(t.shape)))
+    _check_like(op, "states", states, "z", z)
+    k = weight.shape[2]
+    torch._check(tuple(states.shape) == (H, W + k - 1, B, h), lambda: "fastar::%s: expected "
+                 "states of shape (%d, %d, %d, %d) (H, W + k - 1, batch, h), but got %s"
+                 % (op, H, W + k - 1, B, h, list(states.shape)))
     return (_rows_layout(z, B, 4 * h, H, W), weight.new_empty(weight.shape),
             weight.new_empty((4 * h,)))
 
 
 def _setup_context(ctx, inputs, output):
     _, weight, _, groups, left = inputs
-    _, c, z = output
-    ctx.save_for_backward(c, z, weight)
+    _, c, z, states = output  # h itself is not saved: the caller may write it in place
+    ctx.save_for_backward(c, z, states, weight)
     ctx.groups, ctx.left = groups, left
-    ctx.mark_non_differentiable(c, z)
+    ctx.mark_non_differentiable(c, z, states)
 
 
-def _backward(ctx, grad_h, grad_c, grad_z):
-    c, z, weight = ctx.saved_tensors
+def _backward(ctx, grad_h, grad_c, grad_z, grad_states):
+    c, z, states, weight = ctx.saved_tensors
     grad_x, grad_weight, grad_bias = torch.ops.fastar.row_lstm_backward(
-        grad_h, c, z, weight, ctx.groups, ctx.left)
+        grad_h, c, z, states, weight, ctx.groups, ctx.left)
     return grad_x, grad_weight, grad_bias, None, None
 
 

@@ -23,16 +23,16 @@ def _pad(h: Tensor, k: int, left: int) -> Tensor:
 
 
 def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1,
-             left: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    """(h, c, z) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias + conv1d(h of row
-    i - 1 padded by (left, k - 1 - left) zeros, weight) (zeros above row 0), then the LSTM
-    cell. left: None for k // 2."""
+             left: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(h, c, z, states) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias + conv1d(h
+    of row i - 1 padded by (left, k - 1 - left) zeros, weight) (zeros above row 0), then the
+    LSTM cell; states: h padded so, as (H, W + k - 1, B, h). left: None for k // 2."""
     B, _, H, W = x.shape
     hidden, k = weight.shape[1], weight.shape[2]
     left = k // 2 if left is None else left
     if H == 0 or W == 0:
         empty = x.new_zeros(B, hidden, H, W)
-        return empty, empty.clone(), x + bias[:, None, None]
+        return empty, empty.clone(), x + bias[:, None, None], states_of(empty, k, left)
     index = gate_channels(hidden, groups).to(x.device)
     h_prev = c_prev = x.new_zeros(B, hidden, W)
     hs, cs, zs = [], [], []
@@ -45,13 +45,20 @@ def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1,
         hs.append(h_prev)
         cs.append(c_prev)
         zs.append(z)
-    return torch.stack(hs, 2), torch.stack(cs, 2), torch.stack(zs, 2)
+    h = torch.stack(hs, 2)
+    return h, torch.stack(cs, 2), torch.stack(zs, 2), states_of(h, k, left)
 
 
-def row_lstm_backward(grad_h: Tensor, c: Tensor, z: Tensor, weight: Tensor, groups: int = 1,
-                      left: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    """(grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs c
-    and z: back-propagation through the rows, bottom up, written out with torch ops."""
+def states_of(h: Tensor, k: int, left: int) -> Tensor:
+    """h (B, hidden, H, W) as the op's states (H, W + k - 1, B, hidden), zero columns around."""
+    return _pad(h, k, left).permute(2, 3, 0, 1).contiguous()
+
+
+def row_lstm_backward(grad_h: Tensor, c: Tensor, z: Tensor, states: Tensor, weight: Tensor,
+                      groups: int = 1, left: Optional[int] = None
+                      ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias) of row_lstm from the gradient of h and its outputs c,
+    z and states: back-propagation through the rows, bottom up, written out with torch ops."""
     B, hidden, H, W = c.shape
     k = weight.shape[2]
     left = k // 2 if left is None else left
@@ -73,8 +80,7 @@ def row_lstm_backward(grad_h: Tensor, c: Tensor, z: Tensor, weight: Tensor, grou
         dz = torch.empty_like(z[:, :, i]).index_copy(1, index.flatten(), torch.cat(parts, 1))
         dc = dcell * f
         if i > 0:
-            o_above = torch.sigmoid(z[:, index[0], i - 1])
-            h_above = _pad(o_above * torch.tanh(c[:, :, i - 1]), k, left)
+            h_above = states[i - 1].permute(1, 2, 0)  # (B, hidden, W + k - 1), padded
             grad_weight += torch.nn.grad.conv1d_weight(h_above, weight.shape, dz)
             dh_below = torch.nn.grad.conv1d_input(h_above.shape, weight, dz)[:, :, left:left + W]
         rows.append(dz)
