@@ -38,7 +38,8 @@ def model_config(name: str, dataset: str, model_args: Dict[str, Any],
         raise SettingsError(str(e)) from None
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     from_dataset = data_fields(cls.config_class)
-    accepted = ", ".join(sorted(fields - set(from_dataset)))
+    accepted = ", ".join(sorted(fields - set(from_dataset))) or "none (the data set sets %s)" % (
+        " and ".join(from_dataset))
     unknown = sorted(set(model_args) - fields)
     if unknown:
         raise SettingsError("%s: unknown keyword%s %s in the model arguments; accepted: %s" % (

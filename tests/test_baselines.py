@@ -63,13 +63,32 @@ def test_location_changes_what_the_lstm_predicts_and_only_with_location():
     assert not torch.allclose(located.log_prob(x), plain.log_prob(x))
 
 
-def test_the_lstm_step_refuses_a_position_out_of_order():
-    model = RasterLSTM(image_shape=(1, 2, 2), hidden_channels=3).double()
+@pytest.mark.parametrize("model", [
+    RasterLSTM(image_shape=(1, 2, 2), hidden_channels=3),
+    RasterWaveNet(image_shape=(1, 2, 2), residual_channels=2, skip_channels=2, dilations=(1,))],
+    ids=["RasterLSTM", "RasterWaveNet"])
+def test_a_step_out_of_order_is_refused(model):
+    name = type(model).__name__
     cache = model.init_cache(2)
     model.step(cache, 0)
-    with pytest.raises(ValueError, match=r"RasterLSTM.step: the LSTM's state holds the values "
-                                         r"before position 1 .* got position 2"):
-        model.step(cache, 2)
+    for i in (2, 0):
+        with pytest.raises(ValueError, match=r"%s.step: the cache holds the values before "
+                                             r"position 1 .* got position %d" % (name, i)):
+            model.step(cache, i)
+    model.step(cache, 1)
+
+
+def test_the_histograms_outputs_are_not_views_of_its_weight():
+    model = Histogram(image_shape=(1, 2, 2))
+    with torch.no_grad():
+        model.conditionals(torch.zeros(1, 1, 2, 2, dtype=torch.long)).add_(5)
+        model.step(model.init_cache(1), 0).add_(5)
+    assert model.weight.abs().max() == 0
+
+
+def test_bad_sizes_name_the_model():
+    with pytest.raises(ValueError, match="RasterLSTM: num_layers must be >= 1, got 0"):
+        RasterLSTM(num_layers=0)
 
 
 def test_the_raster_wavenet_sees_every_earlier_value_of_a_28x28_image():

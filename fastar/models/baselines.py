@@ -18,7 +18,7 @@ step per value); the WaveNet's is WaveNet's, its fused op included.
 
 import dataclasses
 import math
-from typing import ClassVar, Optional, Tuple
+from typing import Any, ClassVar, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,13 @@ def pixel_locations(image_shape: Tuple[int, int, int]) -> Tensor:
     if C > 1:
         features += [torch.eye(C, dtype=torch.float64)[c].expand(H, W, C) for c in range(C)]
     return torch.stack([f.reshape(-1) for f in features])
+
+
+def location_features(image_shape: Tuple[int, int, int], location: bool) -> Tensor:
+    """A model's `pixel_locations` buffer (in the default dtype: .double() converts it with
+    the weights), or an empty (0, C * H * W) one without location."""
+    features = pixel_locations(image_shape).to(torch.get_default_dtype())
+    return features if location else features[:0]
 
 
 def raster(x: Tensor) -> Tensor:
@@ -78,7 +85,7 @@ class Histogram(PixelModel):
         self.weight = nn.Parameter(torch.zeros(C * self.num_logits, H, W))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        return self.weight.expand(x.shape[0], *self.weight.shape)
+        return self.weight.expand(x.shape[0], *self.weight.shape).clone()  # not a view of it
 
     def init_cache(self, n: int, cond=None, event_shape=None) -> Cache:
         return self.new_cache(n)
@@ -88,7 +95,7 @@ class Histogram(PixelModel):
         position = cache.order[cache.position(i, "Histogram.step")]
         channel, pixel = divmod(position, H * W)
         logits = self.weight.view(C, self.num_logits, H * W)[channel, :, pixel]
-        return logits.expand(cache.x.shape[0], -1)
+        return logits.expand(cache.x.shape[0], -1).clone()
 
 
 @dataclasses.dataclass
@@ -102,12 +109,30 @@ class RasterLSTMConfig:
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
+        if isinstance(self.num_layers, int) and self.num_layers < 1:
+            raise ValueError("RasterLSTM: num_layers must be >= 1, got %d" % self.num_layers)
 
 
 @dataclasses.dataclass
-class _LSTMCache(Cache):
-    state: Optional[Tuple[Tensor, Tensor]] = None  # (h, c), each (num_layers, n, hidden)
+class _InOrderCache(Cache):
+    """A cache whose steps must come in order (an LSTM's state, a sequence filled as it
+    goes)."""
     next: int = 0  # the position of the generation order the next step computes
+
+    def step_position(self, i: Any, caller: str) -> int:
+        """i as a position (Cache.position); ValueError unless it is the next one."""
+        i = self.position(i, caller)
+        if i != self.next:
+            raise ValueError("%s: the cache holds the values before position %d of the "
+                             "generation order; got position %d (steps come in order)"
+                             % (caller, self.next, i))
+        self.next = i + 1
+        return i
+
+
+@dataclasses.dataclass
+class _LSTMCache(_InOrderCache):
+    state: Optional[Tuple[Tensor, Tensor]] = None  # (h, c), each (num_layers, n, hidden)
 
 
 class RasterLSTM(PixelModel):
@@ -120,8 +145,8 @@ class RasterLSTM(PixelModel):
     def __init__(self, config: Optional[RasterLSTMConfig] = None, **overrides):
         super().__init__(config, **overrides)
         c = self.config
-        self.register_buffer("locations", pixel_locations(self.image_shape).float()
-                             if c.location else torch.zeros(0, 0), persistent=False)
+        self.register_buffer("locations", location_features(self.image_shape, c.location),
+                             persistent=False)
         inputs = 2 + self.locations.shape[0]
         self.lstm = nn.LSTM(inputs, c.hidden_channels, c.num_layers, batch_first=True)
         self.head = nn.Linear(c.hidden_channels, self.num_logits)
@@ -151,11 +176,7 @@ class RasterLSTM(PixelModel):
     def step(self, cache: _LSTMCache, i: int) -> Tensor:
         """One cell step per layer: its input, the value before order[i], read from cache.x.
         Steps come in order (the state holds every value before)."""
-        i = cache.position(i, "RasterLSTM.step")
-        if i != cache.next:
-            raise ValueError("RasterLSTM.step: the LSTM's state holds the values before "
-                             "position %d of the generation order; got position %d (steps "
-                             "come in order)" % (cache.next, i))
+        i = cache.step_position(i, "RasterLSTM.step")
         dtype, n = self.head.weight.dtype, cache.x.shape[0]
         previous = cache.x.new_zeros(n, 1, dtype=dtype)
         if i > 0:
@@ -163,7 +184,6 @@ class RasterLSTM(PixelModel):
         first = previous.new_full((1,), 1.0 if i == 0 else 0.0)
         out, cache.state = self.lstm(self._inputs(previous, first, slice(i, i + 1)),
                                      cache.state)
-        cache.next = i + 1
         return self.head(out[:, 0])
 
 
@@ -185,7 +205,7 @@ class RasterWaveNetConfig:
 
 
 @dataclasses.dataclass
-class _RasterWaveNetCache(Cache):
+class _RasterWaveNetCache(_InOrderCache):
     inner: Optional[Cache] = None  # the WaveNet's, over the sequence (n, 1, C * H * W)
 
 
@@ -200,8 +220,8 @@ class RasterWaveNet(PixelModel):
     def __init__(self, config: Optional[RasterWaveNetConfig] = None, **overrides):
         super().__init__(config, **overrides)
         c = self.config
-        self.register_buffer("locations", pixel_locations(self.image_shape).float()
-                             if c.location else torch.zeros(0, 0), persistent=False)
+        self.register_buffer("locations", location_features(self.image_shape, c.location),
+                             persistent=False)
         self.wavenet = WaveNet(num_values=c.num_values, residual_channels=c.residual_channels,
                                skip_channels=c.skip_channels, dilations=c.dilations,
                                kernel_size=c.kernel_size,
@@ -213,9 +233,8 @@ class RasterWaveNet(PixelModel):
         return Condition(None, self.locations.to(self._dtype()).expand(n, -1, -1))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        seq = raster(x).unsqueeze(1)
-        return unraster(self.wavenet._outputs(seq, self._condition(x.shape[0])),
-                        self.image_shape)
+        outputs = self.wavenet.conditionals(raster(x).unsqueeze(1), self._condition(x.shape[0]))
+        return unraster(outputs[:, :, 0], self.image_shape)
 
     def init_cache(self, n: int, cond=None, event_shape=None) -> _RasterWaveNetCache:
         inner = self.wavenet.init_cache(n, self._condition(n), (1, math.prod(self.image_shape)))
@@ -224,7 +243,7 @@ class RasterWaveNet(PixelModel):
     def step(self, cache: _RasterWaveNetCache, i: int) -> Tensor:
         """WaveNet's step at value i, after copying the value before it into the sequence
         (steps come in order, so every earlier value is there)."""
-        i = cache.position(i, "RasterWaveNet.step")
+        i = cache.step_position(i, "RasterWaveNet.step")
         if i > 0:
             cache.inner.x[:, 0, i - 1] = cache.x.flatten(1)[:, cache.order[i - 1]]
         return self.wavenet.step(cache.inner, i)
@@ -235,12 +254,11 @@ class RasterWaveNet(PixelModel):
         if not cache.cached:
             return super().run(cache, start, end)
         inner = cache.inner
-        if inner.u is None:
-            inner.u, inner.order, inner.num_given = cache.u, range(cache.u.shape[1]), cache.num_given
-            inner.fused = cache.fused
+        if inner.u is None:  # what prepare set in the image's cache, for the sequence's
+            inner.u, inner.num_given, inner.fused = cache.u, cache.num_given, cache.fused
+            inner.order = range(cache.u.shape[1])
         with cache.advancing(start, end):
             inner.x[:, 0].copy_(raster(cache.x))
             self.wavenet.run(inner, start, end)
-            cache.x.copy_(inner.x.view(cache.x.shape[0], *self.image_shape[1:],
-                                       self.image_shape[0]).permute(0, 3, 1, 2))
+            cache.x.permute(0, 2, 3, 1).copy_(inner.x.view(cache.x.permute(0, 2, 3, 1).shape))
 
