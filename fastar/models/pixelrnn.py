@@ -62,7 +62,9 @@ def recurrence(gates: Tensor, state_to_state: nn.Conv1d, groups: int, left: int)
     """h from the input-to-state gates through fastar.ops.row_lstm where it runs, else the
     reference loop (float16, bfloat16)."""
     args = (gates, state_to_state.weight, state_to_state.bias, groups, left)
-    return row_lstm(*args) if has_kernel(gates) else reference.row_lstm(*args)[0]
+    if has_kernel(gates):
+        return row_lstm(*args)
+    return reference.row_lstm(*args, with_states=False)[0]
 
 
 @dataclasses.dataclass

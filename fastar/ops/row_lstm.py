@@ -54,7 +54,7 @@ def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1,
     """
     left = weight.shape[-1] // 2 if left is None else left
     if use_reference():
-        return reference.row_lstm(x, weight, bias, groups, left)[0]
+        return reference.row_lstm(x, weight, bias, groups, left, with_states=False)[0]
     return torch.ops.fastar.row_lstm(x, weight, bias, groups, left)[0]
 
 

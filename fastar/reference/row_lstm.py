@@ -23,16 +23,19 @@ def _pad(h: Tensor, k: int, left: int) -> Tensor:
 
 
 def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1,
-             left: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+             left: Optional[int] = None, with_states: bool = True
+             ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """(h, c, z, states) of fastar::row_lstm: for each row i, z = x[:, :, i] + bias + conv1d(h
     of row i - 1 padded by (left, k - 1 - left) zeros, weight) (zeros above row 0), then the
-    LSTM cell; states: h padded so, as (H, W + k - 1, B, h). left: None for k // 2."""
+    LSTM cell; states: h padded so, as (H, W + k - 1, B, h), or None where not with_states
+    (a caller that wants h only: the models' fallback, the bench's baseline)."""
     B, _, H, W = x.shape
     hidden, k = weight.shape[1], weight.shape[2]
     left = k // 2 if left is None else left
     if H == 0 or W == 0:
         empty = x.new_zeros(B, hidden, H, W)
-        return empty, empty.clone(), x + bias[:, None, None], states_of(empty, k, left)
+        states = states_of(empty, k, left) if with_states else None
+        return empty, empty.clone(), x + bias[:, None, None], states
     index = gate_channels(hidden, groups).to(x.device)
     h_prev = c_prev = x.new_zeros(B, hidden, W)
     hs, cs, zs = [], [], []
@@ -46,7 +49,8 @@ def row_lstm(x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1,
         cs.append(c_prev)
         zs.append(z)
     h = torch.stack(hs, 2)
-    return h, torch.stack(cs, 2), torch.stack(zs, 2), states_of(h, k, left)
+    return (h, torch.stack(cs, 2), torch.stack(zs, 2),
+            states_of(h, k, left) if with_states else None)
 
 
 def states_of(h: Tensor, k: int, left: int) -> Tensor:
