@@ -126,6 +126,28 @@ def _parser():
     t.add_argument("--conditional", action="store_true",
                    help="condition on the class labels (gated_pixelcnn)")
 
+    from fastar import reproduce
+
+    r = sub.add_parser("reproduce", help="train and score the rows of a paper's likelihood "
+                       "table with their recipes; writes OUT/TABLE.json, .md and .png", **kw)
+    r.add_argument("table", choices=sorted(reproduce.TABLES), help="the table")
+    r.add_argument("--rows", nargs="+", metavar="ROW", default=None,
+                   help="rows to run (default: all): %s" % ", ".join(
+                       name for t in reproduce.TABLES.values() for name in t))
+    r.add_argument("--budget-minutes", type=_positive_float, default=None,
+                   help="per row: start no epoch once this much time went into it (default: "
+                        "the recipe's epochs)")
+    r.add_argument("--max-epochs", type=_int_at_least(1), default=None,
+                   help="per row: at most this many of the recipe's epochs (quick checks)")
+    r.add_argument("--limit", type=_int_at_least(0), default=0,
+                   help="use the first N examples of each split only (quick checks; the table "
+                        "says so)")
+    r.add_argument("--out", default="results", help="where the results, runs and samples go")
+    r.add_argument("--readme", default="", help="also rewrite the generated table in this "
+                                                "README")
+    r.add_argument("--device", type=_device, default=_default_device(), help=_DEVICE_HELP)
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
     e = sub.add_parser("eval", help="NLL in nats and bits/dim (images) or bits/sample (audio) "
                                     "of a checkpoint", **kw)
     e.add_argument("checkpoint", help="a checkpoint.pt or best.pt written by train or demo")
@@ -168,6 +190,17 @@ def _run(args):
                      device=args.device)
         except (checkpoint.SettingsError, checkpoint.RunError) as e:
             raise SystemExit("python -m fastar demo: %s" % e)
+    elif args.command == "reproduce":
+        from fastar import reproduce
+        try:
+            results = reproduce.reproduce(
+                args.table, args.rows, args.out, args.budget_minutes, args.max_epochs,
+                args.limit, args.device, args.quiet)
+            if args.readme:
+                reproduce.update_readme(args.readme, args.table, results)
+        except (ValueError, checkpoint.SettingsError, checkpoint.RunError) as e:
+            raise SystemExit("python -m fastar reproduce: %s" % e)
+        print("results: %s" % os.path.join(args.out, "%s.md" % args.table))
     elif args.command == "train":
         settings = train.Settings(**{f.name: getattr(args, f.name) for f in
                                      dataclasses.fields(train.Settings) if hasattr(args, f.name)})

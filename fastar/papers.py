@@ -8,6 +8,27 @@ from typing import Any, Dict, Optional
 
 
 @dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a row is trained: epochs at most (the best validation epoch is scored: early
+    stopping), the batch and Adam's learning rate (fastar's trainer), and where these come
+    from."""
+    epochs: int
+    batch_size: int
+    lr: float
+    source: str
+
+
+# MADE's section 6: minibatches of 100 and early stopping on the validation split; its
+# optimizer settings are not reproduced here (Adam at 1e-3 instead).
+_MADE_RECIPE = Recipe(200, 100, 1e-3, "Germain et al. 2015, sec. 6: batches of 100, early "
+                      "stopping on the valid split; Adam 1e-3 is ours")
+_PIXELRNN_RECIPE = Recipe(20, 64, 1e-3, "not given for MNIST in van den Oord et al. 2016a: "
+                          "batch 64 and Adam 1e-3 are ours")
+_LECTURE_RECIPE = Recipe(5, 64, 1e-3, "the lecture gives no recipe: ours")
+_HISTOGRAM_RECIPE = Recipe(3, 64, 0.05, "ours: a logit per position, converged in 3 epochs")
+
+
+@dataclasses.dataclass(frozen=True)
 class Row:
     title: str  # as printed: the model, its variant, the paper and table
     paper: str
@@ -16,6 +37,7 @@ class Row:
     config: Dict[str, Any]
     dataset: str
     paper_nats: Optional[float]  # None: a baseline for scale, with no published figure
+    recipe: Recipe
     note: Optional[str] = None  # what is not settled about the row
 
 
@@ -27,37 +49,39 @@ _FOR_SCALE = "the lecture shows samples, no likelihood: a row for scale"
 BINARIZED_MNIST: Dict[str, Row] = {row_name: row for row_name, row in (
     ("made-1h-1mask", Row("MADE, 1 hidden layer, 1 mask (Germain et al. 2015, Table 6)", _MADE,
                           "Table 6", "made", {"hidden_sizes": (500,), "num_masks": 1},
-                          "binarized_mnist", 88.40)),
+                          "binarized_mnist", 88.40, _MADE_RECIPE)),
     ("made-2h-1mask", Row("MADE, 2 hidden layers, 1 mask (Germain et al. 2015, Table 6)", _MADE,
                           "Table 6", "made", {"hidden_sizes": (500, 500), "num_masks": 1},
-                          "binarized_mnist", 89.59)),
+                          "binarized_mnist", 89.59, _MADE_RECIPE)),
     ("made-1h-32masks", Row("MADE, 1 hidden layer, 32 masks (Germain et al. 2015, Table 6)",
                             _MADE, "Table 6", "made",
                             {"hidden_sizes": (500,), "num_masks": 32}, "binarized_mnist",
-                            88.04, "the paper's masks vary the hidden degrees; whether they also "
-                            "varied the ordering is to be checked before this row is run")),
+                            88.04, _MADE_RECIPE, "the paper's masks vary the hidden degrees; "
+                            "whether they also varied the ordering is to be checked before this "
+                            "row is run")),
     ("made-2h-32masks", Row("MADE, 2 hidden layers, 32 masks (Germain et al. 2015, Table 6)",
                             _MADE, "Table 6", "made",
                             {"hidden_sizes": (500, 500), "num_masks": 32}, "binarized_mnist",
-                            86.64, "as the 1-layer 32-mask row")),
+                            86.64, _MADE_RECIPE, "as the 1-layer 32-mask row")),
     ("pixelcnn", Row("PixelCNN (van den Oord et al. 2016a, Table 4)", _PIXELRNN, "Table 4",
-                     "pixelcnn", {}, "binarized_mnist", 81.30)),
+                     "pixelcnn", {}, "binarized_mnist", 81.30, _PIXELRNN_RECIPE)),
     ("row-lstm", Row("PixelRNN, Row LSTM (van den Oord et al. 2016a, Table 4)", _PIXELRNN,
-                     "Table 4", "row_lstm", {}, "binarized_mnist", 80.54,
+                     "Table 4", "row_lstm", {}, "binarized_mnist", 80.54, _PIXELRNN_RECIPE,
                      "the paper does not list its MNIST widths: h = 16, 7 layers as we read "
                      "section 5")),
     ("diagonal-bilstm", Row("PixelRNN, Diagonal BiLSTM (van den Oord et al. 2016a, Table 4)",
                             _PIXELRNN, "Table 4", "diagonal_bilstm", {}, "binarized_mnist",
-                            79.20, "the paper does not list its MNIST widths: h = 16, 7 layers "
-                            "as we read section 5")),
+                            79.20, _PIXELRNN_RECIPE, "the paper does not list its MNIST widths: "
+                            "h = 16, 7 layers as we read section 5")),
     ("histogram", Row("Per-position histogram (CS294-158 lecture 2)", _LECTURE, "-",
-                      "histogram", {}, "binarized_mnist", None, _FOR_SCALE)),
+                      "histogram", {}, "binarized_mnist", None, _HISTOGRAM_RECIPE, _FOR_SCALE)),
     ("raster-lstm", Row("LSTM over the raster scan (CS294-158 lecture 2)", _LECTURE, "-",
-                        "raster_lstm", {}, "binarized_mnist", None, _FOR_SCALE)),
+                        "raster_lstm", {}, "binarized_mnist", None, _LECTURE_RECIPE, _FOR_SCALE)),
     ("raster-lstm-location", Row("LSTM over the raster scan with pixel location (CS294-158 "
                                  "lecture 2)", _LECTURE, "-", "raster_lstm",
-                                 {"location": True}, "binarized_mnist", None, _FOR_SCALE)),
+                                 {"location": True}, "binarized_mnist", None, _LECTURE_RECIPE,
+                                 _FOR_SCALE)),
     ("raster-wavenet", Row("WaveNet over the raster scan, pixel location as local condition "
                            "(CS294-158 lecture 2)", _LECTURE, "-", "raster_wavenet", {},
-                           "binarized_mnist", None, _FOR_SCALE)),
+                           "binarized_mnist", None, _LECTURE_RECIPE, _FOR_SCALE)),
 )}

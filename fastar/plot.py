@@ -8,7 +8,7 @@ beside a 5-layer Gated PixelCNN stack's full field, for the centre pixel of an 1
 """
 
 import argparse
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -110,3 +110,50 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def save_curves(curves: Dict[str, Sequence[Tuple[float, float]]], path: str, x_label: str,
+                y_label: str, x_scale: float = 1.0, size: Tuple[int, int] = (720, 420)) -> None:
+    """Writes a line chart of named curves of (x, y) points (x multiplied by x_scale), each
+    point marked, with the axes' ranges and a legend, as a PNG."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 60, 200, 20, 40
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    points = [(x * x_scale, y) for c in curves.values() for x, y in c]
+    if points:
+        xs, ys = zip(*points)
+        x0, x1 = 0.0, max(max(xs), 1e-9)
+        y0, y1 = min(ys), max(ys)
+        if y1 - y0 < 1e-9:
+            y0, y1 = y0 - 1, y1 + 1
+
+        def at(x, y):
+            return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                    top + (y1 - y) / (y1 - y0) * (height - top - bottom))
+
+        for k, (name, curve) in enumerate(curves.items()):
+            colour = _COLOURS[k % len(_COLOURS)]
+            xy = [at(x * x_scale, y) for x, y in curve]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=2)
+            for px, py in xy:
+                draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+            ly = top + 16 * k
+            draw.rectangle([width - right + 10, ly + 3, width - right + 20, ly + 11], fill=colour)
+            draw.text((width - right + 24, ly), name, fill="black")
+        draw.text((left, height - bottom + 4), "%.3g" % x0, fill="black")
+        draw.text((width - right - 40, height - bottom + 4), "%.3g" % x1, fill="black")
+        draw.text((4, top), "%.1f" % y1, fill="black")
+        draw.text((4, height - bottom - 12), "%.1f" % y0, fill="black")
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)],
+              fill="black")
+    draw.text((left + 60, height - bottom + 20), x_label, fill="black")
+    draw.text((left + 4, 2), y_label, fill="black")
+    atomic_write(path, lambda f: img.save(f, format="PNG"))

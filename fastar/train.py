@@ -16,7 +16,8 @@ import contextlib
 import dataclasses
 import math
 import os
-from typing import Any, Dict
+import time
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -49,6 +50,9 @@ class Settings:
     device: str = "cpu"
     quiet: bool = False
     validate: bool = True  # score the valid split after every epoch and keep OUT/best.pt
+    # Start no epoch once this much time went into training and validation (summed over
+    # resumed runs: the checkpoint keeps it); None: no limit.
+    budget_minutes: Optional[float] = None
 
 
 def _init_distributed(device_name):
@@ -154,7 +158,7 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
     meta = {**checkpoint.describe(model, s.model), "dataset": s.dataset,
             "settings": dataclasses.asdict(s)}
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-    start, history = 0, []
+    start, history, seconds = 0, [], 0.0
     if os.path.exists(ckpt_path):
         try:
             state = checked_load(ckpt_path, "delete it to start this run over, or use another "
@@ -165,6 +169,7 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"] + 1, state["history"]
+        seconds = state.get("seconds", 0.0)
         if rank == 0:
             print("resuming %s after epoch %d" % (ckpt_path, state["epoch"] + 1))
     trained = model
@@ -173,6 +178,12 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
     kill_at = int(os.environ.get(_CRASH_ENV, "-1"))
     steps_per_epoch = math.ceil(len(x) / s.batch_size)
     for epoch in range(start, s.epochs):
+        if s.budget_minutes is not None and seconds >= 60 * s.budget_minutes:
+            if rank == 0:
+                print("budget of %g minutes spent after epoch %d (%.1f minutes)"
+                      % (s.budget_minutes, epoch, seconds / 60), flush=True)
+            break
+        began = time.perf_counter()
         model.train()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(
             s.seed * 100003 + epoch))
@@ -223,6 +234,11 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
                 raise RunError("the valid split scores %s nats after epoch %d: stopped; %s"
                                % (valid_nats, epoch + 1, _last_good(ckpt_path, epoch)))
             best = valid_nats <= min(h["valid_nats"] for h in history)
+        took = torch.tensor(time.perf_counter() - began, dtype=torch.float64, device=device)
+        if world_size > 1:  # one figure on every process, so all stop after the same epoch
+            torch.distributed.all_reduce(took, op=torch.distributed.ReduceOp.MAX)
+        seconds += took.item()
+        history[-1]["seconds"] = seconds  # of training and validation, this epoch's included
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise RunError("the weights are not finite after epoch %d: stopped; %s"
                            % (epoch + 1, _last_good(ckpt_path, epoch)))
@@ -234,7 +250,8 @@ def _train(s: Settings, model, x, y, x_valid, y_valid, rank, world_size, device)
             if best:
                 atomic_save({"model": model.state_dict(), "epoch": epoch, **meta}, best_path)
             atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "epoch": epoch, "history": history, **meta}, ckpt_path)
+                         "epoch": epoch, "history": history, "seconds": seconds, **meta},
+                        ckpt_path)
     if world_size > 1:  # no process leaves (and destroys the group) while another still works
         torch.distributed.barrier()
     return ckpt_path
