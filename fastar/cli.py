@@ -84,6 +84,10 @@ class _HelpWithDefaults(argparse.HelpFormatter):
         return text + " (default: %(default)s)"
 
 
+_DATA_ROOT_HELP = ("the directory of a data set that does not ship with fastar: cifar10's "
+                   "cifar-10-batches-py (or its parent)")
+
+
 def _parser():
     from fastar.demo import DEFAULT_STEPS as DEFAULT_DEMO_STEPS
 
@@ -123,6 +127,7 @@ def _parser():
                         "directory; ignored by git in a checkout)")
     t.add_argument("--device", type=_device, default=_default_device(), help=_DEVICE_HELP)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--data-root", default="", help=_DATA_ROOT_HELP)
     t.add_argument("--conditional", action="store_true",
                    help="condition on the class labels (gated_pixelcnn)")
 
@@ -164,6 +169,7 @@ def _parser():
     e.add_argument("--complete", default="", help="image models: write a PNG grid of 8 images "
                    "of the split with their bottom half hidden and completed 4 times (rows: "
                    "original, occluded, completions)")
+    e.add_argument("--data-root", default="", help=_DATA_ROOT_HELP)
     e.add_argument("--device", type=_device, default=_default_device(), help=_DEVICE_HELP)
     return parser
 
@@ -230,7 +236,7 @@ def _run(args):
                 raise SystemExit("python -m fastar eval: --%s: %s" % (flag, e))
         num_classes = state["config"].get("num_classes")
         x, y = evaluate.load_split(state["dataset"], args.split, args.limit,
-                                   bool(num_classes))
+                                   bool(num_classes), args.data_root)
         nats, bpd = evaluate.evaluate(model, x, args.batch_size, args.device, y=y,
                                       progress="scoring the %s split" % args.split)
         print("%s %s (%d examples): %.2f nats, %.4f %s" % (

@@ -12,9 +12,11 @@ from fastar import data
 from fastar.nn import bits_per_dim
 
 
-def load_split(dataset: str, split: str, limit: int = 0, labels: bool = False):
-    """(x, y) of a split, the first `limit` examples if limit; y only when labels are wanted."""
-    x, y = data.load(dataset, split)
+def load_split(dataset: str, split: str, limit: int = 0, labels: bool = False,
+               root: Optional[str] = None):
+    """(x, y) of a split, the first `limit` examples if limit; y only when labels are wanted;
+    root: the directory of a data set the user provides (`fastar.data.load`)."""
+    x, y = data.load(dataset, split, root)
     y = y if labels else None
     if limit:
         x, y = x[:limit], (None if y is None else y[:limit])

@@ -50,6 +50,7 @@ class Settings:
     device: str = "cpu"
     quiet: bool = False
     validate: bool = True  # score the valid split after every epoch and keep OUT/best.pt
+    data_root: str = ""  # the directory of a data set the user provides (cifar10)
     # Start no epoch once this much time went into training and validation (summed over
     # resumed runs: the checkpoint keeps it); None: no limit.
     budget_minutes: Optional[float] = None
@@ -137,8 +138,9 @@ def train(settings: Settings) -> str:
 def _set_up_and_train(s: Settings, rank: int, world_size: int, device) -> str:
     torch.manual_seed(s.seed)
     model = build_model(s.model, s.dataset, s.model_args, s.conditional).to(device)
-    x, y = load_split(s.dataset, "train", s.limit, s.conditional)
-    x_valid, y_valid = (load_split(s.dataset, "valid", s.limit, s.conditional) if s.validate
+    x, y = load_split(s.dataset, "train", s.limit, s.conditional, s.data_root)
+    x_valid, y_valid = (load_split(s.dataset, "valid", s.limit, s.conditional, s.data_root)
+                        if s.validate
                         else (None, None))
     for split, data in (("train", x), ("valid", x_valid)):
         try:  # once, on the host, before any work: the steps then skip it (a GPU sync each)

