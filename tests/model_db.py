@@ -8,8 +8,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fastar.models import (MADE, DiagonalBiLSTM, GatedPixelCNN, Histogram, PixelCNN, RasterLSTM,
-                           RasterWaveNet, RowLSTM, WaveNet)
+from fastar.models import (MADE, DiagonalBiLSTM, GatedPixelCNN, Histogram, PixelCNN,
+                           PixelCNNPlusPlus, RasterLSTM, RasterWaveNet, RowLSTM, WaveNet)
 from fastar.models.wavenet import Condition
 
 
@@ -30,6 +30,8 @@ class ModelInfo:
     # assert_autoregressive says so instead of passing).
     gradients_reach_input: bool = True
     audio: bool = False
+    # Shapes to sample (grey, then colour) where the defaults (1, 3, 4), (3, 2, 3) do not fit.
+    sample_shapes: Optional[List[Tuple[int, ...]]] = None
 
     def make(self, variant: str, shape: Tuple[int, ...]) -> torch.nn.Module:
         model = self.build(shape, **self.variants[variant]).double()
@@ -72,7 +74,7 @@ def _gated_condition(model, n, shape):
     g = torch.Generator().manual_seed(3)
     if c.num_classes is not None:
         return torch.randint(0, c.num_classes, (n,), generator=g)
-    if c.cond_channels is not None:
+    if getattr(c, "cond_channels", None) is not None:
         return torch.randn(n, c.cond_channels, generator=g, dtype=torch.float64)
     return None
 
@@ -152,6 +154,21 @@ def _leak_raster_wavenet(model):
     model.wavenet.input.shift = False  # the first layer sees the value it predicts
 
 
+def _pixelcnn_pp(shape, **kw):
+    # No dropout: a training-mode pass would draw a mask per example, and sums over examples
+    # would mix distributions (tests/test_pixelcnn_pp.py checks dropout on its own).
+    return PixelCNNPlusPlus(**{"image_shape": shape, "num_values": 2, "hidden_channels": 4,
+                               "num_resnets": 1, "num_mixtures": 2, "dropout": 0.0, **kw})
+
+
+def _leak_pixelcnn_pp(model):
+    params = model.params  # every parameter moved by the pixel's own values
+
+    def leaky_params(x, labels=None):
+        return params(x, labels) + model.scaled(x, model.out.weight.dtype).sum(1, keepdim=True)
+    model.params = leaky_params
+
+
 MODEL_DB = [
     ModelInfo("MADE", _made, {
         "one-mask": {}, "masks-orders-direct": {"num_masks": 3, "natural_ordering": False,
@@ -180,6 +197,11 @@ MODEL_DB = [
         "k3-three-values": {"kernel_size": 3, "num_values": 3}},
         tiny_shapes=[(1, 3, 3), (3, 2, 2)], leak=_leak_raster_wavenet,
         gradients_reach_input=False),
+    ModelInfo("PixelCNNPlusPlus", _pixelcnn_pp, {
+        "binary": {}, "classes-three-values": {"num_classes": 3, "num_values": 3},
+        "no-resnets": {"num_resnets": 0}},
+        tiny_shapes=[(1, 4, 4)], condition=_gated_condition, leak=_leak_pixelcnn_pp,
+        sample_shapes=[(1, 4, 4), (3, 4, 4)]),  # sides divisible by 4
     ModelInfo("WaveNet", _wavenet, {
         "k2": {}, "k3": {"kernel_size": 3}, "global-local": {
             "kernel_size": 3, "cond_channels": 3, "local_channels": 2, "upsample": 2},

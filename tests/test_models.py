@@ -263,17 +263,23 @@ def test_a_few_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
     model = SMALL[name]((1, 4, 4)).train()
     x = (torch.rand(32, 1, 4, 4) < torch.linspace(0.1, 0.9, 16).view(1, 1, 4, 4)).long()
+    losses = losses_of_a_few_steps(model, x)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def losses_of_a_few_steps(model, x, steps=30):
+    """The mean NLL of x before each of `steps` Adam steps on it."""
     # Binary heads have one logit per pixel: Adam moves it as far per step as it moved the
     # difference of the two logits of a softmax head at half this rate.
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         loss = -model.log_prob(x).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+    return losses
 
 
 def test_made_draws_its_masks_with_the_callers_generator_wherever_it_lives():

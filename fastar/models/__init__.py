@@ -12,16 +12,19 @@ from fastar.models.cache import Cache
 from fastar.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from fastar.models.made import MADE, MADEConfig
 from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig
+from fastar.models.pixelcnn_pp import PixelCNNPlusPlus, PixelCNNPlusPlusConfig
 from fastar.models.pixelrnn import (DiagonalBiLSTM, DiagonalBiLSTMConfig, RowLSTM,
                                      RowLSTMConfig)
 from fastar.models.wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN,
           "row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM, "wavenet": WaveNet,
-          "histogram": Histogram, "raster_lstm": RasterLSTM, "raster_wavenet": RasterWaveNet}
+          "histogram": Histogram, "raster_lstm": RasterLSTM, "raster_wavenet": RasterWaveNet,
+          "pixelcnn_pp": PixelCNNPlusPlus}
 
 __all__ = ["MODELS", "AutoregressiveModel", "Cache", "DiagonalBiLSTM", "DiagonalBiLSTMConfig",
            "GatedPixelCNN", "GatedPixelCNNConfig", "Histogram", "HistogramConfig",
-           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "RasterLSTM",
+           "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "PixelCNNPlusPlus",
+           "PixelCNNPlusPlusConfig", "RasterLSTM",
            "RasterLSTMConfig", "RasterWaveNet", "RasterWaveNetConfig", "RowLSTM", "RowLSTMConfig",
            "WaveNet", "WaveNetConfig"]

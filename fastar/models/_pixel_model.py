@@ -84,3 +84,51 @@ class PixelModel(AutoregressiveModel):
     def conditionals(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         B, C, H, W = x.shape
         return self.logits(x, cond).view(B, C, self.num_logits, H, W).transpose(1, 2)
+
+
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+class ConditionalPixelModel(PixelModel):
+    """An image model conditioned on class labels (config num_classes) or, where its config
+    has cond_channels, on a vector per image."""
+
+    def check_condition(self, cond: Optional[Tensor], batch: int, event_shape=None,
+                        check_values: bool = True) -> Optional[Tensor]:
+        """cond, after a ValueError unless it is what the model was built for: labels (B,) in
+        [0, num_classes) (the range read only with check_values: a host sync on a GPU), a
+        vector (B, cond_channels), or None for an unconditional model."""
+        c, name = self.config, type(self).__name__
+        cond_channels = getattr(c, "cond_channels", None)
+        if cond is not None and not torch.is_tensor(cond):
+            raise ValueError("%s: expected cond to be a tensor (labels or vectors) or "
+                             "None, got %s" % (name, type(cond).__name__))
+        if c.num_classes is None and cond_channels is None:
+            if cond is not None:
+                raise ValueError("%s: built without num_classes or cond_channels, so it takes no "
+                                 "cond; got one of shape %s" % (name, tuple(cond.shape)))
+            return None
+        if c.num_classes is not None:
+            want = "integer labels of shape (%d,) in [0, %d)" % (batch, c.num_classes)
+            ok = (cond is not None and cond.dtype in _LABEL_DTYPES
+                  and tuple(cond.shape) == (batch,)
+                  and (not check_values or cond.numel() == 0 or torch.compiler.is_compiling()
+                       or cond.device.type == "meta"
+                       or (0 <= int(cond.min()) and int(cond.max()) < c.num_classes)))
+        else:
+            want = "a float condition of shape (%d, %d)" % (batch, cond_channels)
+            ok = (cond is not None and cond.is_floating_point()
+                  and tuple(cond.shape) == (batch, cond_channels))
+        if ok and cond.device != self._device():
+            raise ValueError("%s: expected cond on the model's device (%s), got %s"
+                             % (name, self._device(), cond.device))
+        if (ok and check_values and cond.is_floating_point() and cond.device.type != "meta"
+                and not torch.compiler.is_compiling() and not bool(torch.isfinite(cond).all())):
+            raise ValueError("%s: the condition holds NaN or infinite values" % name)
+        if not ok:
+            got = "none" if cond is None else "%s of shape %s%s" % (
+                cond.dtype, tuple(cond.shape), " with values in [%d, %d]" % (
+                    int(cond.min()), int(cond.max())) if cond.dtype in _LABEL_DTYPES
+                and cond.numel() and cond.device.type != "meta" else "")
+            raise ValueError("%s: expected cond: %s; got %s" % (name, want, got))
+        return cond

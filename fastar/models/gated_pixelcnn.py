@@ -14,14 +14,13 @@ from torch import Tensor, nn
 
 from fastar import ops
 from fastar.ops import gated_pixelcnn as gated_pixelcnn_ops
-from fastar.models._pixel_model import PixelCache, PixelModel
+from fastar.models._pixel_model import ConditionalPixelModel, PixelCache
 from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
 from fastar.nn.blocks import h_conv_weight
 from fastar.nn.conv import GroupMaskedPointwiseConv2d, run_fusing_relu
 
 
-_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 @dataclasses.dataclass
@@ -63,7 +62,7 @@ def _pointwise_weight(conv: nn.Conv2d) -> Tensor:
     return w[:, :, 0, 0]
 
 
-class GatedPixelCNN(PixelModel):
+class GatedPixelCNN(ConditionalPixelModel):
     """cond: labels (B,) int64 with num_classes set, or a vector (B, cond_channels)."""
 
     config_class = GatedPixelCNNConfig
@@ -97,45 +96,6 @@ class GatedPixelCNN(PixelModel):
                 nn.ReLU(), PointwiseConv2d(c.hidden_channels, c.head_channels),
                 nn.ReLU(), PointwiseConv2d(c.head_channels, C * self.num_logits))
         self._packed = PackedWeights(gated_pixelcnn_ops.pack)
-
-    def check_condition(self, cond: Optional[Tensor], batch: int, event_shape=None,
-                        check_values: bool = True) -> Optional[Tensor]:
-        """cond, after a ValueError unless it is what the model was built for: labels (B,) in
-        [0, num_classes) (the range read only with check_values: a host sync on a GPU), a
-        vector (B, cond_channels), or None for an unconditional model."""
-        c = self.config
-        if cond is not None and not torch.is_tensor(cond):
-            raise ValueError("GatedPixelCNN: expected cond to be a tensor (labels or vectors) or "
-                             "None, got %s" % type(cond).__name__)
-        if c.num_classes is None and c.cond_channels is None:
-            if cond is not None:
-                raise ValueError("GatedPixelCNN: built without num_classes or cond_channels, "
-                                 "so it takes no cond; got one of shape %s" % (tuple(cond.shape),))
-            return None
-        if c.num_classes is not None:
-            want = "integer labels of shape (%d,) in [0, %d)" % (batch, c.num_classes)
-            ok = (cond is not None and cond.dtype in _LABEL_DTYPES
-                  and tuple(cond.shape) == (batch,)
-                  and (not check_values or cond.numel() == 0 or torch.compiler.is_compiling()
-                       or cond.device.type == "meta"
-                       or (0 <= int(cond.min()) and int(cond.max()) < c.num_classes)))
-        else:
-            want = "a float condition of shape (%d, %d)" % (batch, c.cond_channels)
-            ok = (cond is not None and cond.is_floating_point()
-                  and tuple(cond.shape) == (batch, c.cond_channels))
-        if ok and cond.device != self._device():
-            raise ValueError("GatedPixelCNN: expected cond on the model's device (%s), got %s"
-                             % (self._device(), cond.device))
-        if (ok and check_values and cond.is_floating_point() and cond.device.type != "meta"
-                and not torch.compiler.is_compiling() and not bool(torch.isfinite(cond).all())):
-            raise ValueError("GatedPixelCNN: the condition holds NaN or infinite values")
-        if not ok:
-            got = "none" if cond is None else "%s of shape %s%s" % (
-                cond.dtype, tuple(cond.shape), " with values in [%d, %d]" % (
-                    int(cond.min()), int(cond.max())) if cond.dtype in _LABEL_DTYPES
-                and cond.numel() and cond.device.type != "meta" else "")
-            raise ValueError("GatedPixelCNN: expected cond: %s; got %s" % (want, got))
-        return cond
 
     def _cond_vector(self, cond: Optional[Tensor]) -> Optional[Tensor]:
         """The condition as the layers' projections take it: one-hot labels or the vector, in

@@ -29,8 +29,17 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
     """PixelCNN++'s discretized_mix_logistic_loss (as a log-probability per position), written
     the way PixelCNN++ writes it, generalised to num_bins. x: integer (B, C, *S) in
     [0, num_bins); params: (B, P, *S). Returns (B, *S)."""
+    logits = dmol_components(params, x.shape[1])[0]
+    log_probs = component_log_probs(x, params, num_bins).sum(dim=1)
+    return torch.logsumexp(log_probs + torch.log_softmax(logits, dim=1), dim=1)
+
+
+def component_log_probs(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
+    """(B, C, K, *S): log p_k(x_c | x_<c) of each channel under each component k (the green
+    and blue means shifted by the values before them), which dmol_log_prob sums over channels
+    and mixes."""
     C = x.shape[1]
-    logits, means, log_scales, coeffs = dmol_components(params, C)
+    _, means, log_scales, coeffs = dmol_components(params, C)
     xc = (-1 + 2 * x.to(params.dtype) / (num_bins - 1)).unsqueeze(2)  # (B, C, 1, *S)
     if C == 3:
         m0 = means[:, 0]
@@ -53,7 +62,5 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
     inner = torch.where(cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-12)),
                         log_pdf_mid - math.log((num_bins - 1) / 2))
     xb = x.unsqueeze(2)
-    log_probs = torch.where(xb == 0, log_cdf_plus,
-                            torch.where(xb == num_bins - 1, log_one_minus_cdf_min, inner))
-    log_probs = log_probs.sum(dim=1) + torch.log_softmax(logits, dim=1)  # (B, K, *S)
-    return torch.logsumexp(log_probs, dim=1)
+    return torch.where(xb == 0, log_cdf_plus,
+                       torch.where(xb == num_bins - 1, log_one_minus_cdf_min, inner))

@@ -1,0 +1,78 @@
+"""What PixelCNN++ means beyond the contract (tests/model_db.py runs that): the per-channel
+conditionals multiply to the joint mixture the fused loss scores, dropout, its shapes."""
+
+import itertools
+
+import pytest
+import torch
+
+from fastar.models import PixelCNNPlusPlus
+from test_models import losses_of_a_few_steps
+
+
+def _model(shape, **kw):
+    torch.manual_seed(0)
+    model = PixelCNNPlusPlus(image_shape=shape, hidden_channels=6, num_resnets=1,
+                             num_mixtures=3, **{"num_values": 5, **kw}).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 4, 8)])
+def test_the_channels_conditionals_multiply_to_the_joint_mixture(shape):
+    model = _model(shape)
+    x = torch.randint(0, 5, (3, *shape))
+    per_channel = model.distribution.log_prob(model.conditionals(x), x)  # (B, C, H, W)
+    torch.testing.assert_close(per_channel.flatten(1).sum(1), model.log_prob(x), rtol=1e-10,
+                               atol=1e-10)
+
+
+def test_a_pixels_colours_sum_to_one_after_a_few_prefixes():
+    """The joint of (r, g, b) at a pixel, from the conditionals, over all 5^3 colours."""
+    model = _model((3, 4, 4))
+    torch.manual_seed(1)
+    for row, col in [(0, 0), (1, 2), (3, 3)]:
+        x = torch.randint(0, 5, (1, 3, 4, 4)).repeat(125, 1, 1, 1)
+        colours = torch.tensor(list(itertools.product(range(5), repeat=3)))
+        x[:, :, row, col] = colours
+        logp = model.distribution.log_prob(model.conditionals(x), x)[:, :, row, col].sum(1)
+        # Not 1e-12: the mixture itself is normalized only up to PixelCNN++'s rule for inner
+        # bins of mass below 1e-5 (their density at the centre stands in), 1e-8 here.
+        assert abs(logp.exp().sum().item() - 1) < 1e-6, (row, col)
+
+
+def test_dropout_acts_in_training_only():
+    model = _model((1, 4, 4), dropout=0.5)
+    plain = _model((1, 4, 4), dropout=0.0)
+    x = torch.randint(0, 5, (4, 1, 4, 4))
+    torch.testing.assert_close(model.log_prob(x), plain.log_prob(x), rtol=0, atol=0)
+    model.train()
+    assert not torch.equal(model.log_prob(x), plain.log_prob(x))
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 8), (2, 4, 4), (1, 4, 10)])
+def test_shapes_it_cannot_model_are_refused(shape):
+    with pytest.raises(ValueError, match=r"PixelCNNPlusPlus: expected images of 1 or 3 channels "
+                                         r"with sides divisible by 4"):
+        PixelCNNPlusPlus(image_shape=shape)
+
+
+def test_colour_samples_hold_valid_values_and_labels_steer_them():
+    model = _model((3, 4, 4), num_classes=2)
+    g = torch.Generator().manual_seed(0)
+    x = model.sample(2, torch.tensor([0, 1]), generator=g)
+    assert x.shape == (2, 3, 4, 4) and 0 <= x.min() and x.max() < 5
+    y = torch.zeros(2, dtype=torch.long)
+    assert not torch.allclose(model.log_prob(x, y), model.log_prob(x, 1 - y))
+
+
+def test_a_few_training_steps_lower_the_loss_through_the_fused_likelihood():
+    torch.manual_seed(0)
+    model = PixelCNNPlusPlus(image_shape=(1, 4, 4), num_values=4, hidden_channels=8,
+                             num_resnets=1, num_mixtures=2, dropout=0.0)
+    x = (torch.rand(32, 1, 4, 4) * torch.linspace(0.5, 4, 16).view(1, 1, 4, 4)).long().clamp(
+        max=3)
+    losses = losses_of_a_few_steps(model, x)
+    assert losses[-1] < 0.8 * losses[0], losses
