@@ -199,6 +199,8 @@ def _run(args):
     elif args.command == "reproduce":
         from fastar import reproduce
         try:
+            if args.readme:
+                reproduce.readme_span(args.readme, args.table)  # before hours of training
             results = reproduce.reproduce(
                 args.table, args.rows, args.out, args.budget_minutes, args.max_epochs,
                 args.limit, args.device, args.quiet)

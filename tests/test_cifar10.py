@@ -86,3 +86,17 @@ def test_the_cli_trains_and_scores_from_data_root(tmp_path):
     assert scored.returncode == 0 and "cifar10 test (4 examples)" in scored.stdout, scored.stderr
     missing = _fastar("eval", str(tmp_path / "run" / "best.pt"))
     assert missing.returncode != 0 and "--data-root" in missing.stderr
+
+
+@pytest.mark.parametrize("data_,labels", [
+    (np.zeros((2, 32, 32, 3), np.uint8), [0, 1]),  # channels last: not the python version
+    (np.zeros((2, 3072), np.int64), [0, 1]),
+    (np.zeros((2, 3071), np.uint8), [0, 1]),
+    (np.zeros((2, 3072), np.uint8), [0, 10]),
+    (np.zeros((2, 3072), np.uint8), [0, -1]),
+], ids=["channels-last", "int64", "3071-columns", "label-10", "label-minus-1"])
+def test_data_of_another_layout_is_refused_not_reshaped(cifar, data_, labels):
+    with open(cifar / "test_batch", "wb") as f:
+        pickle.dump({b"data": data_, b"labels": labels}, f)
+    with pytest.raises(data.DataError, match=r"test_batch is not a CIFAR-10 batch"):
+        data.load("cifar10", "test", root=str(cifar))

@@ -76,3 +76,14 @@ def test_a_few_training_steps_lower_the_loss_through_the_fused_likelihood():
         max=3)
     losses = losses_of_a_few_steps(model, x)
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_any_integer_labels_work_and_conditionals_check_the_condition():
+    model = _model((1, 4, 4), num_classes=4)
+    x = torch.randint(0, 5, (2, 1, 4, 4))
+    y = torch.tensor([0, 3])
+    torch.testing.assert_close(model.log_prob(x, y.to(torch.uint8)), model.log_prob(x, y))
+    with pytest.raises(ValueError, match=r"PixelCNNPlusPlus: expected cond: integer labels"):
+        model.conditionals(x)
+    with pytest.raises(ValueError, match=r"PixelCNNPlusPlus: built without num_classes"):
+        _model((1, 4, 4)).conditionals(x, y)

@@ -34,7 +34,8 @@ def test_a_tiny_run_writes_the_json_the_markdown_and_the_pictures(tmp_path):
         assert r["epochs"] == 2 and r["limit"] == 200 and 1 <= r["best_epoch"] <= 2
         assert 0 < r["ours_nats"] < 784 * 0.7 and 0 < r["valid_nats"] < 784 * 0.7
         assert r["train_seconds"] > 0 and len(r["curve"]) == 2
-        assert r["command"] == "python -m fastar reproduce binarized_mnist --rows " + name
+        assert r["command"] == ("python -m fastar reproduce binarized_mnist --rows %s "
+                                "--max-epochs 2 --limit 200" % name)
         assert os.path.getsize(tmp_path / r["samples"]) > 0
     md = (tmp_path / "binarized_mnist.md").read_text()
     made = results["rows"]["made-1h-1mask"]
@@ -96,5 +97,20 @@ def test_a_budget_stops_a_row_after_the_epoch_that_spends_it(tmp_path):
                                   budget_minutes=1e-6, max_epochs=3, limit=100, quiet=True)
     row = results["rows"]["histogram"]
     assert row["epochs"] == 1 and row["budget_minutes"] == 1e-6
-    assert row["command"].endswith("--rows histogram --budget-minutes 1e-06")
+    assert row["command"].endswith("--rows histogram --budget-minutes 1e-06 --max-epochs 3 "
+                                   "--limit 100")
     assert "1 of 3, best 1, budget 1e-06 min" in (tmp_path / "binarized_mnist.md").read_text()
+
+
+def test_results_that_are_not_results_and_a_readme_without_markers_stop_before_training(
+        tmp_path):
+    (tmp_path / "binarized_mnist.json").write_text('{"table": "binarized_mnist"}')
+    with pytest.raises(ValueError, match=r"binarized_mnist.json cannot be read as "
+                                         r"binarized_mnist's results .* move it away"):
+        reproduce.reproduce("binarized_mnist", ["histogram"], out=str(tmp_path))
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "README.md").write_text("no markers\n")
+    out = _fastar("reproduce", "binarized_mnist", "--rows", "histogram", "--out",
+                  str(tmp_path / "other"), "--readme", str(tmp_path / "README.md"))
+    assert out.returncode != 0 and "has no generated binarized_mnist table" in out.stderr
+    assert not (tmp_path / "other").exists()

@@ -240,11 +240,15 @@ def _cifar10_batch(path: str) -> Tuple[Tensor, Tensor]:
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        data, labels = batch[b"data"], batch[b"labels"]
-        x = torch.as_tensor(data, dtype=torch.uint8).view(-1, 3, 32, 32)
-        y = torch.as_tensor(labels, dtype=torch.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError,
-            RuntimeError) as e:
+        data, labels = torch.as_tensor(batch[b"data"]), torch.as_tensor(batch[b"labels"])
+        if data.dtype != torch.uint8 or data.dim() != 2 or data.shape[1] != 3072:
+            raise ValueError("b'data' is %s of shape %s" % (data.dtype, tuple(data.shape)))
+        if labels.dim() != 1 or labels.is_floating_point() or (
+                len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10):
+            raise ValueError("b'labels' are not class indices in [0, 10)")
+        x, y = data.view(-1, 3, 32, 32), labels.to(torch.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, RuntimeError,
+            AttributeError, ImportError, IndexError) as e:
         raise DataError("fastar.data: %s is not a CIFAR-10 batch of the python version (a "
                         "pickled dict of b'data' (N, 3072) uint8 and b'labels'): %s: %s"
                         % (path, type(e).__name__, e)) from None

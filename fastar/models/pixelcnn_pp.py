@@ -178,6 +178,8 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
         """The mixture's parameters (B, 10K or 3K, H, W) at every pixel, in
         fastar.ops.dmol_log_prob's layout, from the pixels before it."""
         dtype = self.out.weight.dtype
+        if labels is not None:
+            labels = labels.long()  # nn.Embedding takes int64 (uint8 labels pass the check)
         scaled = self.scaled(x, dtype)
         x_in = torch.cat([scaled, torch.ones_like(scaled[:, :1])], 1)
         us = [down_shift(self.u_in(x_in))]
@@ -209,6 +211,7 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
         """Per channel c its own mixture's 3K parameters (B, C * 3K, H, W), grouped by colour:
         the mixture weights plus log p_k of the channels before c, and the means shifted by
         their values (fastar.reference.dmol's component log-probabilities)."""
+        cond = self.check_condition(cond, x.shape[0], check_values=False)  # shapes: no sync
         params = self.params(x, cond)
         C = x.shape[1]
         weights, means, log_scales, coeffs = dmol_components(params, C)
