@@ -213,10 +213,9 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
         their values (fastar.reference.dmol's component log-probabilities)."""
         cond = self.check_condition(cond, x.shape[0], check_values=False)  # shapes: no sync
         params = self.params(x, cond)
-        C = x.shape[1]
-        weights, means, log_scales, coeffs = dmol_components(params, C)
-        if C == 1:
+        if x.shape[1] == 1:  # one channel: the mixture is its conditional
             return params
+        weights, means, log_scales, coeffs = dmol_components(params, 3)
         before = component_log_probs(x, params, self.num_values)  # (B, 3, K, H, W)
         centre = self.scaled(x, params.dtype).unsqueeze(2)  # (B, 3, 1, H, W)
         shifted = [means[:, 0], means[:, 1] + coeffs[:, 0] * centre[:, 0],
