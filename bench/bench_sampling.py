@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from conftest import DEVICES, at_cpu_level, measure_interleaved, record_speedup, time_calls
 from fastar import ops
-from fastar.models import (DiagonalBiLSTM, GatedPixelCNN, PixelCNN, RasterLSTM, RasterWaveNet,
-                           RowLSTM, WaveNet)
+from fastar.models import (DiagonalBiLSTM, GatedPixelCNN, PixelCNN, PixelCNNPlusPlus, RasterLSTM,
+                           RasterWaveNet, RowLSTM, WaveNet)
 
 BATCHES = [1, 16, 64, 256]
 SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
@@ -202,6 +202,8 @@ def _table_model(name, data, depth):
         return WaveNet(**kw).eval()
     if name in BASELINES:
         return BASELINES[name](**PIXEL_DATA[data]).eval()
+    if name == "PixelCNNPlusPlus":
+        return PixelCNNPlusPlus(**PIXEL_DATA[data], **PIXELCNN_PP_SMALL).eval()
     kw = {} if depth is None else {"num_layers": depth}
     return PIXEL_MODELS[name](**PIXEL_DATA[data], **kw).eval()
 
@@ -211,7 +213,22 @@ TABLE_ROWS = ([("WaveNet", "2048 samples, 256", d) for d in (None, 5, 10, 15)]
                  for data in ("28x28 binary", "32x32x3 256")
                  for d in ((None, 5, 10, 15) if data == "28x28 binary" else (None,))]
               + [(m, "28x28 binary", None) for m in ("RowLSTM", "DiagonalBiLSTM")]
-              + [(m, "28x28 binary", None) for m in ("RasterLSTM", "RasterWaveNet")])
+              + [(m, "28x28 binary", None) for m in ("RasterLSTM", "RasterWaveNet")]
+              + [("PixelCNNPlusPlus", "32x32x3 256", None)])
+# issue 27's small PixelCNN++ (the paper's is 160 channels, 5 resnets, 10 mixtures)
+PIXELCNN_PP_SMALL = dict(hidden_channels=32, num_resnets=2, num_mixtures=5)
+# The Python step at batches 64 and 256 takes minutes a sample set: the rows a model is timed at.
+ROW_BATCHES = {"PixelCNNPlusPlus": [1, 16]}
+
+
+def _depth(config) -> int:
+    """Layers: WaveNet's dilations, an image model's num_layers, PixelCNN++'s gated resnets of
+    one stream (3 down stages of n, up stages of n, n + 1, n + 1)."""
+    if hasattr(config, "dilations"):
+        return len(config.dilations)
+    if hasattr(config, "num_resnets"):
+        return 6 * config.num_resnets + 2
+    return config.num_layers
 
 
 @pytest.mark.parametrize("name,data,depth", TABLE_ROWS,
@@ -227,7 +244,7 @@ def test_naive_vs_cached_sampling_table(name, data, depth):
     audio = name == "WaveNet"
     shape = (1, WAVENET_LENGTH) if audio else model.image_shape
     D = math.prod(shape)
-    for batch in TABLE_BATCHES if depth is None else [DEPTH_BATCH]:
+    for batch in ROW_BATCHES.get(name, TABLE_BATCHES) if depth is None else [DEPTH_BATCH]:
         x = torch.randint(0, model.num_values, (batch, *shape))
 
         def naive_pass():
@@ -236,8 +253,7 @@ def test_naive_vs_cached_sampling_table(name, data, depth):
 
         naive = time_calls(naive_pass, min_rounds=NAIVE_PASSES, seconds=0) * D / batch
         cached = time_calls(lambda: model.generate(batch, shape)) / batch
-        config = model.config
-        layers = len(config.dilations) if hasattr(config, "dilations") else config.num_layers
+        layers = _depth(model.config)
         fused = model.has_fused_sampler(torch.device("cpu"), torch.float32)
         record_speedup(model=name if fused else name + " (step)", data=data, depth=layers,
                        batch=batch, device="cpu",

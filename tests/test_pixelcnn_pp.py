@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from fastar.models import PixelCNNPlusPlus
+from fastar.testing import assert_step_matches_forward
 from test_models import losses_of_a_few_steps
 
 
-def _model(shape, **kw):
+def _model(shape, scale=0.3, **kw):
     torch.manual_seed(0)
-    model = PixelCNNPlusPlus(image_shape=shape, hidden_channels=6, num_resnets=1,
-                             num_mixtures=3, **{"num_values": 5, **kw}).double()
+    model = PixelCNNPlusPlus(image_shape=shape, hidden_channels=6, num_mixtures=3,
+                             **{"num_values": 5, "num_resnets": 1, **kw}).double()
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0, 0.3)
+            p.normal_(0, scale)
     return model.eval()
 
 
@@ -87,3 +88,48 @@ def test_any_integer_labels_work_and_conditionals_check_the_condition():
         model.conditionals(x)
     with pytest.raises(ValueError, match=r"PixelCNNPlusPlus: built without num_classes"):
         _model((1, 4, 4)).conditionals(x, y)
+
+
+@pytest.mark.parametrize("shape,kw", [((1, 8, 12), {"num_resnets": 2}),
+                                      ((3, 8, 8), {"num_classes": 3})])
+def test_the_multi_resolution_cache_steps_as_the_forward_pass(shape, kw):
+    """Every resolution's rows and pixels, the strided layers at their (2R, 2J) pixels, the
+    upsampled 2x2 blocks: on shapes beyond the contract's 4x4 (three 1/4-scale rows). Small
+    weights: at 0.3 activations reach 1e3 and float64 rounding alone passes 1e-12."""
+    model = _model(shape, scale=0.2, **kw)
+    cond = torch.tensor([2, 0]) if "num_classes" in kw else None
+    x = torch.randint(0, model.num_values, (2, *shape))
+    assert_step_matches_forward(model, x, cond, rtol=1e-12, atol=1e-12)
+
+
+def test_the_step_check_catches_a_cache_that_misses_what_the_forward_pass_sees():
+    model = _model((1, 8, 8))
+    x = torch.randint(0, model.num_values, (2, 1, 8, 8))
+    leaky = _model((1, 8, 8))
+    leaky.load_state_dict(model.state_dict())
+    params = leaky.params  # the forward pass sees each pixel's own value; the cache does not
+
+    def leaky_params(x, labels=None):
+        return params(x, labels) + leaky.scaled(x, leaky.out.weight.dtype)
+    leaky.params = leaky_params
+    with pytest.raises(AssertionError, match="differs from the forward pass"):
+        assert_step_matches_forward(leaky, x, rtol=1e-12, atol=1e-12)
+    stale = _model((1, 8, 8))  # a cache whose strided layer never runs
+    stale.load_state_dict(model.state_dict())
+    run_at = stale._ul_pixel
+
+    def without_the_strided_layer(cache, r, j):
+        out = run_at(cache, r, j)
+        cache.down["ul"][1][0].zero_()
+        return out
+    stale._ul_pixel = without_the_strided_layer
+    with pytest.raises(AssertionError, match="differs from the forward pass"):
+        assert_step_matches_forward(stale, x, rtol=1e-12, atol=1e-12)
+
+
+def test_steps_come_in_order():
+    model = _model((1, 4, 4))
+    cache = model.init_cache(1)
+    model.step(cache, 0)
+    with pytest.raises(ValueError, match="steps come in order"):
+        model.step(cache, 2)

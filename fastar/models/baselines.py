@@ -18,13 +18,13 @@ step per value); the WaveNet's is WaveNet's, its fused op included.
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from fastar.models._pixel_model import PixelModel
-from fastar.models.cache import Cache
+from fastar.models.cache import Cache, InOrderCache
 from fastar.models.wavenet import Condition, WaveNet
 
 
@@ -114,24 +114,7 @@ class RasterLSTMConfig:
 
 
 @dataclasses.dataclass
-class _InOrderCache(Cache):
-    """A cache whose steps must come in order (an LSTM's state, a sequence filled as it
-    goes)."""
-    next: int = 0  # the position of the generation order the next step computes
-
-    def step_position(self, i: Any, caller: str) -> int:
-        """i as a position (Cache.position); ValueError unless it is the next one."""
-        i = self.position(i, caller)
-        if i != self.next:
-            raise ValueError("%s: the cache holds the values before position %d of the "
-                             "generation order; got position %d (steps come in order)"
-                             % (caller, self.next, i))
-        self.next = i + 1
-        return i
-
-
-@dataclasses.dataclass
-class _LSTMCache(_InOrderCache):
+class _LSTMCache(InOrderCache):
     state: Optional[Tuple[Tensor, Tensor]] = None  # (h, c), each (num_layers, n, hidden)
 
 
@@ -205,7 +188,7 @@ class RasterWaveNetConfig:
 
 
 @dataclasses.dataclass
-class _RasterWaveNetCache(_InOrderCache):
+class _RasterWaveNetCache(InOrderCache):
     inner: Optional[Cache] = None  # the WaveNet's, over the sequence (n, 1, C * H * W)
 
 

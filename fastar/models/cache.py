@@ -88,6 +88,23 @@ class Cache:
         return entry
 
 
+@dataclasses.dataclass
+class InOrderCache(Cache):
+    """A cache whose steps must come in order (an LSTM's state, a sequence filled as it
+    goes)."""
+    next: int = 0  # the position of the generation order the next step computes
+
+    def step_position(self, i: Any, caller: str) -> int:
+        """i as a position (Cache.position); ValueError unless it is the next one."""
+        i = self.position(i, caller)
+        if i != self.next:
+            raise ValueError("%s: the cache holds the values before position %d of the "
+                             "generation order; got position %d (steps come in order)"
+                             % (caller, self.next, i))
+        self.next = i + 1
+        return i
+
+
 class PackedWeights:
     """A fused op's weights, packed by `pack(module)` once and packed again only when a
     parameter or a buffer changed (a mask, a pruning mask): in place (an optimizer step),

@@ -13,7 +13,10 @@ variant). Sides must be divisible by 4 (two downsamplings).
 The generation contract's `conditionals` gives every channel its own DMOL of 3K parameters:
 red the mixture itself; green and blue the components' means shifted by the values before them
 and the mixture weights reweighted by how well each component explained those values, so that
-p(r) p(g | r) p(b | r, g) is the joint mixture. `log_prob` scores the joint directly.
+p(r) p(g | r) p(b | r, g) is the joint mixture. `log_prob` scores the joint directly. Cached
+sampling (`init_cache` / `step`) runs the network once per pixel on maps it fills as the image
+is drawn (see the section below); each value is drawn from its channel's mixture, by the
+contract's one uniform per value.
 """
 
 import dataclasses
@@ -27,6 +30,7 @@ from fastar import ops
 from fastar.models import heads
 from fastar.models._pixel_model import ConditionalPixelModel
 from fastar.models.base import total_log_prob
+from fastar.models.cache import Cache, InOrderCache
 from fastar.reference.dmol import component_log_probs, dmol_components
 
 
@@ -212,7 +216,11 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
         the mixture weights plus log p_k of the channels before c, and the means shifted by
         their values (fastar.reference.dmol's component log-probabilities)."""
         cond = self.check_condition(cond, x.shape[0], check_values=False)  # shapes: no sync
-        params = self.params(x, cond)
+        return self._per_channel(self.params(x, cond), x)
+
+    def _per_channel(self, params: Tensor, x: Tensor) -> Tensor:
+        """The joint mixture's parameters (B, 10K or 3K, H, W) as one mixture per channel
+        given the channels before it in x (see `logits`)."""
         if x.shape[1] == 1:  # one channel: the mixture is its conditional
             return params
         weights, means, log_scales, coeffs = dmol_components(params, 3)
@@ -223,3 +231,198 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
         per_channel = [torch.cat([weights + before[:, :c].sum(1), shifted[c], log_scales[:, c]],
                                  1) for c in range(3)]
         return torch.cat(per_channel, 1)
+
+    # --- cached sampling ------------------------------------------------------------------------
+    #
+    # Every map of the forward pass is kept whole and filled as the image is drawn (Ramachandran
+    # et al. 2017, "Fast Generation for Convolutional Autoregressive Models"): the u stream reads
+    # only the rows above, so at a row's first step it runs once over that row, at every
+    # resolution whose row starts there (row r of the 1/2 and 1/4 maps at image rows 2r and
+    # 4r); the ul stream runs at each pixel, its strided layers only where their next input is
+    # complete (pixel (2R, 2J) for the 1/2 maps' (R, J)) and an upsampling layer's 2x2 outputs
+    # are kept for the pixels they cover. Each layer's output at a place is the layer's own
+    # forward on the smallest slice of its input map that holds its receptive field.
+
+    def init_cache(self, n: int, cond: Optional[Tensor] = None, event_shape=None) -> Cache:
+        """The forward pass's maps (n, channels, H / 2^s, W / 2^s) at zero, the image map with
+        its channel of ones, and the current pixel's mixture parameters."""
+        C, H, W = self.image_shape
+        p = self.out.weight
+        F_, n_res = self.config.hidden_channels, self.config.num_resnets
+
+        def maps(s, count, channels=F_):
+            return [p.new_zeros(n, channels, H >> s, W >> s) for _ in range(count)]
+
+        cache = self.new_cache(n, _PixelCNNPPCache,
+                               labels=None if cond is None else cond.long())
+        cache.image = torch.cat([p.new_zeros(n, C, H, W), p.new_ones(n, 1, H, W)], 1)
+        cache.top = maps(0, 1)[0]
+        for stream in ("u", "ul"):
+            # down[s]: the stage's input, then each resnet's output; up[t] (resolution 2 - t):
+            # the upsampled input (t > 0; t = 0 starts from the down pass's last map), then each
+            # resnet's output. mids: each resnet's first convolution's output.
+            cache.down[stream] = [maps(s, n_res + 1) for s in range(3)]
+            cache.down_mid[stream] = [maps(s, n_res) for s in range(3)]
+            cache.up[stream] = [maps(2 - t, n_res + (t > 0) + 1) for t in range(3)]
+            cache.up_mid[stream] = [maps(2 - t, n_res + (t > 0)) for t in range(3)]
+        return cache
+
+    def _shortcuts(self, cache: "_PixelCNNPPCache", stream: str):
+        """The down pass's maps in the order the up pass's resnets take them (params' pops)."""
+        down = [m for stage in cache.down[stream] for m in stage]
+        return iter(down[-2::-1])
+
+    @torch.no_grad()
+    def step(self, cache: Cache, i: int) -> Tensor:
+        """Head outputs (n, 3K) of position order[i] = (c, row, col): at a pixel's first
+        channel the network runs there (and at a row's first pixel over the u stream's rows);
+        the later channels reuse its mixture given the channels drawn before them."""
+        C, H, W = self.image_shape
+        i = cache.step_position(i, "PixelCNNPlusPlus.step")
+        position = cache.order[i]
+        c, pixel = divmod(position, H * W)
+        row, col = divmod(pixel, W)
+        if c == 0:
+            if pixel > 0:  # the pixel before is complete: into the image map
+                r, j = divmod(pixel - 1, W)
+                cache.image[:, :C, r, j] = self.scaled(cache.x[:, :, r, j], cache.image.dtype)
+            if col == 0:
+                self._u_rows(cache, row)
+            cache.pixel = self._ul_pixel(cache, row, col)
+        x = cache.x[:, :, row : row + 1, col : col + 1]
+        return self._per_channel(cache.pixel, x).view(x.shape[0], C, self.num_logits)[:, c]
+
+    def _u_rows(self, cache: "_PixelCNNPPCache", r: int) -> None:
+        """The u stream's rows that image row r starts, from the rows above (complete)."""
+        labels, down = cache.labels, cache.down["u"]
+        for s in range(3):
+            if r % (1 << s):
+                break
+            R = r >> s
+            if s == 0:  # down_shift(u_in(image)): u_in's row r - 1, zeros in row 0
+                if r > 0:
+                    _put(down[0][0], _at(self.u_in, cache.image, r - 1), R)
+            else:
+                _put(down[s][0], _at(self.downsample[s - 1][0], down[s - 1][-1], R), R)
+            for k, (u_block, _) in enumerate(self.down[s]):
+                _resnet(u_block, down[s][k], cache.down_mid["u"][s][k], down[s][k + 1], None,
+                        labels, R)
+        shortcuts = self._shortcuts(cache, "u")
+        for t, blocks in enumerate(self.up):
+            s = 2 - t
+            maps = cache.up["u"][t]
+            if t == 0:
+                maps[0] = down[2][-1]
+            for k, (u_block, _) in enumerate(blocks):
+                aux = next(shortcuts)
+                if r % (1 << s) == 0:
+                    _resnet(u_block, maps[k], cache.up_mid["u"][t][k], maps[k + 1],
+                            aux[:, :, r >> s : (r >> s) + 1], labels, r >> s)
+            if t < 2 and r % (1 << s) == 0:  # rows 2R, 2R + 1 of the next resolution
+                R = r >> s
+                cache.up["u"][t + 1][0][:, :, 2 * R : 2 * R + 2] = self.upsample[t][0](
+                    maps[-1][:, :, R : R + 1])
+        if r == 0:  # the top term of ul's input: down_shift(ul_in[0](image)), zeros in row 0
+            return
+        _put(cache.top, _at(self.ul_in[0], cache.image, r - 1), r)
+
+    def _ul_pixel(self, cache: "_PixelCNNPPCache", r: int, j: int) -> Tensor:
+        """The ul stream at pixel (r, j) (and at the coarser maps' pixels that start there),
+        from the pixels before it; returns the mixture's parameters there (n, P, 1, 1)."""
+        labels, down, u_down = cache.labels, cache.down["ul"], cache.down["u"]
+        first = cache.top[:, :, r : r + 1, j : j + 1]
+        if j > 0:  # right_shift(ul_in[1](image))
+            first = first + _at(self.ul_in[1], cache.image, r, j - 1)
+        _put(down[0][0], first, r, j)
+        for s in range(3):
+            if r % (1 << s) or j % (1 << s):
+                break
+            R, J = r >> s, j >> s
+            if s > 0:
+                _put(down[s][0], _at(self.downsample[s - 1][1], down[s - 1][-1], R, J), R, J)
+            for k, (_, ul_block) in enumerate(self.down[s]):
+                _resnet(ul_block, down[s][k], cache.down_mid["ul"][s][k], down[s][k + 1],
+                        u_down[s][k + 1][:, :, R : R + 1, J : J + 1], labels, R, J)
+        shortcuts = self._shortcuts(cache, "ul")
+        for t, blocks in enumerate(self.up):
+            s = 2 - t
+            maps, u_maps = cache.up["ul"][t], cache.up["u"][t]
+            if t == 0:
+                maps[0] = down[2][-1]
+            here = r % (1 << s) == 0 and j % (1 << s) == 0
+            R, J = r >> s, j >> s
+            for k, (_, ul_block) in enumerate(blocks):
+                aux = next(shortcuts)
+                if here:
+                    place = (slice(None), slice(None), slice(R, R + 1), slice(J, J + 1))
+                    _resnet(ul_block, maps[k], cache.up_mid["ul"][t][k], maps[k + 1],
+                            torch.cat([u_maps[k + 1][place], aux[place]], 1), labels, R, J)
+            if t < 2 and here:  # the 2x2 pixels of the next resolution that read (R, J)
+                cache.up["ul"][t + 1][0][:, :, 2 * R : 2 * R + 2, 2 * J : 2 * J + 2] = (
+                    self.upsample[t][1](maps[-1][:, :, R : R + 1, J : J + 1]))
+        return _pointwise(self.out, F.elu(cache.up["ul"][2][-1][:, :, r : r + 1, j : j + 1]))
+
+
+@dataclasses.dataclass
+class _PixelCNNPPCache(InOrderCache):
+    labels: Optional[Tensor] = None  # int64 (n,), as nn.Embedding takes them
+    image: Optional[Tensor] = None  # the scaled image and its channel of ones, pixels drawn
+    top: Optional[Tensor] = None  # down_shift(ul_in[0](image)): ul's input from the row above
+    down: dict = dataclasses.field(default_factory=dict)  # "u" / "ul" -> [stage][map]
+    down_mid: dict = dataclasses.field(default_factory=dict)
+    up: dict = dataclasses.field(default_factory=dict)
+    up_mid: dict = dataclasses.field(default_factory=dict)
+    pixel: Optional[Tensor] = None  # the current pixel's mixture parameters (n, P, 1, 1)
+
+
+def _at(conv: nn.Conv2d, src: Tensor, row: int, col: Optional[int] = None,
+        pre=lambda t: t) -> Tensor:
+    """conv(pre(src))'s output at (row, col), (n, out, 1, 1), or at the whole row for col
+    None, (n, out, 1, W'), from its input map src (pre: elementwise, zero at zero, as the
+    forward pass's padding comes after it). A row: conv's own forward on the rows it reads,
+    sliced so that its stride lands on them. A pixel (down-right convolutions only): one
+    matrix product over the window above and left of it (a convolution call on a few pixels
+    costs milliseconds in oneDNN's set-up)."""
+    kh, kw = conv.kernel_size
+    s = conv.stride[0]
+    if col is None:
+        need = min(row * s, kh - 1)  # rows above that exist; the forward pads the others
+        first = row * s - s * -(-need // s)  # and the stride's phase kept
+        return conv(pre(src[:, :, first : row * s + 1]))[:, :, -1:]
+    top, left = row * s - kh + 1, col * s - kw + 1
+    window = pre(src[:, :, max(top, 0) : row * s + 1, max(left, 0) : col * s + 1])
+    if top < 0 or left < 0:
+        window = F.pad(window, (max(-left, 0), 0, max(-top, 0), 0))
+    weight = conv.weight
+    return F.linear(window.reshape(window.shape[0], -1), weight.reshape(weight.shape[0], -1),
+                    conv.bias)[:, :, None, None]
+
+
+def _pointwise(conv: nn.Conv2d, t: Tensor) -> Tensor:
+    """A 1x1 convolution at one pixel (n, in, 1, 1) as a matrix product, else the module."""
+    if t.shape[-2:] != (1, 1):
+        return conv(t)
+    return F.linear(t.flatten(1), conv.weight[:, :, 0, 0], conv.bias)[:, :, None, None]
+
+
+def _put(dst: Tensor, value: Tensor, row: int, col: Optional[int] = None) -> None:
+    if col is None:
+        dst[:, :, row : row + 1] = value
+    else:
+        dst[:, :, row : row + 1, col : col + 1] = value
+
+
+def _resnet(block: GatedResnet, src: Tensor, mid: Tensor, dst: Tensor, aux: Optional[Tensor],
+            labels: Optional[Tensor], row: int, col: Optional[int] = None) -> None:
+    """block's output at (row, col) (or the whole row) into dst, its first convolution's into
+    mid: GatedResnet.forward there, from the maps before it."""
+    c = _at(block.conv1, src, row, col, concat_elu)
+    if aux is not None:
+        c = c + _pointwise(block.aux, concat_elu(aux))
+    _put(mid, c, row, col)
+    c = _at(block.conv2, mid, row, col, lambda t: block.dropout(concat_elu(t)))
+    if labels is not None:
+        c = c + block.label(labels)[:, :, None, None]
+    a, b = c.chunk(2, 1)
+    here = src[:, :, row : row + 1] if col is None else src[:, :, row : row + 1, col : col + 1]
+    _put(dst, here + a * torch.sigmoid(b), row, col)
