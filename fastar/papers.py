@@ -28,9 +28,10 @@ class Recipe:
 _MADE_RECIPE = Recipe(200, 100, 1e-3, "Germain et al. 2015, sec. 6: batches of 100, early "
                       "stopping on the valid split; Adam 1e-3 is ours (the authors' code: "
                       "Adagrad 0.01, patience 30)")
-_MADE_MASKS = ("ordering and hidden degrees redrawn per mask, direct connections: the authors' "
-               "code (github.com/mgermain/MADE); 500 units as in the paper's figure 3, whose "
-               "table 6 widths we have not found stated (the code's README runs 8000)")
+_MADE_MASKS = ("8000 units per layer, direct connections, ordering and hidden degrees redrawn "
+               "per mask: the authors' code and its README's MNIST command "
+               "(github.com/mgermain/MADE). 500 units, 1 mask, a random ordering is the paper's "
+               "figure 2 (about 94.5; ours: 93.98 valid, 2026-12-07)")
 _PIXELRNN_RECIPE = Recipe(20, 64, 1e-3, "not given for MNIST in van den Oord et al. 2016a: "
                           "batch 64 and Adam 1e-3 are ours")
 _LECTURE_RECIPE = Recipe(5, 64, 1e-3, "the lecture gives no recipe: ours")
@@ -62,18 +63,18 @@ _FOR_SCALE = "the lecture shows samples, no likelihood: a row for scale"
 
 BINARIZED_MNIST: Dict[str, Row] = {row_name: row for row_name, row in (
     ("made-1h-1mask", Row("MADE, 1 hidden layer, 1 mask (Germain et al. 2015, Table 6)", _MADE,
-                          "Table 6", "made", _made_config((500,), 1),
+                          "Table 6", "made", _made_config((8000,), 1),
                           "binarized_mnist", 88.40, _MADE_RECIPE, _MADE_MASKS)),
     ("made-2h-1mask", Row("MADE, 2 hidden layers, 1 mask (Germain et al. 2015, Table 6)", _MADE,
-                          "Table 6", "made", _made_config((500, 500), 1),
+                          "Table 6", "made", _made_config((8000, 8000), 1),
                           "binarized_mnist", 89.59, _MADE_RECIPE, _MADE_MASKS)),
     ("made-1h-32masks", Row("MADE, 1 hidden layer, 32 masks (Germain et al. 2015, Table 6)",
                             _MADE, "Table 6", "made",
-                            _made_config((500,), 32), "binarized_mnist", 88.04, _MADE_RECIPE,
+                            _made_config((8000,), 32), "binarized_mnist", 88.04, _MADE_RECIPE,
                             _MADE_MASKS)),
     ("made-2h-32masks", Row("MADE, 2 hidden layers, 32 masks (Germain et al. 2015, Table 6)",
                             _MADE, "Table 6", "made",
-                            _made_config((500, 500), 32), "binarized_mnist", 86.64,
+                            _made_config((8000, 8000), 32), "binarized_mnist", 86.64,
                             _MADE_RECIPE, _MADE_MASKS)),
     ("pixelcnn", Row("PixelCNN (van den Oord et al. 2016a, Table 4)", _PIXELRNN, "Table 4",
                      "pixelcnn", {}, "binarized_mnist", 81.30, _PIXELRNN_RECIPE)),
