@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from conftest import DEVICES, at_cpu_level, measure_interleaved, record_speedup, time_calls
 from fastar import ops
-from fastar.models import (DiagonalBiLSTM, GatedPixelCNN, PixelCNN, PixelCNNPlusPlus, RasterLSTM,
-                           RasterWaveNet, RowLSTM, WaveNet)
+from fastar.models import (DiagonalBiLSTM, GatedPixelCNN, PixelCNN, PixelCNNPlusPlus, PixelSNAIL,
+                           RasterLSTM, RasterWaveNet, RowLSTM, WaveNet)
 
 BATCHES = [1, 16, 64, 256]
 SLOW = {"naive": 16, "cached-python": 16}  # the largest batch each slow sampler is timed at
@@ -202,8 +202,9 @@ def _table_model(name, data, depth):
         return WaveNet(**kw).eval()
     if name in BASELINES:
         return BASELINES[name](**PIXEL_DATA[data]).eval()
-    if name == "PixelCNNPlusPlus":
-        return PixelCNNPlusPlus(**PIXEL_DATA[data], **PIXELCNN_PP_SMALL).eval()
+    if name in SMALL:
+        model_class, config = SMALL[name]
+        return model_class(**PIXEL_DATA[data], **config).eval()
     kw = {} if depth is None else {"num_layers": depth}
     return PIXEL_MODELS[name](**PIXEL_DATA[data], **kw).eval()
 
@@ -214,18 +215,25 @@ TABLE_ROWS = ([("WaveNet", "2048 samples, 256", d) for d in (None, 5, 10, 15)]
                  for d in ((None, 5, 10, 15) if data == "28x28 binary" else (None,))]
               + [(m, "28x28 binary", None) for m in ("RowLSTM", "DiagonalBiLSTM")]
               + [(m, "28x28 binary", None) for m in ("RasterLSTM", "RasterWaveNet")]
-              + [("PixelCNNPlusPlus", "32x32x3 256", None)])
-# issue 27's small PixelCNN++ (the paper's is 160 channels, 5 resnets, 10 mixtures)
-PIXELCNN_PP_SMALL = dict(hidden_channels=32, num_resnets=2, num_mixtures=5)
+              + [(m, "32x32x3 256", None) for m in ("PixelCNNPlusPlus", "PixelSNAIL")])
+# issue 27's small models (the papers': PixelCNN++ 160 channels, 5 resnets, 10 mixtures;
+# PixelSNAIL 256 channels, 12 blocks of 4 resnets, keys 16, values 128)
+SMALL = {"PixelCNNPlusPlus": (PixelCNNPlusPlus, dict(hidden_channels=32, num_resnets=2,
+                                                     num_mixtures=5)),
+         "PixelSNAIL": (PixelSNAIL, dict(hidden_channels=32, num_blocks=2, num_resnets=2,
+                                         key_channels=16, value_channels=32, num_mixtures=5))}
 # The Python step at batches 64 and 256 takes minutes a sample set: the rows a model is timed at.
-ROW_BATCHES = {"PixelCNNPlusPlus": [1, 16]}
+ROW_BATCHES = {"PixelCNNPlusPlus": [1, 16], "PixelSNAIL": [1, 16]}
 
 
 def _depth(config) -> int:
     """Layers: WaveNet's dilations, an image model's num_layers, PixelCNN++'s gated resnets of
-    one stream (3 down stages of n, up stages of n, n + 1, n + 1)."""
+    one stream (3 down stages of n, up stages of n, n + 1, n + 1), PixelSNAIL's resnets and
+    attention blocks."""
     if hasattr(config, "dilations"):
         return len(config.dilations)
+    if hasattr(config, "num_blocks"):
+        return config.num_blocks * (config.num_resnets + 1)
     if hasattr(config, "num_resnets"):
         return 6 * config.num_resnets + 2
     return config.num_layers

@@ -8,8 +8,16 @@ Sizes: MADE with one 8000-unit hidden layer (issue 13's target) and as README tr
 units, direct connections); PixelCNN and Gated PixelCNN as README trains them (32 channels, 5
 layers, 64 head channels). Batch 64 of 28x28 binary images.
 
+PixelCNN++ (issue 27's small model: 32 channels, 2 resnets per stage, 5 mixtures) on 32x32x3
+images of 256 values, batch 16: the plain version is the same network (same weights) in
+torch.nn modules only (its 1x1 convolutions nn.Conv2d again, not fastar's PointwiseConv2d) with
+the loss as the PyTorch ports write it (`fastar.reference.dmol_log_prob`, PixelCNN++'s
+discretized_mix_logistic_loss) instead of the fused `fastar.ops.dmol_log_prob`.
+
 Also the Row LSTM's recurrence op against a Python loop of torch ops, at each CPU level.
 """
+
+import copy
 
 import pytest
 import torch
@@ -18,7 +26,8 @@ from torch import nn
 
 from conftest import at_cpu_level, measure_interleaved
 from fastar import ops, reference
-from fastar.models import MADE, GatedPixelCNN, PixelCNN, RowLSTM
+from fastar.models import MADE, GatedPixelCNN, PixelCNN, PixelCNNPlusPlus, RowLSTM
+from fastar.nn import PointwiseConv2d
 
 CPU_LEVELS = ops.cpu_capabilities()
 BATCH = 64
@@ -145,6 +154,60 @@ MODELS = {
 }
 
 
+class PlainPixelCNNPlusPlus(nn.Module):
+    """The same network in torch.nn modules only (fastar's 1x1 convolutions back to
+    nn.Conv2d, the same weights); the loss written out in PyTorch ops (the reference)."""
+
+    def __init__(self, model: PixelCNNPlusPlus):
+        super().__init__()
+        self.model = copy.deepcopy(model)
+        for module in list(self.model.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, PointwiseConv2d):
+                    plain = nn.Conv2d(child.in_channels, child.out_channels, 1)
+                    plain.load_state_dict(child.state_dict())
+                    setattr(module, name, plain)
+
+    def loss(self, x):
+        params = self.model.params(x)
+        return -reference.dmol_log_prob(x, params, self.model.num_values).flatten(1).sum(1).mean()
+
+
+PIXELCNN_PP_SHAPE, PIXELCNN_PP_BATCH = (3, 32, 32), 16
+
+
+def test_pixelcnn_pp_training_step(benchmark):
+    """PixelCNN++ small, forward + backward + Adam, fused loss against the PyTorch loss on the
+    same network, in alternating rounds."""
+    x = torch.randint(0, 256, (PIXELCNN_PP_BATCH, *PIXELCNN_PP_SHAPE))
+    steps = {}
+    for impl in ("fastar", "eager"):
+        torch.manual_seed(0)
+        model = PixelCNNPlusPlus(image_shape=PIXELCNN_PP_SHAPE, hidden_channels=32,
+                                 num_resnets=2, num_mixtures=5).train()
+        if impl == "fastar":
+            loss = (lambda m: lambda x: -m.log_prob(x, check_values=False).mean())(model)
+        else:
+            model = PlainPixelCNNPlusPlus(model).train()
+            loss = model.loss
+        steps[impl] = _adam_step(model, loss, x)
+    measure_interleaved(benchmark, group="train PixelCNN++ small cpu B=%d step"
+                        % PIXELCNN_PP_BATCH, device="cpu", fns=steps, items=PIXELCNN_PP_BATCH)
+
+
+def _adam_step(model, loss, x):
+    """One training step: zero_grad, loss(x), backward, Adam."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        value = loss(x)
+        value.backward()
+        opt.step()
+        return value
+    return step
+
+
 def _plain(name, model):
     if name.startswith("MADE"):
         return PlainMADE(model)
@@ -165,16 +228,7 @@ def test_training_step(benchmark, name):
         else:
             model = _plain(name, model).train()
             loss = model.loss
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def step(opt=opt, loss=loss):
-            opt.zero_grad(set_to_none=True)
-            value = loss(x)
-            value.backward()
-            opt.step()
-            return value
-
-        steps[impl] = step
+        steps[impl] = _adam_step(model, loss, x)
     measure_interleaved(benchmark, group="train %s cpu B=%d step" % (name, BATCH), device="cpu",
                         fns=steps, items=BATCH)
 

@@ -9,7 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from fastar.models import (MADE, DiagonalBiLSTM, GatedPixelCNN, Histogram, PixelCNN,
-                           PixelCNNPlusPlus, RasterLSTM, RasterWaveNet, RowLSTM, WaveNet)
+                           PixelCNNPlusPlus, PixelSNAIL, RasterLSTM, RasterWaveNet, RowLSTM,
+                           WaveNet)
 from fastar.models.wavenet import Condition
 
 
@@ -173,6 +174,12 @@ def _leak_pixelcnn_pp(model):
     model.params = leaky_params
 
 
+def _pixelsnail(shape, **kw):
+    return PixelSNAIL(**{"image_shape": shape, "num_values": 2, "hidden_channels": 4,
+                         "num_blocks": 2, "num_resnets": 1, "key_channels": 4,
+                         "value_channels": 4, "num_mixtures": 2, **kw})
+
+
 MODEL_DB = [
     ModelInfo("MADE", _made, {
         "one-mask": {}, "masks-orders-direct": {"num_masks": 3, "natural_ordering": False,
@@ -206,6 +213,11 @@ MODEL_DB = [
         "no-resnets": {"num_resnets": 0}},
         tiny_shapes=[(1, 4, 4)], condition=_gated_condition, leak=_leak_pixelcnn_pp,
         sample_shapes=[(1, 4, 4), (3, 4, 4)], weight_scale=0.3),  # sides divisible by 4
+    ModelInfo("PixelSNAIL", _pixelsnail, {
+        "dmol": {}, "softmax-two-heads": {"output": "softmax", "num_heads": 2},
+        "classes-three-values": {"num_classes": 3, "num_values": 3, "num_resnets": 0}},
+        tiny_shapes=[(1, 3, 3), (3, 2, 2)], condition=_gated_condition,
+        leak=_leak_pixelcnn_pp, weight_scale=0.3),
     ModelInfo("WaveNet", _wavenet, {
         "k2": {}, "k3": {"kernel_size": 3}, "global-local": {
             "kernel_size": 3, "cond_channels": 3, "local_channels": 2, "upsample": 2},

@@ -133,3 +133,20 @@ def test_steps_come_in_order():
     model.step(cache, 0)
     with pytest.raises(ValueError, match="steps come in order"):
         model.step(cache, 2)
+
+
+def test_sampling_in_training_mode_with_dropout_is_refused():
+    """Dropout draws a new network at each pass: no two samplers (nor two runs) could agree."""
+    model = _model((1, 4, 4), dropout=0.5).train()
+    for cached in (False, True):
+        with pytest.raises(ValueError, match="call model.eval"):
+            model.sample(2, cached=cached)
+    with pytest.raises(ValueError, match="call model.eval"):
+        model.init_cache(2)
+    model.eval().sample(2)  # evaluation mode: dropout off
+    _model((1, 4, 4), dropout=0.0).train().sample(2)  # no dropout: training mode is fine
+
+
+def test_a_class_conditional_cache_takes_labels():
+    with pytest.raises(ValueError, match="expected cond"):
+        _model((1, 4, 4), num_classes=3).init_cache(2)

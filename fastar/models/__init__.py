@@ -15,16 +15,17 @@ from fastar.models.pixelcnn import PixelCNN, PixelCNNConfig
 from fastar.models.pixelcnn_pp import PixelCNNPlusPlus, PixelCNNPlusPlusConfig
 from fastar.models.pixelrnn import (DiagonalBiLSTM, DiagonalBiLSTMConfig, RowLSTM,
                                      RowLSTMConfig)
+from fastar.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
 from fastar.models.wavenet import WaveNet, WaveNetConfig
 
 MODELS = {"made": MADE, "pixelcnn": PixelCNN, "gated_pixelcnn": GatedPixelCNN,
           "row_lstm": RowLSTM, "diagonal_bilstm": DiagonalBiLSTM, "wavenet": WaveNet,
           "histogram": Histogram, "raster_lstm": RasterLSTM, "raster_wavenet": RasterWaveNet,
-          "pixelcnn_pp": PixelCNNPlusPlus}
+          "pixelcnn_pp": PixelCNNPlusPlus, "pixelsnail": PixelSNAIL}
 
 __all__ = ["MODELS", "AutoregressiveModel", "Cache", "DiagonalBiLSTM", "DiagonalBiLSTMConfig",
            "GatedPixelCNN", "GatedPixelCNNConfig", "Histogram", "HistogramConfig",
            "MADE", "MADEConfig", "PixelCNN", "PixelCNNConfig", "PixelCNNPlusPlus",
-           "PixelCNNPlusPlusConfig", "RasterLSTM",
+           "PixelCNNPlusPlusConfig", "PixelSNAIL", "PixelSNAILConfig", "RasterLSTM",
            "RasterLSTMConfig", "RasterWaveNet", "RasterWaveNetConfig", "RowLSTM", "RowLSTMConfig",
            "WaveNet", "WaveNetConfig"]

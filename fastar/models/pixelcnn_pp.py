@@ -137,17 +137,68 @@ class GatedResnet(nn.Module):
 
     def forward(self, x: Tensor, aux: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None) -> Tensor:
-        c = self.conv1(concat_elu(x))
+        c = pointwise(self.conv1, concat_elu(x))
         if aux is not None:
-            c = c + self.aux(concat_elu(aux))
-        c = self.conv2(self.dropout(concat_elu(c)))
+            c = c + pointwise(self.aux, concat_elu(aux))
+        c = pointwise(self.conv2, self.dropout(concat_elu(c)))
         if labels is not None:
             c = c + self.label(labels)[:, :, None, None]
         a, b = c.chunk(2, 1)
         return x + a * torch.sigmoid(b)
 
 
-class PixelCNNPlusPlus(ConditionalPixelModel):
+class MixturePixelModel(ConditionalPixelModel):
+    """An image model whose network gives PixelCNN++'s discretized logistic mixture at every
+    pixel (`params`, subclasses define it): the joint scored by the fused op, each channel's
+    own mixture as its conditional (the module docstring)."""
+
+    def params(self, x: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+    def prepare(self, n, event_shape, cond=None, **kw):
+        self.check_cached_sampling(n, cond, cached=False)
+        return super().prepare(n, event_shape, cond, **kw)
+
+    def check_cached_sampling(self, n: int, cond: Optional[Tensor], cached: bool = True):
+        """ValueError for what no sampler can follow: dropout in training mode (a different
+        network at each pass: naive samples would not repeat, and a cache's maps would mix
+        masks); returns the condition checked (a cache's labels)."""
+        if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()):
+            raise ValueError("%s.sample: the model is in training mode with dropout, which "
+                             "draws a new network at each pass: call model.eval() first"
+                             % type(self).__name__)
+        return self.check_condition(cond, n, check_values=False) if cached else cond
+
+    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
+                 check_values: bool = True) -> Tensor:
+        """The joint mixture's log-likelihood (B,), by the fused op."""
+        self.check_input(x, check_values=check_values)
+        cond = self.check_condition(cond, x.shape[0], tuple(x.shape[1:]), check_values)
+        return total_log_prob(ops.dmol_log_prob(x, self.params(x, cond), self.num_values))
+
+    def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
+        """Per channel c its own mixture's 3K parameters (B, C * 3K, H, W), grouped by colour:
+        the mixture weights plus log p_k of the channels before c, and the means shifted by
+        their values (fastar.reference.dmol's component log-probabilities)."""
+        cond = self.check_condition(cond, x.shape[0], check_values=False)  # shapes: no sync
+        return self.per_channel(self.params(x, cond), x)
+
+    def per_channel(self, params: Tensor, x: Tensor) -> Tensor:
+        """The joint mixture's parameters (B, 10K or 3K, H, W) as one mixture per channel
+        given the channels before it in x (see `logits`)."""
+        if x.shape[1] == 1:  # one channel: the mixture is its conditional
+            return params
+        weights, means, log_scales, coeffs = dmol_components(params, 3)
+        before = component_log_probs(x, params, self.num_values)  # (B, 3, K, H, W)
+        centre = self.scaled(x, params.dtype).unsqueeze(2)  # (B, 3, 1, H, W)
+        shifted = [means[:, 0], means[:, 1] + coeffs[:, 0] * centre[:, 0],
+                   means[:, 2] + coeffs[:, 1] * centre[:, 0] + coeffs[:, 2] * centre[:, 1]]
+        per_channel = [torch.cat([weights + before[:, :c].sum(1), shifted[c], log_scales[:, c]],
+                                 1) for c in range(3)]
+        return torch.cat(per_channel, 1)
+
+
+class PixelCNNPlusPlus(MixturePixelModel):
     """x: integer images (B, C, H, W), C = 1 or 3, values in [0, num_values) (DMOL bins);
     cond: labels (B,) with num_classes."""
 
@@ -204,34 +255,6 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
                 u, ul = self.upsample[stage][0](u), self.upsample[stage][1](ul)
         return self.out(F.elu(ul))
 
-    def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
-                 check_values: bool = True) -> Tensor:
-        """The joint mixture's log-likelihood (B,), by the fused op."""
-        self.check_input(x, check_values=check_values)
-        cond = self.check_condition(cond, x.shape[0], tuple(x.shape[1:]), check_values)
-        return total_log_prob(ops.dmol_log_prob(x, self.params(x, cond), self.num_values))
-
-    def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
-        """Per channel c its own mixture's 3K parameters (B, C * 3K, H, W), grouped by colour:
-        the mixture weights plus log p_k of the channels before c, and the means shifted by
-        their values (fastar.reference.dmol's component log-probabilities)."""
-        cond = self.check_condition(cond, x.shape[0], check_values=False)  # shapes: no sync
-        return self._per_channel(self.params(x, cond), x)
-
-    def _per_channel(self, params: Tensor, x: Tensor) -> Tensor:
-        """The joint mixture's parameters (B, 10K or 3K, H, W) as one mixture per channel
-        given the channels before it in x (see `logits`)."""
-        if x.shape[1] == 1:  # one channel: the mixture is its conditional
-            return params
-        weights, means, log_scales, coeffs = dmol_components(params, 3)
-        before = component_log_probs(x, params, self.num_values)  # (B, 3, K, H, W)
-        centre = self.scaled(x, params.dtype).unsqueeze(2)  # (B, 3, 1, H, W)
-        shifted = [means[:, 0], means[:, 1] + coeffs[:, 0] * centre[:, 0],
-                   means[:, 2] + coeffs[:, 1] * centre[:, 0] + coeffs[:, 2] * centre[:, 1]]
-        per_channel = [torch.cat([weights + before[:, :c].sum(1), shifted[c], log_scales[:, c]],
-                                 1) for c in range(3)]
-        return torch.cat(per_channel, 1)
-
     # --- cached sampling ------------------------------------------------------------------------
     #
     # Every map of the forward pass is kept whole and filled as the image is drawn (Ramachandran
@@ -253,6 +276,7 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
         def maps(s, count, channels=F_):
             return [p.new_zeros(n, channels, H >> s, W >> s) for _ in range(count)]
 
+        cond = self.check_cached_sampling(n, cond)
         cache = self.new_cache(n, _PixelCNNPPCache,
                                labels=None if cond is None else cond.long())
         cache.image = torch.cat([p.new_zeros(n, C, H, W), p.new_ones(n, 1, H, W)], 1)
@@ -263,7 +287,8 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
             # resnet's output. mids: each resnet's first convolution's output.
             cache.down[stream] = [maps(s, n_res + 1) for s in range(3)]
             cache.down_mid[stream] = [maps(s, n_res) for s in range(3)]
-            cache.up[stream] = [maps(2 - t, n_res + (t > 0) + 1) for t in range(3)]
+            cache.up[stream] = [[cache.down[stream][2][-1]] + maps(2, n_res)] + [
+                maps(2 - t, n_res + 2) for t in (1, 2)]
             cache.up_mid[stream] = [maps(2 - t, n_res + (t > 0)) for t in range(3)]
         return cache
 
@@ -290,77 +315,74 @@ class PixelCNNPlusPlus(ConditionalPixelModel):
                 self._u_rows(cache, row)
             cache.pixel = self._ul_pixel(cache, row, col)
         x = cache.x[:, :, row : row + 1, col : col + 1]
-        return self._per_channel(cache.pixel, x).view(x.shape[0], C, self.num_logits)[:, c]
+        return self.per_channel(cache.pixel, x).view(x.shape[0], C, self.num_logits)[:, c]
 
     def _u_rows(self, cache: "_PixelCNNPPCache", r: int) -> None:
-        """The u stream's rows that image row r starts, from the rows above (complete)."""
+        """The u stream's rows that image row r starts at every resolution, from the rows above
+        (complete), and the ul stream's term from the row above (cache.top)."""
         labels, down = cache.labels, cache.down["u"]
-        for s in range(3):
-            if r % (1 << s):
+        for scale in range(3):
+            if r % (1 << scale):
                 break
-            R = r >> s
-            if s == 0:  # down_shift(u_in(image)): u_in's row r - 1, zeros in row 0
+            R = r >> scale
+            if scale == 0:  # down_shift(u_in(image)): u_in's row r - 1, zeros in row 0
                 if r > 0:
-                    _put(down[0][0], _at(self.u_in, cache.image, r - 1), R)
+                    put_at(down[0][0], conv_at(self.u_in, cache.image, r - 1), R)
             else:
-                _put(down[s][0], _at(self.downsample[s - 1][0], down[s - 1][-1], R), R)
-            for k, (u_block, _) in enumerate(self.down[s]):
-                _resnet(u_block, down[s][k], cache.down_mid["u"][s][k], down[s][k + 1], None,
+                put_at(down[scale][0], conv_at(self.downsample[scale - 1][0], down[scale - 1][-1], R), R)
+            for k, (u_block, _) in enumerate(self.down[scale]):
+                resnet_at(u_block, down[scale][k], cache.down_mid["u"][scale][k], down[scale][k + 1], None,
                         labels, R)
         shortcuts = self._shortcuts(cache, "u")
         for t, blocks in enumerate(self.up):
-            s = 2 - t
+            scale = 2 - t
             maps = cache.up["u"][t]
-            if t == 0:
-                maps[0] = down[2][-1]
             for k, (u_block, _) in enumerate(blocks):
                 aux = next(shortcuts)
-                if r % (1 << s) == 0:
-                    _resnet(u_block, maps[k], cache.up_mid["u"][t][k], maps[k + 1],
-                            aux[:, :, r >> s : (r >> s) + 1], labels, r >> s)
-            if t < 2 and r % (1 << s) == 0:  # rows 2R, 2R + 1 of the next resolution
-                R = r >> s
+                if r % (1 << scale) == 0:
+                    resnet_at(u_block, maps[k], cache.up_mid["u"][t][k], maps[k + 1],
+                            aux[:, :, r >> scale : (r >> scale) + 1], labels, r >> scale)
+            if t < 2 and r % (1 << scale) == 0:  # rows 2R, 2R + 1 of the next resolution
+                R = r >> scale
                 cache.up["u"][t + 1][0][:, :, 2 * R : 2 * R + 2] = self.upsample[t][0](
                     maps[-1][:, :, R : R + 1])
         if r == 0:  # the top term of ul's input: down_shift(ul_in[0](image)), zeros in row 0
             return
-        _put(cache.top, _at(self.ul_in[0], cache.image, r - 1), r)
+        put_at(cache.top, conv_at(self.ul_in[0], cache.image, r - 1), r)
 
     def _ul_pixel(self, cache: "_PixelCNNPPCache", r: int, j: int) -> Tensor:
         """The ul stream at pixel (r, j) (and at the coarser maps' pixels that start there),
         from the pixels before it; returns the mixture's parameters there (n, P, 1, 1)."""
         labels, down, u_down = cache.labels, cache.down["ul"], cache.down["u"]
-        first = cache.top[:, :, r : r + 1, j : j + 1]
+        ul = cache.top[:, :, r : r + 1, j : j + 1]
         if j > 0:  # right_shift(ul_in[1](image))
-            first = first + _at(self.ul_in[1], cache.image, r, j - 1)
-        _put(down[0][0], first, r, j)
-        for s in range(3):
-            if r % (1 << s) or j % (1 << s):
+            ul = ul + conv_at(self.ul_in[1], cache.image, r, j - 1)
+        put_at(down[0][0], ul, r, j)
+        for scale in range(3):
+            if r % (1 << scale) or j % (1 << scale):
                 break
-            R, J = r >> s, j >> s
-            if s > 0:
-                _put(down[s][0], _at(self.downsample[s - 1][1], down[s - 1][-1], R, J), R, J)
-            for k, (_, ul_block) in enumerate(self.down[s]):
-                _resnet(ul_block, down[s][k], cache.down_mid["ul"][s][k], down[s][k + 1],
-                        u_down[s][k + 1][:, :, R : R + 1, J : J + 1], labels, R, J)
+            R, J = r >> scale, j >> scale
+            if scale > 0:
+                put_at(down[scale][0], conv_at(self.downsample[scale - 1][1], down[scale - 1][-1], R, J), R, J)
+            for k, (_, ul_block) in enumerate(self.down[scale]):
+                resnet_at(ul_block, down[scale][k], cache.down_mid["ul"][scale][k], down[scale][k + 1],
+                        u_down[scale][k + 1][:, :, R : R + 1, J : J + 1], labels, R, J)
         shortcuts = self._shortcuts(cache, "ul")
         for t, blocks in enumerate(self.up):
-            s = 2 - t
+            scale = 2 - t
             maps, u_maps = cache.up["ul"][t], cache.up["u"][t]
-            if t == 0:
-                maps[0] = down[2][-1]
-            here = r % (1 << s) == 0 and j % (1 << s) == 0
-            R, J = r >> s, j >> s
+            here = r % (1 << scale) == 0 and j % (1 << scale) == 0
+            R, J = r >> scale, j >> scale
             for k, (_, ul_block) in enumerate(blocks):
                 aux = next(shortcuts)
                 if here:
                     place = (slice(None), slice(None), slice(R, R + 1), slice(J, J + 1))
-                    _resnet(ul_block, maps[k], cache.up_mid["ul"][t][k], maps[k + 1],
+                    resnet_at(ul_block, maps[k], cache.up_mid["ul"][t][k], maps[k + 1],
                             torch.cat([u_maps[k + 1][place], aux[place]], 1), labels, R, J)
             if t < 2 and here:  # the 2x2 pixels of the next resolution that read (R, J)
                 cache.up["ul"][t + 1][0][:, :, 2 * R : 2 * R + 2, 2 * J : 2 * J + 2] = (
                     self.upsample[t][1](maps[-1][:, :, R : R + 1, J : J + 1]))
-        return _pointwise(self.out, F.elu(cache.up["ul"][2][-1][:, :, r : r + 1, j : j + 1]))
+        return pointwise(self.out, F.elu(cache.up["ul"][2][-1][:, :, r : r + 1, j : j + 1]))
 
 
 @dataclasses.dataclass
@@ -375,7 +397,7 @@ class _PixelCNNPPCache(InOrderCache):
     pixel: Optional[Tensor] = None  # the current pixel's mixture parameters (n, P, 1, 1)
 
 
-def _at(conv: nn.Conv2d, src: Tensor, row: int, col: Optional[int] = None,
+def conv_at(conv: nn.Conv2d, src: Tensor, row: int, col: Optional[int] = None,
         pre=lambda t: t) -> Tensor:
     """conv(pre(src))'s output at (row, col), (n, out, 1, 1), or at the whole row for col
     None, (n, out, 1, W'), from its input map src (pre: elementwise, zero at zero, as the
@@ -384,45 +406,53 @@ def _at(conv: nn.Conv2d, src: Tensor, row: int, col: Optional[int] = None,
     matrix product over the window above and left of it (a convolution call on a few pixels
     costs milliseconds in oneDNN's set-up)."""
     kh, kw = conv.kernel_size
-    s = conv.stride[0]
+    stride = conv.stride[0]
     if col is None:
-        need = min(row * s, kh - 1)  # rows above that exist; the forward pads the others
-        first = row * s - s * -(-need // s)  # and the stride's phase kept
-        return conv(pre(src[:, :, first : row * s + 1]))[:, :, -1:]
-    top, left = row * s - kh + 1, col * s - kw + 1
-    window = pre(src[:, :, max(top, 0) : row * s + 1, max(left, 0) : col * s + 1])
+        # The earliest input row the output row reads that exists (the forward pads the ones
+        # above), moved up to the stride's phase so that the slice's last output is this row.
+        above = min(row * stride, kh - 1)
+        first = row * stride - stride * -(-above // stride)
+        return conv(pre(src[:, :, first : row * stride + 1]))[:, :, -1:]
+    if not (isinstance(conv, DownRightShiftedConv2d) or conv.kernel_size == (1, 1)):
+        raise TypeError("conv_at: a pixel's window is above and left of it: down-right or 1x1 "
+                        "convolutions only, got %s" % type(conv).__name__)
+    top, left = row * stride - kh + 1, col * stride - kw + 1
+    window = pre(src[:, :, max(top, 0) : row * stride + 1, max(left, 0) : col * stride + 1])
     if top < 0 or left < 0:
         window = F.pad(window, (max(-left, 0), 0, max(-top, 0), 0))
     weight = conv.weight
-    return F.linear(window.reshape(window.shape[0], -1), weight.reshape(weight.shape[0], -1),
+    return F.linear(window.flatten(1), weight.flatten(1),
                     conv.bias)[:, :, None, None]
 
 
-def _pointwise(conv: nn.Conv2d, t: Tensor) -> Tensor:
-    """A 1x1 convolution at one pixel (n, in, 1, 1) as a matrix product, else the module."""
-    if t.shape[-2:] != (1, 1):
+def pointwise(conv: nn.Conv2d, t: Tensor) -> Tensor:
+    """conv(t), as a matrix product where t is one pixel (n, in, 1, 1) and conv 1x1 (the
+    samplers' steps: oneDNN's set-up costs milliseconds a call there); nn.Conv2d otherwise,
+    which trains faster than a matrix product on this model's NCHW maps (bench_training)."""
+    if t.shape[-2:] != (1, 1) or conv.kernel_size != (1, 1):
         return conv(t)
-    return F.linear(t.flatten(1), conv.weight[:, :, 0, 0], conv.bias)[:, :, None, None]
+    return F.linear(t.flatten(1), conv.weight.flatten(1), conv.bias)[:, :, None, None]
 
 
-def _put(dst: Tensor, value: Tensor, row: int, col: Optional[int] = None) -> None:
+def put_at(dst: Tensor, value: Tensor, row: int, col: Optional[int] = None) -> None:
+    """Writes value into dst's row (n, C, 1, W) or pixel (n, C, 1, 1)."""
     if col is None:
         dst[:, :, row : row + 1] = value
     else:
         dst[:, :, row : row + 1, col : col + 1] = value
 
 
-def _resnet(block: GatedResnet, src: Tensor, mid: Tensor, dst: Tensor, aux: Optional[Tensor],
+def resnet_at(block: GatedResnet, src: Tensor, mid: Tensor, dst: Tensor, aux: Optional[Tensor],
             labels: Optional[Tensor], row: int, col: Optional[int] = None) -> None:
     """block's output at (row, col) (or the whole row) into dst, its first convolution's into
     mid: GatedResnet.forward there, from the maps before it."""
-    c = _at(block.conv1, src, row, col, concat_elu)
+    c = conv_at(block.conv1, src, row, col, concat_elu)
     if aux is not None:
-        c = c + _pointwise(block.aux, concat_elu(aux))
-    _put(mid, c, row, col)
-    c = _at(block.conv2, mid, row, col, lambda t: block.dropout(concat_elu(t)))
+        c = c + pointwise(block.aux, concat_elu(aux))
+    put_at(mid, c, row, col)
+    c = conv_at(block.conv2, mid, row, col, lambda t: block.dropout(concat_elu(t)))
     if labels is not None:
         c = c + block.label(labels)[:, :, None, None]
     a, b = c.chunk(2, 1)
     here = src[:, :, row : row + 1] if col is None else src[:, :, row : row + 1, col : col + 1]
-    _put(dst, here + a * torch.sigmoid(b), row, col)
+    put_at(dst, here + a * torch.sigmoid(b), row, col)
