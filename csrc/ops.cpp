@@ -14,14 +14,15 @@ TORCH_LIBRARY(fastar, m) {
 
   // log P(x) under PixelCNN++'s discretized logistic mixture. x: integer (B, C, *S), C in {1, 3};
   // params: (B, P, *S), P = 3K (C = 1) or 10K (C = 3). Returns (B, *S).
-  m.def("dmol_log_prob(Tensor x, Tensor params, int num_bins=256) -> Tensor");
+  m.def("dmol_log_prob(Tensor x, Tensor params, int num_bins=256, bool check_values=True) -> Tensor");
   // Gradient of grad_out * log P with respect to params, (B, P, *S). It recomputes log P in
   // float32 rather than taking the forward's output, which may be rounded to float16/bfloat16.
   m.def("dmol_log_prob_backward(Tensor grad_out, Tensor x, Tensor params, int num_bins) -> Tensor");
   // log_prob and, per position, its gradient with respect to that position's params, in one
   // pass: ((B, *S), (B, P, *S)). CPU only: where the math is compute-bound, training evaluates
   // each term once instead of once in the forward and again in the backward.
-  m.def("dmol_log_prob_with_grad(Tensor x, Tensor params, int num_bins=256) -> (Tensor, Tensor)");
+  m.def("dmol_log_prob_with_grad(Tensor x, Tensor params, int num_bins=256, "
+        "bool check_values=True) -> (Tensor, Tensor)");
 
   // x (B, in) times (weight * mask)^T plus bias, for a staircase mask described by blocks:
   // triples (row_end, dense_end, end) of consecutive row blocks from row 0, the mask one in

@@ -49,3 +49,12 @@ def device_bodies():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def host_reads_of(fn) -> int:
+    """How many data-dependent reads back to the host fn makes: aten::aminmax (a range check)
+    and aten::_local_scalar_dense (.item(), int(tensor)), counted by the profiler, which sees
+    the ATen calls inside fastar's C++ ops too. On a GPU each is a synchronization."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.name in ("aten::aminmax", "aten::_local_scalar_dense") for e in prof.events())

@@ -6,7 +6,7 @@ import torch
 
 import fastar.ops as ops
 import fastar.reference as reference
-from conftest import DEVICES, requires_cuda
+from conftest import DEVICES, host_reads_of, requires_cuda
 from fastar import sampling
 from fastar.nn import DiscretizedMixLogisticLoss, bits_per_dim
 from op_db import dmol_data as _data, dmol_params as _params
@@ -372,3 +372,23 @@ def test_a_training_step_can_be_captured_in_a_cuda_graph():
     expected.backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(params.grad, eager.grad)
+
+
+def test_the_backward_reads_nothing_back_and_check_values_false_skips_the_forwards_check():
+    """The backward scores the x its forward checked: no range check there (on a GPU a sync
+    per training step that also breaks CUDA-graph capture); check_values=False skips the
+    forward's too, for data already checked."""
+    x = _data(4, 3, (16,), 256, "cpu")
+    params = _params(4, 3, 2, (16,), "normal", "cpu").requires_grad_()
+    for train_path in (True, False):  # the CPU training op, and the plain op's two passes
+        with torch.set_grad_enabled(train_path):
+            log_prob = ops.dmol_log_prob(x, params, 256)
+        if not train_path:
+            log_prob = torch.ops.fastar.dmol_log_prob(x, params, 256)
+        assert host_reads_of(lambda: log_prob.sum().backward()) == 0
+    assert host_reads_of(lambda: ops.dmol_log_prob(x, params, 256)) > 0  # the check: kept
+    assert host_reads_of(lambda: ops.dmol_log_prob(x, params, 256, check_values=False)) == 0
+    bad = x.clone()
+    bad[0, 0, 0] = 256
+    with pytest.raises(RuntimeError, match=r"expected every value of x in \[0, num_bins\)"):
+        ops.dmol_log_prob(bad, params, 256)

@@ -15,7 +15,7 @@ from torch import nn
 from fastar import checkpoint
 from fastar.testing import (assert_autoregressive, assert_cached_matches_naive,
                             assert_step_matches_forward)
-from conftest import device_bodies
+from conftest import device_bodies, host_reads_of
 from model_db import cases
 
 _MAX_ENUMERATED = 2 ** 16  # inputs summed over for exact normalization (PixelCNN++: 1x4x4)
@@ -378,3 +378,20 @@ def test_any_seconds_per_call_generates_everything(seconds):
     model.seconds_per_call = seconds
     assert torch.equal(model.sample(2, length=30, generator=torch.Generator().manual_seed(0)),
                        want)
+
+
+@pytest.mark.parametrize("info,variant", cases())
+def test_a_training_step_without_value_checks_reads_nothing_back(info, variant):
+    """log_prob(x, check_values=False) and its backward: no range check, no .item() (each a
+    sync per step on a GPU, and a failure under CUDA-graph capture)."""
+    shape = _sample_shape(info)
+    model = info.make(variant, shape).train()
+    shape = tuple(model.event_shape(shape[-1]))
+    x = torch.randint(0, model.num_values, (3, *shape))
+    cond = info.condition(model, 3, shape)
+
+    def step():
+        model.zero_grad()
+        model.log_prob(x, cond, check_values=False).sum().backward()
+    step()  # first calls may set things up (masks on a device, packed weights)
+    assert host_reads_of(step) == 0

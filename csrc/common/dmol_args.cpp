@@ -7,7 +7,7 @@
 namespace fastar {
 
 DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& params,
-                      int64_t num_bins) {
+                      int64_t num_bins, bool check_values) {
   check_floating(op, "params", params);
   TORCH_CHECK(!x.is_floating_point() && !x.is_complex() && x.scalar_type() != at::kBool,
               "fastar::", op, ": expected x to be an integer tensor of bin indices, but got ",
@@ -43,7 +43,7 @@ DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& par
   args.out_shape = {args.B};
   for (int64_t d = 2; d < x.dim(); ++d) args.out_shape.push_back(x.size(d));
   args.x = (x.scalar_type() == at::kByte ? x : x.to(at::kLong)).contiguous();
-  if (x.numel() > 0 && x.device().is_cpu()) {
+  if (check_values && x.numel() > 0 && x.device().is_cpu()) {
     // One small reduction over x (1/(3K) of params' size), on the converted copy: aminmax has
     // no kernel for the unsigned 16- to 64-bit types.
     const auto [lo, hi] = at::aminmax(args.x);

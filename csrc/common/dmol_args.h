@@ -19,11 +19,12 @@ struct DmolArgs {
   std::vector<int64_t> out_shape;  // (B, *S)
 };
 
-// Checks x's values against num_bins on the CPU only: on CUDA that would synchronize every
-// training step (twice) and fail under CUDA-graph capture, so the CUDA kernels return NaN at a
-// position whose value is out of range (log_prob and every gradient of the position).
+// With check_values, checks x's values against num_bins, on the CPU only: on CUDA that would
+// synchronize every training step and fail under CUDA-graph capture, so the CUDA kernels
+// return NaN at a position whose value is out of range (log_prob and every gradient of the
+// position). Backwards pass false: their forward checked the same x (or was told not to).
 DmolArgs prepare_dmol(const char* op, const at::Tensor& x, const at::Tensor& params,
-                      int64_t num_bins);
+                      int64_t num_bins, bool check_values);
 
 inline dmol::BinIndices bin_indices(const DmolArgs& args) {
   return {args.x.const_data_ptr(), args.x.scalar_type() == at::kByte};

@@ -301,8 +301,9 @@ void forward_with_grad_cpu(const DmolArgs& args, at::Tensor& out, at::Tensor& gr
   });
 }
 
-at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
-  const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
+at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int64_t num_bins,
+                             bool check_values) {
+  const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins, check_values);
   at::Tensor out = empty_output(args.out_shape, args.params.options());
   dispatch_dmol(args, [&](auto s, auto c) {
     forward_cpu<decltype(s), decltype(c)::value>(args, out);
@@ -313,7 +314,7 @@ at::Tensor dmol_log_prob_cpu(const at::Tensor& x, const at::Tensor& params, int6
 at::Tensor dmol_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                       const at::Tensor& params, int64_t num_bins) {
   const char* op = "dmol_log_prob_backward";
-  const DmolArgs args = prepare_dmol(op, x, params, num_bins);
+  const DmolArgs args = prepare_dmol(op, x, params, num_bins, /*check_values=*/false);
   const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
   at::Tensor grad = empty_output(args.params.sizes(), args.params.options());
   dispatch_dmol(args, [&](auto s, auto c) {
@@ -324,8 +325,10 @@ at::Tensor dmol_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> dmol_log_prob_with_grad_cpu(const at::Tensor& x,
                                                                const at::Tensor& params,
-                                                               int64_t num_bins) {
-  const DmolArgs args = prepare_dmol("dmol_log_prob_with_grad", x, params, num_bins);
+                                                               int64_t num_bins,
+                                                               bool check_values) {
+  const DmolArgs args = prepare_dmol("dmol_log_prob_with_grad", x, params, num_bins,
+                                     check_values);
   at::Tensor out = empty_output(args.out_shape, args.params.options());
   at::Tensor grad = empty_output(args.params.sizes(), args.params.options());
   dispatch_dmol(args, [&](auto s, auto c) {

@@ -177,8 +177,9 @@ int lanes_per_position(int64_t n, int64_t K) {
   return lanes;
 }
 
-at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int64_t num_bins) {
-  const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins);
+at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int64_t num_bins,
+                              bool check_values) {
+  const DmolArgs args = prepare_dmol("dmol_log_prob", x, params, num_bins, check_values);
   at::Tensor out = at::empty(args.out_shape, args.params.options());
   const c10::cuda::CUDAGuard guard(params.device());  // lanes_per_position asks this device
   const int64_t n = args.B * args.S;
@@ -196,7 +197,7 @@ at::Tensor dmol_log_prob_cuda(const at::Tensor& x, const at::Tensor& params, int
 at::Tensor dmol_log_prob_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                        const at::Tensor& params, int64_t num_bins) {
   const char* op = "dmol_log_prob_backward";
-  const DmolArgs args = prepare_dmol(op, x, params, num_bins);
+  const DmolArgs args = prepare_dmol(op, x, params, num_bins, /*check_values=*/false);
   const at::Tensor g = prepare_dmol_per_position(op, "grad_out", grad_out, args);
   at::Tensor grad = at::empty_like(args.params);
   const c10::cuda::CUDAGuard guard(params.device());

@@ -56,6 +56,13 @@ def total_log_prob(per_position: Tensor) -> Tensor:
         dim=1, dtype=torch.promote_types(per_position.dtype, torch.float32))
 
 
+def one_hot(x: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """(..., num_classes) one-hot rows of integer x in dtype, without F.one_hot's range check
+    (a read back to the host on the CPU: callers check values once, under check_values); a
+    value outside [0, num_classes) gives a row of zeros."""
+    return (x.unsqueeze(-1) == torch.arange(num_classes, device=x.device)).to(dtype)
+
+
 def as_count(value: Any) -> Optional[int]:
     """value as an int if it is one (numpy's and 0-dim torch integers too), else None: a bool, a
     float or a string is no count."""

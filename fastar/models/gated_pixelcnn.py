@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from fastar import ops
 from fastar.ops import gated_pixelcnn as gated_pixelcnn_ops
 from fastar.models._pixel_model import ConditionalPixelModel, PixelCache
+from fastar.models.base import one_hot
 from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import GatedPixelCNNLayer, PointwiseConv2d
 from fastar.nn.blocks import h_conv_weight
@@ -100,9 +101,10 @@ class GatedPixelCNN(ConditionalPixelModel):
     def _cond_vector(self, cond: Optional[Tensor]) -> Optional[Tensor]:
         """The condition as the layers' projections take it: one-hot labels or the vector, in
         the parameters' dtype."""
+        dtype = next(self.parameters()).dtype
         if cond is not None and self.num_classes is not None:
-            cond = F.one_hot(cond.long(), self.num_classes)
-        return None if cond is None else cond.to(next(self.parameters()).dtype)
+            return one_hot(cond, self.num_classes, dtype)
+        return None if cond is None else cond.to(dtype)
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         # Shape and dtype; the labels' range is checked by log_prob and generate, once per call

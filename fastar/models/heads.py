@@ -86,7 +86,8 @@ class DMOL(Head):
     def log_prob(self, outputs: Tensor, x: Tensor) -> Tensor:
         from fastar import ops  # the extension loads on first use: heads import without it
 
-        return ops.dmol_log_prob(x.unsqueeze(1), outputs, self.num_values)
+        # The model checked x's values (or was told not to): no second reduction here.
+        return ops.dmol_log_prob(x.unsqueeze(1), outputs, self.num_values, check_values=False)
 
     def log_prob_all(self, outputs: Tensor) -> Tensor:
         from fastar import ops
@@ -96,7 +97,7 @@ class DMOL(Head):
         values = torch.arange(V, device=outputs.device).view(1, V, *([1] * len(S)))
         values = values.expand(B, V, *S).reshape(B * V, 1, *S)
         params = outputs.unsqueeze(1).expand(B, V, P, *S).reshape(B * V, P, *S)
-        return ops.dmol_log_prob(values, params, V).view(B, V, *S)
+        return ops.dmol_log_prob(values, params, V, check_values=False).view(B, V, *S)
 
     def __repr__(self) -> str:
         return "DMOL(num_values=%d, num_mixtures=%d)" % (self.num_values, self.num_mixtures)

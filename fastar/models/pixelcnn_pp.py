@@ -174,7 +174,8 @@ class MixturePixelModel(ConditionalPixelModel):
         """The joint mixture's log-likelihood (B,), by the fused op."""
         self.check_input(x, check_values=check_values)
         cond = self.check_condition(cond, x.shape[0], tuple(x.shape[1:]), check_values)
-        return total_log_prob(ops.dmol_log_prob(x, self.params(x, cond), self.num_values))
+        return total_log_prob(ops.dmol_log_prob(x, self.params(x, cond), self.num_values,
+                                                check_values))
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         """Per channel c its own mixture's 3K parameters (B, C * 3K, H, W), grouped by colour:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from fastar import ops
 from fastar.models import heads
-from fastar.models.base import AutoregressiveModel, as_count
+from fastar.models.base import AutoregressiveModel, as_count, one_hot
 from fastar.models.cache import Cache, PackedWeights
 from fastar.nn import CausalConv1d, WaveNetBlock
 from fastar.ops.wavenet import MAX_DILATION
@@ -251,7 +251,7 @@ class WaveNet(AutoregressiveModel):
         """The head's output (B, num_logits, T) at every position from the values before it."""
         dtype = self._dtype()
         T = x.shape[-1]
-        h = self.input(F.one_hot(x[:, 0].long(), self.num_values).to(dtype).transpose(1, 2))
+        h = self.input(one_hot(x[:, 0], self.num_values, dtype).transpose(1, 2))
         g = None if cond.global_ is None else cond.global_.to(dtype)
         local = None
         if cond.local is not None:

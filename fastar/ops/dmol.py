@@ -10,7 +10,8 @@ from fastar.ops._common import (check_floating, check_same_device, dtype_name,
                                 register_no_double_backward, use_reference)
 
 
-def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
+def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256,
+                  check_values: bool = True) -> Tensor:
     """Log-probability under PixelCNN++'s discretized mixture of logistics, fused.
 
     Salimans et al. 2017, "PixelCNN++", eq. (2), generalised to ``num_bins`` bins: value k of a
@@ -29,6 +30,9 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
             channel c = 0, 1, 2: means (K), log_scales (K), coeffs (K)]; for C = 1,
             P = 3K = [logits | means | log_scales].
         num_bins: number of discrete values per channel (256 for 8-bit data), 2 to 2^24.
+        check_values: check x's values on the CPU (one reduction over x); False for x already
+            checked (a model's log_prob(..., check_values=False)). The backward never checks:
+            its forward did.
 
     Returns:
         (B, *S) natural-log probabilities of params' dtype. Differentiable in params (one fused
@@ -49,8 +53,8 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256) -> Tensor:
         return reference.dmol_log_prob(x, params, num_bins)
     if (params.device.type == "cpu" and params.requires_grad and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()):
-        return _DmolLogProbTraining.apply(x, params, num_bins)
-    return torch.ops.fastar.dmol_log_prob(x, params, num_bins)
+        return _DmolLogProbTraining.apply(x, params, num_bins, check_values)
+    return torch.ops.fastar.dmol_log_prob(x, params, num_bins, check_values)
 
 
 def _check_args(op, x, params, num_bins):
@@ -80,7 +84,7 @@ def _check_args(op, x, params, num_bins):
 
 
 @torch.library.register_fake("fastar::dmol_log_prob")
-def _dmol_log_prob_fake(x, params, num_bins=256):
+def _dmol_log_prob_fake(x, params, num_bins=256, check_values=True):
     return params.new_empty(_check_args("dmol_log_prob", x, params, num_bins))
 
 
@@ -98,7 +102,7 @@ def _dmol_log_prob_backward_fake(grad_out, x, params, num_bins):
 
 
 def _dmol_setup_context(ctx, inputs, output):
-    x, params, num_bins = inputs
+    x, params, num_bins = inputs[:3]
     ctx.save_for_backward(x, params)
     ctx.num_bins = num_bins
 
@@ -108,7 +112,7 @@ def _dmol_backward(ctx, grad_out):
     grad = None
     if ctx.needs_input_grad[1]:
         grad = torch.ops.fastar.dmol_log_prob_backward(grad_out, x, params, ctx.num_bins)
-    return None, grad, None
+    return None, grad, None, None
 
 
 torch.library.register_autograd(
@@ -116,7 +120,7 @@ torch.library.register_autograd(
 
 
 @torch.library.register_fake("fastar::dmol_log_prob_with_grad")
-def _dmol_log_prob_with_grad_fake(x, params, num_bins=256):
+def _dmol_log_prob_with_grad_fake(x, params, num_bins=256, check_values=True):
     return (params.new_empty(_check_args("dmol_log_prob_with_grad", x, params, num_bins)),
             torch.empty_like(params, memory_format=torch.contiguous_format))
 
@@ -129,8 +133,9 @@ class _DmolLogProbTraining(torch.autograd.Function):
     torch.compile takes the plain op, whose backward is a second pass."""
 
     @staticmethod
-    def forward(ctx, x, params, num_bins):
-        log_prob, grad = torch.ops.fastar.dmol_log_prob_with_grad(x, params, num_bins)
+    def forward(ctx, x, params, num_bins, check_values):
+        log_prob, grad = torch.ops.fastar.dmol_log_prob_with_grad(x, params, num_bins,
+                                                                  check_values)
         ctx.save_for_backward(x, params)
         ctx.num_bins = num_bins
         ctx.per_position_grad = grad
@@ -141,7 +146,7 @@ class _DmolLogProbTraining(torch.autograd.Function):
         grad, ctx.per_position_grad = ctx.per_position_grad, None
         if grad is None or torch.is_grad_enabled():  # retained graph, or create_graph=True
             return _dmol_backward(ctx, grad_out)  # the plain op's second pass: same ctx fields
-        return None, grad.mul_(grad_out.unsqueeze(1)), None
+        return None, grad.mul_(grad_out.unsqueeze(1)), None, None
 
 
 register_no_double_backward("fastar::dmol_log_prob_backward", "fastar::dmol_log_prob")
