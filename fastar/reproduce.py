@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import subprocess
+import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from fastar import papers
@@ -127,7 +128,17 @@ def load_results(table: str, out: str) -> Dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError("%s cannot be read as %s's results (%s): move it away or fix it"
                          % (path, table, e)) from None
+    for name in [n for n, r in rows.items() if r["config"] != _as_json(TABLES[table][n].config)]:
+        # The row's configuration changed since (fastar.papers): its figure is not the row's.
+        print("%s: %s's record is of another configuration (%s); the row is not run until it "
+              "is run again" % (path, name, rows[name]["config"]), file=sys.stderr)
+        del rows[name]
     return results
+
+
+def _as_json(value: Any) -> Any:
+    """value as it reads back from the results' JSON (tuples as lists)."""
+    return json.loads(json.dumps(value))
 
 
 def reproduce(table: str, rows: Optional[Sequence[str]] = None, out: str = "results",

@@ -114,3 +114,18 @@ def test_results_that_are_not_results_and_a_readme_without_markers_stop_before_t
                   str(tmp_path / "other"), "--readme", str(tmp_path / "README.md"))
     assert out.returncode != 0 and "has no generated binarized_mnist table" in out.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_a_record_of_another_configuration_is_not_shown_as_the_rows(tmp_path, capsys):
+    """A row whose configuration changed in fastar.papers (MADE's widths did) must not keep
+    the figure of the model it was before: it reads as not run."""
+    with open(os.path.join(ROOT, "results", "binarized_mnist.json")) as f:
+        results = json.load(f)
+    name = next(iter(results["rows"]))
+    results["rows"][name]["config"] = {"a keyword": "of an older configuration"}
+    with open(tmp_path / "binarized_mnist.json", "w") as f:
+        json.dump(results, f)
+    loaded = reproduce.load_results("binarized_mnist", str(tmp_path))
+    assert name not in loaded["rows"] and "another configuration" in capsys.readouterr().err
+    assert "not run: `%s`" % reproduce.command("binarized_mnist", name) in "\n".join(
+        reproduce.table_lines("binarized_mnist", loaded))
