@@ -128,11 +128,17 @@ def load_results(table: str, out: str) -> Dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError("%s cannot be read as %s's results (%s): move it away or fix it"
                          % (path, table, e)) from None
-    for name in [n for n, r in rows.items() if r["config"] != _as_json(TABLES[table][n].config)]:
-        # The row's configuration changed since (fastar.papers): its figure is not the row's.
-        print("%s: %s's record is of another configuration (%s); the row is not run until it "
-              "is run again" % (path, name, rows[name]["config"]), file=sys.stderr)
-        del rows[name]
+    for name, record in list(rows.items()):
+        # The row changed since (fastar.papers: model, configuration or recipe): the record's
+        # figure is not the row's. It is left out, and the next write drops it.
+        row = TABLES[table][name]
+        recipe = {k: v for k, v in record["recipe"].items() if k != "source"}  # words: may change
+        ran = [record["model"], record["config"], recipe]
+        if ran != _as_json([row.model, row.config, {k: v for k, v in dataclasses.asdict(
+                row.recipe).items() if k != "source"}]):
+            print("%s: %s's record is of another model, configuration or recipe %s: shown as "
+                  "not run, and dropped at the next write" % (path, name, ran), file=sys.stderr)
+            del rows[name]
     return results
 
 

@@ -145,6 +145,14 @@ def test_sampling_in_training_mode_with_dropout_is_refused():
         model.init_cache(2)
     model.eval().sample(2)  # evaluation mode: dropout off
     _model((1, 4, 4), dropout=0.0).train().sample(2)  # no dropout: training mode is fine
+    model.down[0][0][1].dropout.train()  # one layer back in training mode is one too many
+    with pytest.raises(ValueError, match="dropout layer is in training mode"):
+        model.sample(2)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    model.sample(2)  # the layers' own mode counts, not the root's
 
 
 def test_a_class_conditional_cache_takes_labels():

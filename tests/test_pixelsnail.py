@@ -82,3 +82,12 @@ def test_a_few_training_steps_lower_the_loss():
         max=3)
     losses = losses_of_a_few_steps(model, x)
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_a_one_pixel_image_attends_to_nothing_in_every_sampler():
+    model = _model((1, 1, 1))
+    x = torch.randint(0, 5, (2, 1, 1, 1))
+    assert torch.isfinite(model.log_prob(x)).all()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(model.sample(2, cached=False, generator=g()),
+                       model.sample(2, cached=True, generator=g()))

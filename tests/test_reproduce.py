@@ -122,10 +122,15 @@ def test_a_record_of_another_configuration_is_not_shown_as_the_rows(tmp_path, ca
     with open(os.path.join(ROOT, "results", "binarized_mnist.json")) as f:
         results = json.load(f)
     name = next(iter(results["rows"]))
-    results["rows"][name]["config"] = {"a keyword": "of an older configuration"}
-    with open(tmp_path / "binarized_mnist.json", "w") as f:
-        json.dump(results, f)
-    loaded = reproduce.load_results("binarized_mnist", str(tmp_path))
-    assert name not in loaded["rows"] and "another configuration" in capsys.readouterr().err
-    assert "not run: `%s`" % reproduce.command("binarized_mnist", name) in "\n".join(
-        reproduce.table_lines("binarized_mnist", loaded))
+    for field, value in (("config", {"a keyword": "of an older configuration"}),
+                         ("recipe", {**results["rows"][name]["recipe"], "lr": 123.0})):
+        changed = json.loads(json.dumps(results))
+        changed["rows"][name][field] = value
+        with open(tmp_path / "binarized_mnist.json", "w") as f:
+            json.dump(changed, f)
+        loaded = reproduce.load_results("binarized_mnist", str(tmp_path))
+        assert name not in loaded["rows"] and "another model" in capsys.readouterr().err
+        assert "not run: `%s`" % reproduce.command("binarized_mnist", name) in "\n".join(
+            reproduce.table_lines("binarized_mnist", loaded))
+    assert name in reproduce.load_results("binarized_mnist", os.path.join(ROOT, "results"))[
+        "rows"]  # the committed record is the row's

@@ -261,7 +261,9 @@ class AutoregressiveModel(nn.Module):
         from their degrees), except in a DataParallel replica."""
         self.check_input(x, check_values=check_values)
         cond = self.check_condition(cond, x.shape[0], tuple(x.shape[1:]), check_values)
-        return total_log_prob(self.distribution.log_prob(self.conditionals(x, cond), x))
+        # x checked above (or not, as asked): the head does not check it again.
+        return total_log_prob(self.distribution.log_prob(self.conditionals(x, cond), x,
+                                                         check_values=False))
 
     def forward(self, x: Tensor, cond: Any = None, *, check_values: bool = True) -> Tensor:
         return self.log_prob(x, cond, check_values=check_values)

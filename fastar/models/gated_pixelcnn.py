@@ -108,7 +108,8 @@ class GatedPixelCNN(ConditionalPixelModel):
 
     def logits(self, x: Tensor, cond: Optional[Tensor] = None) -> Tensor:
         # Shape and dtype; the labels' range is checked by log_prob and generate, once per call
-        # (direct callers of logits/conditionals get F.one_hot's error for a bad label).
+        # (for direct callers of logits/conditionals a label outside the classes reads as no
+        # label: a zero one-hot vector, as under check_values=False).
         self.check_condition(cond, x.shape[0], check_values=False)
         cond = self._cond_vector(cond)
         v = h = self.scale_input(x)

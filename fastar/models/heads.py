@@ -2,7 +2,8 @@
 
 A head turns outputs (B, num_outputs, *S) into
 
-- ``log_prob(outputs, x) -> (B, *S)``: log p of the values x (B, *S);
+- ``log_prob(outputs, x, check_values=True) -> (B, *S)``: log p of the values x (B, *S)
+  (check_values=False: x was checked by the caller, as a model's log_prob does);
 - ``log_prob_all(outputs) -> (B, num_values, *S)``: log p of every value at each position;
 - ``draw(outputs, u) -> (B, *S)`` int64: the value at each position drawn by inverse CDF from
   the caller's float64 uniforms u (B, *S), as `fastar.sampling.categorical` draws, so every
@@ -24,7 +25,7 @@ class Head:
     num_values: int
     num_outputs: int
 
-    def log_prob(self, outputs: Tensor, x: Tensor) -> Tensor:
+    def log_prob(self, outputs: Tensor, x: Tensor, check_values: bool = True) -> Tensor:
         return self.log_prob_all(outputs).gather(1, x.long().unsqueeze(1))[:, 0]
 
     def log_prob_all(self, outputs: Tensor) -> Tensor:
@@ -62,7 +63,7 @@ class Bernoulli(Head):
         if num_values != 2:
             raise ValueError("Bernoulli: a head of binary values, got num_values=%d" % num_values)
 
-    def log_prob(self, outputs: Tensor, x: Tensor) -> Tensor:
+    def log_prob(self, outputs: Tensor, x: Tensor, check_values: bool = True) -> Tensor:
         # log sigmoid(+-l) = -softplus(-+l) keeps the tails, which binary_cross_entropy_with_logits
         # rounds away (log(1 + 2e-9) is 0 in float32).
         l = outputs[:, 0]
@@ -83,11 +84,10 @@ class DMOL(Head):
         self.num_values, self.num_mixtures = num_values, num_mixtures
         self.num_outputs = 3 * num_mixtures
 
-    def log_prob(self, outputs: Tensor, x: Tensor) -> Tensor:
+    def log_prob(self, outputs: Tensor, x: Tensor, check_values: bool = True) -> Tensor:
         from fastar import ops  # the extension loads on first use: heads import without it
 
-        # The model checked x's values (or was told not to): no second reduction here.
-        return ops.dmol_log_prob(x.unsqueeze(1), outputs, self.num_values, check_values=False)
+        return ops.dmol_log_prob(x.unsqueeze(1), outputs, self.num_values, check_values)
 
     def log_prob_all(self, outputs: Tensor) -> Tensor:
         from fastar import ops

@@ -156,18 +156,23 @@ class MixturePixelModel(ConditionalPixelModel):
         raise NotImplementedError
 
     def prepare(self, n, event_shape, cond=None, **kw):
-        self.check_cached_sampling(n, cond, cached=False)
+        self.check_sampling("sample")
         return super().prepare(n, event_shape, cond, **kw)
 
-    def check_cached_sampling(self, n: int, cond: Optional[Tensor], cached: bool = True):
-        """ValueError for what no sampler can follow: dropout in training mode (a different
-        network at each pass: naive samples would not repeat, and a cache's maps would mix
-        masks); returns the condition checked (a cache's labels)."""
-        if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()):
-            raise ValueError("%s.sample: the model is in training mode with dropout, which "
-                             "draws a new network at each pass: call model.eval() first"
-                             % type(self).__name__)
-        return self.check_condition(cond, n, check_values=False) if cached else cond
+    def check_sampling(self, caller: str) -> None:
+        """ValueError for what no sampler can follow: a dropout layer in training mode (a
+        different network at each pass: naive samples would not repeat, and a cache's maps
+        would mix masks)."""
+        if any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in self.modules()):
+            raise ValueError("%s.%s: a dropout layer is in training mode, which draws a new "
+                             "network at each pass: call model.eval() first"
+                             % (type(self).__name__, caller))
+
+    def cache_labels(self, n: int, cond: Optional[Tensor]) -> Optional[Tensor]:
+        """init_cache's checks (sampling, the condition's shape); the labels as int64."""
+        self.check_sampling("init_cache")
+        cond = self.check_condition(cond, n, check_values=False)
+        return None if cond is None else cond.long()
 
     def log_prob(self, x: Tensor, cond: Optional[Tensor] = None, *,
                  check_values: bool = True) -> Tensor:
@@ -277,9 +282,7 @@ class PixelCNNPlusPlus(MixturePixelModel):
         def maps(s, count, channels=F_):
             return [p.new_zeros(n, channels, H >> s, W >> s) for _ in range(count)]
 
-        cond = self.check_cached_sampling(n, cond)
-        cache = self.new_cache(n, _PixelCNNPPCache,
-                               labels=None if cond is None else cond.long())
+        cache = self.new_cache(n, _PixelCNNPPCache, labels=self.cache_labels(n, cond))
         cache.image = torch.cat([p.new_zeros(n, C, H, W), p.new_ones(n, 1, H, W)], 1)
         cache.top = maps(0, 1)[0]
         for stream in ("u", "ul"):

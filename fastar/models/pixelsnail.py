@@ -64,7 +64,8 @@ class PixelSNAILConfig:
                 or not 0 <= self.dropout < 1):
             raise ValueError("PixelSNAIL: expected num_blocks >= 1, num_resnets >= 0, "
                              "num_heads >= 1 dividing key_channels and value_channels, dropout "
-                             "in [0, 1); got %d, %d, %d, %d, %d, %r"
+                             "in [0, 1); got num_blocks=%r, num_resnets=%r, num_heads=%r, "
+                             "key_channels=%r, value_channels=%r, dropout=%r"
                              % (self.num_blocks, self.num_resnets, self.num_heads,
                                 self.key_channels, self.value_channels, self.dropout))
 
@@ -108,6 +109,8 @@ class AttentionBlock(nn.Module):
         """(B, value, H, W): pixel t's query over the keys and values of pixels < t (zeros for
         the first): scaled dot-product attention, causal over the sequence shifted by one."""
         B, _, H, W = q.shape
+        if H * W == 1:  # one pixel: nothing before it
+            return v.new_zeros(v.shape)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
         mixed = F.scaled_dot_product_attention(q[:, :, 1:], k[:, :, :-1], v[:, :, :-1],
                                                is_causal=True)
@@ -187,9 +190,7 @@ class PixelSNAIL(MixturePixelModel):
         C, H, W = self.image_shape
         p = self.out.weight
         F_ = c.hidden_channels
-        cond = self.check_cached_sampling(n, cond)
-        cache = self.new_cache(n, _PixelSNAILCache,
-                               labels=None if cond is None else cond.long())
+        cache = self.new_cache(n, _PixelSNAILCache, labels=self.cache_labels(n, cond))
         cache.image = torch.cat([p.new_zeros(n, C, H, W), p.new_ones(n, 1, H, W)], 1)
         cache.top = p.new_zeros(n, F_, H, W)
         cache.maps = [[p.new_zeros(n, F_, H, W) for _ in range(c.num_resnets + 1)]

@@ -40,10 +40,12 @@ def dmol_log_prob(x: Tensor, params: Tensor, num_bins: int = 256,
 
     The inner-bin mass is computed as sigmoid(p) sigmoid(-m) (1 - exp(m - p)), not as the
     difference of two sigmoids, so it stays exact in the tails where float32 PixelCNN++ code
-    loses it. A value of x outside [0, num_bins) raises an error on the CPU; on CUDA the
-    position's log-probability and gradients come out NaN instead (checking on the host would
-    synchronize every training step and break CUDA-graph capture), which a training loop's
-    finiteness check catches. uint8 x is read as it is; other integer dtypes are converted to
+    loses it. With check_values, a value of x outside [0, num_bins) raises an error on the
+    CPU; on CUDA the position's log-probability and gradients come out NaN instead (checking on
+    the host would synchronize every training step and break CUDA-graph capture), which a
+    training loop's finiteness check catches. With check_values=False such a value gives a
+    meaningless finite number on the CPU (nothing is read out of bounds): for data checked
+    once beforehand only. uint8 x is read as it is; other integer dtypes are converted to
     int64 once per call.
     On the CPU, where the math is compute-bound, a forward that will be differentiated computes
     the gradient too (held until backward scales it by grad_out): each term is evaluated once
