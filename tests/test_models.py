@@ -837,3 +837,14 @@ def test_every_row_of_the_papers_tables_builds_its_model():
         model = MODELS[row.model](**row.config)
         assert model.image_shape == (1, 28, 28) and model.num_values == 2, name
         assert row.paper_nats is None or 75 < row.paper_nats < 95, name
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.uint32, torch.int16])
+def test_any_integer_dtype_scores_as_int64_and_is_range_checked(dtype):
+    torch.manual_seed(0)
+    model = PixelCNN(image_shape=(1, 3, 4), hidden_channels=6, num_layers=2, head_channels=6,
+                     num_values=3).double()
+    x = torch.randint(0, 3, (2, 1, 3, 4))
+    torch.testing.assert_close(model.log_prob(x.to(dtype)), model.log_prob(x))
+    with pytest.raises(ValueError, match=r"expected values in \[0, 3\), got values in \[3, 3\]"):
+        model.log_prob((x * 0 + 3).to(dtype))

@@ -219,6 +219,8 @@ class AutoregressiveModel(nn.Module):
                 name, ", ".join(map(str, expected)), tuple(x.shape)))
         if (check_values and x.numel() and x.device.type != "meta"
                 and not torch.compiler.is_compiling()):
+            if x.dtype in (torch.uint16, torch.uint32, torch.uint64):  # aminmax has no kernel
+                x = x.to(torch.int64)  # (a uint64 past int64's range wraps negative: refused)
             low, high = (int(v) for v in torch.aminmax(x))  # one reduction, one sync
             if low < 0 or high >= self.num_values:
                 raise ValueError("%s: expected values in [0, %d), got values in [%d, %d]"
