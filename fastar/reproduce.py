@@ -132,14 +132,17 @@ def load_results(table: str, out: str) -> Dict[str, Any]:
         # The row changed since (fastar.papers: model, configuration or recipe): the record's
         # figure is not the row's. It is left out, and the next write drops it.
         row = TABLES[table][name]
-        recipe = {k: v for k, v in record["recipe"].items() if k != "source"}  # words: may change
-        ran = [record["model"], record["config"], recipe]
-        if ran != _as_json([row.model, row.config, {k: v for k, v in dataclasses.asdict(
-                row.recipe).items() if k != "source"}]):
+        ran = [record["model"], record["config"], _numbers(record["recipe"])]
+        if ran != _as_json([row.model, row.config, _numbers(dataclasses.asdict(row.recipe))]):
             print("%s: %s's record is of another model, configuration or recipe %s: shown as "
                   "not run, and dropped at the next write" % (path, name, ran), file=sys.stderr)
             del rows[name]
     return results
+
+
+def _numbers(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """A recipe without its source (words, which may change without changing the run)."""
+    return {k: v for k, v in recipe.items() if k != "source"}
 
 
 def _as_json(value: Any) -> Any:

@@ -82,7 +82,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, image_channels: int, c: PixelSNAILConfig):
         super().__init__()
         F_, content = c.hidden_channels, image_channels + c.hidden_channels + 2
-        self.heads = c.num_heads
+        self.num_heads = c.num_heads
         self.kv_resnet = GatedResnet(content, _conv1x1, 0, c.dropout, c.num_classes)
         self.kv = nn.Conv2d(content, c.key_channels + c.value_channels, 1)
         self.q_resnet = GatedResnet(F_ + 2, _conv1x1, 0, c.dropout, c.num_classes)
@@ -103,7 +103,8 @@ class AttentionBlock(nn.Module):
     def split_heads(self, t: Tensor) -> Tensor:
         """(B, C, *S) -> (B, heads, positions, C / heads)."""
         B, C = t.shape[:2]
-        return t.reshape(B, self.heads, C // self.heads, t.shape[2:].numel()).transpose(2, 3)
+        return t.reshape(B, self.num_heads, C // self.num_heads,
+                         t.shape[2:].numel()).transpose(2, 3)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """(B, value, H, W): pixel t's query over the keys and values of pixels < t (zeros for
